@@ -1,0 +1,178 @@
+import { status, type sendUnaryData, type Server, type ServerUnaryCall, type ServiceError } from '@grpc/grpc-js';
+import { CancelledError, DeadlineExceededError, InvalidArgumentError } from '../core/errors';
+import type { IsolateManager, JsonValue } from '../core/types';
+import * as pb from '../gen/isogear/v1/gears';
+import {
+  executeResponseToProto,
+  interpreterToProto,
+  limitsFromProto,
+  modeFromProto,
+  registrationToProto,
+  triggerResultToProto,
+} from './convert';
+import { toStatus, type ErrorLogger } from './toStatus';
+
+export interface ServiceLogger extends ErrorLogger {
+  info(obj: object, msg?: string): void;
+}
+
+type Handler<Req, Res> = (request: Req, signal: AbortSignal) => Promise<Res> | Res;
+
+/**
+ * GearsService: validates requests, hands them to the isolate manager, maps results to proto.
+ * It never creates the server; `addToServer` mounts it on one.
+ */
+export class GearsService {
+  constructor(
+    private readonly manager: IsolateManager,
+    private readonly logger: ServiceLogger,
+  ) {}
+
+  addToServer(server: Server): void {
+    const implementation: pb.GearsServiceServer = {
+      execute: this.unary('Execute', (req: pb.ExecuteRequest, signal) => this.execute(req, signal)),
+      register: this.unary('Register', (req: pb.RegisterRequest, signal) => this.register(req, signal)),
+      release: this.unary('Release', (req: pb.ReleaseRequest) => this.release(req)),
+      trigger: this.unary('Trigger', (req: pb.TriggerRequest, signal) => this.trigger(req, signal)),
+      getInterpreter: this.unary('GetInterpreter', (req: pb.GetInterpreterRequest) => this.getInterpreter(req)),
+      listInterpreters: this.unary('ListInterpreters', (req: pb.ListInterpretersRequest) => this.listInterpreters(req)),
+      listRegistrations: this.unary('ListRegistrations', (req: pb.ListRegistrationsRequest) => this.listRegistrations(req)),
+    };
+    server.addService(pb.GearsServiceService, implementation);
+  }
+
+  private async execute(req: pb.ExecuteRequest, signal: AbortSignal): Promise<pb.ExecuteResponse> {
+    const result = await this.manager.execute(
+      {
+        source: req.source,
+        args: jsonValue(req.args, 'args'),
+        mode: modeFromProto(req.mode),
+        limits: limitsFromProto(req.limits),
+        modules: req.modules,
+        interpreterId: req.interpreterId || undefined,
+        name: req.name || undefined,
+        replace: req.replace,
+      },
+      signal,
+    );
+    return executeResponseToProto(result);
+  }
+
+  private async register(req: pb.RegisterRequest, signal: AbortSignal): Promise<pb.RegisterResponse> {
+    const result = await this.manager.register(
+      {
+        trigger: req.trigger,
+        source: req.source,
+        mode: modeFromProto(req.mode),
+        limits: limitsFromProto(req.limits),
+        modules: req.modules,
+        interpreterId: req.interpreterId || undefined,
+        description: req.description,
+      },
+      signal,
+    );
+    return { registration: registrationToProto(result.registration), interpreter: interpreterToProto(result.interpreter) };
+  }
+
+  private release(req: pb.ReleaseRequest): pb.ReleaseResponse {
+    const byRegistration = req.registrationId !== undefined;
+    const byInterpreter = req.interpreterId !== undefined;
+    if (byRegistration === byInterpreter) {
+      throw new InvalidArgumentError('set exactly one of registration_id or interpreter_id');
+    }
+    const target = byRegistration ? req.registrationId : req.interpreterId;
+    if (!target) throw new InvalidArgumentError(`${byRegistration ? 'registration_id' : 'interpreter_id'} must not be empty`);
+    const result = this.manager.release(byRegistration ? { registrationId: target } : { interpreterId: target });
+    return { releasedRegistrationIds: result.releasedRegistrationIds, interpreter: interpreterToProto(result.interpreter) };
+  }
+
+  private async trigger(req: pb.TriggerRequest, signal: AbortSignal): Promise<pb.TriggerResponse> {
+    const results = await this.manager.trigger(
+      { trigger: req.trigger, payload: jsonValue(req.payload, 'payload'), limits: limitsFromProto(req.limits) },
+      signal,
+    );
+    return { results: results.map(triggerResultToProto) };
+  }
+
+  private async getInterpreter(req: pb.GetInterpreterRequest): Promise<pb.GetInterpreterResponse> {
+    if (!req.interpreterId) throw new InvalidArgumentError('interpreter_id must not be empty');
+    const found = await this.manager.getInterpreter(req.interpreterId);
+    return { interpreter: interpreterToProto(found.interpreter), registrations: found.registrations.map(registrationToProto) };
+  }
+
+  private async listInterpreters(req: pb.ListInterpretersRequest): Promise<pb.ListInterpretersResponse> {
+    const page = await this.manager.listInterpreters({
+      pageSize: req.pageSize,
+      pageToken: req.pageToken,
+      name: req.name || undefined,
+      mode: modeFromProto(req.mode),
+    });
+    return { interpreters: page.items.map(interpreterToProto), nextPageToken: page.nextPageToken };
+  }
+
+  private listRegistrations(req: pb.ListRegistrationsRequest): pb.ListRegistrationsResponse {
+    const page = this.manager.listRegistrations({
+      pageSize: req.pageSize,
+      pageToken: req.pageToken,
+      trigger: req.trigger || undefined,
+      interpreterId: req.interpreterId || undefined,
+    });
+    return { registrations: page.items.map(registrationToProto), nextPageToken: page.nextPageToken };
+  }
+
+  /**
+   * Wraps a handler: one AbortSignal per call (fired when the client cancels, disconnects or its
+   * deadline passes), exactly one callback, errors through `toStatus`, one log line per call.
+   */
+  private unary<Req, Res>(method: string, handler: Handler<Req, Res>) {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
+      const started = performance.now();
+      const controller = new AbortController();
+      const onCancel = (): void => controller.abort();
+      call.on('cancelled', onCancel);
+      let answered = false;
+      const finish = (err: Partial<ServiceError> | null, res?: Res): void => {
+        if (answered) return;
+        answered = true;
+        call.removeListener('cancelled', onCancel);
+        this.logger.info(
+          { method, code: status[err?.code ?? status.OK], durationMs: Math.round((performance.now() - started) * 1000) / 1000 },
+          'rpc',
+        );
+        if (err) callback(err, null);
+        else callback(null, res);
+      };
+      Promise.resolve()
+        .then(() => handler(call.request, controller.signal))
+        .then(
+          (res) => {
+            if (controller.signal.aborted) finish(cancelStatus(call));
+            else finish(null, res);
+          },
+          (err: unknown) => finish(controller.signal.aborted ? cancelStatus(call) : toStatus(err, this.logger, method)),
+        );
+    };
+  }
+}
+
+/** The status for a call the client gave up on: its deadline passed, or it cancelled. */
+function cancelStatus(call: ServerUnaryCall<unknown, unknown>): Partial<ServiceError> {
+  const deadline = call.getDeadline();
+  const ms = deadline instanceof Date ? deadline.getTime() : Number(deadline);
+  const err = Number.isFinite(ms) && ms <= Date.now() ? new DeadlineExceededError('deadline exceeded') : new CancelledError('cancelled by the client');
+  return { code: err.kind === 'deadline_exceeded' ? status.DEADLINE_EXCEEDED : status.CANCELLED, details: err.message };
+}
+
+/** `google.protobuf.Value` arrives as a plain JS value; reject what JSON cannot carry. */
+function jsonValue(value: unknown, field: string): JsonValue | undefined {
+  if (value === undefined) return undefined;
+  const check = (v: unknown, path: string): void => {
+    if (typeof v === 'number' && !Number.isFinite(v)) {
+      throw new InvalidArgumentError(`${path} is ${String(v)}; only finite numbers are JSON values`);
+    }
+    if (Array.isArray(v)) v.forEach((x, i) => check(x, `${path}[${i}]`));
+    else if (v !== null && typeof v === 'object') for (const [k, x] of Object.entries(v)) check(x, `${path}.${k}`);
+  };
+  check(value, field);
+  return value as JsonValue;
+}

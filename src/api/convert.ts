@@ -1,0 +1,118 @@
+import type { Duration } from '../gen/google/protobuf/duration';
+import * as pb from '../gen/isogear/v1/gears';
+import { InvalidArgumentError } from '../core/errors';
+import type * as core from '../core/types';
+
+/** Maps between proto messages and the core's plain types. No logic beyond translation. */
+
+export function durationFromMs(ms: number): Duration {
+  const totalNanos = Math.max(0, Math.round(ms * 1e6));
+  return { seconds: Math.floor(totalNanos / 1e9), nanos: totalNanos % 1e9 };
+}
+
+export function modeFromProto(mode: pb.IsolationMode, field = 'mode'): core.IsolationMode | undefined {
+  switch (mode) {
+    case pb.IsolationMode.ISOLATION_MODE_UNSPECIFIED:
+      return undefined;
+    case pb.IsolationMode.ISOLATION_MODE_SHARED:
+      return 'shared';
+    case pb.IsolationMode.ISOLATION_MODE_ISOLATE:
+      return 'isolate';
+    default:
+      throw new InvalidArgumentError(`${field} ${String(mode)} is not a known IsolationMode`);
+  }
+}
+
+export function modeToProto(mode: core.IsolationMode): pb.IsolationMode {
+  return mode === 'shared' ? pb.IsolationMode.ISOLATION_MODE_SHARED : pb.IsolationMode.ISOLATION_MODE_ISOLATE;
+}
+
+const STATES: Record<core.InterpreterState, pb.InterpreterState> = {
+  ready: pb.InterpreterState.INTERPRETER_STATE_READY,
+  draining: pb.InterpreterState.INTERPRETER_STATE_DRAINING,
+  disposed: pb.InterpreterState.INTERPRETER_STATE_DISPOSED,
+  failed: pb.InterpreterState.INTERPRETER_STATE_FAILED,
+};
+
+const OUTCOMES: Record<core.Outcome, pb.Outcome> = {
+  succeeded: pb.Outcome.OUTCOME_SUCCEEDED,
+  failed: pb.Outcome.OUTCOME_FAILED,
+  timed_out: pb.Outcome.OUTCOME_TIMED_OUT,
+  memory_exceeded: pb.Outcome.OUTCOME_MEMORY_EXCEEDED,
+  aborted: pb.Outcome.OUTCOME_ABORTED,
+};
+
+export function limitsFromProto(limits: pb.Limits | undefined): core.Limits | undefined {
+  if (!limits) return undefined;
+  return { timeoutMs: limits.timeoutMs, memoryLimitMb: limits.memoryLimitMb };
+}
+
+export function interpreterToProto(i: core.InterpreterInfo): pb.Interpreter {
+  return {
+    id: i.id,
+    name: i.name,
+    mode: modeToProto(i.mode),
+    state: STATES[i.state],
+    references: i.references,
+    registrationReferences: i.registrationReferences,
+    executionReferences: i.executionReferences,
+    createdAt: i.createdAt,
+    heapUsedBytes: i.heapUsedBytes,
+    cpuTime: durationFromMs(i.cpuTimeMs),
+    failureReason: i.failureReason,
+  };
+}
+
+export function scriptErrorToProto(e: core.ScriptError | undefined): pb.ScriptError | undefined {
+  return e ? { name: e.name, message: e.message, stack: e.stack } : undefined;
+}
+
+export function registrationToProto(r: core.RegistrationInfo): pb.Registration {
+  return {
+    id: r.id,
+    trigger: r.trigger,
+    interpreterId: r.interpreterId,
+    description: r.description,
+    createdAt: r.createdAt,
+    stats: {
+      runs: r.stats.runs,
+      failures: r.stats.failures,
+      lastError: scriptErrorToProto(r.stats.lastError),
+      totalTime: durationFromMs(r.stats.totalTimeMs),
+      lastRunAt: r.stats.lastRunAt,
+    },
+    broken: r.broken,
+  };
+}
+
+export function executeResponseToProto(r: core.ExecuteResult): pb.ExecuteResponse {
+  return {
+    executionId: r.executionId,
+    interpreterId: r.interpreterId,
+    outcome: OUTCOMES[r.outcome],
+    // null must be sent explicitly: undefined would leave the field unset
+    result: r.outcome === 'succeeded' ? r.result : undefined,
+    error: scriptErrorToProto(r.error),
+    logs: r.logs,
+    logsTruncated: r.logsTruncated,
+    registrations: r.registrations.map(registrationToProto),
+    wallTime: durationFromMs(r.wallTimeMs),
+    cpuTime: durationFromMs(r.cpuTimeMs),
+    interpreter: interpreterToProto(r.interpreter),
+  };
+}
+
+export function triggerResultToProto(r: core.TriggerRunResult): pb.TriggerResult {
+  return {
+    registrationId: r.registrationId,
+    interpreterId: r.interpreterId,
+    executionId: r.executionId,
+    outcome: OUTCOMES[r.outcome],
+    result: r.outcome === 'succeeded' ? r.result : undefined,
+    error: scriptErrorToProto(r.error),
+    logs: r.logs,
+    wallTime: durationFromMs(r.wallTimeMs),
+    logsTruncated: r.logsTruncated,
+    cpuTime: durationFromMs(r.cpuTimeMs),
+  };
+}

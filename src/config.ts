@@ -1,0 +1,138 @@
+import os from 'node:os';
+import type { IsolationMode } from './core/types';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+/** One validated, typed configuration: every ISOGEAR_* setting with its default applied. */
+export interface Config {
+  grpcAddress: string;
+  metricsAddress: string;
+  defaultMode: IsolationMode;
+  defaultTimeoutMs: number;
+  maxTimeoutMs: number;
+  defaultMemoryMb: number;
+  maxMemoryMb: number;
+  sharedIsolates: number;
+  sharedIsolateMemoryMb: number;
+  maxInterpreters: number;
+  maxSourceBytes: number;
+  maxLogBytes: number;
+  maxValueBytes: number;
+  maxRegistrationsPerInterpreter: number;
+  shutdownGraceMs: number;
+  logLevel: LogLevel;
+}
+
+/** A setting is missing its mark; the message names the variable. Start-up stops. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+type Parser<T> = (raw: string, variable: string) => T;
+
+const int =
+  (min: number, max: number): Parser<number> =>
+  (raw, variable) => {
+    if (!/^\d+$/.test(raw.trim())) throw new ConfigError(`${variable} must be a whole number, got ${JSON.stringify(raw)}`);
+    const n = Number(raw.trim());
+    if (n < min || n > max) throw new ConfigError(`${variable} must be between ${min} and ${max}, got ${n}`);
+    return n;
+  };
+
+const address: Parser<string> = (raw, variable) => {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(raw.trim());
+  if (!m || Number(m[2]) > 65535) throw new ConfigError(`${variable} must be host:port (e.g. 0.0.0.0:50051), got ${JSON.stringify(raw)}`);
+  return raw.trim();
+};
+
+const oneOf =
+  <T extends string>(...values: T[]): Parser<T> =>
+  (raw, variable) => {
+    const v = raw.trim().toLowerCase() as T;
+    if (!values.includes(v)) throw new ConfigError(`${variable} must be one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
+    return v;
+  };
+
+interface Setting<K extends keyof Config> {
+  key: K;
+  variable: string;
+  parse: Parser<Config[K]>;
+  fallback: (partial: Partial<Config>) => Config[K];
+}
+
+const MiB = 1024 * 1024;
+
+function setting<K extends keyof Config>(key: K, variable: string, parse: Parser<Config[K]>, fallback: (p: Partial<Config>) => Config[K]): Setting<K> {
+  return { key, variable, parse, fallback };
+}
+
+/** Order matters where a default depends on an earlier setting. */
+const SETTINGS = [
+  setting('grpcAddress', 'ISOGEAR_GRPC_ADDRESS', address, () => '0.0.0.0:50051'),
+  setting('metricsAddress', 'ISOGEAR_METRICS_ADDRESS', address, () => '0.0.0.0:9464'),
+  setting('defaultMode', 'ISOGEAR_DEFAULT_MODE', oneOf<IsolationMode>('isolate', 'shared'), (): IsolationMode => 'isolate'),
+  setting('defaultTimeoutMs', 'ISOGEAR_DEFAULT_TIMEOUT_MS', int(1, 3_600_000), () => 5000),
+  setting('maxTimeoutMs', 'ISOGEAR_MAX_TIMEOUT_MS', int(1, 3_600_000), () => 60_000),
+  setting('defaultMemoryMb', 'ISOGEAR_DEFAULT_MEMORY_MB', int(8, 65_536), () => 64),
+  setting('maxMemoryMb', 'ISOGEAR_MAX_MEMORY_MB', int(8, 65_536), () => 512),
+  setting('sharedIsolates', 'ISOGEAR_SHARED_ISOLATES', int(1, 1024), () => Math.max(1, os.availableParallelism())),
+  setting('sharedIsolateMemoryMb', 'ISOGEAR_SHARED_MEMORY_MB', int(8, 65_536), (p) => p.maxMemoryMb ?? 512),
+  setting('maxInterpreters', 'ISOGEAR_MAX_INTERPRETERS', int(1, 10_000_000), () => 10_000),
+  setting('maxSourceBytes', 'ISOGEAR_MAX_SOURCE_BYTES', int(1, 64 * MiB), () => MiB),
+  setting('maxLogBytes', 'ISOGEAR_MAX_LOG_BYTES', int(1, 64 * MiB), () => 64 * 1024),
+  setting('maxValueBytes', 'ISOGEAR_MAX_VALUE_BYTES', int(1, 64 * MiB), () => MiB),
+  setting('maxRegistrationsPerInterpreter', 'ISOGEAR_MAX_REGISTRATIONS_PER_INTERPRETER', int(1, 1_000_000), () => 10_000),
+  setting('shutdownGraceMs', 'ISOGEAR_SHUTDOWN_GRACE_MS', int(0, 3_600_000), () => 10_000),
+  setting('logLevel', 'ISOGEAR_LOG_LEVEL', oneOf<LogLevel>('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), (): LogLevel => 'info'),
+] as Setting<keyof Config>[];
+
+export const CONFIG_VARIABLES: readonly string[] = SETTINGS.map((s) => s.variable);
+
+/** `--default-mode=shared` or `--default-mode shared` mirrors ISOGEAR_DEFAULT_MODE. */
+export function flagsToEnv(argv: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const m = /^--([a-z0-9-]+)(?:=(.*))?$/.exec(arg);
+    if (!m) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}; flags look like --grpc-address=127.0.0.1:50051`);
+    const variable = `ISOGEAR_${m[1].toUpperCase().replace(/-/g, '_')}`;
+    if (!CONFIG_VARIABLES.includes(variable)) throw new ConfigError(`unknown flag --${m[1]}`);
+    let value = m[2];
+    if (value === undefined) {
+      value = argv[i + 1];
+      if (value === undefined) throw new ConfigError(`flag --${m[1]} needs a value`);
+      i += 1;
+    }
+    out[variable] = value;
+  }
+  return out;
+}
+
+/**
+ * Reads ISOGEAR_* variables (flags override them), applies defaults and validates. Unknown
+ * ISOGEAR_* variables are rejected too: a typo must not silently fall back to a default.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly string[] = []): Config {
+  const merged: Record<string, string | undefined> = { ...env, ...flagsToEnv(argv) };
+  for (const name of Object.keys(merged)) {
+    if (name.startsWith('ISOGEAR_') && !CONFIG_VARIABLES.includes(name)) {
+      throw new ConfigError(`${name} is not an isogear setting (known: ${CONFIG_VARIABLES.join(', ')})`);
+    }
+  }
+  const partial: Partial<Config> = {};
+  for (const s of SETTINGS) {
+    const raw = merged[s.variable];
+    (partial as Record<string, unknown>)[s.key] = raw === undefined || raw === '' ? s.fallback(partial) : s.parse(raw, s.variable);
+  }
+  const config = partial as Config;
+  if (config.defaultTimeoutMs > config.maxTimeoutMs) {
+    throw new ConfigError(`ISOGEAR_DEFAULT_TIMEOUT_MS (${config.defaultTimeoutMs}) must not exceed ISOGEAR_MAX_TIMEOUT_MS (${config.maxTimeoutMs})`);
+  }
+  if (config.defaultMemoryMb > config.maxMemoryMb) {
+    throw new ConfigError(`ISOGEAR_DEFAULT_MEMORY_MB (${config.defaultMemoryMb}) must not exceed ISOGEAR_MAX_MEMORY_MB (${config.maxMemoryMb})`);
+  }
+  return config;
+}

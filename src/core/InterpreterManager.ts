@@ -1,0 +1,877 @@
+import { Sandbox, SandboxCallError, type RunTuple } from '../sandbox/Sandbox';
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  IllegalStateError,
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from './errors';
+import { newExecutionId, newInterpreterId, newRegistrationPrefix, newToken } from './ids';
+import { Interpreter } from './Interpreter';
+import { IsolateHost, type IsolateDisposeReason } from './IsolateHost';
+import { isValidName, isValidSpecifier, isValidTrigger, TRIGGER_PATTERN } from './names';
+import { Registration } from './Registration';
+import type {
+  ExecuteResult,
+  ExecuteSpec,
+  InterpreterFilter,
+  InterpreterInfo,
+  IsolateKind,
+  IsolateManager,
+  IsolationMode,
+  JsonValue,
+  Limits,
+  ManagerCounters,
+  ManagerOptions,
+  Page,
+  RegisterResult,
+  RegisterSpec,
+  RegistrationFilter,
+  RegistrationInfo,
+  ReleaseResult,
+  ReleaseTarget,
+  RunReport,
+  ScriptError,
+  TriggerRunResult,
+  TriggerSpec,
+} from './types';
+
+/** isolated-vm stops synchronous code at the timeout itself; the host timer (for awaits) fires just after. */
+const HOST_TIMER_SLACK_MS = 20;
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_PAGE_SIZE = 1000;
+const TOMBSTONES = 10_000;
+const MIN_MEMORY_MB = 8;
+
+interface ResolvedLimits {
+  timeoutMs: number;
+  memoryMb: number;
+}
+
+interface RunSetup {
+  /**
+   * Starts the run in the sandbox; resolves with its tuple or rejects with SandboxCallError.
+   * `remainingMs()` is what is left of the run's budget; `active()` turns false once the run was
+   * settled by the host timer or an abort, so a slow compile does not start code nobody awaits.
+   */
+  start(execId: string, remainingMs: () => number, active: () => boolean): Promise<RunTuple>;
+  /** Token of a pending load, so an abandoned run's driver hook is dropped too. */
+  token?: string;
+}
+
+type Settled =
+  | { kind: 'tuple'; tuple: RunTuple }
+  | { kind: 'error'; error: unknown }
+  | { kind: 'timeout' }
+  | { kind: 'aborted' };
+
+/**
+ * The isolate manager: creates interpreters on dedicated or shared isolates, counts their
+ * references, runs executions and handler runs with limits, keeps registrations and the trigger
+ * index, and disposes each interpreter the moment its last reference goes.
+ *
+ * Every change to the registration set (commit after a run, release, upgrade swap) happens in one
+ * synchronous step, so a concurrent Trigger, which snapshots its registrations synchronously,
+ * sees the set before or after the change, never a mix.
+ */
+export class InterpreterManager implements IsolateManager {
+  private readonly interpreters = new Map<string, Interpreter>();
+  private readonly registrations = new Map<string, Registration>();
+  private readonly byTrigger = new Map<string, Registration[]>();
+  private readonly names = new Map<string, Interpreter>();
+  private readonly reservedNames = new Set<string>();
+  private readonly tombstones = new Map<string, InterpreterInfo>();
+  private readonly shared: IsolateHost[] = [];
+  private readonly dedicated = new Set<IsolateHost>();
+  private readonly created: Record<IsolateKind, number> = { dedicated: 0, shared: 0 };
+  private readonly disposedCount: Record<IsolateKind, number> = { dedicated: 0, shared: 0 };
+  private readonly disposedByReason = new Map<string, number>();
+  private readonly inFlightRuns = new Set<Promise<unknown>>();
+  private creating = 0;
+  private inFlight = 0;
+  private seq = 0;
+  private closed = false;
+
+  private constructor(private readonly options: ManagerOptions) {}
+
+  static async create(options: ManagerOptions): Promise<InterpreterManager> {
+    validateOptions(options);
+    const manager = new InterpreterManager(options);
+    for (let i = 0; i < options.sharedIsolates; i++) manager.shared.push(manager.newSharedHost());
+    return manager;
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  async execute(spec: ExecuteSpec, signal?: AbortSignal): Promise<ExecuteResult> {
+    this.assertOpen();
+    requireSource(spec.source, 'source');
+    const modules = this.checkModules(spec.source, spec.modules);
+    const argsJson = this.encodeValue(spec.args, 'args');
+    const attach = spec.interpreterId !== undefined && spec.interpreterId !== '';
+    if (attach && spec.mode !== undefined) {
+      throw new InvalidArgumentError('mode and interpreter_id are exclusive: an existing interpreter keeps its mode');
+    }
+    if (attach && (spec.name || spec.replace)) {
+      throw new InvalidArgumentError('name and replace apply to a new interpreter; they cannot be combined with interpreter_id');
+    }
+    if (spec.replace && !spec.name) throw new InvalidArgumentError('replace needs a name: it upgrades the interpreter with that name');
+    if (spec.name !== undefined && spec.name !== '' && !isValidName(spec.name)) {
+      throw new InvalidArgumentError('name must be 1-128 characters of letters, digits, "_", "." and "-", starting with a letter, digit or "_"');
+    }
+    const limits = this.resolveLimits(spec.limits);
+    const name = spec.name ?? '';
+
+    let interp: Interpreter;
+    let reserved = false;
+    if (attach) {
+      interp = this.attachable(spec.interpreterId as string);
+    } else {
+      if (name && !spec.replace) {
+        if (this.names.has(name) || this.reservedNames.has(name)) {
+          throw new AlreadyExistsError(`an interpreter named "${name}" already exists; set replace to upgrade it`);
+        }
+        this.reservedNames.add(name);
+        reserved = true;
+      }
+      try {
+        interp = await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, spec.replace ? '' : name);
+      } catch (err) {
+        if (reserved) this.reservedNames.delete(name);
+        throw err;
+      }
+      if (reserved) {
+        this.reservedNames.delete(name);
+        this.names.set(name, interp);
+      }
+    }
+
+    let committed: Registration[] = [];
+    const token = newToken();
+    const report = await this.run(
+      interp,
+      'execute',
+      limits.timeoutMs,
+      signal,
+      {
+        token,
+        start: async (execId, remainingMs, active) => {
+          const driver = await interp.sandbox.prepare(spec.source, modules, token);
+          if (!active()) throw new SandboxCallError('script', { name: 'AbortError', message: 'the run ended before it started', stack: '' });
+          return interp.sandbox.load(driver, execId, token, 'execute', argsJson, '', '', remainingMs());
+        },
+      },
+      (tuple, r) => {
+        const ok = r.outcome === 'succeeded';
+        if (ok && tuple && tuple.registrations.length > 0) committed = this.commit(interp, tuple, r.executionId);
+        if (ok && spec.replace) this.swapName(name, interp);
+      },
+    );
+    return {
+      ...report,
+      registrations: committed.map((r) => r.info(false)),
+      interpreter: await interp.info(),
+    };
+  }
+
+  async register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult> {
+    this.assertOpen();
+    if (typeof spec.trigger !== 'string' || spec.trigger === '') throw new InvalidArgumentError('trigger must not be empty');
+    if (!isValidTrigger(spec.trigger)) throw new InvalidArgumentError(`trigger must match /${TRIGGER_PATTERN}/`);
+    requireSource(spec.source, 'source');
+    const description = spec.description ?? '';
+    if (description.length > 1024) throw new InvalidArgumentError('description must be at most 1024 characters');
+    const modules = this.checkModules(spec.source, spec.modules);
+    const attach = spec.interpreterId !== undefined && spec.interpreterId !== '';
+    if (attach && spec.mode !== undefined) {
+      throw new InvalidArgumentError('mode and interpreter_id are exclusive: an existing interpreter keeps its mode');
+    }
+    const limits = this.resolveLimits(spec.limits);
+    const interp = attach
+      ? this.attachable(spec.interpreterId as string)
+      : await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, '');
+
+    let registration: Registration | undefined;
+    let refused: string | undefined;
+    const token = newToken();
+    const report = await this.run(
+      interp,
+      'register',
+      limits.timeoutMs,
+      signal,
+      {
+        token,
+        start: async (execId, remainingMs, active) => {
+          const driver = await interp.sandbox.prepare(spec.source, modules, token);
+          if (!active()) throw new SandboxCallError('script', { name: 'AbortError', message: 'the run ended before it started', stack: '' });
+          return interp.sandbox.load(driver, execId, token, 'register', '', spec.trigger, description, remainingMs());
+        },
+      },
+      (tuple, r) => {
+        if (r.outcome !== 'succeeded' || !tuple) return;
+        if (tuple.registrations.length !== 1 || tuple.registrations[0].trigger !== spec.trigger) {
+          refused = 'the handler module registered other handlers while loading; use Execute for scripts that call gears.register';
+          interp.sandbox.abandon(r.executionId);
+          return;
+        }
+        if (!interp.accepting) {
+          refused = `interpreter ${interp.id} was released while the handler loaded`;
+          interp.sandbox.abandon(r.executionId);
+          return;
+        }
+        registration = this.commit(interp, tuple, r.executionId)[0];
+      },
+    );
+    if (!registration) {
+      if (refused) throw new FailedPreconditionError(refused);
+      if (report.outcome === 'aborted') throw new UnavailableError('the run was aborted before the handler loaded');
+      const why = report.error ? `${report.error.name}: ${report.error.message}` : report.outcome;
+      throw new InvalidArgumentError(`source does not yield a handler (${outcomeText(report.outcome)}): ${why}`);
+    }
+    return { registration: registration.info(false), interpreter: await interp.info() };
+  }
+
+  release(target: ReleaseTarget): ReleaseResult {
+    if ('registrationId' in target) {
+      const reg = this.registrations.get(target.registrationId);
+      if (!reg) throw new NotFoundError(`registration ${target.registrationId} not found (unknown or already released)`);
+      const interp = this.mustInterpreter(reg.interpreterId);
+      this.releaseRegistrations(interp, [reg]);
+      return { releasedRegistrationIds: [reg.id], interpreter: interp.infoWithHeap(0) };
+    }
+    const interp = this.interpreters.get(target.interpreterId);
+    if (!interp) throw new NotFoundError(`interpreter ${target.interpreterId} not found (unknown or already disposed)`);
+    if (interp.registrations.size === 0) {
+      throw new NotFoundError(`interpreter ${target.interpreterId} holds no registrations to release`);
+    }
+    const regs = [...interp.registrations.values()];
+    this.releaseRegistrations(interp, regs);
+    return { releasedRegistrationIds: regs.map((r) => r.id), interpreter: interp.infoWithHeap(0) };
+  }
+
+  async trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]> {
+    this.assertOpen();
+    if (typeof spec.trigger !== 'string' || spec.trigger === '') throw new InvalidArgumentError('trigger must not be empty');
+    if (!isValidTrigger(spec.trigger)) throw new InvalidArgumentError(`trigger must match /${TRIGGER_PATTERN}/`);
+    const payloadJson = this.encodeValue(spec.payload, 'payload');
+    const limits = this.resolveLimits(spec.limits);
+    const bound = this.byTrigger.get(spec.trigger);
+    if (!bound || bound.length === 0) throw new NotFoundError(`no registration is bound to trigger "${spec.trigger}"`);
+    // The snapshot and every run's execution reference are taken in this synchronous step.
+    const snapshot = bound.slice();
+    return Promise.all(snapshot.map((reg) => this.runHandler(reg, spec.trigger, payloadJson, limits.timeoutMs, signal)));
+  }
+
+  async getInterpreter(id: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }> {
+    const interp = this.interpreters.get(id);
+    if (interp) {
+      const broken = interp.state === 'failed';
+      return { interpreter: await interp.info(), registrations: [...interp.registrations.values()].map((r) => r.info(broken)) };
+    }
+    const tomb = this.tombstones.get(id);
+    if (tomb) return { interpreter: { ...tomb }, registrations: [] };
+    throw new NotFoundError(`interpreter ${id} not found`);
+  }
+
+  async listInterpreters(filter: InterpreterFilter): Promise<Page<InterpreterInfo>> {
+    const page = paginate(
+      this.interpreters.values(),
+      (i) => i.seq,
+      (i) => (!filter.name || i.name === filter.name) && (!filter.mode || i.mode === filter.mode),
+      filter,
+    );
+    return { items: await Promise.all(page.items.map((i) => i.info())), nextPageToken: page.nextPageToken };
+  }
+
+  listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo> {
+    const page = paginate(
+      this.registrations.values(),
+      (r) => r.seq,
+      (r) => (!filter.trigger || r.trigger === filter.trigger) && (!filter.interpreterId || r.interpreterId === filter.interpreterId),
+      filter,
+    );
+    return {
+      items: page.items.map((r) => r.info(this.interpreters.get(r.interpreterId)?.state === 'failed')),
+      nextPageToken: page.nextPageToken,
+    };
+  }
+
+  counters(): ManagerCounters {
+    const byState = { ready: 0, draining: 0, failed: 0 };
+    const byMode = { shared: 0, isolate: 0 };
+    const references = { registration: 0, execution: 0 };
+    for (const i of this.interpreters.values()) {
+      if (i.state !== 'disposed') byState[i.state] += 1;
+      byMode[i.mode] += 1;
+      references.registration += i.referencesOf('registration');
+      references.execution += i.referencesOf('execution');
+    }
+    return {
+      interpreters: this.interpreters.size,
+      interpretersByState: byState,
+      interpretersByMode: byMode,
+      dedicatedIsolates: this.dedicated.size,
+      sharedIsolates: this.shared.filter((h) => !h.disposed).length,
+      registrations: this.registrations.size,
+      references,
+      executionsInFlight: this.inFlight,
+      isolatesCreated: { ...this.created },
+      isolatesDisposed: { ...this.disposedCount },
+    };
+  }
+
+  /** Disposals by `<kind>:<reason>`, for metrics. */
+  disposals(): Map<string, number> {
+    return new Map(this.disposedByReason);
+  }
+
+  /**
+   * Stops taking work, disposes every isolate (runs still in flight end ABORTED) and waits for
+   * those runs to report. Idempotent.
+   */
+  async destroy(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const host of [...this.dedicated, ...this.shared]) host.dispose('shutdown');
+    await Promise.allSettled([...this.inFlightRuns]);
+    for (const interp of [...this.interpreters.values()]) {
+      for (const reg of interp.registrations.values()) this.unindex(reg);
+      interp.registrations.clear();
+      interp.fail('the server shut down');
+      this.interpreters.delete(interp.id);
+    }
+    this.names.clear();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  // ---------------------------------------------------------------- interpreters and isolates
+
+  private newSharedHost(): IsolateHost {
+    const host = IsolateHost.create('shared', this.options.sharedIsolateMemoryMb, this.onIsolateDeath, this.options.onCatastrophicError);
+    this.created.shared += 1;
+    return host;
+  }
+
+  private readonly onIsolateDeath = (host: IsolateHost, reason: IsolateDisposeReason): void => {
+    this.disposedCount[host.kind] += 1;
+    const key = `${host.kind}:${reason}`;
+    this.disposedByReason.set(key, (this.disposedByReason.get(key) ?? 0) + 1);
+    if (host.kind === 'dedicated') this.dedicated.delete(host);
+    if (reason !== 'released' && reason !== 'shutdown') {
+      const why = reason === 'memory_limit' ? 'its isolate exceeded its memory limit' : 'its isolate was disposed while a script ran';
+      this.options.logger?.warn({ isolate: host.kind, reason, interpreters: [...host.interpreterIds] }, 'isolate died');
+      for (const id of [...host.interpreterIds]) {
+        const interp = this.interpreters.get(id);
+        if (!interp) continue;
+        interp.fail(why);
+        if (interp.references === 0) this.forget(interp);
+      }
+    }
+    if (host.kind === 'shared' && !this.closed) {
+      const slot = this.shared.indexOf(host);
+      if (slot >= 0) this.shared[slot] = this.newSharedHost();
+    }
+  };
+
+  private pickShared(): IsolateHost {
+    let best: IsolateHost | undefined;
+    for (const h of this.shared) {
+      if (h.disposed) continue;
+      if (
+        !best ||
+        h.interpreterIds.size < best.interpreterIds.size ||
+        (h.interpreterIds.size === best.interpreterIds.size && h.inFlight < best.inFlight)
+      ) {
+        best = h;
+      }
+    }
+    if (!best) throw new UnavailableError('no shared isolate is available');
+    return best;
+  }
+
+  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string): Promise<Interpreter> {
+    if (this.interpreters.size + this.creating >= this.options.maxInterpreters) {
+      throw new ResourceExhaustedError(
+        'max_interpreters',
+        `the server holds its maximum of ${this.options.maxInterpreters} interpreters (ISOGEAR_MAX_INTERPRETERS); release registrations to free some`,
+      );
+    }
+    this.creating += 1;
+    let host: IsolateHost | undefined;
+    try {
+      if (mode === 'isolate') {
+        host = IsolateHost.create('dedicated', memoryMb, this.onIsolateDeath, this.options.onCatastrophicError);
+        this.created.dedicated += 1;
+        this.dedicated.add(host);
+      } else {
+        host = this.pickShared();
+      }
+      const id = newInterpreterId();
+      const prefix = newRegistrationPrefix();
+      host.interpreterIds.add(id);
+      let sandbox: Sandbox;
+      try {
+        sandbox = await Sandbox.create(host.isolate, {
+          interpreterId: id,
+          registrationPrefix: prefix,
+          maxLogChars: this.options.maxLogBytes,
+          triggerPattern: TRIGGER_PATTERN,
+          maxResultChars: this.options.maxValueBytes,
+          maxRegistrations: this.options.maxRegistrationsPerInterpreter,
+        });
+      } catch (err) {
+        host.interpreterIds.delete(id);
+        throw new UnavailableError(`could not create an interpreter: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      }
+      if (this.closed) {
+        sandbox.release();
+        throw new UnavailableError('the server is shutting down');
+      }
+      const interp = new Interpreter(id, ++this.seq, mode, name, host, sandbox, prefix, this.onUnreferenced);
+      this.interpreters.set(id, interp);
+      return interp;
+    } catch (err) {
+      if (host && host.kind === 'dedicated') host.dispose('failed');
+      throw err;
+    } finally {
+      this.creating -= 1;
+    }
+  }
+
+  private readonly onUnreferenced = (interp: Interpreter): void => {
+    this.forget(interp);
+  };
+
+  /** Removes an unreferenced interpreter: dispose its context (and dedicated isolate), keep a tombstone. */
+  private forget(interp: Interpreter): void {
+    if (!this.interpreters.has(interp.id)) return;
+    this.interpreters.delete(interp.id);
+    if (interp.name && this.names.get(interp.name) === interp) this.names.delete(interp.name);
+    interp.markDisposed();
+    interp.host.interpreterIds.delete(interp.id);
+    if (interp.host.kind === 'dedicated') interp.host.dispose('released');
+    this.tombstones.set(interp.id, interp.infoWithHeap(0));
+    if (this.tombstones.size > TOMBSTONES) {
+      const oldest = this.tombstones.keys().next().value as string;
+      this.tombstones.delete(oldest);
+    }
+  }
+
+  private attachable(id: string): Interpreter {
+    const interp = this.interpreters.get(id);
+    if (!interp) {
+      const tomb = this.tombstones.get(id);
+      if (tomb) throw new FailedPreconditionError(`interpreter ${id} is ${tomb.state.toUpperCase()}`);
+      throw new NotFoundError(`interpreter ${id} not found`);
+    }
+    if (interp.state === 'failed') throw new FailedPreconditionError(`interpreter ${id} is FAILED: ${interp.failureReason}`);
+    if (interp.state === 'draining') {
+      throw new FailedPreconditionError(`interpreter ${id} is DRAINING: its registrations were released and it is disposed when its runs end`);
+    }
+    return interp;
+  }
+
+  private mustInterpreter(id: string): Interpreter {
+    const interp = this.interpreters.get(id);
+    if (!interp) throw new IllegalStateError(`registration points at missing interpreter ${id}`);
+    return interp;
+  }
+
+  // ---------------------------------------------------------------- registrations
+
+  /** Makes a successful run's registrations live, in one synchronous step. */
+  private commit(interp: Interpreter, tuple: RunTuple, execId: string): Registration[] {
+    if (!interp.accepting) {
+      interp.sandbox.abandon(execId);
+      return [];
+    }
+    const prefix = `reg_${interp.registrationPrefix}`;
+    const seen = new Set<string>();
+    for (const r of tuple.registrations) {
+      if (!r.id.startsWith(prefix) || seen.has(r.id) || this.registrations.has(r.id) || !isValidTrigger(r.trigger)) {
+        interp.sandbox.abandon(execId);
+        throw new IllegalStateError(`interpreter ${interp.id} reported an invalid registration ${r.id}`);
+      }
+      seen.add(r.id);
+    }
+    interp.sandbox.commit(execId);
+    const out: Registration[] = [];
+    for (const r of tuple.registrations) {
+      const reg = new Registration(r.id, ++this.seq, r.trigger, interp.id, r.description, interp.acquire('registration'));
+      interp.registrations.set(reg.id, reg);
+      this.registrations.set(reg.id, reg);
+      const list = this.byTrigger.get(reg.trigger);
+      if (list) list.push(reg);
+      else this.byTrigger.set(reg.trigger, [reg]);
+      out.push(reg);
+    }
+    return out;
+  }
+
+  private unindex(reg: Registration): void {
+    this.registrations.delete(reg.id);
+    const list = this.byTrigger.get(reg.trigger);
+    if (!list) return;
+    const i = list.indexOf(reg);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) this.byTrigger.delete(reg.trigger);
+  }
+
+  /** Drops registrations of one interpreter: unindex all first, then release their references. */
+  private releaseRegistrations(interp: Interpreter, regs: Registration[]): void {
+    for (const reg of regs) {
+      this.unindex(reg);
+      interp.registrations.delete(reg.id);
+    }
+    if (interp.state === 'ready' || interp.state === 'draining') interp.sandbox.unregister(regs.map((r) => r.id));
+    if (interp.registrations.size === 0 && interp.referencesOf('execution') > 0) interp.beginDraining();
+    for (const reg of regs) reg.reference.release();
+  }
+
+  /** The upgrade commit point: the name moves to `next`, the old holder's registrations go. */
+  private swapName(name: string, next: Interpreter): void {
+    const old = this.names.get(name);
+    if (old && old !== next) {
+      this.names.delete(name);
+      old.name = '';
+      if (old.registrations.size > 0) this.releaseRegistrations(old, [...old.registrations.values()]);
+      this.options.logger?.info({ name, from: old.id, to: next.id }, 'interpreter upgraded');
+    }
+    if (next.registrations.size > 0 && next.accepting) {
+      next.name = name;
+      this.names.set(name, next);
+    }
+  }
+
+  // ---------------------------------------------------------------- runs
+
+  private async runHandler(
+    reg: Registration,
+    trigger: string,
+    payloadJson: string,
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<TriggerRunResult> {
+    const interp = this.interpreters.get(reg.interpreterId);
+    if (!interp || interp.state === 'failed') {
+      const error: ScriptError = {
+        name: 'InterpreterFailedError',
+        message: `interpreter ${reg.interpreterId} is FAILED${interp ? ` (${interp.failureReason})` : ''}; release this registration`,
+        stack: '',
+      };
+      reg.recordRun(false, 0, error);
+      return {
+        registrationId: reg.id,
+        executionId: '',
+        interpreterId: reg.interpreterId,
+        outcome: 'failed',
+        result: null,
+        error,
+        logs: [],
+        logsTruncated: false,
+        wallTimeMs: 0,
+        cpuTimeMs: 0,
+      };
+    }
+    const report = await this.run(
+      interp,
+      'trigger',
+      timeoutMs,
+      signal,
+      { start: (execId, remainingMs) => interp.sandbox.invoke(execId, reg.id, payloadJson, trigger, remainingMs()) },
+      (tuple, r) => {
+        if (r.outcome === 'succeeded' && tuple && tuple.registrations.length > 0) this.commit(interp, tuple, r.executionId);
+      },
+    );
+    reg.recordRun(report.outcome === 'succeeded', report.wallTimeMs, report.error);
+    return { ...report, registrationId: reg.id };
+  }
+
+  /**
+   * Runs code in an interpreter under an execution reference: enforces the wall-clock timeout
+   * (isolated-vm's own timeout stops synchronous code and microtask loops; this timer stops waits
+   * on promises), honours the abort signal, classifies how the run ended, and calls `onSettled`
+   * synchronously, while the execution reference is still held, so its commit is atomic.
+   */
+  private async run(
+    interp: Interpreter,
+    kind: 'execute' | 'register' | 'trigger',
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+    setup: RunSetup,
+    onSettled: (tuple: RunTuple | undefined, report: RunReport) => void,
+  ): Promise<RunReport> {
+    const execId = newExecutionId();
+    const ref = interp.acquire('execution');
+    const host = interp.host;
+    this.inFlight += 1;
+    host.inFlight += 1;
+    const started = performance.now();
+    const cpuStart = host.cpuTimeMs();
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    let active = true;
+    const remainingMs = (): number => Math.max(1, Math.ceil(timeoutMs - (performance.now() - started)));
+    const settledPromise = new Promise<Settled>((resolve) => {
+      const settle = (s: Settled): void => {
+        active = false;
+        resolve(s);
+      };
+      timer = setTimeout(() => settle({ kind: 'timeout' }), timeoutMs + HOST_TIMER_SLACK_MS);
+      if (signal) {
+        if (signal.aborted) settle({ kind: 'aborted' });
+        onAbort = () => settle({ kind: 'aborted' });
+        signal.addEventListener('abort', onAbort, { once: true });
+      }
+      if (!active) return;
+      setup.start(execId, remainingMs, () => active).then(
+        (tuple) => settle({ kind: 'tuple', tuple }),
+        (error: unknown) => settle({ kind: 'error', error }),
+      );
+    });
+    this.inFlightRuns.add(settledPromise);
+    try {
+      const settled = await settledPromise;
+      const wallTimeMs = performance.now() - started;
+      const cpuTimeMs = Math.max(0, host.cpuTimeMs() - cpuStart);
+      interp.cpuTimeMs += cpuTimeMs;
+      const report: RunReport = {
+        executionId: execId,
+        interpreterId: interp.id,
+        outcome: 'succeeded',
+        result: null,
+        logs: [],
+        logsTruncated: false,
+        wallTimeMs,
+        cpuTimeMs,
+      };
+      let tuple: RunTuple | undefined;
+      switch (settled.kind) {
+        case 'tuple': {
+          tuple = settled.tuple;
+          report.logs = tuple.logs;
+          report.logsTruncated = tuple.logsTruncated;
+          if (tuple.ok) {
+            const parsed = this.decodeResult(tuple.valueJson as string);
+            if (parsed.ok) report.result = parsed.value;
+            else {
+              report.outcome = 'failed';
+              report.error = parsed.error;
+              interp.sandbox.abandon(execId);
+            }
+          } else if (tuple.code === 'abandoned') {
+            report.outcome = 'aborted';
+            report.error = { name: 'AbortError', message: 'the run was abandoned', stack: '' };
+          } else {
+            report.outcome = 'failed';
+            report.error = tuple.error ?? { name: 'Error', message: 'the script failed', stack: '' };
+          }
+          break;
+        }
+        case 'error': {
+          const err = settled.error;
+          if (!(err instanceof SandboxCallError)) throw err;
+          switch (err.kind) {
+            case 'timeout':
+              report.outcome = 'timed_out';
+              report.error = { ...err.scriptError, message: `script execution timed out after ${timeoutMs} ms` };
+              interp.sandbox.abandon(execId, setup.token);
+              break;
+            case 'memory':
+              report.outcome = 'memory_exceeded';
+              report.error = {
+                name: 'MemoryLimitError',
+                message: `the isolate exceeded its memory limit of ${host.memoryLimitMb} MB and was disposed; interpreter ${interp.id} is FAILED`,
+                stack: '',
+              };
+              host.noteDeath('memory_limit');
+              break;
+            case 'disposed':
+              host.noteDeath(this.closed ? 'shutdown' : 'failed');
+              report.outcome = host.reason === 'memory_limit' && host.kind === 'dedicated' ? 'memory_exceeded' : 'aborted';
+              report.error = {
+                name: 'IsolateDisposedError',
+                message:
+                  host.reason === 'shutdown'
+                    ? 'the server shut down while the script ran'
+                    : host.reason === 'memory_limit'
+                      ? `the isolate hosting interpreter ${interp.id} exceeded its memory limit and was disposed`
+                      : `the isolate hosting interpreter ${interp.id} was disposed while the script ran`,
+                stack: '',
+              };
+              break;
+            case 'script':
+              report.outcome = 'failed';
+              report.error = err.scriptError;
+              interp.sandbox.abandon(execId, setup.token);
+              break;
+          }
+          break;
+        }
+        case 'timeout':
+          report.outcome = 'timed_out';
+          report.error = { name: 'TimeoutError', message: `script did not finish within ${timeoutMs} ms`, stack: '' };
+          interp.sandbox.abandon(execId, setup.token);
+          break;
+        case 'aborted':
+          report.outcome = 'aborted';
+          report.error = { name: 'AbortError', message: 'the caller cancelled the run', stack: '' };
+          interp.sandbox.abandon(execId, setup.token);
+          break;
+      }
+      if (report.outcome !== 'succeeded' && tuple && tuple.ok) interp.sandbox.abandon(execId);
+      if (report.outcome !== 'succeeded' && tuple && tuple.registrations.length > 0) interp.sandbox.abandon(execId);
+      onSettled(tuple, report);
+      if (kind !== 'register' && report.outcome !== 'succeeded') {
+        this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, outcome: report.outcome }, 'run did not succeed');
+      }
+      return report;
+    } finally {
+      clearTimeout(timer);
+      if (signal && onAbort) signal.removeEventListener('abort', onAbort);
+      this.inFlightRuns.delete(settledPromise);
+      this.inFlight -= 1;
+      host.inFlight -= 1;
+      ref.release();
+    }
+  }
+
+  // ---------------------------------------------------------------- validation helpers
+
+  private assertOpen(): void {
+    if (this.closed) throw new UnavailableError('the server is shutting down');
+  }
+
+  private resolveLimits(limits: Limits | undefined): ResolvedLimits {
+    const o = this.options;
+    const timeoutMs = limits?.timeoutMs || o.defaultTimeoutMs;
+    const memoryMb = limits?.memoryLimitMb || o.defaultMemoryMb;
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new InvalidArgumentError('limits.timeout_ms must be a positive integer');
+    if (timeoutMs > o.maxTimeoutMs) {
+      throw new InvalidArgumentError(`limits.timeout_ms ${timeoutMs} is over the server maximum of ${o.maxTimeoutMs}`);
+    }
+    if (!Number.isInteger(memoryMb) || memoryMb < MIN_MEMORY_MB) {
+      throw new InvalidArgumentError(`limits.memory_limit_mb must be at least ${MIN_MEMORY_MB}`);
+    }
+    if (memoryMb > o.maxMemoryMb) {
+      throw new InvalidArgumentError(`limits.memory_limit_mb ${memoryMb} is over the server maximum of ${o.maxMemoryMb}`);
+    }
+    return { timeoutMs, memoryMb };
+  }
+
+  private checkModules(source: string, modules: Record<string, string> | undefined): Record<string, string> {
+    const map = modules ?? {};
+    let bytes = Buffer.byteLength(source, 'utf8');
+    for (const [specifier, text] of Object.entries(map)) {
+      if (!isValidSpecifier(specifier)) {
+        throw new InvalidArgumentError(`module specifier ${JSON.stringify(specifier.slice(0, 64))} must be 1-256 characters without control characters`);
+      }
+      if (specifier.startsWith('isogear:')) throw new InvalidArgumentError(`module specifier "${specifier}" is reserved`);
+      if (typeof text !== 'string') throw new InvalidArgumentError(`module "${specifier}" must be a string`);
+      bytes += Buffer.byteLength(text, 'utf8') + Buffer.byteLength(specifier, 'utf8');
+    }
+    if (bytes > this.options.maxSourceBytes) {
+      throw new InvalidArgumentError(
+        `source plus modules is ${bytes} bytes, over the limit of ${this.options.maxSourceBytes} bytes (ISOGEAR_MAX_SOURCE_BYTES)`,
+      );
+    }
+    return map;
+  }
+
+  private encodeValue(value: JsonValue | undefined, field: string): string {
+    if (value === undefined) return '';
+    let json: string;
+    try {
+      json = JSON.stringify(value);
+    } catch (err) {
+      throw new InvalidArgumentError(`${field} is not a JSON value: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (Buffer.byteLength(json, 'utf8') > this.options.maxValueBytes) {
+      throw new InvalidArgumentError(`${field} is larger than ${this.options.maxValueBytes} bytes of JSON`);
+    }
+    return json;
+  }
+
+  private decodeResult(json: string): { ok: true; value: JsonValue } | { ok: false; error: ScriptError } {
+    if (Buffer.byteLength(json, 'utf8') > this.options.maxValueBytes) {
+      return {
+        ok: false,
+        error: { name: 'RangeError', message: `result is larger than ${this.options.maxValueBytes} bytes of JSON`, stack: '' },
+      };
+    }
+    try {
+      return { ok: true, value: JSON.parse(json) as JsonValue };
+    } catch {
+      return { ok: false, error: { name: 'TypeError', message: 'result is not valid JSON', stack: '' } };
+    }
+  }
+}
+
+function requireSource(source: unknown, field: string): void {
+  if (typeof source !== 'string' || source.trim() === '') throw new InvalidArgumentError(`${field} must not be empty`);
+}
+
+function outcomeText(outcome: string): string {
+  return outcome.replace('_', ' ');
+}
+
+function validateOptions(o: ManagerOptions): void {
+  const positive: (keyof ManagerOptions)[] = [
+    'defaultTimeoutMs',
+    'maxTimeoutMs',
+    'defaultMemoryMb',
+    'maxMemoryMb',
+    'sharedIsolates',
+    'sharedIsolateMemoryMb',
+    'maxInterpreters',
+    'maxSourceBytes',
+    'maxLogBytes',
+    'maxValueBytes',
+    'maxRegistrationsPerInterpreter',
+  ];
+  for (const k of positive) {
+    const v = o[k];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new RangeError(`manager option ${k} must be a positive integer`);
+  }
+  if (o.defaultTimeoutMs > o.maxTimeoutMs) throw new RangeError('defaultTimeoutMs must not exceed maxTimeoutMs');
+  if (o.defaultMemoryMb > o.maxMemoryMb) throw new RangeError('defaultMemoryMb must not exceed maxMemoryMb');
+  if (o.defaultMemoryMb < MIN_MEMORY_MB || o.sharedIsolateMemoryMb < MIN_MEMORY_MB) {
+    throw new RangeError(`memory limits must be at least ${MIN_MEMORY_MB} MB`);
+  }
+  if (o.defaultMode !== 'shared' && o.defaultMode !== 'isolate') throw new RangeError('defaultMode must be "shared" or "isolate"');
+}
+
+function encodeToken(seq: number): string {
+  return Buffer.from(`s:${seq}`).toString('base64url');
+}
+
+function decodeToken(token: string): number {
+  const text = Buffer.from(token, 'base64url').toString('utf8');
+  const m = /^s:(\d{1,15})$/.exec(text);
+  if (!m) throw new InvalidArgumentError('page_token is not a token this server issued');
+  return Number(m[1]);
+}
+
+function paginate<T>(items: Iterable<T>, seqOf: (t: T) => number, keep: (t: T) => boolean, req: { pageSize?: number; pageToken?: string }): Page<T> {
+  const size = req.pageSize ?? 0;
+  if (!Number.isInteger(size) || size < 0) throw new InvalidArgumentError('page_size must not be negative');
+  if (size > MAX_PAGE_SIZE) throw new InvalidArgumentError(`page_size must be at most ${MAX_PAGE_SIZE}`);
+  const limit = size === 0 ? DEFAULT_PAGE_SIZE : size;
+  const after = req.pageToken ? decodeToken(req.pageToken) : 0;
+  const out: T[] = [];
+  let more = false;
+  for (const item of items) {
+    if (seqOf(item) <= after || !keep(item)) continue;
+    if (out.length === limit) {
+      more = true;
+      break;
+    }
+    out.push(item);
+  }
+  return { items: out, nextPageToken: more ? encodeToken(seqOf(out[out.length - 1])) : '' };
+}

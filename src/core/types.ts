@@ -1,0 +1,203 @@
+/**
+ * The core's contracts: what a caller of the isolate manager passes in and gets back. Plain
+ * data, no gRPC or proto types, so the core is usable as a library.
+ */
+
+export type IsolationMode = 'shared' | 'isolate';
+export type InterpreterState = 'ready' | 'draining' | 'disposed' | 'failed';
+export type Outcome = 'succeeded' | 'failed' | 'timed_out' | 'memory_exceeded' | 'aborted';
+/** Who holds a reference on an interpreter. */
+export type OwnerKind = 'registration' | 'execution';
+export type IsolateKind = 'dedicated' | 'shared';
+export type LogLevel = 'log' | 'info' | 'warn' | 'error' | 'debug';
+
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** Per-request limits; `undefined` or 0 means the server default. */
+export interface Limits {
+  timeoutMs?: number;
+  memoryLimitMb?: number;
+}
+
+export interface ScriptError {
+  name: string;
+  message: string;
+  stack: string;
+}
+
+export interface LogEntry {
+  level: LogLevel;
+  message: string;
+}
+
+export interface InterpreterInfo {
+  id: string;
+  name: string;
+  mode: IsolationMode;
+  state: InterpreterState;
+  references: number;
+  registrationReferences: number;
+  executionReferences: number;
+  createdAt: Date;
+  heapUsedBytes: number;
+  cpuTimeMs: number;
+  failureReason: string;
+}
+
+export interface RegistrationStats {
+  runs: number;
+  failures: number;
+  lastError?: ScriptError;
+  totalTimeMs: number;
+  lastRunAt?: Date;
+}
+
+export interface RegistrationInfo {
+  id: string;
+  trigger: string;
+  interpreterId: string;
+  description: string;
+  createdAt: Date;
+  stats: RegistrationStats;
+  broken: boolean;
+}
+
+export interface ExecuteSpec {
+  source: string;
+  /** `undefined`: the default export is called with `undefined`. */
+  args?: JsonValue;
+  mode?: IsolationMode;
+  limits?: Limits;
+  modules?: Record<string, string>;
+  interpreterId?: string;
+  name?: string;
+  replace?: boolean;
+}
+
+/** What one run produced, for both Execute and each handler run of a Trigger. */
+export interface RunReport {
+  executionId: string;
+  interpreterId: string;
+  outcome: Outcome;
+  /** JSON result; `null` unless the outcome is `succeeded`. */
+  result: JsonValue;
+  error?: ScriptError;
+  logs: LogEntry[];
+  logsTruncated: boolean;
+  wallTimeMs: number;
+  cpuTimeMs: number;
+}
+
+export interface ExecuteResult extends RunReport {
+  registrations: RegistrationInfo[];
+  interpreter: InterpreterInfo;
+}
+
+export interface RegisterSpec {
+  trigger: string;
+  source: string;
+  mode?: IsolationMode;
+  limits?: Limits;
+  modules?: Record<string, string>;
+  interpreterId?: string;
+  description?: string;
+}
+
+export interface RegisterResult {
+  registration: RegistrationInfo;
+  interpreter: InterpreterInfo;
+}
+
+export type ReleaseTarget = { registrationId: string } | { interpreterId: string };
+
+export interface ReleaseResult {
+  releasedRegistrationIds: string[];
+  interpreter: InterpreterInfo;
+}
+
+export interface TriggerSpec {
+  trigger: string;
+  payload?: JsonValue;
+  limits?: Limits;
+}
+
+export interface TriggerRunResult extends RunReport {
+  registrationId: string;
+}
+
+export interface PageRequest {
+  pageSize?: number;
+  pageToken?: string;
+}
+
+export interface Page<T> {
+  items: T[];
+  nextPageToken: string;
+}
+
+export interface InterpreterFilter extends PageRequest {
+  name?: string;
+  mode?: IsolationMode;
+}
+
+export interface RegistrationFilter extends PageRequest {
+  trigger?: string;
+  interpreterId?: string;
+}
+
+/** Exact live counts, for tests ("nothing leaked") and metrics. */
+export interface ManagerCounters {
+  interpreters: number;
+  interpretersByState: Record<Exclude<InterpreterState, 'disposed'>, number>;
+  interpretersByMode: Record<IsolationMode, number>;
+  dedicatedIsolates: number;
+  sharedIsolates: number;
+  registrations: number;
+  references: Record<OwnerKind, number>;
+  executionsInFlight: number;
+  isolatesCreated: Record<IsolateKind, number>;
+  isolatesDisposed: Record<IsolateKind, number>;
+}
+
+/** The isolate manager's public surface (see InterpreterManager for the implementation). */
+export interface IsolateManager {
+  execute(spec: ExecuteSpec, signal?: AbortSignal): Promise<ExecuteResult>;
+  register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult>;
+  release(target: ReleaseTarget): ReleaseResult;
+  trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]>;
+  getInterpreter(id: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }>;
+  listInterpreters(filter: InterpreterFilter): Promise<Page<InterpreterInfo>>;
+  listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo>;
+  counters(): ManagerCounters;
+  destroy(): Promise<void>;
+}
+
+export interface CoreLogger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface ManagerOptions {
+  defaultMode: IsolationMode;
+  defaultTimeoutMs: number;
+  maxTimeoutMs: number;
+  defaultMemoryMb: number;
+  maxMemoryMb: number;
+  /** How many shared isolates host shared-mode interpreters. */
+  sharedIsolates: number;
+  /** Heap limit of each shared isolate. */
+  sharedIsolateMemoryMb: number;
+  maxInterpreters: number;
+  /** Cap on source plus every module source of one request, in bytes (UTF-8). */
+  maxSourceBytes: number;
+  /** Console output kept per run, in characters. */
+  maxLogBytes: number;
+  /** Cap on args, payload and result, in bytes of JSON. */
+  maxValueBytes: number;
+  maxRegistrationsPerInterpreter: number;
+  logger?: CoreLogger;
+  /** Called when V8 lost control of an isolate; the process must exit. */
+  onCatastrophicError?: (message: string) => void;
+}

@@ -1,0 +1,103 @@
+import type ivm from 'isolated-vm';
+
+/** Specifier the per-load driver module imports the user's main module by. */
+export const MAIN_SPECIFIER = 'isogear:main';
+/** Specifier of the per-load module that marks the load's run current before any user module evaluates. */
+export const ENTER_SPECIFIER = 'isogear:enter';
+
+/** A module could not be resolved: a script failure, reported with this name. */
+export class ModuleNotFoundError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ModuleNotFoundError';
+  }
+}
+
+/**
+ * Compiles and caches the ES modules of one interpreter. Each interpreter has its own loader, so
+ * its module instances are its own: two interpreters importing different sources under the same
+ * specifier never share an instance. Within one interpreter, a specifier imported again with the
+ * same source reuses the instance (and its state); with a different source it gets a new one.
+ * A specifier a request does not supply falls back to the latest source this interpreter loaded
+ * under that name.
+ */
+export class ModuleLoader {
+  private readonly instances = new Map<string, Map<string, ivm.Module>>();
+  private readonly latest = new Map<string, ivm.Module>();
+
+  constructor(
+    private readonly isolate: ivm.Isolate,
+    private readonly context: ivm.Context,
+  ) {}
+
+  /**
+   * Compiles `source` as the main module, links it and its imports against `modules`, and
+   * returns a driver module that imports the main module and hands its namespace to the sandbox
+   * under `token` once evaluation (top-level await included) has finished. The driver first
+   * imports an "enter" module: imports evaluate in order, so the load's run is current (for
+   * `gears.register` and `console`) before any user module's top-level code runs.
+   */
+  async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
+    const tokenLiteral = JSON.stringify(token);
+    const [main, enter, driver] = await Promise.all([
+      this.isolate.compileModule(source, { filename: 'main.js' }),
+      this.isolate.compileModule(`__isogear_loaded__(${tokenLiteral});\n`, { filename: ENTER_SPECIFIER }),
+      this.isolate.compileModule(
+        `import ${JSON.stringify(ENTER_SPECIFIER)};\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`,
+        { filename: 'isogear:driver' },
+      ),
+    ]);
+    const pending = new Map<string, Promise<ivm.Module>>();
+    let usedMain = false;
+    let usedEnter = false;
+    try {
+      await driver.instantiate(this.context, (specifier) => {
+        if (specifier === MAIN_SPECIFIER && !usedMain) {
+          usedMain = true;
+          return main;
+        }
+        if (specifier === ENTER_SPECIFIER && !usedEnter) {
+          usedEnter = true;
+          return enter;
+        }
+        let p = pending.get(specifier);
+        if (!p) {
+          p = this.resolve(specifier, modules);
+          pending.set(specifier, p);
+        }
+        return p;
+      });
+    } catch (err) {
+      main.release();
+      enter.release();
+      driver.release();
+      throw err;
+    }
+    return driver;
+  }
+
+  private async resolve(specifier: string, modules: Record<string, string>): Promise<ivm.Module> {
+    const source = Object.prototype.hasOwnProperty.call(modules, specifier) ? modules[specifier] : undefined;
+    if (source === undefined) {
+      const known = this.latest.get(specifier);
+      if (known) return known;
+      const offered = Object.keys(modules);
+      throw new ModuleNotFoundError(
+        `Cannot find module "${specifier}": it is not in the request's modules map` +
+          (offered.length > 0 ? ` (which has ${offered.map((s) => `"${s}"`).join(', ')})` : ' (which is empty)'),
+      );
+    }
+    let bySource = this.instances.get(specifier);
+    if (!bySource) {
+      bySource = new Map();
+      this.instances.set(specifier, bySource);
+    }
+    let mod = bySource.get(source);
+    if (!mod) {
+      mod = await this.isolate.compileModule(source, { filename: specifier });
+      bySource.set(source, mod);
+    }
+    this.latest.set(specifier, mod);
+    return mod;
+  }
+}

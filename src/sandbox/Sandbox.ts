@@ -1,0 +1,274 @@
+import ivm from 'isolated-vm';
+import { BOOTSTRAP_SOURCE } from './bootstrapSource';
+import { ModuleLoader, ModuleNotFoundError } from './ModuleLoader';
+
+export type SandboxLevel = 'log' | 'info' | 'warn' | 'error' | 'debug';
+
+/** What the sandbox reports for one run (validated copy of the bootstrap's RunTuple). */
+export interface RunTuple {
+  ok: boolean;
+  /** JSON text of the result when ok. */
+  valueJson: string | null;
+  logs: { level: SandboxLevel; message: string }[];
+  logsTruncated: boolean;
+  registrations: { id: string; trigger: string; description: string }[];
+  error: { name: string; message: string; stack: string } | null;
+  /** '' | 'script' | 'handler' | 'result' | 'abandoned' */
+  code: string;
+}
+
+/** How a call into the isolate ended when it did not return a RunTuple. */
+export type CallFailureKind = 'timeout' | 'memory' | 'disposed' | 'script';
+
+/** A call into the isolate failed; `kind` says why, `scriptError` is safe to show the client. */
+export class SandboxCallError extends Error {
+  constructor(
+    readonly kind: CallFailureKind,
+    readonly scriptError: { name: string; message: string; stack: string },
+  ) {
+    super(`${kind}: ${scriptError.message}`);
+    this.name = 'SandboxCallError';
+  }
+}
+
+export interface SandboxOptions {
+  interpreterId: string;
+  registrationPrefix: string;
+  maxLogChars: number;
+  triggerPattern: string;
+  maxResultChars: number;
+  maxRegistrations: number;
+}
+
+const LEVELS = new Set<string>(['log', 'info', 'warn', 'error', 'debug']);
+const BOUNDARY = '    at (<isolated-vm boundary>)';
+
+/**
+ * isolated-vm appends the host's stack below an `<isolated-vm boundary>` frame to errors it
+ * copies out. Host frames (file paths, line numbers) must never reach a client.
+ */
+export function stripHostFrames(stack: string): string {
+  const i = stack.indexOf(BOUNDARY);
+  if (i >= 0) return stack.slice(0, i).trimEnd();
+  // Errors raised on the host side of a call (resolver, linker) have only host frames.
+  const nl = stack.indexOf('\n');
+  return nl >= 0 && /^\s+at /.test(stack.slice(nl + 1)) && stack.includes('/') ? stack.slice(0, nl) : stack;
+}
+
+/** Turns an error thrown by an isolated-vm call into a classified SandboxCallError. */
+export function classifyCallError(err: unknown, isolate: ivm.Isolate): SandboxCallError {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const message = typeof e.message === 'string' ? e.message : String(e);
+  const scriptError = {
+    name: typeof e.name === 'string' ? e.name : 'Error',
+    message,
+    stack: stripHostFrames(typeof e.stack === 'string' ? e.stack : ''),
+  };
+  if (message.includes('disposed during execution due to memory limit')) {
+    return new SandboxCallError('memory', { name: 'MemoryLimitError', message: 'the isolate ran out of memory and was disposed', stack: '' });
+  }
+  if (message === 'Script execution timed out.') {
+    return new SandboxCallError('timeout', { ...scriptError, name: 'TimeoutError', message: 'script execution timed out' });
+  }
+  if (isolate.isDisposed || message === 'Isolate is disposed' || message.startsWith('Isolate was disposed')) {
+    return new SandboxCallError('disposed', { name: 'IsolateDisposedError', message: 'the isolate was disposed while the script ran', stack: '' });
+  }
+  if (e instanceof ModuleNotFoundError) {
+    return new SandboxCallError('script', { name: e.name, message, stack: '' });
+  }
+  return new SandboxCallError('script', scriptError);
+}
+
+function asString(v: unknown, max: number): string {
+  const s = typeof v === 'string' ? v : '';
+  return s.length > max ? s.slice(0, max) : s;
+}
+
+/** Validates the tuple the bootstrap returned: it comes from a context user code shares. */
+export function parseRunTuple(raw: unknown, maxLogChars: number): RunTuple {
+  if (!Array.isArray(raw) || raw.length !== 7) throw new Error('sandbox returned a malformed run tuple');
+  const [ok, valueJson, logs, truncated, regs, error, code] = raw as unknown[];
+  const out: RunTuple = {
+    ok: ok === true,
+    valueJson: typeof valueJson === 'string' ? valueJson : null,
+    logs: [],
+    logsTruncated: truncated === true,
+    registrations: [],
+    error: null,
+    code: typeof code === 'string' ? code : 'script',
+  };
+  if (Array.isArray(logs)) {
+    let budget = maxLogChars;
+    for (const entry of logs) {
+      if (!Array.isArray(entry) || typeof entry[0] !== 'string' || typeof entry[1] !== 'string') continue;
+      const level = LEVELS.has(entry[0]) ? (entry[0] as SandboxLevel) : 'log';
+      let message = entry[1];
+      if (message.length > budget) {
+        message = message.slice(0, Math.max(budget, 0));
+        out.logsTruncated = true;
+      }
+      budget -= message.length;
+      out.logs.push({ level, message });
+      if (budget <= 0) break;
+    }
+  }
+  if (Array.isArray(regs)) {
+    for (const r of regs) {
+      if (!Array.isArray(r) || typeof r[0] !== 'string' || typeof r[1] !== 'string') continue;
+      out.registrations.push({ id: r[0], trigger: r[1], description: asString(r[2], 1024) });
+    }
+  }
+  if (Array.isArray(error)) {
+    out.error = { name: asString(error[0], 200) || 'Error', message: asString(error[1], 8192), stack: stripHostFrames(asString(error[2], 16384)) };
+  }
+  if (out.ok && out.valueJson === null) throw new Error('sandbox returned success without a value');
+  return out;
+}
+
+/**
+ * One interpreter's V8 context with the bootstrap installed: `gears`, `console`, the module
+ * loader, and the calls that run code in it. Every call that runs user code carries a timeout;
+ * only async isolated-vm calls are used.
+ */
+export class Sandbox {
+  private released = false;
+
+  private constructor(
+    readonly isolate: ivm.Isolate,
+    private readonly context: ivm.Context,
+    private readonly dispatch: ivm.Reference<(...args: unknown[]) => unknown>,
+    private readonly loader: ModuleLoader,
+    private readonly options: SandboxOptions,
+  ) {}
+
+  static async create(isolate: ivm.Isolate, options: SandboxOptions): Promise<Sandbox> {
+    const context = await isolate.createContext();
+    try {
+      const dispatch = (await context.evalClosure(
+        BOOTSTRAP_SOURCE,
+        [
+          options.interpreterId,
+          options.registrationPrefix,
+          options.maxLogChars,
+          options.triggerPattern,
+          options.maxResultChars,
+          options.maxRegistrations,
+        ],
+        { result: { reference: true }, timeout: 1000, filename: 'isogear:bootstrap' },
+      )) as ivm.Reference<(...args: unknown[]) => unknown>;
+      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context), options);
+    } catch (err) {
+      context.release();
+      throw err;
+    }
+  }
+
+  /** Compiles and links a main module; see ModuleLoader.prepare. Throws SandboxCallError. */
+  async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
+    try {
+      return await this.loader.prepare(source, modules, token);
+    } catch (err) {
+      throw classifyCallError(err, this.isolate);
+    }
+  }
+
+  /**
+   * Starts a load: registers the pending run, then evaluates the driver. Resolves with the run's
+   * tuple; rejects with SandboxCallError when evaluation throws, times out or the isolate dies.
+   */
+  load(
+    driver: ivm.Module,
+    execId: string,
+    token: string,
+    kind: 'execute' | 'register',
+    argsJson: string,
+    trigger: string,
+    description: string,
+    timeoutMs: number,
+  ): Promise<RunTuple> {
+    const tuple = this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description], {
+      timeout: timeoutMs,
+      result: { promise: true, copy: true },
+    });
+    const evaluated = driver.evaluate({ timeout: timeoutMs });
+    return new Promise<RunTuple>((resolve, reject) => {
+      let done = false;
+      evaluated.then(
+        () => driver.release(),
+        (err: unknown) => {
+          driver.release();
+          if (done) return;
+          done = true;
+          reject(classifyCallError(err, this.isolate));
+        },
+      );
+      tuple.then(
+        (raw) => {
+          if (done) return;
+          done = true;
+          try {
+            resolve(parseRunTuple(raw, this.options.maxLogChars));
+          } catch (err) {
+            reject(err);
+          }
+        },
+        (err: unknown) => {
+          if (done) return;
+          done = true;
+          reject(classifyCallError(err, this.isolate));
+        },
+      );
+    });
+  }
+
+  /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. */
+  async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number): Promise<RunTuple> {
+    let raw: unknown;
+    try {
+      raw = await this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger], {
+        timeout: timeoutMs,
+        result: { promise: true, copy: true },
+      });
+    } catch (err) {
+      throw classifyCallError(err, this.isolate);
+    }
+    return parseRunTuple(raw, this.options.maxLogChars);
+  }
+
+  /** The host accepted the run: its registrations become callable. Fire and forget. */
+  commit(execId: string): void {
+    this.fireAndForget(['commit', execId]);
+  }
+
+  /** The host gave up on, or refused, a run: settle it and drop what it registered. */
+  abandon(execId: string, token = ''): void {
+    this.fireAndForget(['abandon', execId, token]);
+  }
+
+  /** Forget handlers of released registrations. */
+  unregister(ids: string[]): void {
+    if (ids.length > 0) this.fireAndForget(['unregister', ids.join(',')]);
+  }
+
+  private fireAndForget(args: (string | number)[]): void {
+    if (this.released || this.isolate.isDisposed) return;
+    try {
+      this.dispatch.applyIgnored(undefined, args, { timeout: 1000 });
+    } catch {
+      // the isolate is going away; nothing left to tidy
+    }
+  }
+
+  /** Drops the context (its globals, modules and handlers). Idempotent. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    if (this.isolate.isDisposed) return;
+    try {
+      this.dispatch.release();
+      this.context.release();
+    } catch {
+      // disposed concurrently
+    }
+  }
+}

@@ -1,0 +1,384 @@
+/**
+ * The code that runs first in every interpreter's context, before any user code, as the body of
+ * `context.evalClosure`. It installs the frozen `gears` and `console` globals and returns one
+ * dispatcher function the host calls through a `Reference`.
+ *
+ * It is a string, not a TypeScript function turned into source, because the TypeScript and tsx
+ * toolchains may inject helpers (`__name`, down-levelled syntax) that do not exist in the isolate.
+ *
+ * Rules this code follows, because user code shares the context with it:
+ * - strict mode, so stack-trace CallSites (`Error.prepareStackTrace`) and `fn.caller` never
+ *   expose these functions or their closures;
+ * - every built-in it needs is captured before user code runs and called through
+ *   `Reflect.apply`, so a script that replaces `Map.prototype.get` or `JSON.stringify` cannot
+ *   change how its results are copied out;
+ * - nothing it creates is reachable from user code except the frozen `gears`/`console` objects
+ *   and the token-guarded `__isogear_loaded__` hook used by the per-load driver module;
+ * - what it hands the host is still treated as untrusted: the host validates every field.
+ *
+ * Closure arguments: $0 interpreter id, $1 registration id prefix, $2 max log characters per
+ * run, $3 trigger-name pattern (RegExp source), $4 max result characters, $5 max registrations
+ * per interpreter.
+ *
+ * Dispatcher operations (all arguments are strings or numbers):
+ * - `load(execId, token, kind, argsJson, trigger, description)` → Promise<RunTuple>: waits for the
+ *   driver module to hand over the namespace of the main module, then runs it (kind `execute`)
+ *   or registers its default export (kind `register`).
+ * - `invoke(execId, registrationId, payloadJson, trigger)` → Promise<RunTuple>: one handler run.
+ * - `commit(execId)`: the host accepted a finished run: its registrations become live handlers.
+ * - `abandon(execId, token)`: the host gave up on a run (timeout, cancel, a failed call) or refused
+ *   its result: settle it if it still runs and drop every registration it made.
+ * - `unregister(idsCsv)`: forget released handlers.
+ *
+ * RunTuple: [ok, valueJson|null, logs [[level, message]…], logsTruncated, registrations
+ * [[id, trigger, description]…], error [name, message, stack]|null, code]
+ * where code is '' on success, 'script' for a throw, 'handler' when Register's default export
+ * is not a function, 'result' when the result cannot be copied, 'abandoned' after `abandon`.
+ */
+export const BOOTSTRAP_SOURCE = String.raw`
+'use strict';
+const interpreterId = $0, regPrefix = $1, maxLogChars = $2, maxResultChars = $4, maxRegistrations = $5;
+const g = globalThis;
+const apply = Reflect.apply;
+const defineProperty = Object.defineProperty, freeze = Object.freeze, keys = Object.keys;
+const getPrototypeOf = Object.getPrototypeOf, objectProto = Object.prototype, isArray = Array.isArray;
+const stringify = JSON.stringify, parse = JSON.parse;
+const StringCtor = String, isFinite = Number.isFinite, PromiseCtor = Promise;
+const promiseThen = Promise.prototype.then;
+const MapCtor = Map, SetCtor = Set;
+const mapGet = Map.prototype.get, mapSet = Map.prototype.set, mapDelete = Map.prototype.delete, mapHas = Map.prototype.has;
+const setHas = Set.prototype.has, setAdd = Set.prototype.add, setDelete = Set.prototype.delete;
+const strSlice = String.prototype.slice, strSplit = String.prototype.split;
+const regexTest = RegExp.prototype.test;
+const numToString = Number.prototype.toString;
+const ErrorCtor = Error, TypeErrorCtor = TypeError, RangeErrorCtor = RangeError;
+const triggerPattern = new RegExp($3);
+
+const runs = new MapCtor();      // execId -> run record
+const handlers = new MapCtor();  // registrationId -> function
+const loads = new MapCtor();     // token -> pending load, or the namespace if the driver came first
+const uncommitted = new MapCtor(); // execId -> registrations of a finished run, until the host commits or abandons it
+let current = null;              // the run whose code the isolate entered last (console, executionId)
+let regCounter = 0, handlerCount = 0;
+
+function clip(s, n) { return s.length > n ? apply(strSlice, s, [0, n]) + '…' : s; }
+
+function safeString(v) {
+  try {
+    if (typeof v === 'string') return v;
+    if (typeof v === 'symbol') return apply(Symbol.prototype.toString, v, []);
+    return StringCtor(v);
+  } catch (e) {
+    return '[unprintable value]';
+  }
+}
+
+function describeError(e) {
+  let name = 'Error', message = '', stack = '';
+  if (e !== null && (typeof e === 'object' || typeof e === 'function')) {
+    try { const n = e.name; if (typeof n === 'string') name = n; } catch (x) {}
+    try { const m = e.message; message = typeof m === 'string' ? m : safeString(e); } catch (x) { message = '[unreadable message]'; }
+    try { const s = e.stack; if (typeof s === 'string') stack = s; } catch (x) {}
+  } else {
+    message = 'a non-Error value was thrown: ' + (typeof e === 'string' ? stringify(e) : safeString(e));
+  }
+  return [clip(safeString(name), 200), clip(safeString(message), 8192), clip(safeString(stack), 16384)];
+}
+
+// Strict JSON: the only values that cross to the host. Anything JSON would silently change
+// (functions, symbols, NaN, Dates, Maps, class instances, cycles) is an error that names where.
+function toJson(value, path, depth, seen, budget) {
+  switch (typeof value) {
+    case 'string': {
+      const s = stringify(value);
+      budget.n -= s.length;
+      if (budget.n < 0) throw new RangeErrorCtor('result is larger than ' + maxResultChars + ' characters');
+      return s;
+    }
+    case 'number':
+      if (!isFinite(value)) throw new TypeErrorCtor(path + ' is ' + safeString(value) + ', which JSON cannot represent');
+      budget.n -= 24;
+      return apply(numToString, value, []);
+    case 'boolean': budget.n -= 5; return value ? 'true' : 'false';
+    case 'undefined': budget.n -= 4; return 'null';
+    case 'bigint': throw new TypeErrorCtor(path + ' is a BigInt, which JSON cannot represent (convert it to a string or number)');
+    case 'symbol': throw new TypeErrorCtor(path + ' is a Symbol, which JSON cannot represent');
+    case 'function': throw new TypeErrorCtor(path + ' is a function, which JSON cannot represent');
+  }
+  if (value === null) { budget.n -= 4; return 'null'; }
+  if (depth > 64) throw new RangeErrorCtor(path + ' is nested deeper than 64 levels');
+  if (apply(setHas, seen, [value])) throw new TypeErrorCtor(path + ' is a circular reference');
+  apply(setAdd, seen, [value]);
+  let out;
+  if (isArray(value)) {
+    const n = value.length;
+    out = '[';
+    for (let i = 0; i < n; i++) {
+      if (i > 0) out += ',';
+      out += toJson(value[i], path + '[' + i + ']', depth + 1, seen, budget);
+      budget.n -= 1;
+    }
+    out += ']';
+  } else {
+    const proto = getPrototypeOf(value);
+    if (proto !== objectProto && proto !== null) {
+      let what = 'object';
+      try { const c = proto.constructor; if (typeof c === 'function' && typeof c.name === 'string' && c.name) what = c.name; } catch (x) {}
+      throw new TypeErrorCtor(path + ' is a ' + what + ', not a plain object or array; only JSON values can be returned');
+    }
+    const ks = keys(value);
+    out = '{';
+    let first = true;
+    for (let i = 0; i < ks.length; i++) {
+      const k = ks[i];
+      const v = value[k];
+      if (v === undefined) continue;
+      const kj = stringify(k);
+      budget.n -= kj.length + 2;
+      const vj = toJson(v, path + '.' + k, depth + 1, seen, budget);
+      out += (first ? '' : ',') + kj + ':' + vj;
+      first = false;
+    }
+    out += '}';
+  }
+  apply(setDelete, seen, [value]);
+  return out;
+}
+
+function formatLogArg(a) {
+  if (typeof a === 'string') return a;
+  if (a === undefined) return 'undefined';
+  if (typeof a === 'function') return '[Function ' + safeString(a.name) + ']';
+  if (typeof a === 'bigint') return safeString(a) + 'n';
+  if (a instanceof ErrorCtor) { const d = describeError(a); return d[2] || d[0] + ': ' + d[1]; }
+  try {
+    const s = stringify(a);
+    return typeof s === 'string' ? s : safeString(a);
+  } catch (e) {
+    return safeString(a);
+  }
+}
+
+function makeLogger(level) {
+  return function () {
+    const run = current;
+    if (run === null || run.done || run.truncated) return;
+    let msg = '';
+    for (let i = 0; i < arguments.length; i++) msg += (i > 0 ? ' ' : '') + formatLogArg(arguments[i]);
+    const room = maxLogChars - run.logChars;
+    if (msg.length > room) { msg = apply(strSlice, msg, [0, room > 0 ? room : 0]); run.truncated = true; }
+    if (msg.length > 0 || !run.truncated) {
+      run.logs[run.logs.length] = [level, msg];
+      run.logChars += msg.length;
+    }
+  };
+}
+
+const consoleObject = freeze({
+  log: makeLogger('log'), info: makeLogger('info'), warn: makeLogger('warn'),
+  error: makeLogger('error'), debug: makeLogger('debug'),
+});
+
+function addRegistration(run, trigger, handler, description) {
+  if (typeof trigger !== 'string' || !apply(regexTest, triggerPattern, [trigger])) {
+    throw new TypeErrorCtor('gears.register: trigger must be a string matching /' + $3 + '/, got ' + clip(formatLogArg(trigger), 100));
+  }
+  if (typeof handler !== 'function') {
+    throw new TypeErrorCtor('gears.register: handler must be a function, got ' + (handler === null ? 'null' : typeof handler));
+  }
+  if (typeof description !== 'string') throw new TypeErrorCtor('gears.register: options.description must be a string');
+  if (description.length > 1024) throw new RangeErrorCtor('gears.register: options.description is longer than 1024 characters');
+  if (handlerCount + run.regs.length >= maxRegistrations) {
+    throw new RangeErrorCtor('gears.register: this interpreter already holds ' + maxRegistrations + ' registrations, the most one interpreter may hold');
+  }
+  regCounter += 1;
+  const id = 'reg_' + regPrefix + apply(numToString, regCounter, [36]);
+  run.regs[run.regs.length] = [id, trigger, description, handler];
+  return id;
+}
+
+const gears = {};
+defineProperty(gears, 'register', {
+  enumerable: true,
+  value: function register(trigger, handler, options) {
+    const run = current;
+    if (run === null || run.done) throw new ErrorCtor('gears.register can only be called while a run of this interpreter is in progress');
+    let description = '';
+    if (options !== undefined && options !== null) {
+      if (typeof options !== 'object') throw new TypeErrorCtor('gears.register: options must be an object like {description: "…"}');
+      const d = options.description;
+      if (d !== undefined) description = d;
+    }
+    return addRegistration(run, trigger, handler, description);
+  },
+});
+defineProperty(gears, 'interpreterId', { enumerable: true, value: interpreterId });
+defineProperty(gears, 'executionId', { enumerable: true, get: function () { return current === null ? null : current.id; } });
+freeze(gears);
+defineProperty(g, 'gears', { value: gears, writable: false, enumerable: false, configurable: false });
+defineProperty(g, 'console', { value: consoleObject, writable: false, enumerable: false, configurable: false });
+
+function newRun(execId) {
+  const run = { id: execId, logs: [], logChars: 0, truncated: false, regs: [], done: false, settle: null };
+  apply(mapSet, runs, [execId, run]);
+  return run;
+}
+
+function finish(run, ok, valueJson, error, code) {
+  run.done = true;
+  apply(mapDelete, runs, [run.id]);
+  if (current === run) current = null;
+  const regs = [];
+  if (ok && run.regs.length > 0) {
+    for (let i = 0; i < run.regs.length; i++) {
+      const r = run.regs[i];
+      regs[i] = [r[0], r[1], r[2]];
+    }
+    apply(mapSet, uncommitted, [run.id, run.regs]);
+  }
+  run.regs = [];
+  return [ok, valueJson, run.logs, run.truncated, regs, error, code];
+}
+
+// Settles with the value of x (awaiting thenables) or the host's abandon, whichever comes first.
+function settleRun(run, x, onValue) {
+  return new PromiseCtor(function (resolve) {
+    run.settle = resolve;
+    let p;
+    try { p = new PromiseCtor(function (r) { r(x); }); } catch (e) { resolve(finish(run, false, null, describeError(e), 'script')); return; }
+    apply(promiseThen, p, [
+      function (v) { if (!run.done) resolve(onValue(v)); },
+      function (e) { if (!run.done) resolve(finish(run, false, null, describeError(e), 'script')); },
+    ]);
+  });
+}
+
+function resultOf(run) {
+  return function (v) {
+    current = run;
+    let json;
+    try {
+      json = toJson(v, 'result', 0, new SetCtor(), { n: maxResultChars });
+    } catch (e) {
+      const d = describeError(e);
+      return finish(run, false, null, [d[0], d[1], ''], 'result');
+    }
+    return finish(run, true, json, null, '');
+  };
+}
+
+function startLoad(pending, ns) {
+  const run = pending.run;
+  if (run.done) return;
+  current = run;
+  if (pending.kind === 'register') {
+    let d;
+    try { d = ns.default; } catch (e) { pending.resolve(finish(run, false, null, describeError(e), 'script')); return; }
+    if (typeof d !== 'function') {
+      const got = d === undefined ? 'the module has no default export' : 'its default export is ' + (d === null ? 'null' : typeof d);
+      pending.resolve(finish(run, false, null, ['TypeError', 'Register needs a module whose default export is the handler function (export default function (payload, event) {…}); ' + got, ''], 'handler'));
+      return;
+    }
+    try { addRegistration(run, pending.trigger, d, pending.description); }
+    catch (e) { pending.resolve(finish(run, false, null, describeError(e), 'handler')); return; }
+    pending.resolve(finish(run, true, 'null', null, ''));
+    return;
+  }
+  let value;
+  try {
+    const d = ns.default;
+    if (typeof d === 'function') {
+      const args = pending.argsJson === '' ? undefined : parse(pending.argsJson);
+      value = d(args);
+    } else {
+      value = d;
+    }
+  } catch (e) {
+    pending.resolve(finish(run, false, null, describeError(e), 'script'));
+    return;
+  }
+  apply(promiseThen, settleRun(run, value, resultOf(run)), [pending.resolve]);
+}
+
+defineProperty(g, '__isogear_loaded__', {
+  enumerable: false, writable: false, configurable: false,
+  value: function (token, ns) {
+    if (arguments.length === 1) {
+      // the "enter" module: the load's run becomes current before user modules evaluate
+      const p = apply(mapGet, loads, [token]);
+      if (p !== undefined && p.run !== undefined && !p.run.done) current = p.run;
+      return;
+    }
+    const pending = apply(mapGet, loads, [token]);
+    if (pending === undefined) { apply(mapSet, loads, [token, { ns: ns }]); return; }
+    apply(mapDelete, loads, [token]);
+    if (pending.run !== undefined) startLoad(pending, ns);
+  },
+});
+
+function load(execId, token, kind, argsJson, trigger, description) {
+  const run = newRun(execId);
+  return new PromiseCtor(function (resolve) {
+    run.settle = resolve;
+    const pending = { run: run, kind: kind, argsJson: argsJson, trigger: trigger, description: description, resolve: resolve };
+    const early = apply(mapGet, loads, [token]);
+    if (early !== undefined) { apply(mapDelete, loads, [token]); startLoad(pending, early.ns); }
+    else apply(mapSet, loads, [token, pending]);
+  });
+}
+
+function invoke(execId, registrationId, payloadJson, trigger) {
+  const run = newRun(execId);
+  const handler = apply(mapGet, handlers, [registrationId]);
+  if (handler === undefined) {
+    return finish(run, false, null, ['Error', 'registration ' + registrationId + ' has no handler in this interpreter', ''], 'script');
+  }
+  current = run;
+  let value;
+  try {
+    const payload = payloadJson === '' ? undefined : parse(payloadJson);
+    value = handler(payload, { trigger: trigger, registrationId: registrationId, executionId: execId });
+  } catch (e) {
+    return finish(run, false, null, describeError(e), 'script');
+  }
+  return settleRun(run, value, resultOf(run));
+}
+
+function commit(execId) {
+  const regs = apply(mapGet, uncommitted, [execId]);
+  if (regs === undefined) return;
+  apply(mapDelete, uncommitted, [execId]);
+  for (let i = 0; i < regs.length; i++) {
+    if (!apply(mapHas, handlers, [regs[i][0]])) handlerCount += 1;
+    apply(mapSet, handlers, [regs[i][0], regs[i][3]]);
+  }
+}
+
+function abandon(execId, token) {
+  if (token !== '') apply(mapDelete, loads, [token]);
+  apply(mapDelete, uncommitted, [execId]);
+  const run = apply(mapGet, runs, [execId]);
+  if (run === undefined) return;
+  const settle = run.settle;
+  finish(run, false, null, null, 'abandoned');
+  if (settle !== null) settle([false, null, [], false, [], null, 'abandoned']);
+}
+
+function unregister(idsCsv) {
+  const ids = apply(strSplit, idsCsv, [',']);
+  for (let i = 0; i < ids.length; i++) {
+    if (apply(mapDelete, handlers, [ids[i]])) handlerCount -= 1;
+  }
+}
+
+return function dispatch(op, a, b, c, d, e, f) {
+  switch (op) {
+    case 'load': return load(a, b, c, d, e, f);
+    case 'invoke': return invoke(a, b, c, d);
+    case 'commit': return commit(a);
+    case 'abandon': return abandon(a, b);
+    case 'unregister': return unregister(a);
+  }
+  throw new TypeErrorCtor('unknown operation ' + op);
+};
+`;

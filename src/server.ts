@@ -1,0 +1,87 @@
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { GearsService } from './api/GearsService';
+import type { Config } from './config';
+import { InterpreterManager } from './core/InterpreterManager';
+import type { Logger } from './logger';
+
+/** The service name clients and probes ask the health service about. */
+export const SERVICE_NAME = 'isogear.v1.GearsService';
+
+export interface RunningServer {
+  /** host:port the gRPC server is bound to (the real port when the config said :0). */
+  readonly grpcAddress: string;
+  readonly manager: InterpreterManager;
+  /**
+   * Stops in order: health NOT_SERVING, stop accepting calls, let calls in flight finish for up
+   * to `graceMs`, then dispose every isolate and close the server. Idempotent.
+   */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+/** Composes the gRPC server (GearsService + grpc.health.v1) over a new isolate manager and binds it. */
+export async function startServer(config: Config, logger: Logger): Promise<RunningServer> {
+  const manager = await InterpreterManager.create({
+    defaultMode: config.defaultMode,
+    defaultTimeoutMs: config.defaultTimeoutMs,
+    maxTimeoutMs: config.maxTimeoutMs,
+    defaultMemoryMb: config.defaultMemoryMb,
+    maxMemoryMb: config.maxMemoryMb,
+    sharedIsolates: config.sharedIsolates,
+    sharedIsolateMemoryMb: config.sharedIsolateMemoryMb,
+    maxInterpreters: config.maxInterpreters,
+    maxSourceBytes: config.maxSourceBytes,
+    maxLogBytes: config.maxLogBytes,
+    maxValueBytes: config.maxValueBytes,
+    maxRegistrationsPerInterpreter: config.maxRegistrationsPerInterpreter,
+    logger,
+    onCatastrophicError: (message) => {
+      logger.fatal({ message }, 'isolated-vm lost control of an isolate; exiting');
+      logger.flush?.();
+      process.exit(70);
+    },
+  });
+
+  // Requests are bounded by the source/value limits; leave room for modules and proto framing.
+  const maxMessage = config.maxSourceBytes + 2 * config.maxValueBytes + 1024 * 1024;
+  const server = new Server({
+    'grpc.max_receive_message_length': maxMessage,
+    'grpc.max_send_message_length': Math.max(maxMessage, 16 * 1024 * 1024),
+  });
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  health.addToServer(server);
+  new GearsService(manager, logger).addToServer(server);
+
+  let port: number;
+  try {
+    port = await new Promise<number>((resolve, reject) => {
+      server.bindAsync(config.grpcAddress, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+    });
+  } catch (err) {
+    await manager.destroy();
+    throw err;
+  }
+  const host = config.grpcAddress.slice(0, config.grpcAddress.lastIndexOf(':'));
+  const grpcAddress = `${host}:${port}`;
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = (graceMs = config.shutdownGraceMs): Promise<void> => {
+    stopping ??= (async () => {
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), graceMs);
+      });
+      const first = await Promise.race([drained, timedOut]);
+      clearTimeout(timer);
+      await manager.destroy();
+      if (first === 'timeout') server.forceShutdown();
+      await drained;
+    })();
+    return stopping;
+  };
+
+  return { grpcAddress, manager, shutdown };
+}

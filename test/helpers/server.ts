@@ -1,0 +1,102 @@
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { loadConfig, type Config } from '../../src/config';
+import type { InterpreterManager } from '../../src/core/InterpreterManager';
+import { createLogger } from '../../src/logger';
+import { startServer, type RunningServer } from '../../src/server';
+import { TestClient } from './client';
+
+export interface TestServer {
+  server: RunningServer;
+  client: TestClient;
+  manager: InterpreterManager;
+  config: Config;
+  /** JSON log lines the server wrote. */
+  logs: Record<string, unknown>[];
+  /** Asserts nothing leaked, then closes client and server. */
+  close(): Promise<void>;
+}
+
+/** Starts a real server on 127.0.0.1:0 with small limits unless overridden. */
+export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const config = loadConfig({
+    ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0',
+    ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0',
+    ISOGEAR_SHARED_ISOLATES: '2',
+    ISOGEAR_SHARED_MEMORY_MB: '128',
+    ISOGEAR_LOG_LEVEL: 'debug',
+    ...env,
+  });
+  const logs: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const server = await startServer(config, createLogger(config.logLevel, sink));
+  const client = new TestClient(server.grpcAddress);
+  let closed = false;
+  return {
+    server,
+    client,
+    manager: server.manager,
+    config,
+    logs,
+    async close() {
+      if (closed) return;
+      closed = true;
+      try {
+        await assertNoLeaks(server.manager);
+      } finally {
+        client.close();
+        await server.shutdown(2000);
+      }
+    },
+  };
+}
+
+/**
+ * Waits (bounded) for runs still in flight to end, then asserts no interpreter, registration,
+ * reference or dedicated isolate is left.
+ */
+export async function assertNoLeaks(manager: InterpreterManager, waitMs = 5000): Promise<void> {
+  const until = Date.now() + waitMs;
+  while (manager.counters().executionsInFlight > 0 && Date.now() < until) await sleep(10);
+  const c = manager.counters();
+  assert.deepEqual(
+    {
+      interpreters: c.interpreters,
+      registrations: c.registrations,
+      dedicatedIsolates: c.dedicatedIsolates,
+      references: c.references,
+      executionsInFlight: c.executionsInFlight,
+    },
+    { interpreters: 0, registrations: 0, dedicatedIsolates: 0, references: { registration: 0, execution: 0 }, executionsInFlight: 0 },
+    'something leaked',
+  );
+  assert.equal(c.isolatesCreated.dedicated, c.isolatesDisposed.dedicated, 'every dedicated isolate created was disposed');
+}
+
+/** Releases every registration the server holds (cleanup for tests that fail midway). */
+export async function releaseAll(t: TestServer): Promise<void> {
+  for (;;) {
+    const page = await t.client.listInterpreters({ pageSize: 1000 });
+    const withRegs = page.interpreters.filter((i) => i.registrationReferences > 0);
+    if (withRegs.length === 0) return;
+    for (const i of withRegs) await t.client.release({ interpreterId: i.id }).catch(() => undefined);
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A promise with its resolve exposed. */
+export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void } {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
