@@ -4,6 +4,12 @@ import { startServer } from './server';
 
 /** Process entry: config → start → signals. SIGTERM/SIGINT drain; a second signal exits at once. */
 async function main(): Promise<void> {
+  // isolated-vm crashes Node >= 20 unless the startup snapshot is off; refuse to run without it.
+  const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
+  if (!flags.includes('--no-node-snapshot')) {
+    process.stderr.write('isogear: run Node with --no-node-snapshot (isolated-vm requires it); `npm start` does\n');
+    process.exit(2);
+  }
   let config;
   try {
     config = loadConfig(process.env, process.argv.slice(2));

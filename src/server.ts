@@ -5,6 +5,9 @@ import type { Config } from './config';
 import { InterpreterManager } from './core/InterpreterManager';
 import type { Logger } from './logger';
 
+const FINAL_ANSWER_MS = 1000;
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
+
 /** The service name clients and probes ask the health service about. */
 export const SERVICE_NAME = 'isogear.v1.GearsService';
 
@@ -76,8 +79,13 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
       });
       const first = await Promise.race([drained, timedOut]);
       clearTimeout(timer);
+      // Disposing the isolates ends runs still in flight (OUTCOME_ABORTED); give their calls a
+      // moment to deliver that answer before cutting connections.
       await manager.destroy();
-      if (first === 'timeout') server.forceShutdown();
+      if (first === 'timeout') {
+        const answered = await Promise.race([drained.then(() => true), sleep(FINAL_ANSWER_MS).then(() => false)]);
+        if (!answered) server.forceShutdown();
+      }
       await drained;
     })();
     return stopping;

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { Sandbox, SandboxCallError, type RunTuple } from '../sandbox/Sandbox';
 import {
   AlreadyExistsError,
@@ -44,6 +45,9 @@ const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
 const TOMBSTONES = 10_000;
 const MIN_MEMORY_MB = 8;
+/** How long past its timeout an isolate may sit on a call before it is declared stuck and disposed. */
+const STUCK_GRACE_MS = 3000;
+const WATCHDOG_INTERVAL_MS = 500;
 
 interface ResolvedLimits {
   timeoutMs: number;
@@ -93,8 +97,22 @@ export class InterpreterManager implements IsolateManager {
   private inFlight = 0;
   private seq = 0;
   private closed = false;
+  private readonly watchdog: NodeJS.Timeout;
 
-  private constructor(private readonly options: ManagerOptions) {}
+  private constructor(private readonly options: ManagerOptions) {
+    this.watchdog = setInterval(() => this.checkStuck(), WATCHDOG_INTERVAL_MS);
+    this.watchdog.unref();
+  }
+
+  /** Disposes isolates stuck in code no timeout guards; their interpreters go FAILED. */
+  private checkStuck(): void {
+    const now = performance.now();
+    for (const host of [...this.shared, ...this.dedicated]) {
+      if (!host.isStuck(now, STUCK_GRACE_MS)) continue;
+      this.options.logger?.warn({ isolate: host.kind, interpreters: [...host.interpreterIds] }, 'isolate stopped responding; disposing it');
+      host.noteDeath('unresponsive');
+    }
+  }
 
   static async create(options: ManagerOptions): Promise<InterpreterManager> {
     validateOptions(options);
@@ -106,6 +124,7 @@ export class InterpreterManager implements IsolateManager {
   // ---------------------------------------------------------------- public API
 
   async execute(spec: ExecuteSpec, signal?: AbortSignal): Promise<ExecuteResult> {
+    const since = performance.now();
     this.assertOpen();
     requireSource(spec.source, 'source');
     const modules = this.checkModules(spec.source, spec.modules);
@@ -154,6 +173,7 @@ export class InterpreterManager implements IsolateManager {
       interp,
       'execute',
       limits.timeoutMs,
+      since,
       signal,
       {
         token,
@@ -177,6 +197,7 @@ export class InterpreterManager implements IsolateManager {
   }
 
   async register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult> {
+    const since = performance.now();
     this.assertOpen();
     if (typeof spec.trigger !== 'string' || spec.trigger === '') throw new InvalidArgumentError('trigger must not be empty');
     if (!isValidTrigger(spec.trigger)) throw new InvalidArgumentError(`trigger must match /${TRIGGER_PATTERN}/`);
@@ -200,6 +221,7 @@ export class InterpreterManager implements IsolateManager {
       interp,
       'register',
       limits.timeoutMs,
+      since,
       signal,
       {
         token,
@@ -261,7 +283,18 @@ export class InterpreterManager implements IsolateManager {
     if (!bound || bound.length === 0) throw new NotFoundError(`no registration is bound to trigger "${spec.trigger}"`);
     // The snapshot and every run's execution reference are taken in this synchronous step.
     const snapshot = bound.slice();
-    return Promise.all(snapshot.map((reg) => this.runHandler(reg, spec.trigger, payloadJson, limits.timeoutMs, signal)));
+    // One listener on the caller's signal, fanned out through our own: a trigger may run
+    // thousands of handlers, each listening for the abort.
+    const fanOut = new AbortController();
+    setMaxListeners(0, fanOut.signal);
+    const forward = (): void => fanOut.abort();
+    if (signal?.aborted) fanOut.abort();
+    else signal?.addEventListener('abort', forward, { once: true });
+    try {
+      return await Promise.all(snapshot.map((reg) => this.runHandler(reg, spec.trigger, payloadJson, limits.timeoutMs, fanOut.signal)));
+    } finally {
+      signal?.removeEventListener('abort', forward);
+    }
   }
 
   async getInterpreter(id: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }> {
@@ -334,6 +367,7 @@ export class InterpreterManager implements IsolateManager {
   async destroy(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.watchdog);
     for (const host of [...this.dedicated, ...this.shared]) host.dispose('shutdown');
     await Promise.allSettled([...this.inFlightRuns]);
     for (const interp of [...this.interpreters.values()]) {
@@ -363,7 +397,12 @@ export class InterpreterManager implements IsolateManager {
     this.disposedByReason.set(key, (this.disposedByReason.get(key) ?? 0) + 1);
     if (host.kind === 'dedicated') this.dedicated.delete(host);
     if (reason !== 'released' && reason !== 'shutdown') {
-      const why = reason === 'memory_limit' ? 'its isolate exceeded its memory limit' : 'its isolate was disposed while a script ran';
+      const why =
+        reason === 'memory_limit'
+          ? 'its isolate exceeded its memory limit'
+          : reason === 'unresponsive'
+            ? 'its isolate stopped responding (a script ran code no timeout could stop) and was disposed'
+            : 'its isolate was disposed while a script ran';
       this.options.logger?.warn({ isolate: host.kind, reason, interpreters: [...host.interpreterIds] }, 'isolate died');
       for (const id of [...host.interpreterIds]) {
         const interp = this.interpreters.get(id);
@@ -394,7 +433,7 @@ export class InterpreterManager implements IsolateManager {
     return best;
   }
 
-  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string): Promise<Interpreter> {
+  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string, attempt = 1): Promise<Interpreter> {
     if (this.interpreters.size + this.creating >= this.options.maxInterpreters) {
       throw new ResourceExhaustedError(
         'max_interpreters',
@@ -417,6 +456,7 @@ export class InterpreterManager implements IsolateManager {
       let sandbox: Sandbox;
       try {
         sandbox = await Sandbox.create(host.isolate, {
+          track: host.track,
           interpreterId: id,
           registrationPrefix: prefix,
           maxLogChars: this.options.maxLogBytes,
@@ -426,6 +466,11 @@ export class InterpreterManager implements IsolateManager {
         });
       } catch (err) {
         host.interpreterIds.delete(id);
+        if (host.kind === 'shared' && host.disposed && !this.closed && attempt < 2) {
+          // the shared isolate died under us (another interpreter's memory kill): its slot has a
+          // fresh isolate already, so try once more
+          return this.createInterpreter(mode, memoryMb, name, attempt + 1);
+        }
         throw new UnavailableError(`could not create an interpreter: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
       if (this.closed) {
@@ -490,15 +535,6 @@ export class InterpreterManager implements IsolateManager {
       interp.sandbox.abandon(execId);
       return [];
     }
-    const prefix = `reg_${interp.registrationPrefix}`;
-    const seen = new Set<string>();
-    for (const r of tuple.registrations) {
-      if (!r.id.startsWith(prefix) || seen.has(r.id) || this.registrations.has(r.id) || !isValidTrigger(r.trigger)) {
-        interp.sandbox.abandon(execId);
-        throw new IllegalStateError(`interpreter ${interp.id} reported an invalid registration ${r.id}`);
-      }
-      seen.add(r.id);
-    }
     interp.sandbox.commit(execId);
     const out: Registration[] = [];
     for (const r of tuple.registrations) {
@@ -511,6 +547,28 @@ export class InterpreterManager implements IsolateManager {
       out.push(reg);
     }
     return out;
+  }
+
+  /**
+   * The sandbox shares its context with user code, so what it reports is checked: registration
+   * ids minted by this interpreter, unique, valid triggers, within the per-interpreter cap.
+   * Returns why a run's registrations are refused, or undefined.
+   */
+  private invalidRegistration(interp: Interpreter, tuple: RunTuple): string | undefined {
+    if (tuple.registrations.length === 0) return undefined;
+    const prefix = `reg_${interp.registrationPrefix}`;
+    const seen = new Set<string>();
+    for (const r of tuple.registrations) {
+      if (!r.id.startsWith(prefix) || seen.has(r.id) || this.registrations.has(r.id)) {
+        return 'the interpreter reported a registration it did not create (the script tampered with the sandbox)';
+      }
+      if (!isValidTrigger(r.trigger)) return `gears.register: trigger ${JSON.stringify(r.trigger.slice(0, 64))} is not a valid trigger name`;
+      seen.add(r.id);
+    }
+    if (interp.registrations.size + tuple.registrations.length > this.options.maxRegistrationsPerInterpreter) {
+      return `the run registered more handlers than the ${this.options.maxRegistrationsPerInterpreter} one interpreter may hold`;
+    }
+    return undefined;
   }
 
   private unindex(reg: Registration): void {
@@ -582,6 +640,7 @@ export class InterpreterManager implements IsolateManager {
       interp,
       'trigger',
       timeoutMs,
+      performance.now(),
       signal,
       { start: (execId, remainingMs) => interp.sandbox.invoke(execId, reg.id, payloadJson, trigger, remainingMs()) },
       (tuple, r) => {
@@ -597,11 +656,14 @@ export class InterpreterManager implements IsolateManager {
    * (isolated-vm's own timeout stops synchronous code and microtask loops; this timer stops waits
    * on promises), honours the abort signal, classifies how the run ended, and calls `onSettled`
    * synchronously, while the execution reference is still held, so its commit is atomic.
+   * The timeout counts from the start of the run; reported wall time counts from `since` (the
+   * request's start, interpreter creation included).
    */
   private async run(
     interp: Interpreter,
     kind: 'execute' | 'register' | 'trigger',
     timeoutMs: number,
+    since: number,
     signal: AbortSignal | undefined,
     setup: RunSetup,
     onSettled: (tuple: RunTuple | undefined, report: RunReport) => void,
@@ -637,7 +699,7 @@ export class InterpreterManager implements IsolateManager {
     this.inFlightRuns.add(settledPromise);
     try {
       const settled = await settledPromise;
-      const wallTimeMs = performance.now() - started;
+      const wallTimeMs = performance.now() - since;
       const cpuTimeMs = Math.max(0, host.cpuTimeMs() - cpuStart);
       interp.cpuTimeMs += cpuTimeMs;
       const report: RunReport = {
@@ -656,7 +718,12 @@ export class InterpreterManager implements IsolateManager {
           tuple = settled.tuple;
           report.logs = tuple.logs;
           report.logsTruncated = tuple.logsTruncated;
-          if (tuple.ok) {
+          const invalid = tuple.ok ? this.invalidRegistration(interp, tuple) : undefined;
+          if (invalid) {
+            report.outcome = 'failed';
+            report.error = { name: 'Error', message: invalid, stack: '' };
+            interp.sandbox.abandon(execId);
+          } else if (tuple.ok) {
             const parsed = this.decodeResult(tuple.valueJson as string);
             if (parsed.ok) report.result = parsed.value;
             else {

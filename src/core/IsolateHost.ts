@@ -1,8 +1,11 @@
 import ivm from 'isolated-vm';
 import type { IsolateKind } from './types';
 
+/** How long a heap sample may wait for a busy isolate before the last sample is used instead. */
+const HEAP_SAMPLE_WAIT_MS = 10;
+
 /** Why an isolate went away. */
-export type IsolateDisposeReason = 'released' | 'memory_limit' | 'failed' | 'shutdown';
+export type IsolateDisposeReason = 'released' | 'memory_limit' | 'failed' | 'unresponsive' | 'shutdown';
 
 /**
  * Owns one V8 isolate: a dedicated one (one interpreter) or a shared one (many interpreters,
@@ -15,6 +18,11 @@ export class IsolateHost {
   inFlight = 0;
   private disposedReason: IsolateDisposeReason | undefined;
   private heapCache: { at: number; bytes: number } | undefined;
+  private heapRefresh: Promise<number> | undefined;
+  /** Calls into the isolate not yet settled: call id → the longest it may legitimately take. */
+  private readonly outstanding = new Map<number, number>();
+  private callSeq = 0;
+  private lastProgressAt = performance.now();
 
   private constructor(
     readonly kind: IsolateKind,
@@ -43,6 +51,34 @@ export class IsolateHost {
     return new IsolateHost(kind, memoryLimitMb, isolate, onDeath);
   }
 
+  /**
+   * Wraps every call into the isolate (see Sandbox's CallTracker). A call settling is progress.
+   */
+  readonly track = <T>(call: Promise<T>, timeoutMs: number): Promise<T> => {
+    const id = ++this.callSeq;
+    if (this.outstanding.size === 0) this.lastProgressAt = performance.now();
+    this.outstanding.set(id, timeoutMs);
+    const settled = (): void => {
+      this.outstanding.delete(id);
+      this.lastProgressAt = performance.now();
+    };
+    call.then(settled, settled);
+    return call;
+  };
+
+  /**
+   * True when calls are outstanding but none has settled for longer than the longest of them may
+   * take plus `graceMs`. isolated-vm runs one task at a time per isolate and bounds every task
+   * that runs user code by its timeout, so this only happens when code runs where no timeout
+   * guards it (isolated-vm reading a thrown object's getters while copying it out).
+   */
+  isStuck(now: number, graceMs: number): boolean {
+    if (this.outstanding.size === 0 || this.disposed) return false;
+    let longest = 0;
+    for (const t of this.outstanding.values()) if (t > longest) longest = t;
+    return now - this.lastProgressAt > longest + graceMs;
+  }
+
   get disposed(): boolean {
     return this.disposedReason !== undefined || this.isolate.isDisposed;
   }
@@ -61,17 +97,36 @@ export class IsolateHost {
     }
   }
 
+  /**
+   * Heap in use (V8 heap plus external memory counted against the limit). The statistics call is
+   * a task on the isolate's queue, so it waits behind a running script: callers get the last
+   * sample if a fresh one takes longer than a few milliseconds, and the refresh lands later.
+   */
   async heapUsedBytes(): Promise<number> {
     if (this.disposed) return 0;
     const now = Date.now();
     if (this.heapCache && now - this.heapCache.at < 1000) return this.heapCache.bytes;
+    this.heapRefresh ??= this.isolate
+      .getHeapStatistics()
+      .then(
+        (stats) => {
+          const bytes = stats.used_heap_size + stats.externally_allocated_size;
+          this.heapCache = { at: Date.now(), bytes };
+          return bytes;
+        },
+        () => 0,
+      )
+      .finally(() => {
+        this.heapRefresh = undefined;
+      });
+    let timer: NodeJS.Timeout | undefined;
+    const stale = new Promise<number>((resolve) => {
+      timer = setTimeout(() => resolve(this.heapCache?.bytes ?? 0), HEAP_SAMPLE_WAIT_MS);
+    });
     try {
-      const stats = await this.isolate.getHeapStatistics();
-      const bytes = stats.used_heap_size + stats.externally_allocated_size;
-      this.heapCache = { at: now, bytes };
-      return bytes;
-    } catch {
-      return 0;
+      return await Promise.race([this.heapRefresh, stale]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -1,4 +1,5 @@
 import type ivm from 'isolated-vm';
+import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
 /** Specifier the per-load driver module imports the user's main module by. */
 export const MAIN_SPECIFIER = 'isogear:main';
@@ -28,6 +29,7 @@ export class ModuleLoader {
   constructor(
     private readonly isolate: ivm.Isolate,
     private readonly context: ivm.Context,
+    private readonly track: CallTracker,
   ) {}
 
   /**
@@ -39,19 +41,19 @@ export class ModuleLoader {
    */
   async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
     const tokenLiteral = JSON.stringify(token);
-    const [main, enter, driver] = await Promise.all([
+    const [main, enter, driver] = await this.housekeeping(Promise.all([
       this.isolate.compileModule(source, { filename: 'main.js' }),
       this.isolate.compileModule(`__isogear_loaded__(${tokenLiteral});\n`, { filename: ENTER_SPECIFIER }),
       this.isolate.compileModule(
         `import ${JSON.stringify(ENTER_SPECIFIER)};\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`,
         { filename: 'isogear:driver' },
       ),
-    ]);
+    ]));
     const pending = new Map<string, Promise<ivm.Module>>();
     let usedMain = false;
     let usedEnter = false;
     try {
-      await driver.instantiate(this.context, (specifier) => {
+      await this.housekeeping(driver.instantiate(this.context, (specifier) => {
         if (specifier === MAIN_SPECIFIER && !usedMain) {
           usedMain = true;
           return main;
@@ -66,7 +68,7 @@ export class ModuleLoader {
           pending.set(specifier, p);
         }
         return p;
-      });
+      }));
     } catch (err) {
       main.release();
       enter.release();
@@ -74,6 +76,10 @@ export class ModuleLoader {
       throw err;
     }
     return driver;
+  }
+
+  private housekeeping<T>(p: Promise<T>): Promise<T> {
+    return this.track(p, HOUSEKEEPING_TIMEOUT_MS);
   }
 
   private async resolve(specifier: string, modules: Record<string, string>): Promise<ivm.Module> {
@@ -94,7 +100,7 @@ export class ModuleLoader {
     }
     let mod = bySource.get(source);
     if (!mod) {
-      mod = await this.isolate.compileModule(source, { filename: specifier });
+      mod = await this.housekeeping(this.isolate.compileModule(source, { filename: specifier }));
       bySource.set(source, mod);
     }
     this.latest.set(specifier, mod);

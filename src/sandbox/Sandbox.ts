@@ -1,6 +1,9 @@
 import ivm from 'isolated-vm';
 import { BOOTSTRAP_SOURCE } from './bootstrapSource';
 import { ModuleLoader, ModuleNotFoundError } from './ModuleLoader';
+import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
+
+export type { CallTracker } from './tracking';
 
 export type SandboxLevel = 'log' | 'info' | 'warn' | 'error' | 'debug';
 
@@ -32,6 +35,7 @@ export class SandboxCallError extends Error {
 }
 
 export interface SandboxOptions {
+  track?: CallTracker;
   interpreterId: string;
   registrationPrefix: string;
   maxLogChars: number;
@@ -79,13 +83,37 @@ export function classifyCallError(err: unknown, isolate: ivm.Isolate): SandboxCa
   return new SandboxCallError('script', scriptError);
 }
 
+/** The longest prefix of `s` whose UTF-8 encoding fits in `maxBytes`, never splitting a character. */
+export function truncateUtf8(s: string, maxBytes: number): string {
+  if (maxBytes <= 0) return '';
+  const buf = Buffer.from(s, 'utf8');
+  if (buf.length <= maxBytes) return s;
+  let end = maxBytes;
+  while (end > 0 && (buf[end] & 0xc0) === 0x80) end -= 1;
+  return buf.subarray(0, end).toString('utf8');
+}
+
+/** A tuple that does not parse means the script tampered with the sandbox: a script failure. */
+function parseOrFail(raw: unknown, maxLogBytes: number): RunTuple {
+  try {
+    return parseRunTuple(raw, maxLogBytes);
+  } catch {
+    throw new SandboxCallError('script', {
+      name: 'Error',
+      message: 'the interpreter returned a malformed run report (the script tampered with the sandbox)',
+      stack: '',
+    });
+  }
+}
+
 function asString(v: unknown, max: number): string {
   const s = typeof v === 'string' ? v : '';
   return s.length > max ? s.slice(0, max) : s;
 }
 
 /** Validates the tuple the bootstrap returned: it comes from a context user code shares. */
-export function parseRunTuple(raw: unknown, maxLogChars: number): RunTuple {
+export function parseRunTuple(boxed: unknown, maxLogBytes: number): RunTuple {
+  const raw = boxed !== null && typeof boxed === 'object' ? (boxed as { t?: unknown }).t : undefined;
   if (!Array.isArray(raw) || raw.length !== 7) throw new Error('sandbox returned a malformed run tuple');
   const [ok, valueJson, logs, truncated, regs, error, code] = raw as unknown[];
   const out: RunTuple = {
@@ -98,18 +126,24 @@ export function parseRunTuple(raw: unknown, maxLogChars: number): RunTuple {
     code: typeof code === 'string' ? code : 'script',
   };
   if (Array.isArray(logs)) {
-    let budget = maxLogChars;
+    // The sandbox bounds characters; the contract bounds UTF-8 bytes, enforced here.
+    let budget = maxLogBytes;
     for (const entry of logs) {
       if (!Array.isArray(entry) || typeof entry[0] !== 'string' || typeof entry[1] !== 'string') continue;
+      if (budget <= 0) {
+        out.logsTruncated = true;
+        break;
+      }
       const level = LEVELS.has(entry[0]) ? (entry[0] as SandboxLevel) : 'log';
       let message = entry[1];
-      if (message.length > budget) {
-        message = message.slice(0, Math.max(budget, 0));
+      let bytes = Buffer.byteLength(message, 'utf8');
+      if (bytes > budget) {
+        message = truncateUtf8(message, budget);
+        bytes = Buffer.byteLength(message, 'utf8');
         out.logsTruncated = true;
       }
-      budget -= message.length;
+      budget -= bytes;
       out.logs.push({ level, message });
-      if (budget <= 0) break;
     }
   }
   if (Array.isArray(regs)) {
@@ -139,12 +173,14 @@ export class Sandbox {
     private readonly dispatch: ivm.Reference<(...args: unknown[]) => unknown>,
     private readonly loader: ModuleLoader,
     private readonly options: SandboxOptions,
+    private readonly track: CallTracker,
   ) {}
 
   static async create(isolate: ivm.Isolate, options: SandboxOptions): Promise<Sandbox> {
-    const context = await isolate.createContext();
+    const track: CallTracker = options.track ?? ((p) => p);
+    const context = await track(isolate.createContext(), HOUSEKEEPING_TIMEOUT_MS);
     try {
-      const dispatch = (await context.evalClosure(
+      const dispatch = (await track(context.evalClosure(
         BOOTSTRAP_SOURCE,
         [
           options.interpreterId,
@@ -155,8 +191,8 @@ export class Sandbox {
           options.maxRegistrations,
         ],
         { result: { reference: true }, timeout: 1000, filename: 'isogear:bootstrap' },
-      )) as ivm.Reference<(...args: unknown[]) => unknown>;
-      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context), options);
+      ), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<(...args: unknown[]) => unknown>;
+      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track), options, track);
     } catch (err) {
       context.release();
       throw err;
@@ -186,11 +222,14 @@ export class Sandbox {
     description: string,
     timeoutMs: number,
   ): Promise<RunTuple> {
-    const tuple = this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description], {
-      timeout: timeoutMs,
-      result: { promise: true, copy: true },
-    });
-    const evaluated = driver.evaluate({ timeout: timeoutMs });
+    const tuple = this.track(
+      this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description], {
+        timeout: timeoutMs,
+        result: { promise: true, copy: true },
+      }),
+      timeoutMs,
+    );
+    const evaluated = this.track(driver.evaluate({ timeout: timeoutMs }), timeoutMs);
     return new Promise<RunTuple>((resolve, reject) => {
       let done = false;
       evaluated.then(
@@ -207,7 +246,7 @@ export class Sandbox {
           if (done) return;
           done = true;
           try {
-            resolve(parseRunTuple(raw, this.options.maxLogChars));
+            resolve(parseOrFail(raw, this.options.maxLogChars));
           } catch (err) {
             reject(err);
           }
@@ -225,14 +264,17 @@ export class Sandbox {
   async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number): Promise<RunTuple> {
     let raw: unknown;
     try {
-      raw = await this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger], {
-        timeout: timeoutMs,
-        result: { promise: true, copy: true },
-      });
+      raw = await this.track(
+        this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger], {
+          timeout: timeoutMs,
+          result: { promise: true, copy: true },
+        }),
+        timeoutMs,
+      );
     } catch (err) {
       throw classifyCallError(err, this.isolate);
     }
-    return parseRunTuple(raw, this.options.maxLogChars);
+    return parseOrFail(raw, this.options.maxLogChars);
   }
 
   /** The host accepted the run: its registrations become callable. Fire and forget. */

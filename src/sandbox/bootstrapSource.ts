@@ -30,6 +30,7 @@
  *   its result: settle it if it still runs and drop every registration it made.
  * - `unregister(idsCsv)`: forget released handlers.
  *
+ * Each returns (or resolves to) `{t: RunTuple}` with a null prototype, where
  * RunTuple: [ok, valueJson|null, logs [[level, message]…], logsTruncated, registrations
  * [[id, trigger, description]…], error [name, message, stack]|null, code]
  * where code is '' on success, 'script' for a throw, 'handler' when Register's default export
@@ -48,11 +49,40 @@ const promiseThen = Promise.prototype.then;
 const MapCtor = Map, SetCtor = Set;
 const mapGet = Map.prototype.get, mapSet = Map.prototype.set, mapDelete = Map.prototype.delete, mapHas = Map.prototype.has;
 const setHas = Set.prototype.has, setAdd = Set.prototype.add, setDelete = Set.prototype.delete;
-const strSlice = String.prototype.slice, strSplit = String.prototype.split;
-const regexTest = RegExp.prototype.test;
+const strSlice = String.prototype.slice, strIndexOf = String.prototype.indexOf, charCodeAt = String.prototype.charCodeAt;
 const numToString = Number.prototype.toString;
 const ErrorCtor = Error, TypeErrorCtor = TypeError, RangeErrorCtor = RangeError;
-const triggerPattern = new RegExp($3);
+
+// Appends without [[Set]]: a script may plant index setters on Array.prototype.
+function append(arr, v) {
+  defineProperty(arr, arr.length, { value: v, writable: true, enumerable: true, configurable: true });
+}
+
+// Everything resolved or handed to the host is wrapped in a null-prototype box: resolving a
+// promise with an array would look up a 'then' a script can plant on Array/Object.prototype.
+function box(tuple) { return { __proto__: null, t: tuple }; }
+
+// The trigger rule of names.ts (TRIGGER_PATTERN), checked by hand: RegExp.prototype.test calls
+// the overridable exec.
+function isTriggerChar(c, first) {
+  if ((c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95) return true;
+  return !first && (c === 46 || c === 58 || c === 47 || c === 64 || c === 45);
+}
+function isValidTrigger(s) {
+  if (typeof s !== 'string' || s.length < 1 || s.length > 256) return false;
+  for (let i = 0; i < s.length; i++) if (!isTriggerChar(apply(charCodeAt, s, [i]), i === 0)) return false;
+  return true;
+}
+
+// Error.prepareStackTrace is disabled: it always reads as undefined and assignments are ignored,
+// so V8 formats every stack itself. A script's formatter would otherwise run whenever a stack is
+// formatted, including when isolated-vm copies an error out after the run's timeout stopped
+// guarding, and it would hand out CallSite objects.
+defineProperty(ErrorCtor, 'prepareStackTrace', {
+  enumerable: false, configurable: false,
+  get: function () { return undefined; },
+  set: function (v) {},
+});
 
 const runs = new MapCtor();      // execId -> run record
 const handlers = new MapCtor();  // registrationId -> function
@@ -168,7 +198,7 @@ function makeLogger(level) {
     const room = maxLogChars - run.logChars;
     if (msg.length > room) { msg = apply(strSlice, msg, [0, room > 0 ? room : 0]); run.truncated = true; }
     if (msg.length > 0 || !run.truncated) {
-      run.logs[run.logs.length] = [level, msg];
+      append(run.logs, [level, msg]);
       run.logChars += msg.length;
     }
   };
@@ -180,7 +210,7 @@ const consoleObject = freeze({
 });
 
 function addRegistration(run, trigger, handler, description) {
-  if (typeof trigger !== 'string' || !apply(regexTest, triggerPattern, [trigger])) {
+  if (!isValidTrigger(trigger)) {
     throw new TypeErrorCtor('gears.register: trigger must be a string matching /' + $3 + '/, got ' + clip(formatLogArg(trigger), 100));
   }
   if (typeof handler !== 'function') {
@@ -193,7 +223,7 @@ function addRegistration(run, trigger, handler, description) {
   }
   regCounter += 1;
   const id = 'reg_' + regPrefix + apply(numToString, regCounter, [36]);
-  run.regs[run.regs.length] = [id, trigger, description, handler];
+  append(run.regs, [id, trigger, description, handler]);
   return id;
 }
 
@@ -232,24 +262,29 @@ function finish(run, ok, valueJson, error, code) {
   if (ok && run.regs.length > 0) {
     for (let i = 0; i < run.regs.length; i++) {
       const r = run.regs[i];
-      regs[i] = [r[0], r[1], r[2]];
+      append(regs, [r[0], r[1], r[2]]);
     }
     apply(mapSet, uncommitted, [run.id, run.regs]);
   }
   run.regs = [];
-  return [ok, valueJson, run.logs, run.truncated, regs, error, code];
+  return box([ok, valueJson, run.logs, run.truncated, regs, error, code]);
 }
 
-// Settles with the value of x (awaiting thenables) or the host's abandon, whichever comes first.
+// Settles with the value of x (awaited exactly as 'await' would: a native promise is not asked
+// for its overridable 'then') or the host's abandon, whichever comes first.
 function settleRun(run, x, onValue) {
   return new PromiseCtor(function (resolve) {
     run.settle = resolve;
-    let p;
-    try { p = new PromiseCtor(function (r) { r(x); }); } catch (e) { resolve(finish(run, false, null, describeError(e), 'script')); return; }
-    apply(promiseThen, p, [
-      function (v) { if (!run.done) resolve(onValue(v)); },
-      function (e) { if (!run.done) resolve(finish(run, false, null, describeError(e), 'script')); },
-    ]);
+    (async function () {
+      let v;
+      try {
+        v = await x;
+      } catch (e) {
+        if (!run.done) resolve(finish(run, false, null, describeError(e), 'script'));
+        return;
+      }
+      if (!run.done) resolve(onValue(v));
+    })();
   });
 }
 
@@ -361,13 +396,16 @@ function abandon(execId, token) {
   if (run === undefined) return;
   const settle = run.settle;
   finish(run, false, null, null, 'abandoned');
-  if (settle !== null) settle([false, null, [], false, [], null, 'abandoned']);
+  if (settle !== null) settle(box([false, null, [], false, [], null, 'abandoned']));
 }
 
 function unregister(idsCsv) {
-  const ids = apply(strSplit, idsCsv, [',']);
-  for (let i = 0; i < ids.length; i++) {
-    if (apply(mapDelete, handlers, [ids[i]])) handlerCount -= 1;
+  let start = 0;
+  while (start <= idsCsv.length) {
+    let end = apply(strIndexOf, idsCsv, [',', start]);
+    if (end < 0) end = idsCsv.length;
+    if (apply(mapDelete, handlers, [apply(strSlice, idsCsv, [start, end])])) handlerCount -= 1;
+    start = end + 1;
   }
 }
 

@@ -266,8 +266,9 @@ export interface ExecuteRequest {
   source: string;
   /**
    * Argument passed to the default-export function. Any JSON-compatible value
-   * (null, boolean, number, string, array, object); the script receives a
-   * copy. Unset: the function is called with `undefined`.
+   * (null, boolean, number, string, array, object; numbers must be finite);
+   * the script receives a copy. Unset: the function is called with
+   * `undefined`. At most ISOGEAR_MAX_VALUE_BYTES (1 MiB by default) as JSON.
    */
   args:
     | any
@@ -283,23 +284,31 @@ export interface ExecuteRequest {
     | undefined;
   /**
    * ES modules importable by `source` and by each other: specifier -> module
-   * source (for `import x from "name"`, the key is `name`). Imports resolve
-   * only against this map; an unknown specifier makes the run OUTCOME_FAILED
-   * with a message naming it. Each interpreter compiles and instantiates its
-   * own module instances, never shared with other interpreters.
+   * source (for `import x from "name"`, the key is `name`; 1-256 characters,
+   * no control characters, not starting with `isogear:`). Imports resolve
+   * against this map, then against modules this interpreter loaded earlier
+   * under the same specifier; an unknown specifier makes the run
+   * OUTCOME_FAILED with a message naming it. Each interpreter compiles and
+   * instantiates its own module instances, never shared with other
+   * interpreters; within one interpreter, the same specifier with the same
+   * source reuses the instance (and its state). Dynamic `import()` is not
+   * supported.
    */
   modules: { [key: string]: string };
   /**
    * Optional. Run in this existing interpreter (`itp_...`) instead of a new
-   * one; registrations the script creates then live in it. Empty: create a
-   * new interpreter. NOT_FOUND if unknown; FAILED_PRECONDITION if DISPOSED or
-   * FAILED.
+   * one; the script shares its globals and registrations the script creates
+   * live in it. Empty: create a new interpreter. NOT_FOUND if unknown;
+   * FAILED_PRECONDITION if DISPOSED, DRAINING or FAILED.
    */
   interpreterId: string;
   /**
    * Optional name for the new interpreter, unique among interpreters that are
-   * not disposed (compared exactly). Empty: unnamed. See `replace`. Must be
-   * empty when `interpreter_id` is set.
+   * not disposed (compared exactly): 1-128 characters of letters, digits and
+   * `_ . -`, starting with a letter, digit or `_`. Empty: unnamed. See
+   * `replace`. Must be empty when `interpreter_id` is set. A named
+   * interpreter whose script registers nothing is disposed like any other,
+   * which frees the name.
    */
   name: string;
   /**
@@ -337,7 +346,10 @@ export interface ExecuteResponse {
    * The script's result as a JSON-compatible value (a copy); a result of
    * `undefined` is reported as null. Set only when `outcome` is
    * OUTCOME_SUCCEEDED. Numbers are doubles: integers beyond 2^53 lose
-   * precision.
+   * precision. A result larger than ISOGEAR_MAX_VALUE_BYTES as JSON, or one
+   * JSON cannot represent faithfully (functions, symbols, BigInt, NaN,
+   * cycles, Dates, Maps, class instances), makes the run OUTCOME_FAILED with
+   * a message naming where in the value it is.
    */
   result:
     | any
@@ -351,7 +363,10 @@ export interface ExecuteResponse {
     | undefined;
   /**
    * Console output of the run, in call order, up to the server's per-run
-   * bound (64 KiB by default).
+   * bound (ISOGEAR_MAX_LOG_BYTES of UTF-8 message text, 64 KiB by default).
+   * When several runs are in flight in one interpreter at once, output
+   * written after an `await` is attributed to the run that entered the
+   * interpreter last.
    */
   logs: LogEntry[];
   /**
@@ -390,8 +405,10 @@ export interface ExecuteResponse {
 /** RegisterRequest binds a handler module to a trigger name. */
 export interface RegisterRequest {
   /**
-   * Required. The trigger name the handler is bound to; any non-empty string,
-   * compared exactly.
+   * Required. The trigger name the handler is bound to, compared exactly:
+   * 1-256 characters of letters, digits and `_ . : / @ -`, starting with a
+   * letter, digit or `_` (e.g. `orders.created`). The same rule applies to
+   * `gears.register` and `TriggerRequest.trigger`.
    */
   trigger: string;
   /**
@@ -424,10 +441,14 @@ export interface RegisterRequest {
    * Optional. Attach the registration to this existing interpreter
    * (`itp_...`), which gains a registration reference; the handler shares
    * that interpreter's global state. Empty: create a new interpreter.
-   * NOT_FOUND if unknown; FAILED_PRECONDITION if DISPOSED or FAILED.
+   * NOT_FOUND if unknown; FAILED_PRECONDITION if DISPOSED, DRAINING or
+   * FAILED.
    */
   interpreterId: string;
-  /** Optional free-form description, shown in `Registration.description`. */
+  /**
+   * Optional free-form description, shown in `Registration.description`. At
+   * most 1024 characters.
+   */
   description: string;
 }
 
@@ -479,8 +500,10 @@ export interface TriggerRequest {
   /** Required. The trigger name; every registration bound to it runs. */
   trigger: string;
   /**
-   * Passed to each handler as its first argument. Any JSON-compatible value;
-   * each handler receives its own copy. Unset: handlers receive `undefined`.
+   * Passed to each handler as its first argument. Any JSON-compatible value
+   * (numbers must be finite); each handler receives its own copy. Unset:
+   * handlers receive `undefined`. At most ISOGEAR_MAX_VALUE_BYTES (1 MiB by
+   * default) as JSON.
    */
   payload:
     | any
@@ -583,7 +606,8 @@ export interface Interpreter {
   state: InterpreterState;
   /**
    * Total references: `registration_references + execution_references`. 0
-   * only when DISPOSED.
+   * only once the interpreter is gone (DISPOSED, or FAILED and fully
+   * released).
    */
   references: number;
   /** References held by registrations that are not released. */
@@ -3885,7 +3909,7 @@ export const GearsServiceService = {
    * limits over the maximum, `mode` together with `interpreter_id`, `name` or
    * `replace` together with `interpreter_id`, `replace` without `name`);
    * NOT_FOUND (`interpreter_id` unknown); FAILED_PRECONDITION
-   * (`interpreter_id` is DISPOSED or FAILED); ALREADY_EXISTS (name taken,
+   * (`interpreter_id` is DISPOSED, DRAINING or FAILED); ALREADY_EXISTS (name taken,
    * `replace` not set); RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED;
    * DEADLINE_EXCEEDED; INTERNAL.
    */
@@ -3914,7 +3938,8 @@ export const GearsServiceService = {
    * Status codes: INVALID_ARGUMENT (as above, and empty `trigger` or
    * `source`, unknown `mode`, sizes or limits over the maximum, `mode`
    * together with `interpreter_id`); NOT_FOUND (`interpreter_id` unknown);
-   * FAILED_PRECONDITION (`interpreter_id` is DISPOSED or FAILED);
+   * FAILED_PRECONDITION (`interpreter_id` is DISPOSED, DRAINING or FAILED,
+   * or its registrations were released while the handler loaded);
    * RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED; DEADLINE_EXCEEDED; INTERNAL.
    */
   register: {
@@ -4061,7 +4086,7 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * limits over the maximum, `mode` together with `interpreter_id`, `name` or
    * `replace` together with `interpreter_id`, `replace` without `name`);
    * NOT_FOUND (`interpreter_id` unknown); FAILED_PRECONDITION
-   * (`interpreter_id` is DISPOSED or FAILED); ALREADY_EXISTS (name taken,
+   * (`interpreter_id` is DISPOSED, DRAINING or FAILED); ALREADY_EXISTS (name taken,
    * `replace` not set); RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED;
    * DEADLINE_EXCEEDED; INTERNAL.
    */
@@ -4082,7 +4107,8 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * Status codes: INVALID_ARGUMENT (as above, and empty `trigger` or
    * `source`, unknown `mode`, sizes or limits over the maximum, `mode`
    * together with `interpreter_id`); NOT_FOUND (`interpreter_id` unknown);
-   * FAILED_PRECONDITION (`interpreter_id` is DISPOSED or FAILED);
+   * FAILED_PRECONDITION (`interpreter_id` is DISPOSED, DRAINING or FAILED,
+   * or its registrations were released while the handler loaded);
    * RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED; DEADLINE_EXCEEDED; INTERNAL.
    */
   register: handleUnaryCall<RegisterRequest, RegisterResponse>;
@@ -4175,7 +4201,7 @@ export interface GearsServiceClient extends Client {
    * limits over the maximum, `mode` together with `interpreter_id`, `name` or
    * `replace` together with `interpreter_id`, `replace` without `name`);
    * NOT_FOUND (`interpreter_id` unknown); FAILED_PRECONDITION
-   * (`interpreter_id` is DISPOSED or FAILED); ALREADY_EXISTS (name taken,
+   * (`interpreter_id` is DISPOSED, DRAINING or FAILED); ALREADY_EXISTS (name taken,
    * `replace` not set); RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED;
    * DEADLINE_EXCEEDED; INTERNAL.
    */
@@ -4210,7 +4236,8 @@ export interface GearsServiceClient extends Client {
    * Status codes: INVALID_ARGUMENT (as above, and empty `trigger` or
    * `source`, unknown `mode`, sizes or limits over the maximum, `mode`
    * together with `interpreter_id`); NOT_FOUND (`interpreter_id` unknown);
-   * FAILED_PRECONDITION (`interpreter_id` is DISPOSED or FAILED);
+   * FAILED_PRECONDITION (`interpreter_id` is DISPOSED, DRAINING or FAILED,
+   * or its registrations were released while the handler loaded);
    * RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED; DEADLINE_EXCEEDED; INTERNAL.
    */
   register(

@@ -1,0 +1,215 @@
+import assert from 'node:assert/strict';
+import { pb } from '../helpers/client';
+import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
+
+const { OUTCOME_SUCCEEDED } = pb.Outcome;
+const { INTERPRETER_STATE_READY, INTERPRETER_STATE_DISPOSED } = pb.InterpreterState;
+const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
+const MODES = [SHARED, ISOLATE];
+const modeName = (mode: pb.IsolationMode): string => pb.isolationModeToJSON(mode);
+
+function succeeded(res: { outcome: pb.Outcome; error?: pb.ScriptError }): void {
+  assert.equal(res.outcome, OUTCOME_SUCCEEDED, `run did not succeed: ${JSON.stringify(res.error)}`);
+}
+
+/**
+ * The first interpreter changes its globals and built-ins and stays alive through a registration
+ * that reports what it sees.
+ */
+const POLLUTER = `
+  globalThis.x = 1;
+  Object.prototype.polluted = 'yes';
+  Array.prototype.map = function () { return 'hijacked'; };
+  gears.register('iso.keep', () => [globalThis.x, ({}).polluted, [1].map((v) => v)]);
+  export default [globalThis.x, ({}).polluted, [1].map((v) => v)];
+`;
+
+/** What a second interpreter sees of those changes. */
+const OBSERVER = `
+  export default () => ({
+    x: typeof globalThis.x,
+    xInGlobal: 'x' in globalThis,
+    polluted: ({}).polluted === undefined,
+    pollutedIn: 'polluted' in {},
+    protoKeys: Object.getOwnPropertyNames(Object.prototype).includes('polluted'),
+    map: [1, 2].map((v) => v * 2),
+  });
+`;
+
+const CLEAN = { x: 'undefined', xInGlobal: false, polluted: true, pollutedIn: false, protoKeys: false, map: [2, 4] };
+
+/** Checks that a change in one interpreter never shows in another one created after it. */
+async function assertGlobalsIsolated(t: TestServer, firstMode: pb.IsolationMode, secondMode: pb.IsolationMode): Promise<void> {
+  const first = await t.client.execute({ mode: firstMode, source: POLLUTER });
+  succeeded(first);
+  assert.deepEqual(first.result, [1, 'yes', 'hijacked'], 'the change is visible where it was made');
+  assert.equal(first.interpreter?.state, INTERPRETER_STATE_READY, 'the registration keeps the first interpreter alive');
+
+  const second = await t.client.execute({ mode: secondMode, source: OBSERVER });
+  succeeded(second);
+  assert.notEqual(second.interpreterId, first.interpreterId);
+  assert.deepEqual(second.result, CLEAN, `a ${modeName(secondMode)} interpreter saw another interpreter's changes`);
+
+  const kept = await t.client.trigger({ trigger: 'iso.keep' });
+  assert.deepEqual(kept.results[0].result, [1, 'yes', 'hijacked'], 'the first interpreter keeps its own changes');
+
+  const released = await t.client.release({ interpreterId: first.interpreterId });
+  assert.equal(released.interpreter?.state, INTERPRETER_STATE_DISPOSED);
+}
+
+/** A script that busy-loops for `ms` and returns the Date.now() window it ran in. */
+const spinWindow = (ms: number): string => `
+  export default () => { const start = Date.now(); while (Date.now() - start < ${ms}) {} return { start, end: Date.now() }; };
+`;
+
+describe('Isolation between interpreters', () => {
+  let t: TestServer;
+  beforeEach(async () => {
+    t = await startTestServer();
+  });
+  afterEach(async () => {
+    await releaseAll(t);
+    await t.close();
+  });
+
+  for (const mode of MODES) {
+    it(`globals and prototype changes of one interpreter are invisible to another (${modeName(mode)})`, async () => {
+      await assertGlobalsIsolated(t, mode, mode);
+    });
+
+    it(`many concurrent Executes each get their own implementation of module "lib" (${modeName(mode)})`, async () => {
+      const n = 16;
+      const runs = await Promise.all(
+        Array.from({ length: n }, (_, i) =>
+          t.client.execute({
+            mode,
+            args: i,
+            modules: {
+              lib: `export default ${i}; export const tag = 'impl-${i}'; export function twice(v) { return v * 2 + ${i}; }`,
+              helper: `import base from 'lib'; export const viaHelper = base;`,
+            },
+            source: `
+              import base, { tag, twice } from 'lib';
+              import { viaHelper } from 'helper';
+              export default (i) => ({ i, base, tag, twice: twice(10), viaHelper });
+            `,
+          }),
+        ),
+      );
+      runs.forEach((res, i) => {
+        succeeded(res);
+        assert.deepEqual(res.result, { i, base: i, tag: `impl-${i}`, twice: 20 + i, viaHelper: i });
+        assert.equal(res.interpreter?.state, INTERPRETER_STATE_DISPOSED);
+      });
+      assert.equal(new Set(runs.map((r) => r.interpreterId)).size, n);
+    });
+
+    it(`module state is per interpreter (${modeName(mode)})`, async () => {
+      const modules = { counter: 'let n = 0; export function next() { n += 1; return n; }' };
+      const source = `
+        import { next } from 'counter';
+        gears.register('iso.count', () => next());
+        export default next();
+      `;
+      const [a, b] = await Promise.all([t.client.execute({ mode, modules, source }), t.client.execute({ mode, modules, source })]);
+      succeeded(a);
+      succeeded(b);
+      assert.equal(a.result, 1);
+      assert.equal(b.result, 1, 'the second interpreter starts from its own module instance');
+      assert.equal(a.registrations.length, 1);
+      assert.equal(b.registrations.length, 1);
+
+      for (const expected of [2, 3, 4]) {
+        const fired = await t.client.trigger({ trigger: 'iso.count' });
+        assert.equal(fired.results.length, 2);
+        assert.deepEqual(
+          fired.results.map((r) => r.result),
+          [expected, expected],
+          'each interpreter counts its own calls',
+        );
+      }
+      const c = await t.client.execute({ mode, modules, source: "import { next } from 'counter'; export default next();" });
+      succeeded(c);
+      assert.equal(c.result, 1, 'a new interpreter gets a fresh instance');
+    });
+  }
+
+  it('globals set in an isolate-mode interpreter are invisible to a shared-mode one, and the other way round', async () => {
+    await assertGlobalsIsolated(t, ISOLATE, SHARED);
+    await assertGlobalsIsolated(t, SHARED, ISOLATE);
+  });
+
+  it('two isolate-mode runs execute in parallel', async () => {
+    const [a, b] = await Promise.all([
+      t.client.execute({ mode: ISOLATE, source: spinWindow(400) }),
+      t.client.execute({ mode: ISOLATE, source: spinWindow(400) }),
+    ]);
+    succeeded(a);
+    succeeded(b);
+    const wa = a.result as { start: number; end: number };
+    const wb = b.result as { start: number; end: number };
+    assert.ok(wa.end - wa.start >= 400 && wb.end - wb.start >= 400);
+    assert.ok(
+      wa.start < wb.end && wb.start < wa.end,
+      `the runs did not overlap: [${wa.start}, ${wa.end}] and [${wb.start}, ${wb.end}]`,
+    );
+  });
+
+  for (const mode of MODES) {
+    it(`the health check answers SERVING while a script spins (${modeName(mode)})`, async () => {
+      let executeDone = false;
+      const spinning = t.client
+        .execute({ mode, limits: { timeoutMs: 5000, memoryLimitMb: 0 }, source: spinWindow(1500) })
+        .finally(() => {
+          executeDone = true;
+        });
+      const until = Date.now() + 5000;
+      while (t.manager.counters().executionsInFlight === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 2));
+      const health = await t.client.healthCheck('', { deadlineMs: 1000 });
+      assert.equal(health, 'SERVING');
+      assert.equal(executeDone, false, 'the health check answered before the spinning script finished');
+      succeeded(await spinning);
+    });
+  }
+});
+
+describe('Isolation between interpreters on one shared isolate', () => {
+  let t: TestServer;
+  beforeEach(async () => {
+    t = await startTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
+  });
+  afterEach(async () => {
+    await releaseAll(t);
+    await t.close();
+  });
+
+  it('a second interpreter on the same shared isolate does not see the first one’s globals or prototype changes', async () => {
+    assert.equal(t.manager.counters().sharedIsolates, 1);
+    await assertGlobalsIsolated(t, SHARED, SHARED);
+    assert.equal(t.manager.counters().sharedIsolates, 1, 'both interpreters lived on the one shared isolate');
+  });
+
+  it('concurrent Executes on the same shared isolate each get their own module "lib"', async () => {
+    const n = 16;
+    const runs = await Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        t.client.execute({
+          mode: SHARED,
+          modules: { lib: `let calls = 0; export default function () { calls += 1; return ['impl-${i}', calls]; }` },
+          source: "import lib from 'lib'; gears.register('iso.lib', () => lib()); export default lib();",
+        }),
+      ),
+    );
+    runs.forEach((res, i) => {
+      succeeded(res);
+      assert.deepEqual(res.result, [`impl-${i}`, 1]);
+    });
+    const fired = await t.client.trigger({ trigger: 'iso.lib' });
+    assert.equal(fired.results.length, n);
+    const byInterpreter = new Map(runs.map((r, i) => [r.interpreterId, i]));
+    for (const r of fired.results) {
+      succeeded(r);
+      assert.deepEqual(r.result, [`impl-${byInterpreter.get(r.interpreterId)}`, 2], 'each handler calls its own module instance');
+    }
+  });
+});

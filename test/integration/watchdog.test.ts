@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { pb } from '../helpers/client';
+import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
+
+/**
+ * isolated-vm copies an error thrown out of module evaluation after the call's timeout stopped
+ * guarding it, reading `message` and `stack` through the object's own getters. A getter that
+ * never returns wedges the isolate; the manager's watchdog must notice and dispose it.
+ */
+describe('watchdog: an isolate stuck where no timeout reaches', function () {
+  this.timeout(30_000);
+  let t: TestServer;
+  beforeEach(async () => {
+    t = await startTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
+  });
+  afterEach(async () => {
+    await releaseAll(t);
+    await t.close();
+  });
+
+  it('a thrown object whose getter loops wedges its shared isolate only until the watchdog disposes it', async () => {
+    const SHARED = pb.IsolationMode.ISOLATION_MODE_SHARED;
+    const bystander = await t.client.register({ trigger: 'wd.bystander', source: 'export default () => "alive";', mode: SHARED });
+    const stuck = await t.client.execute({
+      mode: SHARED,
+      limits: { timeoutMs: 300, memoryLimitMb: 0 },
+      source: 'throw { get message() { for (;;) {} } };',
+    });
+    assert.equal(stuck.outcome, pb.Outcome.OUTCOME_TIMED_OUT, JSON.stringify(stuck.error));
+
+    // the next shared-mode run waits until the watchdog replaced the wedged isolate, then runs
+    const next = await t.client.execute({ mode: SHARED, source: 'export default "next";' }, { deadlineMs: 15_000 });
+    assert.equal(next.outcome, pb.Outcome.OUTCOME_SUCCEEDED, JSON.stringify(next.error));
+    assert.equal(next.result, 'next');
+
+    // everything that lived on the disposed isolate is FAILED, its registration listed as broken
+    const info = await t.client.getInterpreter({ interpreterId: bystander.interpreter?.id });
+    assert.equal(info.interpreter?.state, pb.InterpreterState.INTERPRETER_STATE_FAILED);
+    assert.match(info.interpreter?.failureReason ?? '', /stopped responding/);
+    assert.equal(info.registrations[0].broken, true);
+    const trig = await t.client.trigger({ trigger: 'wd.bystander' });
+    assert.equal(trig.results[0].outcome, pb.Outcome.OUTCOME_FAILED);
+    assert.ok(t.logs.some((l) => l.msg === 'isolate stopped responding; disposing it'), 'the disposal is logged');
+    const c = t.manager.counters();
+    assert.equal(c.sharedIsolates, 1, 'a fresh shared isolate took the slot');
+  });
+
+  it('a dedicated isolate wedged the same way is disposed with its interpreter', async () => {
+    const res = await t.client.execute({
+      mode: pb.IsolationMode.ISOLATION_MODE_ISOLATE,
+      limits: { timeoutMs: 300, memoryLimitMb: 0 },
+      source: 'throw { get message() { for (;;) {} } };',
+    });
+    assert.equal(res.outcome, pb.Outcome.OUTCOME_TIMED_OUT);
+    assert.equal(res.interpreter?.state, pb.InterpreterState.INTERPRETER_STATE_DISPOSED);
+  });
+});
