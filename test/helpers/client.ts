@@ -8,6 +8,10 @@ export interface CallOptions {
   deadlineMs?: number;
 }
 
+function callOptions(opts: CallOptions): Partial<grpc.CallOptions> {
+  return opts.deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + opts.deadlineMs) };
+}
+
 /** Promise-based wrapper over the generated grpc-js client, as a client author would write it. */
 export class TestClient {
   readonly raw: pb.GearsServiceClient;
@@ -19,49 +23,28 @@ export class TestClient {
     this.health = new HealthClient(address, grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
   }
 
-  private call<Req, Res>(method: Unary<Req, Res>, req: Req, opts: CallOptions = {}): Promise<Res> {
-    const options: Partial<grpc.CallOptions> = {};
-    if (opts.deadlineMs !== undefined) options.deadline = new Date(Date.now() + opts.deadlineMs);
-    return new Promise((resolve, reject) => {
-      method.call(this.raw, req, new grpc.Metadata(), options, (err, res) => (err ? reject(err) : resolve(res)));
-    });
+  /** A promise-returning method for one unary RPC: `req` is completed with `type.fromPartial`. */
+  private unary<Req, Res>(rpc: keyof pb.GearsServiceClient, type: { fromPartial(req: Partial<Req>): Req }) {
+    return (req: Partial<Req>, opts: CallOptions = {}): Promise<Res> =>
+      new Promise((resolve, reject) => {
+        const method = this.raw[rpc] as unknown as Unary<Req, Res>;
+        method.call(this.raw, type.fromPartial(req), new grpc.Metadata(), callOptions(opts), (err, res) => (err ? reject(err) : resolve(res)));
+      });
   }
 
-  execute(req: Partial<pb.ExecuteRequest>, opts?: CallOptions): Promise<pb.ExecuteResponse> {
-    return this.call<pb.ExecuteRequest, pb.ExecuteResponse>(this.raw.execute as never, pb.ExecuteRequest.fromPartial(req), opts);
-  }
-
-  register(req: Partial<pb.RegisterRequest>, opts?: CallOptions): Promise<pb.RegisterResponse> {
-    return this.call<pb.RegisterRequest, pb.RegisterResponse>(this.raw.register as never, pb.RegisterRequest.fromPartial(req), opts);
-  }
-
-  release(req: Partial<pb.ReleaseRequest>, opts?: CallOptions): Promise<pb.ReleaseResponse> {
-    return this.call<pb.ReleaseRequest, pb.ReleaseResponse>(this.raw.release as never, pb.ReleaseRequest.fromPartial(req), opts);
-  }
-
-  trigger(req: Partial<pb.TriggerRequest>, opts?: CallOptions): Promise<pb.TriggerResponse> {
-    return this.call<pb.TriggerRequest, pb.TriggerResponse>(this.raw.trigger as never, pb.TriggerRequest.fromPartial(req), opts);
-  }
-
-  getInterpreter(req: Partial<pb.GetInterpreterRequest>, opts?: CallOptions): Promise<pb.GetInterpreterResponse> {
-    return this.call<pb.GetInterpreterRequest, pb.GetInterpreterResponse>(this.raw.getInterpreter as never, pb.GetInterpreterRequest.fromPartial(req), opts);
-  }
-
-  listInterpreters(req: Partial<pb.ListInterpretersRequest>, opts?: CallOptions): Promise<pb.ListInterpretersResponse> {
-    return this.call<pb.ListInterpretersRequest, pb.ListInterpretersResponse>(this.raw.listInterpreters as never, pb.ListInterpretersRequest.fromPartial(req), opts);
-  }
-
-  listRegistrations(req: Partial<pb.ListRegistrationsRequest>, opts?: CallOptions): Promise<pb.ListRegistrationsResponse> {
-    return this.call<pb.ListRegistrationsRequest, pb.ListRegistrationsResponse>(this.raw.listRegistrations as never, pb.ListRegistrationsRequest.fromPartial(req), opts);
-  }
+  readonly execute = this.unary<pb.ExecuteRequest, pb.ExecuteResponse>('execute', pb.ExecuteRequest);
+  readonly register = this.unary<pb.RegisterRequest, pb.RegisterResponse>('register', pb.RegisterRequest);
+  readonly release = this.unary<pb.ReleaseRequest, pb.ReleaseResponse>('release', pb.ReleaseRequest);
+  readonly trigger = this.unary<pb.TriggerRequest, pb.TriggerResponse>('trigger', pb.TriggerRequest);
+  readonly getInterpreter = this.unary<pb.GetInterpreterRequest, pb.GetInterpreterResponse>('getInterpreter', pb.GetInterpreterRequest);
+  readonly listInterpreters = this.unary<pb.ListInterpretersRequest, pb.ListInterpretersResponse>('listInterpreters', pb.ListInterpretersRequest);
+  readonly listRegistrations = this.unary<pb.ListRegistrationsRequest, pb.ListRegistrationsResponse>('listRegistrations', pb.ListRegistrationsRequest);
 
   /** grpc.health.v1 Check; resolves with the status name ('SERVING', 'NOT_SERVING', …). */
   healthCheck(service = '', opts: CallOptions = {}): Promise<string> {
-    const options: Partial<grpc.CallOptions> = {};
-    if (opts.deadlineMs !== undefined) options.deadline = new Date(Date.now() + opts.deadlineMs);
     const check = this.health.check as (req: object, md: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r: { status: string }) => void) => void;
     return new Promise((resolve, reject) => {
-      check.call(this.health, { service }, new grpc.Metadata(), options, (err, res) => (err ? reject(err) : resolve(String(res.status))));
+      check.call(this.health, { service }, new grpc.Metadata(), callOptions(opts), (err, res) => (err ? reject(err) : resolve(String(res.status))));
     });
   }
 

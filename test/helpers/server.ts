@@ -61,8 +61,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
  * reference or dedicated isolate is left.
  */
 export async function assertNoLeaks(manager: InterpreterManager, waitMs = 5000): Promise<void> {
-  const until = Date.now() + waitMs;
-  while (manager.counters().executionsInFlight > 0 && Date.now() < until) await sleep(10);
+  await waitIdle(manager, waitMs);
   const c = manager.counters();
   assert.deepEqual(
     {
@@ -76,6 +75,12 @@ export async function assertNoLeaks(manager: InterpreterManager, waitMs = 5000):
     'something leaked',
   );
   assert.equal(c.isolatesCreated.dedicated, c.isolatesDisposed.dedicated, 'every dedicated isolate created was disposed');
+}
+
+/** Waits (bounded, never failing) until no run is in flight. */
+export async function waitIdle(manager: InterpreterManager, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (manager.counters().executionsInFlight > 0 && Date.now() < until) await sleep(10);
 }
 
 /** Releases every registration the server holds (cleanup for tests that fail midway). */

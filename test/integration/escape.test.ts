@@ -1,24 +1,13 @@
 import assert from 'node:assert/strict';
 import { pb } from '../helpers/client';
-import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
-
-const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
-const MODES = [SHARED, ISOLATE];
-const modeName = (mode: pb.IsolationMode): string => pb.isolationModeToJSON(mode);
-const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o);
-const limits = (timeoutMs: number, memoryLimitMb = 0): pb.Limits => ({ timeoutMs, memoryLimitMb });
-
-const HOST_LEAKS = ['/work/', 'node_modules', '.ts:', 'node:internal', 'file://'];
-
-function assertNoHostPaths(value: unknown, what: string): void {
-  const s = typeof value === 'string' ? value : JSON.stringify(value ?? '');
-  for (const leak of HOST_LEAKS) assert.ok(!s.includes(leak), `${what} leaks ${JSON.stringify(leak)}: ${s}`);
-}
+import { useTestServer } from '../helpers/fixture';
+import { assertNoHostPaths, limits, MODES, modeName, outcomeName, SHARED, succeeded } from '../helpers/proto';
+import type { TestServer } from '../helpers/server';
 
 /** Runs `source` and requires it to succeed; returns the response. */
 async function succeed(t: TestServer, req: Partial<pb.ExecuteRequest>): Promise<pb.ExecuteResponse> {
   const res = await t.client.execute(req);
-  assert.equal(outcomeName(res.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(res.error));
+  succeeded(res);
   return res;
 }
 
@@ -51,18 +40,12 @@ function assertStackString(stack: unknown, what: string): void {
 }
 
 describe('escape attempts', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer();
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer();
 
   for (const mode of MODES) {
     describe(modeName(mode), () => {
       it('host globals are absent: require, process, setTimeout, fetch, Buffer, module, …', async () => {
+        const t = server();
         const names = ['require', 'process', 'setTimeout', 'setInterval', 'setImmediate', 'queueMicrotask', 'fetch', 'Buffer', 'module', 'exports', '__dirname', 'global', 'ivm', '_ivm'];
         const res = await succeed(t, {
           mode,
@@ -78,6 +61,7 @@ describe('escape attempts', () => {
       });
 
       it('the only non-standard globals are gears, console and the loader hook', async () => {
+        const t = server();
         const res = await succeed(t, { mode, source: 'export default Object.getOwnPropertyNames(globalThis);' });
         const names = res.result as string[];
         const standard = new Set([
@@ -92,6 +76,7 @@ describe('escape attempts', () => {
       });
 
       it('constructor chains reach the sandbox global, never the host', async () => {
+        const t = server();
         const res = await succeed(t, {
           mode,
           source: `
@@ -126,6 +111,7 @@ describe('escape attempts', () => {
       });
 
       it('strict bootstrap functions expose no caller: .caller throws, a sloppy handler sees caller null', async () => {
+        const t = server();
         const res = await succeed(t, {
           mode,
           source: `
@@ -139,11 +125,12 @@ describe('escape attempts', () => {
         });
         assert.deepEqual(res.result, { registerCaller: 'TypeError', logCaller: 'TypeError', logArguments: 'TypeError' });
         const trig = await t.client.trigger({ trigger: 'sloppy.caller' });
-        assert.equal(outcomeName(trig.results[0].outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(trig.results[0].error));
+        succeeded(trig.results[0]);
         assert.equal(trig.results[0].result, 'null');
       });
 
       it('Error.prepareStackTrace is inert: no CallSite ever reaches a script (in Execute, in handlers, inside result copying and console)', async () => {
+        const t = server();
         const setup = await succeed(t, {
           mode,
           source: `${FRAME_PROBE}
@@ -163,7 +150,7 @@ describe('escape attempts', () => {
 
         for (const trigger of ['frames.strict', 'frames.sloppy']) {
           const trig = await t.client.trigger({ trigger });
-          assert.equal(outcomeName(trig.results[0].outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(trig.results[0].error));
+          succeeded(trig.results[0]);
           assertStackString(trig.results[0].result, trigger);
         }
         const getter = await t.client.trigger({ trigger: 'frames.getter' });
@@ -181,6 +168,7 @@ describe('escape attempts', () => {
       });
 
       it('Error.captureStackTrace and stack tricks reveal no host frames', async () => {
+        const t = server();
         const res = await succeed(t, {
           mode,
           source: `
@@ -205,6 +193,7 @@ describe('escape attempts', () => {
       });
 
       it('a hostile Error.prepareStackTrace (throws, returns non-strings) cannot break error reporting', async () => {
+        const t = server();
         const throwing = await t.client.execute({
           mode,
           source: 'Error.prepareStackTrace = () => { throw new Error("nope"); }; export default () => { throw new Error("original"); };',
@@ -224,6 +213,7 @@ describe('escape attempts', () => {
       });
 
       it('tampering with gears and console fails or has no effect, and registration still works', async () => {
+        const t = server();
         const res = await succeed(t, {
           mode,
           source: `
@@ -283,6 +273,7 @@ describe('escape attempts', () => {
       });
 
       it('calling the loader hook with a guessed token changes nothing', async () => {
+        const t = server();
         const res = await succeed(t, {
           mode,
           source: `
@@ -297,6 +288,7 @@ describe('escape attempts', () => {
       });
 
       it('dynamic import() cannot load anything', async () => {
+        const t = server();
         const caught = await succeed(t, {
           mode,
           source: `
@@ -315,6 +307,7 @@ describe('escape attempts', () => {
 
       for (const specifier of ['fs', 'node:fs', 'child_process', 'isolated-vm', 'not-a-module']) {
         it(`importing "${specifier}" statically fails with ModuleNotFoundError`, async () => {
+          const t = server();
           const res = await t.client.execute({ mode, source: `import x from ${JSON.stringify(specifier)}; export default typeof x;` });
           assert.equal(outcomeName(res.outcome), 'OUTCOME_FAILED');
           assert.equal(res.error?.name, 'ModuleNotFoundError');
@@ -339,6 +332,7 @@ describe('escape attempts', () => {
       ];
       for (const c of UNCOPYABLE) {
         it(`a result holding ${c.what} is OUTCOME_FAILED naming where`, async () => {
+          const t = server();
           const res = await t.client.execute({ mode, source: c.source });
           assert.equal(outcomeName(res.outcome), 'OUTCOME_FAILED', JSON.stringify(res.result));
           assert.match(res.error?.message ?? '', c.message);
@@ -347,6 +341,7 @@ describe('escape attempts', () => {
       }
 
       it('an uncopyable handler result is OUTCOME_FAILED naming where, and the registration keeps working', async () => {
+        const t = server();
         await succeed(t, {
           mode,
           source: 'gears.register("bad.result", (p) => (p === "fn" ? { deep: [{ f() {} }] } : { ok: p }));',
@@ -362,15 +357,8 @@ describe('escape attempts', () => {
 });
 
 describe('escape attempts: prototype pollution stays inside its interpreter', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    // one shared isolate, so shared-mode interpreters are contexts of the same isolate
-    t = await startTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  // one shared isolate, so shared-mode interpreters are contexts of the same isolate
+  const server = useTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
 
   const POLLUTE = `
     Object.prototype.x = 'polluted';
@@ -393,6 +381,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
 
   for (const mode of MODES) {
     it(`a polluted script still returns its own result and logs, and its handlers still work (${modeName(mode)})`, async () => {
+      const t = server();
       const res = await succeed(t, {
         mode,
         source: `${POLLUTE}
@@ -405,7 +394,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
       assert.equal(res.registrations.length, 1);
 
       const trig = await t.client.trigger({ trigger: 'polluted.t', payload: { k: [true] } });
-      assert.equal(outcomeName(trig.results[0].outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(trig.results[0].error));
+      succeeded(trig.results[0]);
       assert.deepEqual(trig.results[0].result, { list: [1, 2], echo: { k: [true] } });
 
       // the polluted interpreter is alive (it holds a registration) while others run
@@ -419,6 +408,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
     });
 
     it(`a handler that pollutes affects only its own interpreter (${modeName(mode)})`, async () => {
+      const t = server();
       await succeed(t, {
         mode,
         source: `gears.register('pollute.now', () => { ${POLLUTE} return 'done'; });`,
@@ -432,6 +422,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
     });
 
     it(`index setters on Array.prototype do not swallow the script's logs or registrations (${modeName(mode)})`, async () => {
+      const t = server();
       const res = await succeed(t, {
         mode,
         source: `
@@ -450,6 +441,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
     });
 
     it(`replacing Promise.prototype.then does not change how the default export is awaited (${modeName(mode)})`, async () => {
+      const t = server();
       const res = await t.client.execute({
         mode,
         limits: limits(1000),
@@ -460,6 +452,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
     });
 
     it(`replacing RegExp.prototype.exec cannot get an invalid trigger registered, and is a script failure, not INTERNAL (${modeName(mode)})`, async () => {
+      const t = server();
       const res = await t.client.execute({
         mode,
         source: 'RegExp.prototype.exec = function () { return []; }; export default gears.register("not a valid trigger!", () => 1);',
@@ -471,6 +464,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
   }
 
   it('a looping Error.prepareStackTrace on a top-level throw does not wedge the shared isolate', async () => {
+    const t = server();
     const res = await t.client.execute(
       { mode: SHARED, limits: limits(300), source: 'Error.prepareStackTrace = () => { for (;;) {} }; throw new Error("x");' },
       { deadlineMs: 5000 },

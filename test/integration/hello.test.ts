@@ -1,24 +1,20 @@
 import assert from 'node:assert/strict';
 import { pb } from '../helpers/client';
-import { startTestServer, type TestServer } from '../helpers/server';
+import { useTestServer } from '../helpers/fixture';
+import { MODES, modeName, succeeded } from '../helpers/proto';
 
 describe('Execute: the hello path', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer();
-  });
-  afterEach(async () => {
-    await t.close();
-  });
+  const server = useTestServer();
 
-  for (const mode of [pb.IsolationMode.ISOLATION_MODE_SHARED, pb.IsolationMode.ISOLATION_MODE_ISOLATE]) {
-    it(`runs a default-export function with args and disposes the interpreter at refcount zero (${pb.isolationModeToJSON(mode)})`, async () => {
+  for (const mode of MODES) {
+    it(`runs a default-export function with args and disposes the interpreter at refcount zero (${modeName(mode)})`, async () => {
+      const t = server();
       const res = await t.client.execute({
         source: 'export default (args) => { console.log("hello", args.name); return { greeting: `hello ${args.name}`, n: [1, 2] }; }',
         args: { name: 'world' },
         mode,
       });
-      assert.equal(res.outcome, pb.Outcome.OUTCOME_SUCCEEDED, JSON.stringify(res.error));
+      succeeded(res);
       assert.deepEqual(res.result, { greeting: 'hello world', n: [1, 2] });
       assert.deepEqual(res.logs, [{ level: 'log', message: 'hello world' }]);
       assert.match(res.executionId, /^exe_/);

@@ -1,16 +1,10 @@
 import assert from 'node:assert/strict';
 import { pb } from '../helpers/client';
-import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
+import { useTestServer } from '../helpers/fixture';
+import { ISOLATE, limits, MODES, modeName, runsInFlight, SHARED, succeeded } from '../helpers/proto';
+import type { TestServer } from '../helpers/server';
 
-const { OUTCOME_SUCCEEDED } = pb.Outcome;
 const { INTERPRETER_STATE_READY, INTERPRETER_STATE_DISPOSED } = pb.InterpreterState;
-const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
-const MODES = [SHARED, ISOLATE];
-const modeName = (mode: pb.IsolationMode): string => pb.isolationModeToJSON(mode);
-
-function succeeded(res: { outcome: pb.Outcome; error?: pb.ScriptError }): void {
-  assert.equal(res.outcome, OUTCOME_SUCCEEDED, `run did not succeed: ${JSON.stringify(res.error)}`);
-}
 
 /**
  * The first interpreter changes its globals and built-ins and stays alive through a registration
@@ -63,21 +57,16 @@ const spinWindow = (ms: number): string => `
 `;
 
 describe('Isolation between interpreters', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer();
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer();
 
   for (const mode of MODES) {
     it(`globals and prototype changes of one interpreter are invisible to another (${modeName(mode)})`, async () => {
+      const t = server();
       await assertGlobalsIsolated(t, mode, mode);
     });
 
     it(`many concurrent Executes each get their own implementation of module "lib" (${modeName(mode)})`, async () => {
+      const t = server();
       const n = 16;
       const runs = await Promise.all(
         Array.from({ length: n }, (_, i) =>
@@ -105,6 +94,7 @@ describe('Isolation between interpreters', () => {
     });
 
     it(`module state is per interpreter (${modeName(mode)})`, async () => {
+      const t = server();
       const modules = { counter: 'let n = 0; export function next() { n += 1; return n; }' };
       const source = `
         import { next } from 'counter';
@@ -135,11 +125,13 @@ describe('Isolation between interpreters', () => {
   }
 
   it('globals set in an isolate-mode interpreter are invisible to a shared-mode one, and the other way round', async () => {
+    const t = server();
     await assertGlobalsIsolated(t, ISOLATE, SHARED);
     await assertGlobalsIsolated(t, SHARED, ISOLATE);
   });
 
   it('two isolate-mode runs execute in parallel', async () => {
+    const t = server();
     const [a, b] = await Promise.all([
       t.client.execute({ mode: ISOLATE, source: spinWindow(400) }),
       t.client.execute({ mode: ISOLATE, source: spinWindow(400) }),
@@ -157,14 +149,14 @@ describe('Isolation between interpreters', () => {
 
   for (const mode of MODES) {
     it(`the health check answers SERVING while a script spins (${modeName(mode)})`, async () => {
+      const t = server();
       let executeDone = false;
       const spinning = t.client
-        .execute({ mode, limits: { timeoutMs: 5000, memoryLimitMb: 0 }, source: spinWindow(1500) })
+        .execute({ mode, limits: limits(5000), source: spinWindow(1500) })
         .finally(() => {
           executeDone = true;
         });
-      const until = Date.now() + 5000;
-      while (t.manager.counters().executionsInFlight === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 2));
+      await runsInFlight(t);
       const health = await t.client.healthCheck('', { deadlineMs: 1000 });
       assert.equal(health, 'SERVING');
       assert.equal(executeDone, false, 'the health check answered before the spinning script finished');
@@ -174,22 +166,17 @@ describe('Isolation between interpreters', () => {
 });
 
 describe('Isolation between interpreters on one shared isolate', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
 
   it('a second interpreter on the same shared isolate does not see the first one’s globals or prototype changes', async () => {
+    const t = server();
     assert.equal(t.manager.counters().sharedIsolates, 1);
     await assertGlobalsIsolated(t, SHARED, SHARED);
     assert.equal(t.manager.counters().sharedIsolates, 1, 'both interpreters lived on the one shared isolate');
   });
 
   it('concurrent Executes on the same shared isolate each get their own module "lib"', async () => {
+    const t = server();
     const n = 16;
     const runs = await Promise.all(
       Array.from({ length: n }, (_, i) =>

@@ -1,41 +1,21 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
-import { releaseAll, sleep, startTestServer, type TestServer } from '../helpers/server';
+import { useTestServer } from '../helpers/fixture';
+import { ISOLATE, MODES, modeName, runsInFlight, SHARED, succeeded } from '../helpers/proto';
 
 const { OUTCOME_SUCCEEDED, OUTCOME_FAILED } = pb.Outcome;
 const { INTERPRETER_STATE_READY, INTERPRETER_STATE_DRAINING, INTERPRETER_STATE_DISPOSED } = pb.InterpreterState;
-const MODES = [pb.IsolationMode.ISOLATION_MODE_SHARED, pb.IsolationMode.ISOLATION_MODE_ISOLATE];
-const modeName = (mode: pb.IsolationMode): string => pb.isolationModeToJSON(mode);
 
 /** A handler body that keeps its isolate busy for `ms` of wall time, then returns `value`. */
 const spin = (ms: number, value: string): string =>
   `export default () => { const t = Date.now(); while (Date.now() - t < ${ms}) {} return ${JSON.stringify(value)}; }`;
 
-function succeeded(res: { outcome: pb.Outcome; error?: pb.ScriptError }): void {
-  assert.equal(res.outcome, OUTCOME_SUCCEEDED, `run did not succeed: ${JSON.stringify(res.error)}`);
-}
-
-/** Waits until the server has at least `n` runs in flight (a Trigger that was sent has started). */
-async function runsInFlight(t: TestServer, n: number): Promise<void> {
-  const until = Date.now() + 5000;
-  while (t.manager.counters().executionsInFlight < n) {
-    if (Date.now() > until) throw new Error(`fewer than ${n} runs started within 5 s`);
-    await sleep(2);
-  }
-}
-
 describe('Interpreter lifecycle: references, release and introspection', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer();
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer();
 
   for (const mode of MODES) {
     it(`keeps an interpreter alive per registration and disposes it when the last one is released (${modeName(mode)})`, async () => {
+      const t = server();
       const res = await t.client.execute({
         mode,
         source: `
@@ -104,6 +84,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
     });
 
     it(`Register creates an interpreter, and attaching by interpreter_id adds owners that share its globals (${modeName(mode)})`, async () => {
+      const t = server();
       const reg = await t.client.register({
         trigger: 'lc.hit',
         mode,
@@ -175,10 +156,11 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
     });
 
     it(`Release while a handler runs drains the interpreter and disposes it when the run ends (${modeName(mode)})`, async () => {
+      const t = server();
       const reg = await t.client.register({ trigger: 'lc.slow', mode, source: spin(400, 'finished') });
       const itp = reg.interpreter?.id ?? '';
       const running = t.client.trigger({ trigger: 'lc.slow' });
-      await runsInFlight(t, 1);
+      await runsInFlight(t);
 
       const rel = await t.client.release({ registrationId: reg.registration?.id });
       assert.deepEqual(rel.releasedRegistrationIds, [reg.registration?.id]);
@@ -202,10 +184,11 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   }
 
   it('Release by interpreter_id during an attached Execute drains, and the Execute then reports it DISPOSED', async () => {
+    const t = server();
     const reg = await t.client.register({ trigger: 'lc.host', source: 'export default () => 0;' });
     const itp = reg.interpreter?.id ?? '';
     const running = t.client.execute({ interpreterId: itp, source: spin(400, 'attached run finished') });
-    await runsInFlight(t, 1);
+    await runsInFlight(t);
     const rel = await t.client.release({ interpreterId: itp });
     assert.deepEqual(rel.releasedRegistrationIds, [reg.registration?.id]);
     assert.equal(rel.interpreter?.state, INTERPRETER_STATE_DRAINING);
@@ -222,6 +205,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('an attached Execute that fails keeps none of its registrations and leaves the count alone', async () => {
+    const t = server();
     const reg = await t.client.register({ trigger: 'lc.base', source: 'export default () => "base";' });
     const itp = reg.interpreter?.id ?? '';
     const res = await t.client.execute({
@@ -238,6 +222,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('a double release is NOT_FOUND, by registration and by interpreter', async () => {
+    const t = server();
     const res = await t.client.execute({
       source: "gears.register('lc.x', () => 1); gears.register('lc.y', () => 2); export default null;",
     });
@@ -261,6 +246,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('Register whose module yields no handler is INVALID_ARGUMENT and creates nothing', async () => {
+    const t = server();
     await expectStatus(t.client.register({ trigger: 'lc.bad', source: 'export default 42;' }), grpc.status.INVALID_ARGUMENT, /default export/);
     await expectStatus(t.client.register({ trigger: 'lc.bad', source: 'throw new Error("nope");' }), grpc.status.INVALID_ARGUMENT, /nope/);
     assert.deepEqual((await t.client.listInterpreters({})).interpreters, []);
@@ -268,7 +254,8 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('Trigger runs the registrations of several interpreters and answers in registration order, not completion order', async () => {
-    const mode = pb.IsolationMode.ISOLATION_MODE_ISOLATE;
+    const t = server();
+    const mode = ISOLATE;
     const slow = await t.client.register({ trigger: 'lc.order', mode, source: spin(200, 'first') });
     const mid = await t.client.register({ trigger: 'lc.order', mode, source: 'export default () => "second";' });
     const fast = await t.client.register({ trigger: 'lc.order', mode, source: 'export default () => "third";' });
@@ -285,14 +272,15 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('GetInterpreter describes live and disposed interpreters', async () => {
+    const t = server();
     const res = await t.client.execute({
-      mode: pb.IsolationMode.ISOLATION_MODE_SHARED,
+      mode: SHARED,
       source: "gears.register('lc.g1', () => 1, { description: 'one' }); gears.register('lc.g2', () => 2); export default null;",
     });
     succeeded(res);
     const live = await t.client.getInterpreter({ interpreterId: res.interpreterId });
     assert.equal(live.interpreter?.id, res.interpreterId);
-    assert.equal(live.interpreter?.mode, pb.IsolationMode.ISOLATION_MODE_SHARED);
+    assert.equal(live.interpreter?.mode, SHARED);
     assert.equal(live.interpreter?.state, INTERPRETER_STATE_READY);
     assert.equal(live.interpreter?.references, 2);
     assert.equal(live.interpreter?.registrationReferences, 2);
@@ -323,7 +311,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('ListInterpreters pages in creation order and filters by mode and name', async () => {
-    const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
+    const t = server();
     const modes = [SHARED, ISOLATE, SHARED, ISOLATE, SHARED];
     const ids: string[] = [];
     for (const [i, mode] of modes.entries()) {
@@ -381,6 +369,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('ListRegistrations pages in creation order and filters by trigger and interpreter', async () => {
+    const t = server();
     const a = await t.client.execute({
       source: "gears.register('lc.a', () => 1); gears.register('lc.b', () => 2); gears.register('lc.a', () => 3); export default null;",
     });
@@ -427,6 +416,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('keeps run statistics per registration: runs, failures and the last error', async () => {
+    const t = server();
     const reg = await t.client.register({
       trigger: 'lc.stats',
       source: 'export default (p) => { if (p.fail) throw new TypeError(`bad ${p.n}`); return p.n; };',
@@ -464,6 +454,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('a handler that registers during a Trigger run adds registrations to its own interpreter', async () => {
+    const t = server();
     const res = await t.client.execute({
       source: `
         gears.register('lc.spawn', (p) => gears.register('lc.child', (x) => 'child of ' + p.tag + ' got ' + x));
@@ -504,6 +495,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('exposes gears.interpreterId and gears.executionId matching the response ids', async () => {
+    const t = server();
     const res = await t.client.execute({
       source: `
         const atTop = gears.executionId;
@@ -516,6 +508,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
   });
 
   it('calls a handler with (payload, event) where event is {trigger, registrationId, executionId}', async () => {
+    const t = server();
     const reg = await t.client.register({
       trigger: 'lc.event',
       source: `export default function (payload, event) {

@@ -1,15 +1,9 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
-import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
-
-const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
-const MODES = [SHARED, ISOLATE];
-const modeName = (mode: pb.IsolationMode): string => pb.isolationModeToJSON(mode);
-const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o);
-const stateName = (s: pb.InterpreterState | undefined): string => (s === undefined ? 'unset' : pb.interpreterStateToJSON(s));
+import { useTestServer } from '../helpers/fixture';
+import { ISOLATE, limits, MODES, modeName, outcomeName, SHARED, stateName, succeeded } from '../helpers/proto';
 
 const TIMEOUT_MS = 250;
-const limits = (timeoutMs: number, memoryLimitMb = 0): pb.Limits => ({ timeoutMs, memoryLimitMb });
 
 /** Modules that never finish on their own, each a different way of not finishing. */
 const RUNAWAY_MODULES: { what: string; source: string }[] = [
@@ -52,19 +46,13 @@ function logBytes(logs: pb.LogEntry[]): number {
 }
 
 describe('limits: timeout_ms stops runaway scripts', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer();
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer();
 
   for (const mode of MODES) {
     describe(modeName(mode), () => {
       for (const c of RUNAWAY_MODULES) {
         it(`Execute: ${c.what} ends OUTCOME_TIMED_OUT and the new interpreter is disposed`, async () => {
+          const t = server();
           const res = await t.client.execute({ source: c.source, mode, limits: limits(TIMEOUT_MS) });
           assertTimedOut(res.outcome, res.error, TIMEOUT_MS);
           assert.equal(res.result, undefined, 'no result is set when the run did not succeed');
@@ -75,11 +63,12 @@ describe('limits: timeout_ms stops runaway scripts', () => {
       }
 
       it('Execute in an existing interpreter: every runaway times out, the interpreter and its registration survive', async () => {
+        const t = server();
         const setup = await t.client.execute({
           source: 'globalThis.count = 0; gears.register("keep.alive", () => ++globalThis.count);',
           mode,
         });
-        assert.equal(outcomeName(setup.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(setup.error));
+        succeeded(setup);
         const id = setup.interpreterId;
 
         let expected = 0;
@@ -99,16 +88,17 @@ describe('limits: timeout_ms stops runaway scripts', () => {
         }
 
         const again = await t.client.execute({ source: 'export default globalThis.count;', interpreterId: id });
-        assert.equal(outcomeName(again.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(again.error));
+        succeeded(again);
         assert.equal(again.result, expected);
       });
 
       it('Trigger: each runaway handler run ends OUTCOME_TIMED_OUT; the other handlers of its interpreter keep working', async () => {
+        const t = server();
         const source =
           RUNAWAY_HANDLERS.map((h) => `gears.register(${JSON.stringify(h.trigger)}, ${h.handler});`).join('\n') +
           '\nlet n = 0; gears.register("run.ok", (p) => ({ n: ++n, echo: p }));';
         const setup = await t.client.execute({ source, mode });
-        assert.equal(outcomeName(setup.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(setup.error));
+        succeeded(setup);
         const id = setup.interpreterId;
         const total = RUNAWAY_HANDLERS.length + 1;
         assert.equal(setup.registrations.length, total);
@@ -148,16 +138,10 @@ describe('limits: timeout_ms stops runaway scripts', () => {
 });
 
 describe('limits: memory_limit_mb', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer();
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer();
 
   it('isolate mode: a memory bomb ends OUTCOME_MEMORY_EXCEEDED, the interpreter is FAILED, and the server is unharmed', async () => {
+    const t = server();
     const res = await t.client.execute({ source: MEMORY_BOMB, mode: ISOLATE, limits: limits(15_000, 16) });
     assert.equal(outcomeName(res.outcome), 'OUTCOME_MEMORY_EXCEEDED', JSON.stringify(res.error));
     assert.ok(res.error, 'a memory kill carries an error');
@@ -175,33 +159,36 @@ describe('limits: memory_limit_mb', () => {
   });
 
   it('isolate mode: the limit is per interpreter (30 MiB fails under 16 MiB, succeeds under 128 MiB)', async () => {
+    const t = server();
     const small = await t.client.execute({ source: ALLOCATE_30_MB, mode: ISOLATE, limits: limits(15_000, 16) });
     assert.equal(outcomeName(small.outcome), 'OUTCOME_MEMORY_EXCEEDED', JSON.stringify(small.error));
     const large = await t.client.execute({ source: ALLOCATE_30_MB, mode: ISOLATE, limits: limits(15_000, 128) });
-    assert.equal(outcomeName(large.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(large.error));
+    succeeded(large);
     assert.equal(large.result, 30);
   });
 
   it('shared mode: memory_limit_mb has no effect (the interpreter shares its isolate limit)', async () => {
+    const t = server();
     const res = await t.client.execute({ source: ALLOCATE_30_MB, mode: SHARED, limits: limits(15_000, 16) });
-    assert.equal(outcomeName(res.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(res.error));
+    succeeded(res);
     assert.equal(res.result, 30);
   });
 
   it('isolate mode: a handler that bombs memory breaks its interpreter; its registrations are listed broken, fail when triggered, and release cleanly', async () => {
+    const t = server();
     const setup = await t.client.execute({
       source: `gears.register("mem.bomb", () => { ${MEMORY_BOMB} }); gears.register("mem.ok", () => "ok");`,
       mode: ISOLATE,
       limits: limits(5000, 16),
     });
-    assert.equal(outcomeName(setup.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(setup.error));
+    succeeded(setup);
     const id = setup.interpreterId;
     const [bomb, ok] = setup.registrations;
     assert.equal(bomb.trigger, 'mem.bomb');
     assert.equal(ok.trigger, 'mem.ok');
 
     const before = await t.client.trigger({ trigger: 'mem.ok' });
-    assert.equal(outcomeName(before.results[0].outcome), 'OUTCOME_SUCCEEDED');
+    succeeded(before.results[0]);
 
     const boom = await t.client.trigger({ trigger: 'mem.bomb', limits: limits(15_000) });
     assert.equal(boom.results.length, 1);
@@ -254,27 +241,21 @@ describe('limits: memory_limit_mb', () => {
     assert.equal(c.dedicatedIsolates, 0);
 
     const fresh = await t.client.execute({ source: 'export default "fine";', mode: ISOLATE });
-    assert.equal(outcomeName(fresh.outcome), 'OUTCOME_SUCCEEDED');
+    succeeded(fresh);
   });
 });
 
 describe('limits: server defaults and maxima from the configuration', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer({
-      ISOGEAR_DEFAULT_TIMEOUT_MS: '200',
-      ISOGEAR_MAX_TIMEOUT_MS: '1000',
-      ISOGEAR_MAX_MEMORY_MB: '128',
-      ISOGEAR_MAX_SOURCE_BYTES: '2048',
-    });
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
+  const server = useTestServer({
+    ISOGEAR_DEFAULT_TIMEOUT_MS: '200',
+    ISOGEAR_MAX_TIMEOUT_MS: '1000',
+    ISOGEAR_MAX_MEMORY_MB: '128',
+    ISOGEAR_MAX_SOURCE_BYTES: '2048',
   });
 
   for (const mode of MODES) {
     it(`ISOGEAR_DEFAULT_TIMEOUT_MS applies when limits are unset or 0 (${modeName(mode)})`, async () => {
+      const t = server();
       for (const source of ['for (;;) {}', 'await new Promise(() => {});']) {
         const unset = await t.client.execute({ source, mode });
         assertTimedOut(unset.outcome, unset.error, 200);
@@ -284,13 +265,14 @@ describe('limits: server defaults and maxima from the configuration', () => {
       }
 
       const setup = await t.client.execute({ source: 'gears.register("dflt.loop", () => { for (;;) {} });', mode });
-      assert.equal(outcomeName(setup.outcome), 'OUTCOME_SUCCEEDED');
+      succeeded(setup);
       const trig = await t.client.trigger({ trigger: 'dflt.loop' });
       assertTimedOut(trig.results[0].outcome, trig.results[0].error, 200);
     });
   }
 
   it('a module that does not finish loading within the default timeout is not a handler (Register → INVALID_ARGUMENT)', async () => {
+    const t = server();
     await expectStatus(
       t.client.register({ trigger: 'slow.load', source: 'await new Promise(() => {}); export default () => 1;' }),
       grpc.status.INVALID_ARGUMENT,
@@ -299,8 +281,9 @@ describe('limits: server defaults and maxima from the configuration', () => {
   });
 
   it('timeout_ms equal to ISOGEAR_MAX_TIMEOUT_MS is accepted; above it is INVALID_ARGUMENT on every RPC that takes limits', async () => {
+    const t = server();
     const ok = await t.client.execute({ source: 'export default 1;', limits: limits(1000) });
-    assert.equal(outcomeName(ok.outcome), 'OUTCOME_SUCCEEDED');
+    succeeded(ok);
     const reg = await t.client.register({ trigger: 'max.t', source: 'export default () => 2;', limits: limits(1000) });
     const trig = await t.client.trigger({ trigger: 'max.t', limits: limits(1000) });
     assert.equal(trig.results[0].result, 2);
@@ -316,8 +299,9 @@ describe('limits: server defaults and maxima from the configuration', () => {
   });
 
   it('memory_limit_mb equal to ISOGEAR_MAX_MEMORY_MB is accepted; above it is INVALID_ARGUMENT (also where it has no effect)', async () => {
+    const t = server();
     const ok = await t.client.execute({ source: 'export default 1;', mode: ISOLATE, limits: limits(0, 128) });
-    assert.equal(outcomeName(ok.outcome), 'OUTCOME_SUCCEEDED');
+    succeeded(ok);
     const reg = await t.client.register({ trigger: 'mem.t', source: 'export default () => 3;' });
 
     const over = /memory_limit_mb/;
@@ -337,6 +321,7 @@ describe('limits: server defaults and maxima from the configuration', () => {
   });
 
   it('source plus modules over ISOGEAR_MAX_SOURCE_BYTES is INVALID_ARGUMENT (counted in UTF-8 bytes)', async () => {
+    const t = server();
     const head = 'export default 1; //';
     const sourceOf = (bytes: number): string => head + 'x'.repeat(bytes - head.length);
     const atLimit = await t.client.execute({ source: sourceOf(2048) });
@@ -363,17 +348,11 @@ describe('limits: server defaults and maxima from the configuration', () => {
 
 describe('limits: console output is bounded', () => {
   describe('with the default ISOGEAR_MAX_LOG_BYTES (64 KiB)', () => {
-    let t: TestServer;
-    beforeEach(async () => {
-      t = await startTestServer();
-    });
-    afterEach(async () => {
-      await releaseAll(t);
-      await t.close();
-    });
+    const server = useTestServer();
 
     for (const mode of MODES) {
       it(`200 KB of console.log is cut at the limit and logs_truncated is set (${modeName(mode)})`, async () => {
+        const t = server();
         const limit = t.config.maxLogBytes;
         assert.equal(limit, 64 * 1024);
         const res = await t.client.execute({
@@ -390,13 +369,14 @@ describe('limits: console output is bounded', () => {
     }
 
     it('a handler run is bounded the same way (TriggerResult.logs_truncated)', async () => {
+      const t = server();
       const setup = await t.client.execute({
         source: 'gears.register("chatty", () => { console.warn("w".repeat(200 * 1024)); return 1; });',
       });
-      assert.equal(outcomeName(setup.outcome), 'OUTCOME_SUCCEEDED');
+      succeeded(setup);
       const trig = await t.client.trigger({ trigger: 'chatty' });
       const [r] = trig.results;
-      assert.equal(outcomeName(r.outcome), 'OUTCOME_SUCCEEDED');
+      succeeded(r);
       assert.equal(r.logsTruncated, true);
       assert.ok(logBytes(r.logs) <= t.config.maxLogBytes);
       assert.equal(r.logs[0].level, 'warn');
@@ -408,16 +388,10 @@ describe('limits: console output is bounded', () => {
   });
 
   describe('with ISOGEAR_MAX_LOG_BYTES=1000', () => {
-    let t: TestServer;
-    beforeEach(async () => {
-      t = await startTestServer({ ISOGEAR_MAX_LOG_BYTES: '1000' });
-    });
-    afterEach(async () => {
-      await releaseAll(t);
-      await t.close();
-    });
+    const server = useTestServer({ ISOGEAR_MAX_LOG_BYTES: '1000' });
 
     it('output under the limit is kept whole and not marked truncated', async () => {
+      const t = server();
       const res = await t.client.execute({ source: 'console.log("a".repeat(400)); console.info("b".repeat(400)); export default 1;' });
       assert.equal(res.logsTruncated, false);
       assert.deepEqual(
@@ -430,6 +404,7 @@ describe('limits: console output is bounded', () => {
     });
 
     it('many small entries: a prefix is kept in order, the rest is dropped', async () => {
+      const t = server();
       const res = await t.client.execute({ source: 'for (let i = 0; i < 10000; i++) console.log("line " + i); export default 1;' });
       assert.equal(res.logsTruncated, true);
       assert.ok(logBytes(res.logs) <= 1000, `${logBytes(res.logs)} bytes`);
@@ -438,6 +413,7 @@ describe('limits: console output is bounded', () => {
     });
 
     it('the bound is in UTF-8 bytes, not characters', async () => {
+      const t = server();
       const res = await t.client.execute({ source: 'console.log("é".repeat(2000)); console.log("after"); export default 1;' });
       assert.equal(res.logsTruncated, true);
       assert.ok(logBytes(res.logs) <= 1000, `${logBytes(res.logs)} bytes of logs exceed 1000`);

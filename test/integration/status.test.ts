@@ -1,69 +1,39 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
-import { assertNoLeaks, releaseAll, sleep, startTestServer, type TestServer } from '../helpers/server';
-
-const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
-const MODES = [SHARED, ISOLATE];
-const modeName = (mode: pb.IsolationMode): string => pb.isolationModeToJSON(mode);
-const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o);
-const stateName = (s: pb.InterpreterState | undefined): string => (s === undefined ? 'unset' : pb.interpreterStateToJSON(s));
-const limits = (timeoutMs: number, memoryLimitMb = 0): pb.Limits => ({ timeoutMs, memoryLimitMb });
+import { useTestServer } from '../helpers/fixture';
+import { assertNoHostPaths, ISOLATE, limits, MODES, modeName, outcomeName, runsInFlight, SHARED, stateName, succeeded } from '../helpers/proto';
+import { assertNoLeaks, startTestServer, waitIdle } from '../helpers/server';
 
 const MEMORY_BOMB = 'const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random()));';
 
-/** Host file paths and tool names that must never reach a client. */
-function assertNoHostPaths(text: string | undefined, what: string): void {
-  const s = text ?? '';
-  for (const leak of ['/work/', 'node_modules', '.ts:', 'node:internal', 'file://', 'isolated-vm']) {
-    assert.ok(!s.includes(leak), `${what} leaks ${JSON.stringify(leak)}: ${JSON.stringify(s)}`);
-  }
-}
-
-/** Starts a run that never settles on its own and resolves once the server has it in flight. */
-async function waitForRun(t: TestServer): Promise<void> {
-  const until = Date.now() + 5000;
-  while (t.manager.counters().executionsInFlight === 0) {
-    if (Date.now() > until) throw new Error('the run never started');
-    await sleep(5);
-  }
-}
-
-/** Waits (bounded) until no run is in flight. */
-async function waitIdle(t: TestServer, ms: number): Promise<void> {
-  const until = Date.now() + ms;
-  while (t.manager.counters().executionsInFlight > 0 && Date.now() < until) await sleep(10);
-}
+/** Beyond host paths, status messages and stacks must not name the tools the server is built on. */
+const TOOL_NAMES = ['isolated-vm'];
 
 describe('status codes', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer({
-      ISOGEAR_MAX_SOURCE_BYTES: '4096',
-      ISOGEAR_MAX_VALUE_BYTES: '1024',
-      ISOGEAR_MAX_TIMEOUT_MS: '10000',
-      ISOGEAR_MAX_MEMORY_MB: '256',
-    });
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
+  const server = useTestServer({
+    ISOGEAR_MAX_SOURCE_BYTES: '4096',
+    ISOGEAR_MAX_VALUE_BYTES: '1024',
+    ISOGEAR_MAX_TIMEOUT_MS: '10000',
+    ISOGEAR_MAX_MEMORY_MB: '256',
   });
 
   /** A live interpreter holding one registration. */
   async function liveInterpreter(mode = SHARED, trigger = 'live.t'): Promise<pb.ExecuteResponse> {
-    const res = await t.client.execute({ source: `gears.register(${JSON.stringify(trigger)}, () => "live");`, mode });
-    assert.equal(outcomeName(res.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(res.error));
+    const res = await server().client.execute({ source: `gears.register(${JSON.stringify(trigger)}, () => "live");`, mode });
+    succeeded(res);
     return res;
   }
 
   describe('INVALID_ARGUMENT: malformed requests', () => {
     it('empty source (Execute, Register)', async () => {
+      const t = server();
       await expectStatus(t.client.execute({ source: '' }), grpc.status.INVALID_ARGUMENT, /source/);
       await expectStatus(t.client.execute({ source: '  \n ' }), grpc.status.INVALID_ARGUMENT, /source/);
       await expectStatus(t.client.register({ trigger: 'a.t', source: '' }), grpc.status.INVALID_ARGUMENT, /source/);
     });
 
     it('empty or malformed trigger (Register, Trigger)', async () => {
+      const t = server();
       await expectStatus(t.client.register({ trigger: '', source: 'export default () => 1;' }), grpc.status.INVALID_ARGUMENT, /trigger/);
       await expectStatus(t.client.trigger({ trigger: '' }), grpc.status.INVALID_ARGUMENT, /trigger/);
       await expectStatus(t.client.register({ trigger: 'has space', source: 'export default () => 1;' }), grpc.status.INVALID_ARGUMENT, /trigger/);
@@ -72,6 +42,7 @@ describe('status codes', () => {
     });
 
     it('unknown enum value for mode (Execute, Register, ListInterpreters)', async () => {
+      const t = server();
       const seven = 7 as pb.IsolationMode;
       await expectStatus(t.client.execute({ source: 'export default 1;', mode: seven }), grpc.status.INVALID_ARGUMENT, /mode/);
       await expectStatus(t.client.register({ trigger: 'a.t', source: 'export default () => 1;', mode: seven }), grpc.status.INVALID_ARGUMENT, /mode/);
@@ -79,6 +50,7 @@ describe('status codes', () => {
     });
 
     it('both mode and interpreter_id (Execute, Register)', async () => {
+      const t = server();
       const live = await liveInterpreter();
       for (const mode of MODES) {
         const err = await expectStatus(
@@ -98,6 +70,7 @@ describe('status codes', () => {
     });
 
     it('name or replace together with interpreter_id, replace without name, a malformed name', async () => {
+      const t = server();
       const live = await liveInterpreter();
       await expectStatus(t.client.execute({ source: 'export default 1;', interpreterId: live.interpreterId, name: 'svc' }), grpc.status.INVALID_ARGUMENT, /name/);
       await expectStatus(
@@ -110,6 +83,7 @@ describe('status codes', () => {
     });
 
     it('sizes over a limit: source plus modules, args, payload, description', async () => {
+      const t = server();
       await expectStatus(t.client.execute({ source: 'export default 1; //' + 'x'.repeat(4096) }), grpc.status.INVALID_ARGUMENT, /4096|ISOGEAR_MAX_SOURCE_BYTES/);
       await expectStatus(
         t.client.register({ trigger: 'big.t', source: 'export default () => 1;', modules: { m: 'x'.repeat(5000) } }),
@@ -127,6 +101,7 @@ describe('status codes', () => {
     });
 
     it('limits over the server maximum', async () => {
+      const t = server();
       await expectStatus(t.client.execute({ source: 'export default 1;', limits: limits(10_001) }), grpc.status.INVALID_ARGUMENT, /timeout_ms/);
       await expectStatus(t.client.execute({ source: 'export default 1;', limits: limits(0, 257) }), grpc.status.INVALID_ARGUMENT, /memory_limit_mb/);
       await expectStatus(
@@ -149,13 +124,14 @@ describe('status codes', () => {
     ];
     for (const c of NOT_A_HANDLER) {
       it(`Register whose source ${c.what} is INVALID_ARGUMENT saying why, and creates nothing`, async () => {
+        const t = server();
         for (const mode of MODES) {
           const err = await expectStatus(
             t.client.register({ trigger: 'not.handler', source: c.source, modules: c.modules, mode }),
             grpc.status.INVALID_ARGUMENT,
           );
           for (const re of c.why) assert.match(err.details, re, `${modeName(mode)}: ${err.details}`);
-          assertNoHostPaths(err.details, 'the status message');
+          assertNoHostPaths(err.details, 'the status message', TOOL_NAMES);
         }
         assert.equal(t.manager.counters().interpreters, 0, 'the new interpreter was disposed');
         await expectStatus(t.client.trigger({ trigger: 'not.handler' }), grpc.status.NOT_FOUND);
@@ -172,16 +148,19 @@ describe('status codes', () => {
     }
 
     it('ReleaseRequest with no target, or an empty one', async () => {
+      const t = server();
       await expectStatus(t.client.release({}), grpc.status.INVALID_ARGUMENT);
       await expectStatus(t.client.release({ registrationId: '' }), grpc.status.INVALID_ARGUMENT, /registration_id/);
       await expectStatus(t.client.release({ interpreterId: '' }), grpc.status.INVALID_ARGUMENT, /interpreter_id/);
     });
 
     it('GetInterpreter with an empty id', async () => {
+      const t = server();
       await expectStatus(t.client.getInterpreter({ interpreterId: '' }), grpc.status.INVALID_ARGUMENT, /interpreter_id/);
     });
 
     it('invalid page_size or page_token (ListInterpreters, ListRegistrations)', async () => {
+      const t = server();
       await expectStatus(t.client.listInterpreters({ pageSize: -1 }), grpc.status.INVALID_ARGUMENT, /page_size/);
       await expectStatus(t.client.listInterpreters({ pageSize: 1001 }), grpc.status.INVALID_ARGUMENT, /page_size/);
       await expectStatus(t.client.listInterpreters({ pageToken: 'not-a-token' }), grpc.status.INVALID_ARGUMENT, /page_token/);
@@ -195,11 +174,13 @@ describe('status codes', () => {
 
   describe('NOT_FOUND: unknown registration, interpreter or trigger', () => {
     it('Release of an unknown registration or interpreter', async () => {
+      const t = server();
       await expectStatus(t.client.release({ registrationId: 'reg_doesnotexist' }), grpc.status.NOT_FOUND, /reg_doesnotexist/);
       await expectStatus(t.client.release({ interpreterId: 'itp_doesnotexist' }), grpc.status.NOT_FOUND, /itp_doesnotexist/);
     });
 
     it('releasing twice is NOT_FOUND and never drives a count negative', async () => {
+      const t = server();
       const live = await liveInterpreter();
       const regId = live.registrations[0].id;
       const first = await t.client.release({ registrationId: regId });
@@ -218,10 +199,12 @@ describe('status codes', () => {
     });
 
     it('GetInterpreter of an unknown interpreter', async () => {
+      const t = server();
       await expectStatus(t.client.getInterpreter({ interpreterId: 'itp_doesnotexist' }), grpc.status.NOT_FOUND, /itp_doesnotexist/);
     });
 
     it('Execute and Register with an unknown interpreter_id', async () => {
+      const t = server();
       await expectStatus(t.client.execute({ source: 'export default 1;', interpreterId: 'itp_doesnotexist' }), grpc.status.NOT_FOUND, /itp_doesnotexist/);
       await expectStatus(
         t.client.register({ trigger: 'a.t', source: 'export default () => 1;', interpreterId: 'itp_doesnotexist' }),
@@ -231,6 +214,7 @@ describe('status codes', () => {
     });
 
     it('Trigger with no registration bound', async () => {
+      const t = server();
       await expectStatus(t.client.trigger({ trigger: 'orders.none' }), grpc.status.NOT_FOUND, /orders\.none/);
       const live = await liveInterpreter(SHARED, 'orders.once');
       const ok = await t.client.trigger({ trigger: 'orders.once' });
@@ -242,6 +226,7 @@ describe('status codes', () => {
 
   describe('ALREADY_EXISTS: name taken', () => {
     it('a second Execute with a live name and no replace', async () => {
+      const t = server();
       const first = await t.client.execute({ source: 'gears.register("named.t", () => 1);', name: 'billing' });
       assert.equal(first.interpreter?.name, 'billing');
       await expectStatus(t.client.execute({ source: 'export default 1;', name: 'billing' }), grpc.status.ALREADY_EXISTS, /billing/);
@@ -257,6 +242,7 @@ describe('status codes', () => {
   describe('FAILED_PRECONDITION: the interpreter cannot take the request', () => {
     for (const mode of MODES) {
       it(`interpreter_id of a DISPOSED interpreter (${modeName(mode)})`, async () => {
+        const t = server();
         const done = await t.client.execute({ source: 'export default 1;', mode });
         assert.equal(stateName(done.interpreter?.state), 'INTERPRETER_STATE_DISPOSED');
         await expectStatus(t.client.execute({ source: 'export default 1;', interpreterId: done.interpreterId }), grpc.status.FAILED_PRECONDITION, /DISPOSED/);
@@ -277,6 +263,7 @@ describe('status codes', () => {
     }
 
     it('interpreter_id of a FAILED interpreter, with and without registrations', async () => {
+      const t = server();
       const bombed = await t.client.execute({ source: MEMORY_BOMB, mode: ISOLATE, limits: limits(10_000, 16) });
       assert.equal(outcomeName(bombed.outcome), 'OUTCOME_MEMORY_EXCEEDED');
       assert.equal(stateName(bombed.interpreter?.state), 'INTERPRETER_STATE_FAILED');
@@ -300,9 +287,10 @@ describe('status codes', () => {
     });
 
     it('interpreter_id of a DRAINING interpreter', async () => {
+      const t = server();
       const live = await t.client.execute({ source: 'gears.register("drain.t", () => new Promise(() => {}));' });
       const run = t.client.trigger({ trigger: 'drain.t', limits: limits(1500) });
-      await waitForRun(t);
+      await runsInFlight(t);
       const rel = await t.client.release({ interpreterId: live.interpreterId });
       assert.equal(stateName(rel.interpreter?.state), 'INTERPRETER_STATE_DRAINING');
       await expectStatus(t.client.execute({ source: 'export default 1;', interpreterId: live.interpreterId }), grpc.status.FAILED_PRECONDITION, /DRAINING/);
@@ -333,20 +321,22 @@ describe('status codes', () => {
     for (const mode of MODES) {
       for (const c of FAILURES) {
         it(`${c.what} → OUTCOME_FAILED with error.name ${c.name}, no host paths in the stack (${modeName(mode)})`, async () => {
+          const t = server();
           const res = await t.client.execute({ source: c.source, modules: MODULES, mode });
           assert.equal(outcomeName(res.outcome), 'OUTCOME_FAILED', JSON.stringify(res));
           assert.ok(res.error);
           assert.equal(res.error.name, c.name, JSON.stringify(res.error));
           assert.match(res.error.message, c.message);
           assert.equal(res.result, undefined);
-          assertNoHostPaths(res.error.stack, 'error.stack');
-          assertNoHostPaths(res.error.message, 'error.message');
+          assertNoHostPaths(res.error.stack, 'error.stack', TOOL_NAMES);
+          assertNoHostPaths(res.error.message, 'error.message', TOOL_NAMES);
           assert.equal(stateName(res.interpreter?.state), 'INTERPRETER_STATE_DISPOSED');
         });
       }
     }
 
     it('a failing handler → its TriggerResult is OUTCOME_FAILED, the others succeed, status OK', async () => {
+      const t = server();
       const setup = await t.client.execute({
         source: `
           function inner(p) { throw new SyntaxError("bad payload " + p.n); }
@@ -354,7 +344,7 @@ describe('status codes', () => {
           gears.register("mixed", (p) => p.n + 1);
           gears.register("mixed", () => gears.register("??", () => 1));`,
       });
-      assert.equal(outcomeName(setup.outcome), 'OUTCOME_SUCCEEDED', JSON.stringify(setup.error));
+      succeeded(setup);
       const res = await t.client.trigger({ trigger: 'mixed', payload: { n: 1 } });
       assert.deepEqual(
         res.results.map((r) => outcomeName(r.outcome)),
@@ -365,7 +355,7 @@ describe('status codes', () => {
       assert.match(res.results[0].error?.stack ?? '', /inner/);
       assert.equal(res.results[1].result, 2);
       assert.equal(res.results[2].error?.name, 'TypeError', 'gears.register rejects a malformed trigger');
-      for (const r of res.results) assertNoHostPaths(r.error?.stack, 'TriggerResult.error.stack');
+      for (const r of res.results) assertNoHostPaths(r.error?.stack, 'TriggerResult.error.stack', TOOL_NAMES);
     });
   });
 
@@ -373,6 +363,7 @@ describe('status codes', () => {
     for (const mode of MODES) {
       for (const source of ['for (;;) {}', 'await new Promise(() => {});']) {
         it(`client deadline 300 ms on \`${source}\` with timeout 5000 → DEADLINE_EXCEEDED, nothing left behind (${modeName(mode)})`, async () => {
+          const t = server();
           await expectStatus(t.client.execute({ source, mode, limits: limits(5000) }, { deadlineMs: 300 }), grpc.status.DEADLINE_EXCEEDED);
           // well before the run's own 5 s timeout
           await assertNoLeaks(t.manager, 2500);
@@ -380,6 +371,7 @@ describe('status codes', () => {
       }
 
       it(`client cancel → CANCELLED, nothing left behind (${modeName(mode)})`, async () => {
+        const t = server();
         const outcome = new Promise<grpc.ServiceError | null>((resolve) => {
           const call = t.client.raw.execute(
             pb.ExecuteRequest.fromPartial({ source: 'await new Promise(() => {});', mode, limits: limits(5000) }),
@@ -387,7 +379,7 @@ describe('status codes', () => {
             {},
             (err) => resolve(err),
           );
-          void waitForRun(t).then(() => call.cancel());
+          void runsInFlight(t).then(() => call.cancel());
         });
         const err = await outcome;
         assert.equal(err?.code, grpc.status.CANCELLED);
@@ -395,6 +387,7 @@ describe('status codes', () => {
       });
 
       it(`a cancelled Trigger drops its execution reference; the registration and interpreter stay usable (${modeName(mode)})`, async () => {
+        const t = server();
         const setup = await t.client.execute({
           source: 'gears.register("slow", () => new Promise(() => {})); gears.register("fast", () => "fast");',
           mode,
@@ -406,33 +399,27 @@ describe('status codes', () => {
             {},
             (e) => resolve(e),
           );
-          void waitForRun(t).then(() => call.cancel());
+          void runsInFlight(t).then(() => call.cancel());
         });
         assert.equal(err?.code, grpc.status.CANCELLED);
-        await waitIdle(t, 2500);
+        await waitIdle(t.manager, 2500);
         const c = t.manager.counters();
         assert.equal(c.executionsInFlight, 0);
         assert.deepEqual(c.references, { registration: 2, execution: 0 });
         const info = await t.client.getInterpreter({ interpreterId: setup.interpreterId });
         assert.equal(stateName(info.interpreter?.state), 'INTERPRETER_STATE_READY');
         const fast = await t.client.trigger({ trigger: 'fast', limits: limits(2000) });
-        assert.equal(outcomeName(fast.results[0].outcome), 'OUTCOME_SUCCEEDED');
+        succeeded(fast.results[0]);
       });
     }
   });
 });
 
 describe('status codes: RESOURCE_EXHAUSTED', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer({ ISOGEAR_MAX_INTERPRETERS: '2' });
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer({ ISOGEAR_MAX_INTERPRETERS: '2' });
 
   it('ISOGEAR_MAX_INTERPRETERS=2: a third interpreter is refused with a message naming the limit, and allowed again after a release', async () => {
+    const t = server();
     const a = await t.client.register({ trigger: 'cap.a', source: 'export default () => "a";', mode: SHARED });
     const b = await t.client.register({ trigger: 'cap.b', source: 'export default () => "b";', mode: ISOLATE });
 
@@ -450,7 +437,7 @@ describe('status codes: RESOURCE_EXHAUSTED', () => {
 
     await t.client.release({ registrationId: b.registration?.id });
     const ok = await t.client.execute({ source: 'export default "room again";' });
-    assert.equal(outcomeName(ok.outcome), 'OUTCOME_SUCCEEDED');
+    succeeded(ok);
     assert.equal(ok.result, 'room again');
   });
 });
@@ -460,7 +447,7 @@ describe('status codes: UNAVAILABLE while the server shuts down', () => {
     const s = await startTestServer();
     try {
       const held = await s.client.execute({ source: 'gears.register("held", () => 1);' });
-      assert.equal(outcomeName(held.outcome), 'OUTCOME_SUCCEEDED');
+      succeeded(held);
 
       const stopping = s.server.shutdown(300);
       await expectStatus(s.client.execute({ source: 'export default 1;' }), grpc.status.UNAVAILABLE);
@@ -482,7 +469,7 @@ describe('status codes: UNAVAILABLE while the server shuts down', () => {
         (res) => ({ res, err: undefined }),
         (err: grpc.ServiceError) => ({ res: undefined, err }),
       );
-      await waitForRun(s);
+      await runsInFlight(s);
       const stopping = s.server.shutdown(300);
       const { res, err } = await inFlight;
       await stopping;

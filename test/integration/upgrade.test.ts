@@ -1,27 +1,14 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb, type TestClient } from '../helpers/client';
-import { releaseAll, sleep, startTestServer, type TestServer } from '../helpers/server';
+import { useTestServer } from '../helpers/fixture';
+import { ISOLATE, limits, MODES, modeName, outcomeName, succeeded, waitFor } from '../helpers/proto';
 
 const { OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_TIMED_OUT } = pb.Outcome;
 const { INTERPRETER_STATE_READY, INTERPRETER_STATE_DISPOSED } = pb.InterpreterState;
-const MODES = [pb.IsolationMode.ISOLATION_MODE_SHARED, pb.IsolationMode.ISOLATION_MODE_ISOLATE];
-const modeName = (mode: pb.IsolationMode): string => pb.isolationModeToJSON(mode);
 
 /** A script that registers `n` handlers on `trigger`, each returning `version`. */
 const versioned = (trigger: string, version: string, n: number, tail = 'export default null;'): string =>
   `for (let i = 0; i < ${n}; i++) gears.register(${JSON.stringify(trigger)}, () => ${JSON.stringify(version)});\n${tail}`;
-
-function succeeded(res: { outcome: pb.Outcome; error?: pb.ScriptError }): void {
-  assert.equal(res.outcome, OUTCOME_SUCCEEDED, `run did not succeed: ${JSON.stringify(res.error)}`);
-}
-
-async function waitFor(what: string, cond: () => boolean, ms = 5000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
 
 interface Observed {
   /** Per loop, in call order: each response's results, or the error the call failed with. */
@@ -66,16 +53,10 @@ function versionOf(res: pb.TriggerResponse | Error, size: number): string {
 }
 
 describe('Named interpreters and upgrade', () => {
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer();
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer();
 
   it('Execute with name names the interpreter, and ListInterpreters finds it by name', async () => {
+    const t = server();
     const other = await t.client.execute({ source: versioned('upg.other', 'x', 1) });
     succeeded(other);
     const named = await t.client.execute({ name: 'upg-alpha', source: versioned('upg.alpha', 'v1', 1) });
@@ -91,6 +72,7 @@ describe('Named interpreters and upgrade', () => {
   });
 
   it('a live name without replace is ALREADY_EXISTS and creates nothing', async () => {
+    const t = server();
     const first = await t.client.execute({ name: 'upg-taken', source: versioned('upg.taken', 'v1', 1) });
     succeeded(first);
     await expectStatus(
@@ -112,6 +94,7 @@ describe('Named interpreters and upgrade', () => {
   });
 
   it('a name is free again once its interpreter is disposed', async () => {
+    const t = server();
     const once = await t.client.execute({ name: 'upg-once', source: 'export default 1;' });
     succeeded(once);
     assert.equal(once.interpreter?.state, INTERPRETER_STATE_DISPOSED);
@@ -125,6 +108,7 @@ describe('Named interpreters and upgrade', () => {
   });
 
   it('a named Execute that fails leaves the name free', async () => {
+    const t = server();
     const failed = await t.client.execute({ name: 'upg-doomed', source: versioned('upg.doomed', 'v1', 1, "throw new Error('no');") });
     assert.equal(failed.outcome, OUTCOME_FAILED);
     assert.equal(failed.interpreter?.state, INTERPRETER_STATE_DISPOSED);
@@ -135,6 +119,7 @@ describe('Named interpreters and upgrade', () => {
   });
 
   it('two concurrent replaces of one name leave exactly one holder and one set of registrations', async () => {
+    const t = server();
     const v1 = await t.client.execute({ name: 'upg-twice', source: versioned('upg.twice', 'v1', 2) });
     succeeded(v1);
     const [a, b] = await Promise.all([
@@ -153,6 +138,7 @@ describe('Named interpreters and upgrade', () => {
   });
 
   it('two concurrent Executes with one name: exactly one gets it, the other is ALREADY_EXISTS', async () => {
+    const t = server();
     const spinThenRegister = `const s = Date.now(); while (Date.now() - s < 100) {}\n${versioned('upg.race', 'v', 1)}`;
     const settled = await Promise.allSettled([
       t.client.execute({ name: 'upg-race', source: spinThenRegister }),
@@ -168,6 +154,7 @@ describe('Named interpreters and upgrade', () => {
 
   for (const mode of MODES) {
     it(`replace releases the old registrations, activates the new ones and moves the name (${modeName(mode)})`, async () => {
+      const t = server();
       const v1 = await t.client.execute({ name: 'upg-svc', mode, source: versioned('upg.t', 'v1', 2) });
       succeeded(v1);
       const v2 = await t.client.execute({ name: 'upg-svc', replace: true, mode, source: versioned('upg.t', 'v2', 2, 'export default "upgraded";') });
@@ -201,6 +188,7 @@ describe('Named interpreters and upgrade', () => {
     });
 
     it(`replace while an old handler runs: the old interpreter drains and finishes the run (${modeName(mode)})`, async () => {
+      const t = server();
       const v1 = await t.client.execute({
         name: 'upg-busy',
         mode,
@@ -230,6 +218,7 @@ describe('Named interpreters and upgrade', () => {
     });
 
     it(`upgrades under a concurrent Trigger loop are atomic: every Trigger sees all of one version, never a mix or none (${modeName(mode)})`, async () => {
+      const t = server();
       const N = 3;
       // v1 -> v2 is the upgrade under test; the further ones put more swaps under the same load.
       const versions = ['v1', 'v2', 'v3', 'v4'];
@@ -290,13 +279,14 @@ describe('Named interpreters and upgrade', () => {
       source: versioned('upg.f', 'v2', 3, 'export default () => { for (;;) {} };'),
       outcome: OUTCOME_TIMED_OUT,
       message: /./,
-      limits: { timeoutMs: 200, memoryLimitMb: 0 },
+      limits: limits(200),
     },
     { why: 'it does not compile', source: 'gears.register("upg.f", () => "v2");\nexport default (;', outcome: OUTCOME_FAILED, message: /./ },
   ];
   for (const f of failures) {
     it(`a failing upgrade (${f.why}) leaves the old interpreter untouched and no new one behind`, async () => {
-      const mode = pb.IsolationMode.ISOLATION_MODE_ISOLATE;
+      const t = server();
+      const mode = ISOLATE;
       const v1 = await t.client.execute({ name: 'upg-fail', mode, source: versioned('upg.f', 'v1', 3) });
       succeeded(v1);
       const before = t.manager.counters();
@@ -312,7 +302,7 @@ describe('Named interpreters and upgrade', () => {
       } finally {
         await loops.stop();
       }
-      assert.equal(res.outcome, f.outcome, `expected ${pb.outcomeToJSON(f.outcome)}, got ${pb.outcomeToJSON(res.outcome)}`);
+      assert.equal(res.outcome, f.outcome, `expected ${outcomeName(f.outcome)}, got ${outcomeName(res.outcome)}`);
       assert.match(res.error?.message ?? '', f.message);
       assert.deepEqual(res.registrations, [], 'a failed run keeps none of its registrations');
       assert.notEqual(res.interpreterId, v1.interpreterId);
@@ -337,6 +327,7 @@ describe('Named interpreters and upgrade', () => {
   }
 
   it('a successful replace whose script registers nothing releases the old registrations and frees the name', async () => {
+    const t = server();
     const v1 = await t.client.execute({ name: 'upg-empty', source: versioned('upg.e', 'v1', 2) });
     succeeded(v1);
     const v2 = await t.client.execute({ name: 'upg-empty', replace: true, source: 'export default "nothing to register";' });
@@ -351,6 +342,7 @@ describe('Named interpreters and upgrade', () => {
   });
 
   it('replace with a free name behaves as a plain named Execute', async () => {
+    const t = server();
     const res = await t.client.execute({ name: 'upg-fresh', replace: true, source: versioned('upg.fresh', 'v1', 1) });
     succeeded(res);
     assert.equal(res.interpreter?.name, 'upg-fresh');

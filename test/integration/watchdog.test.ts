@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { pb } from '../helpers/client';
-import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
+import { useTestServer } from '../helpers/fixture';
+import { ISOLATE, limits, SHARED, succeeded } from '../helpers/proto';
 
 /**
  * isolated-vm copies an error thrown out of module evaluation after the call's timeout stopped
@@ -9,28 +10,21 @@ import { releaseAll, startTestServer, type TestServer } from '../helpers/server'
  */
 describe('watchdog: an isolate stuck where no timeout reaches', function () {
   this.timeout(30_000);
-  let t: TestServer;
-  beforeEach(async () => {
-    t = await startTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
-  });
-  afterEach(async () => {
-    await releaseAll(t);
-    await t.close();
-  });
+  const server = useTestServer({ ISOGEAR_SHARED_ISOLATES: '1' });
 
   it('a thrown object whose getter loops wedges its shared isolate only until the watchdog disposes it', async () => {
-    const SHARED = pb.IsolationMode.ISOLATION_MODE_SHARED;
+    const t = server();
     const bystander = await t.client.register({ trigger: 'wd.bystander', source: 'export default () => "alive";', mode: SHARED });
     const stuck = await t.client.execute({
       mode: SHARED,
-      limits: { timeoutMs: 300, memoryLimitMb: 0 },
+      limits: limits(300),
       source: 'throw { get message() { for (;;) {} } };',
     });
     assert.equal(stuck.outcome, pb.Outcome.OUTCOME_TIMED_OUT, JSON.stringify(stuck.error));
 
     // the next shared-mode run waits until the watchdog replaced the wedged isolate, then runs
     const next = await t.client.execute({ mode: SHARED, source: 'export default "next";' }, { deadlineMs: 15_000 });
-    assert.equal(next.outcome, pb.Outcome.OUTCOME_SUCCEEDED, JSON.stringify(next.error));
+    succeeded(next);
     assert.equal(next.result, 'next');
 
     // everything that lived on the disposed isolate is FAILED, its registration listed as broken
@@ -46,9 +40,10 @@ describe('watchdog: an isolate stuck where no timeout reaches', function () {
   });
 
   it('a dedicated isolate wedged the same way is disposed with its interpreter', async () => {
+    const t = server();
     const res = await t.client.execute({
-      mode: pb.IsolationMode.ISOLATION_MODE_ISOLATE,
-      limits: { timeoutMs: 300, memoryLimitMb: 0 },
+      mode: ISOLATE,
+      limits: limits(300),
       source: 'throw { get message() { for (;;) {} } };',
     });
     assert.equal(res.outcome, pb.Outcome.OUTCOME_TIMED_OUT);

@@ -11,7 +11,8 @@ import {
 import { InterpreterManager } from '../../src/core/InterpreterManager';
 import { Reference } from '../../src/core/Reference';
 import type { IsolationMode, ManagerOptions } from '../../src/core/types';
-import { assertNoLeaks, sleep } from '../helpers/server';
+import { waitFor } from '../helpers/proto';
+import { assertNoLeaks } from '../helpers/server';
 
 const MODES: IsolationMode[] = ['shared', 'isolate'];
 
@@ -42,14 +43,6 @@ async function rejectsWith<E extends Error>(promise: Promise<unknown> | (() => u
   assert.ok(caught instanceof type, `expected ${type.name}, got ${String(caught)}`);
   if (message) assert.match(caught.message, message);
   return caught;
-}
-
-async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error('condition not reached');
-    await sleep(5);
-  }
 }
 
 describe('InterpreterManager as a library (no gRPC)', () => {
@@ -150,7 +143,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
         const reg = await manager.register({ trigger: 'hold', source: 'export default () => new Promise((r) => { globalThis.finish = r; });', mode });
         const itp = reg.interpreter.id;
         const running = manager.trigger({ trigger: 'hold', limits: { timeoutMs: 300 } });
-        await waitFor(() => manager.counters().executionsInFlight === 1);
+        await waitFor('one run in flight', () => manager.counters().executionsInFlight === 1);
         assert.deepEqual(manager.counters().references, { registration: 1, execution: 1 });
 
         const rel = manager.release({ registrationId: reg.registration.id });
@@ -237,7 +230,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
   it('an aborted signal ends the run ABORTED and drops its reference', async () => {
     const controller = new AbortController();
     const running = manager.execute({ source: 'await new Promise(() => {});', mode: 'shared', limits: { timeoutMs: 5000 } }, controller.signal);
-    await waitFor(() => manager.counters().executionsInFlight === 1);
+    await waitFor('one run in flight', () => manager.counters().executionsInFlight === 1);
     controller.abort();
     const res = await running;
     assert.equal(res.outcome, 'aborted');
@@ -279,7 +272,7 @@ describe('InterpreterManager.destroy()', () => {
       await manager.execute({ source: 'gears.register("kept", () => 2);', mode: 'shared' });
       assert.equal(manager.counters().interpreters, 2);
       const running = manager.execute({ source: 'await new Promise(() => {});', mode: 'isolate', limits: { timeoutMs: 5000 } });
-      await waitFor(() => manager.counters().executionsInFlight === 1);
+      await waitFor('one run in flight', () => manager.counters().executionsInFlight === 1);
 
       await manager.destroy();
       const res = await running;
