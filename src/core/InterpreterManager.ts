@@ -48,6 +48,10 @@ const MIN_MEMORY_MB = 8;
 /** How long past its timeout an isolate may sit on a call before it is declared stuck and disposed. */
 const STUCK_GRACE_MS = 3000;
 const WATCHDOG_INTERVAL_MS = 500;
+/** Heap budgeted per shared-mode interpreter: an empty context costs about 170 KiB. */
+const SHARED_CONTEXT_BUDGET_BYTES = 256 * 1024;
+/** Share of a shared isolate's heap limit that placement fills before refusing new interpreters. */
+const SHARED_FILL = 0.75;
 
 interface ResolvedLimits {
   timeoutMs: number;
@@ -417,10 +421,21 @@ export class InterpreterManager implements IsolateManager {
     }
   };
 
+  /**
+   * The least loaded shared isolate that has room. A shared isolate's heap limit is shared by its
+   * contexts, and isolated-vm disposes the whole isolate (every interpreter on it) when a burst of
+   * new contexts overruns it; so each one takes at most as many interpreters as its limit holds
+   * at SHARED_CONTEXT_BUDGET_BYTES each, and none while its last heap sample is nearly full.
+   */
   private pickShared(): IsolateHost {
+    for (const h of [...this.shared]) h.checkAlive();
+    const limitBytes = this.options.sharedIsolateMemoryMb * 1024 * 1024;
+    const perIsolate = Math.max(1, Math.floor((limitBytes * SHARED_FILL) / SHARED_CONTEXT_BUDGET_BYTES));
     let best: IsolateHost | undefined;
     for (const h of this.shared) {
-      if (h.disposed) continue;
+      if (h.disposed || h.interpreterIds.size >= perIsolate) continue;
+      const heap = h.lastHeapBytes;
+      if (heap !== undefined && heap > limitBytes * SHARED_FILL) continue;
       if (
         !best ||
         h.interpreterIds.size < best.interpreterIds.size ||
@@ -429,7 +444,14 @@ export class InterpreterManager implements IsolateManager {
         best = h;
       }
     }
-    if (!best) throw new UnavailableError('no shared isolate is available');
+    if (!best) {
+      if (this.shared.every((h) => h.disposed)) throw new UnavailableError('no shared isolate is available');
+      throw new ResourceExhaustedError(
+        'shared_isolate_memory',
+        `the shared isolates are full (${this.shared.length} × ${this.options.sharedIsolateMemoryMb} MB, at most ${perIsolate} interpreters each; ` +
+          'ISOGEAR_SHARED_ISOLATES, ISOGEAR_SHARED_MEMORY_MB): release registrations or use ISOLATION_MODE_ISOLATE',
+      );
+    }
     return best;
   }
 

@@ -62,7 +62,10 @@ export class IsolateHost {
       this.outstanding.delete(id);
       this.lastProgressAt = performance.now();
     };
-    call.then(settled, settled);
+    call.then(settled, (err: unknown) => {
+      settled();
+      this.checkAlive(err);
+    });
     return call;
   };
 
@@ -77,6 +80,17 @@ export class IsolateHost {
     let longest = 0;
     for (const t of this.outstanding.values()) if (t > longest) longest = t;
     return now - this.lastProgressAt > longest + graceMs;
+  }
+
+  /**
+   * isolated-vm disposes an isolate by itself when it hits its memory limit, whichever call was
+   * running (a script, but also creating a context or compiling). Any failed call therefore checks
+   * whether the isolate is still there, so its death is noticed once, wherever it surfaced.
+   */
+  checkAlive(err?: unknown): void {
+    if (this.disposedReason !== undefined || !this.isolate.isDisposed) return;
+    const message = err instanceof Error ? err.message : '';
+    this.noteDeath(message.includes('memory limit') || message === 'Isolate is disposed' ? 'memory_limit' : 'failed');
   }
 
   get disposed(): boolean {
@@ -95,6 +109,11 @@ export class IsolateHost {
     } catch {
       return 0;
     }
+  }
+
+  /** The last heap sample, without asking the isolate (undefined before the first sample). */
+  get lastHeapBytes(): number | undefined {
+    return this.heapCache?.bytes;
   }
 
   /**

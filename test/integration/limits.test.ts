@@ -422,3 +422,38 @@ describe('limits: console output is bounded', () => {
     });
   });
 });
+
+describe('limits: shared isolates take only the interpreters their heap holds', () => {
+  // 16 MB at 256 KiB per context: room for 48 interpreters on the one shared isolate. An empty
+  // context costs ~170 KiB, so 200 created at once would overrun the heap and kill the isolate,
+  // and every interpreter on it, if placement let them in.
+  const server = useTestServer({ ISOGEAR_SHARED_ISOLATES: '1', ISOGEAR_SHARED_MEMORY_MB: '16' });
+
+  it('a burst of shared-mode Executes beyond capacity is refused with RESOURCE_EXHAUSTED; no isolate dies, bystanders keep working', async () => {
+    const t = server();
+    const bystander = await t.client.register({ trigger: 'burst.bystander', source: 'let n = 0; export default () => ++n;', mode: SHARED });
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 200 }, () => t.client.execute({ mode: SHARED, source: 'export default "ok";' })),
+    );
+    let ok = 0;
+    for (const o of outcomes) {
+      if (o.status === 'fulfilled') {
+        succeeded(o.value);
+        ok += 1;
+      } else {
+        const err = o.reason as grpc.ServiceError;
+        assert.equal(err.code, grpc.status.RESOURCE_EXHAUSTED, err.details);
+        assert.match(err.details, /ISOGEAR_SHARED_MEMORY_MB/);
+      }
+    }
+    assert.ok(ok >= 40, `most of the first ${ok} fit`);
+    assert.ok(ok < 200, 'some were refused');
+    assert.equal(t.manager.counters().isolatesDisposed.shared, 0, 'the shared isolate survived the burst');
+    const trig = await t.client.trigger({ trigger: 'burst.bystander' });
+    succeeded(trig.results[0]);
+    assert.equal(trig.results[0].result, 1);
+    // capacity is back once the burst is over
+    succeeded(await t.client.execute({ mode: SHARED, source: 'export default "after";' }));
+    await t.client.release({ interpreterId: bystander.interpreter?.id });
+  });
+});

@@ -3874,7 +3874,9 @@ export const ListRegistrationsResponse: MessageFns<ListRegistrationsResponse> = 
  * * FAILED_PRECONDITION: `interpreter_id` names an interpreter that is
  *   DISPOSED or FAILED (where the RPC needs to run code in it).
  * * RESOURCE_EXHAUSTED: a capacity limit or quota is full, e.g. the maximum
- *   number of interpreters (the message names the limit).
+ *   number of interpreters, or the shared isolates' heap for a new
+ *   shared-mode interpreter (the message names the limit, and the
+ *   `isogear-limit` trailer carries its id).
  * * UNAVAILABLE: the server is shutting down; retry on another replica.
  * * CANCELLED / DEADLINE_EXCEEDED: the client cancelled or its deadline
  *   passed; the run is aborted and its reference dropped.
