@@ -485,7 +485,7 @@ export class InterpreterManager implements IsolateManager {
           triggerPattern: TRIGGER_PATTERN,
           maxResultChars: this.options.maxValueBytes,
           maxRegistrations: this.options.maxRegistrationsPerInterpreter,
-        });
+        }, host.bootstrapScript());
       } catch (err) {
         host.interpreterIds.delete(id);
         if (host.kind === 'shared' && host.disposed && !this.closed && attempt < 2) {

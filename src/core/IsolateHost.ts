@@ -1,4 +1,5 @@
 import ivm from 'isolated-vm';
+import { compileBootstrap } from '../sandbox/bootstrapScript';
 import type { IsolateKind } from './types';
 
 /** How long a heap sample may wait for a busy isolate before the last sample is used instead. */
@@ -109,6 +110,24 @@ export class IsolateHost {
     } catch {
       return 0;
     }
+  }
+
+  private bootstrap: Promise<ivm.Script> | undefined;
+
+  /**
+   * The compiled bootstrap, kept for the isolate's life when it is shared (many contexts), so
+   * each new shared-mode interpreter only runs it.
+   */
+  bootstrapScript(): Promise<ivm.Script> | undefined {
+    if (this.kind !== 'shared') return undefined;
+    if (!this.bootstrap) {
+      const compiling = compileBootstrap(this.isolate);
+      this.bootstrap = compiling;
+      compiling.catch(() => {
+        if (this.bootstrap === compiling) this.bootstrap = undefined;
+      });
+    }
+    return this.bootstrap;
   }
 
   /** The last heap sample, without asking the isolate (undefined before the first sample). */

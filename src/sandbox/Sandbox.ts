@@ -176,22 +176,38 @@ export class Sandbox {
     private readonly track: CallTracker,
   ) {}
 
-  static async create(isolate: ivm.Isolate, options: SandboxOptions): Promise<Sandbox> {
+  /**
+   * Creates a context and runs the bootstrap in it: from `bootstrap`, the isolate's compiled
+   * bootstrap Script when the caller keeps one (shared isolates), else compiled as a closure.
+   */
+  static async create(isolate: ivm.Isolate, options: SandboxOptions, bootstrap?: Promise<ivm.Script>): Promise<Sandbox> {
     const track: CallTracker = options.track ?? ((p) => p);
+    const args = [
+      options.interpreterId,
+      options.registrationPrefix,
+      options.maxLogChars,
+      options.triggerPattern,
+      options.maxResultChars,
+      options.maxRegistrations,
+    ];
     const context = await track(isolate.createContext(), HOUSEKEEPING_TIMEOUT_MS);
     try {
-      const dispatch = (await track(context.evalClosure(
-        BOOTSTRAP_SOURCE,
-        [
-          options.interpreterId,
-          options.registrationPrefix,
-          options.maxLogChars,
-          options.triggerPattern,
-          options.maxResultChars,
-          options.maxRegistrations,
-        ],
-        { result: { reference: true }, timeout: 1000, filename: 'isogear:bootstrap' },
-      ), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<(...args: unknown[]) => unknown>;
+      let dispatch: ivm.Reference<(...args: unknown[]) => unknown>;
+      if (bootstrap) {
+        const script = await track(bootstrap, HOUSEKEEPING_TIMEOUT_MS);
+        const setup = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<
+          (...args: unknown[]) => unknown
+        >;
+        dispatch = (await track(setup.apply(undefined, args, { result: { reference: true }, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<
+          (...args: unknown[]) => unknown
+        >;
+        setup.release();
+      } else {
+        dispatch = (await track(
+          context.evalClosure(BOOTSTRAP_SOURCE, args, { result: { reference: true }, timeout: 1000, filename: 'isogear:bootstrap' }),
+          HOUSEKEEPING_TIMEOUT_MS,
+        )) as ivm.Reference<(...args: unknown[]) => unknown>;
+      }
       return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track), options, track);
     } catch (err) {
       context.release();
