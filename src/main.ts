@@ -22,7 +22,7 @@ async function main(): Promise<void> {
   }
   const logger = createLogger(config.logLevel);
   const server = await startServer(config, logger);
-  logger.info({ config, grpcAddress: server.grpcAddress }, 'isogear started');
+  logger.info({ config, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress }, 'isogear started');
 
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {

@@ -1,9 +1,18 @@
+import path from 'node:path';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
-import { HealthImplementation } from 'grpc-health-check';
+import { loadSync } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { GearsService } from './api/GearsService';
 import type { Config } from './config';
 import { InterpreterManager } from './core/InterpreterManager';
 import type { Logger } from './logger';
+import { metricsInterceptor } from './metrics/grpcInterceptor';
+import { IsogearMetrics } from './metrics/metrics';
+import { MetricsServer } from './metrics/MetricsServer';
+
+/** proto/ sits beside src/ and dist/ alike. */
+const PROTO_DIR = path.join(__dirname, '..', 'proto');
 
 const FINAL_ANSWER_MS = 1000;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
@@ -14,6 +23,9 @@ export const SERVICE_NAME = 'isogear.v1.GearsService';
 export interface RunningServer {
   /** host:port the gRPC server is bound to (the real port when the config said :0). */
   readonly grpcAddress: string;
+  /** host:port serving GET /metrics. */
+  readonly metricsAddress: string;
+  readonly metrics: IsogearMetrics;
   readonly manager: InterpreterManager;
   /**
    * Stops in order: health NOT_SERVING, stop accepting calls, let calls in flight finish for up
@@ -22,9 +34,14 @@ export interface RunningServer {
   shutdown(graceMs?: number): Promise<void>;
 }
 
-/** Composes the gRPC server (GearsService + grpc.health.v1) over a new isolate manager and binds it. */
+/**
+ * Composes the gRPC server (GearsService, grpc.health.v1, server reflection, the metrics
+ * interceptor) over a new isolate manager, binds it, and starts the metrics endpoint.
+ */
 export async function startServer(config: Config, logger: Logger): Promise<RunningServer> {
+  const metrics = new IsogearMetrics();
   const manager = await InterpreterManager.create({
+    onRunEnd: metrics.recordRun,
     defaultMode: config.defaultMode,
     defaultTimeoutMs: config.defaultTimeoutMs,
     maxTimeoutMs: config.maxTimeoutMs,
@@ -47,13 +64,17 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
 
   // Requests are bounded by the source/value limits; leave room for modules and proto framing.
   const maxMessage = config.maxSourceBytes + 2 * config.maxValueBytes + 1024 * 1024;
+  metrics.observe(manager);
   const server = new Server({
     'grpc.max_receive_message_length': maxMessage,
     'grpc.max_send_message_length': Math.max(maxMessage, 16 * 1024 * 1024),
+    interceptors: [metricsInterceptor(metrics)],
   });
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
   new GearsService(manager, logger).addToServer(server);
+  const described = loadSync([path.join(PROTO_DIR, 'isogear/v1/gears.proto'), healthProtoPath], { includeDirs: [PROTO_DIR] });
+  new ReflectionService(described).addToServer(server);
 
   let port: number;
   try {
@@ -66,6 +87,14 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   }
   const host = config.grpcAddress.slice(0, config.grpcAddress.lastIndexOf(':'));
   const grpcAddress = `${host}:${port}`;
+  let metricsServer: MetricsServer;
+  try {
+    metricsServer = await MetricsServer.start(config.metricsAddress, metrics.registry);
+  } catch (err) {
+    server.forceShutdown();
+    await manager.destroy();
+    throw err;
+  }
 
   let stopping: Promise<void> | undefined;
   const shutdown = (graceMs = config.shutdownGraceMs): Promise<void> => {
@@ -87,9 +116,10 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
         if (!answered) server.forceShutdown();
       }
       await drained;
+      await metricsServer.close();
     })();
     return stopping;
   };
 
-  return { grpcAddress, manager, shutdown };
+  return { grpcAddress, metricsAddress: metricsServer.address, metrics, manager, shutdown };
 }

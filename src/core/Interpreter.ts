@@ -17,6 +17,8 @@ export class Interpreter implements ReferenceCounted {
   state: InterpreterState = 'ready';
   failureReason = '';
   cpuTimeMs = 0;
+  /** Why its dedicated isolate goes when the last reference does: 'replaced' after an upgrade. */
+  disposeReason: 'released' | 'replaced' = 'released';
   private readonly refs: Record<OwnerKind, number> = { registration: 0, execution: 0 };
 
   constructor(

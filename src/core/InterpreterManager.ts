@@ -26,6 +26,7 @@ import type {
   Limits,
   ManagerCounters,
   ManagerOptions,
+  Outcome,
   Page,
   RegisterResult,
   RegisterSpec,
@@ -99,6 +100,7 @@ export class InterpreterManager implements IsolateManager {
   private readonly inFlightRuns = new Set<Promise<unknown>>();
   private creating = 0;
   private inFlight = 0;
+  private readonly inFlightByMode: Record<IsolationMode, number> = { shared: 0, isolate: 0 };
   private seq = 0;
   private closed = false;
   private readonly watchdog: NodeJS.Timeout;
@@ -338,9 +340,13 @@ export class InterpreterManager implements IsolateManager {
   counters(): ManagerCounters {
     const byState = { ready: 0, draining: 0, failed: 0 };
     const byMode = { shared: 0, isolate: 0 };
+    const byModeAndState = { shared: { ready: 0, draining: 0, failed: 0 }, isolate: { ready: 0, draining: 0, failed: 0 } };
     const references = { registration: 0, execution: 0 };
     for (const i of this.interpreters.values()) {
-      if (i.state !== 'disposed') byState[i.state] += 1;
+      if (i.state !== 'disposed') {
+        byState[i.state] += 1;
+        byModeAndState[i.mode][i.state] += 1;
+      }
       byMode[i.mode] += 1;
       references.registration += i.referencesOf('registration');
       references.execution += i.referencesOf('execution');
@@ -349,11 +355,13 @@ export class InterpreterManager implements IsolateManager {
       interpreters: this.interpreters.size,
       interpretersByState: byState,
       interpretersByMode: byMode,
+      interpretersByModeAndState: byModeAndState,
       dedicatedIsolates: this.dedicated.size,
       sharedIsolates: this.shared.filter((h) => !h.disposed).length,
       registrations: this.registrations.size,
       references,
       executionsInFlight: this.inFlight,
+      executionsInFlightByMode: { ...this.inFlightByMode },
       isolatesCreated: { ...this.created },
       isolatesDisposed: { ...this.disposedCount },
     };
@@ -362,6 +370,15 @@ export class InterpreterManager implements IsolateManager {
   /** Disposals by `<kind>:<reason>`, for metrics. */
   disposals(): Map<string, number> {
     return new Map(this.disposedByReason);
+  }
+
+  /** Heap in use summed over the live isolates of each kind (samples at most a few ms old). */
+  async heapByKind(): Promise<Record<IsolateKind, number>> {
+    const hosts = [...this.dedicated, ...this.shared].filter((h) => !h.disposed);
+    const bytes = await Promise.all(hosts.map((h) => h.heapUsedBytes()));
+    const out: Record<IsolateKind, number> = { dedicated: 0, shared: 0 };
+    hosts.forEach((h, i) => (out[h.kind] += bytes[i]));
+    return out;
   }
 
   /**
@@ -400,7 +417,7 @@ export class InterpreterManager implements IsolateManager {
     const key = `${host.kind}:${reason}`;
     this.disposedByReason.set(key, (this.disposedByReason.get(key) ?? 0) + 1);
     if (host.kind === 'dedicated') this.dedicated.delete(host);
-    if (reason !== 'released' && reason !== 'shutdown') {
+    if (reason !== 'released' && reason !== 'replaced' && reason !== 'shutdown') {
       const why =
         reason === 'memory_limit'
           ? 'its isolate exceeded its memory limit'
@@ -521,7 +538,7 @@ export class InterpreterManager implements IsolateManager {
     if (interp.name && this.names.get(interp.name) === interp) this.names.delete(interp.name);
     interp.markDisposed();
     interp.host.interpreterIds.delete(interp.id);
-    if (interp.host.kind === 'dedicated') interp.host.dispose('released');
+    if (interp.host.kind === 'dedicated') interp.host.dispose(interp.disposeReason);
     this.tombstones.set(interp.id, interp.infoWithHeap(0));
     if (this.tombstones.size > TOMBSTONES) {
       const oldest = this.tombstones.keys().next().value as string;
@@ -619,6 +636,7 @@ export class InterpreterManager implements IsolateManager {
     if (old && old !== next) {
       this.names.delete(name);
       old.name = '';
+      old.disposeReason = 'replaced';
       if (old.registrations.size > 0) this.releaseRegistrations(old, [...old.registrations.values()]);
       this.options.logger?.info({ name, from: old.id, to: next.id }, 'interpreter upgraded');
     }
@@ -694,7 +712,9 @@ export class InterpreterManager implements IsolateManager {
     const ref = interp.acquire('execution');
     const host = interp.host;
     this.inFlight += 1;
+    this.inFlightByMode[interp.mode] += 1;
     host.inFlight += 1;
+    let ended: Outcome = 'failed';
     const started = performance.now();
     const cpuStart = host.cpuTimeMs();
     let timer: NodeJS.Timeout | undefined;
@@ -815,6 +835,7 @@ export class InterpreterManager implements IsolateManager {
       }
       if (report.outcome !== 'succeeded' && tuple && tuple.ok) interp.sandbox.abandon(execId);
       if (report.outcome !== 'succeeded' && tuple && tuple.registrations.length > 0) interp.sandbox.abandon(execId);
+      ended = report.outcome;
       onSettled(tuple, report);
       if (kind !== 'register' && report.outcome !== 'succeeded') {
         this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, outcome: report.outcome }, 'run did not succeed');
@@ -825,8 +846,10 @@ export class InterpreterManager implements IsolateManager {
       if (signal && onAbort) signal.removeEventListener('abort', onAbort);
       this.inFlightRuns.delete(settledPromise);
       this.inFlight -= 1;
+      this.inFlightByMode[interp.mode] -= 1;
       host.inFlight -= 1;
       ref.release();
+      this.options.onRunEnd?.({ mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome: ended, wallTimeMs: performance.now() - since });
     }
   }
 

@@ -6,7 +6,7 @@ import type { IsolateKind } from './types';
 const HEAP_SAMPLE_WAIT_MS = 10;
 
 /** Why an isolate went away. */
-export type IsolateDisposeReason = 'released' | 'memory_limit' | 'failed' | 'unresponsive' | 'shutdown';
+export type IsolateDisposeReason = 'released' | 'replaced' | 'memory_limit' | 'failed' | 'unresponsive' | 'shutdown';
 
 /**
  * Owns one V8 isolate: a dedicated one (one interpreter) or a shared one (many interpreters,

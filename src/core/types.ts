@@ -150,11 +150,13 @@ export interface ManagerCounters {
   interpreters: number;
   interpretersByState: Record<Exclude<InterpreterState, 'disposed'>, number>;
   interpretersByMode: Record<IsolationMode, number>;
+  interpretersByModeAndState: Record<IsolationMode, Record<Exclude<InterpreterState, 'disposed'>, number>>;
   dedicatedIsolates: number;
   sharedIsolates: number;
   registrations: number;
   references: Record<OwnerKind, number>;
   executionsInFlight: number;
+  executionsInFlightByMode: Record<IsolationMode, number>;
   isolatesCreated: Record<IsolateKind, number>;
   isolatesDisposed: Record<IsolateKind, number>;
 }
@@ -170,6 +172,14 @@ export interface IsolateManager {
   listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo>;
   counters(): ManagerCounters;
   destroy(): Promise<void>;
+}
+
+export interface RunEndEvent {
+  mode: IsolationMode;
+  /** `execute` for Execute and Register loads, `trigger` for handler runs. */
+  kind: 'execute' | 'trigger';
+  outcome: Outcome;
+  wallTimeMs: number;
 }
 
 export interface CoreLogger {
@@ -198,6 +208,8 @@ export interface ManagerOptions {
   maxValueBytes: number;
   maxRegistrationsPerInterpreter: number;
   logger?: CoreLogger;
+  /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
+  onRunEnd?: (event: RunEndEvent) => void;
   /** Called when V8 lost control of an isolate; the process must exit. */
   onCatastrophicError?: (message: string) => void;
 }

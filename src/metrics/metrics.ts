@@ -1,0 +1,228 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { IsolateKind, ManagerCounters, RunEndEvent } from '../core/types';
+
+/**
+ * Every metric isogear exports, with its labels, in one place. Gauges about interpreters,
+ * references and isolates are computed at scrape time from the manager's own counters, so they
+ * are exact and cannot drift; run counters and histograms are fed by the manager's run-end hook.
+ * No label ever carries an id.
+ */
+
+export const LABEL = {
+  kind: 'kind',
+  mode: 'mode',
+  state: 'state',
+  owner: 'owner',
+  reason: 'reason',
+  outcome: 'outcome',
+  grpcType: 'grpc_type',
+  grpcService: 'grpc_service',
+  grpcMethod: 'grpc_method',
+  grpcCode: 'grpc_code',
+} as const;
+
+export const ISOLATE_KINDS = ['dedicated', 'shared', 'pooled'] as const;
+export const MODES = ['shared', 'isolate'] as const;
+export const STATES = ['ready', 'draining', 'failed'] as const;
+export const OWNERS = ['registration', 'execution'] as const;
+export const RUN_KINDS = ['execute', 'trigger'] as const;
+export const OUTCOMES = ['succeeded', 'failed', 'timed_out', 'memory_exceeded', 'aborted'] as const;
+export const DISPOSE_REASONS = ['released', 'replaced', 'memory_limit', 'failed', 'unresponsive', 'shutdown'] as const;
+
+/** Seconds; from a warm trigger (~0.1 ms) to the longest allowed run (60 s by default). */
+const RUN_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const RPC_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** What the metrics read from the isolate manager. */
+export interface MetricsSource {
+  counters(): ManagerCounters;
+  disposals(): Map<string, number>;
+  heapByKind(): Promise<Record<IsolateKind, number>>;
+}
+
+export type GrpcType = 'unary' | 'client_stream' | 'server_stream' | 'bidi_stream';
+
+export class IsogearMetrics {
+  readonly registry = new Registry();
+  private source: MetricsSource | undefined;
+
+  private readonly executions: Counter<string>;
+  private readonly duration: Histogram<string>;
+  private readonly grpcStarted: Counter<string>;
+  private readonly grpcHandled: Counter<string>;
+  private readonly grpcHandling: Histogram<string>;
+
+  constructor() {
+    const registers = [this.registry];
+    // Arrow functions keep the class's `this`; inside each collect(), `this` is the metric.
+    const read = (): ManagerCounters | undefined => this.source?.counters();
+    const disposals = (): Map<string, number> | undefined => this.source?.disposals();
+    const heapByKind = (): Promise<Record<IsolateKind, number>> | undefined => this.source?.heapByKind();
+    // Counters mirrored from the manager's cumulative counts: each scrape adds what changed.
+    const seen = new Map<string, number>();
+    const mirror = (counter: Counter<string>, key: string, labels: Record<string, string>, value: number): void => {
+      const delta = value - (seen.get(key) ?? 0);
+      if (delta > 0) counter.inc(labels, delta);
+      seen.set(key, value);
+    };
+
+    new Gauge({
+      name: 'isogear_isolates',
+      help: 'Live V8 isolates by kind: dedicated (one isolate-mode interpreter each), shared (hosting shared-mode interpreters), pooled (warm, unused).',
+      labelNames: [LABEL.kind],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        this.set({ kind: 'dedicated' }, c.dedicatedIsolates);
+        this.set({ kind: 'shared' }, c.sharedIsolates);
+        this.set({ kind: 'pooled' }, 0);
+      },
+    });
+    new Gauge({
+      name: 'isogear_interpreters',
+      help: 'Live interpreters by isolation mode and lifecycle state.',
+      labelNames: [LABEL.mode, LABEL.state],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const mode of MODES) for (const state of STATES) this.set({ mode, state }, c.interpretersByModeAndState[mode][state]);
+      },
+    });
+    new Gauge({
+      name: 'isogear_interpreter_references',
+      help: 'References held on interpreters, by owner kind.',
+      labelNames: [LABEL.owner],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const owner of OWNERS) this.set({ owner }, c.references[owner]);
+      },
+    });
+    new Gauge({
+      name: 'isogear_registrations',
+      help: 'Registrations not yet released (broken ones included).',
+      registers,
+      collect() {
+        const c = read();
+        if (c) this.set(c.registrations);
+      },
+    });
+    new Counter({
+      name: 'isogear_isolates_created_total',
+      help: 'V8 isolates created, by kind.',
+      labelNames: [LABEL.kind],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const kind of ['dedicated', 'shared'] as const) mirror(this, `created:${kind}`, { kind }, c.isolatesCreated[kind]);
+      },
+    });
+    new Counter({
+      name: 'isogear_isolates_disposed_total',
+      help: 'V8 isolates disposed, by kind and reason (released, replaced, memory_limit, failed, unresponsive, shutdown).',
+      labelNames: [LABEL.kind, LABEL.reason],
+      registers,
+      collect() {
+        const d = disposals();
+        if (!d) return;
+        for (const [key, value] of d) {
+          const [kind, reason] = key.split(':');
+          mirror(this, `disposed:${key}`, { kind, reason }, value);
+        }
+      },
+    });
+    new Gauge({
+      name: 'isogear_executions_in_flight',
+      help: 'Runs (Execute, Register loads, handler runs) in progress, by isolation mode.',
+      labelNames: [LABEL.mode],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const mode of MODES) this.set({ mode }, c.executionsInFlightByMode[mode]);
+      },
+    });
+    this.executions = new Counter({
+      name: 'isogear_executions_total',
+      help: 'Runs ended, by isolation mode, kind (execute: Execute and Register loads; trigger: handler runs) and outcome.',
+      labelNames: [LABEL.mode, LABEL.kind, LABEL.outcome],
+      registers,
+    });
+    this.duration = new Histogram({
+      name: 'isogear_execution_duration_seconds',
+      help: 'Wall time of runs, by isolation mode and kind.',
+      labelNames: [LABEL.mode, LABEL.kind],
+      buckets: RUN_BUCKETS,
+      registers,
+    });
+    new Gauge({
+      name: 'isogear_heap_used_bytes',
+      help: 'V8 heap in use (plus external memory counted against the limit), summed over live isolates of each kind.',
+      labelNames: [LABEL.kind],
+      registers,
+      async collect() {
+        const heap = await heapByKind();
+        if (!heap) return;
+        this.set({ kind: 'dedicated' }, heap.dedicated);
+        this.set({ kind: 'shared' }, heap.shared);
+      },
+    });
+    const grpcLabels = [LABEL.grpcType, LABEL.grpcService, LABEL.grpcMethod];
+    this.grpcStarted = new Counter({
+      name: 'grpc_server_started_total',
+      help: 'Total number of RPCs started on the server.',
+      labelNames: grpcLabels,
+      registers,
+    });
+    this.grpcHandled = new Counter({
+      name: 'grpc_server_handled_total',
+      help: 'Total number of RPCs completed on the server, regardless of success or failure.',
+      labelNames: [...grpcLabels, LABEL.grpcCode],
+      registers,
+    });
+    this.grpcHandling = new Histogram({
+      name: 'grpc_server_handling_seconds',
+      help: 'Response latency of RPCs handled by the server, in seconds.',
+      labelNames: grpcLabels,
+      buckets: RPC_BUCKETS,
+      registers,
+    });
+    // Series that exist from the first scrape, at 0, so rates and alerts never see "no data".
+    const disposedTotal = this.registry.getSingleMetric('isogear_isolates_disposed_total') as Counter<string>;
+    const createdTotal = this.registry.getSingleMetric('isogear_isolates_created_total') as Counter<string>;
+    for (const kind of ['dedicated', 'shared'] as const) {
+      createdTotal.inc({ kind }, 0);
+      for (const reason of DISPOSE_REASONS) disposedTotal.inc({ kind, reason }, 0);
+    }
+    for (const mode of MODES) {
+      for (const kind of RUN_KINDS) {
+        for (const outcome of OUTCOMES) this.executions.inc({ mode, kind, outcome }, 0);
+      }
+    }
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Connects the gauges to the manager whose counters they report. */
+  observe(source: MetricsSource): void {
+    this.source = source;
+  }
+
+  /** The manager's run-end hook. */
+  readonly recordRun = (event: RunEndEvent): void => {
+    this.executions.inc({ mode: event.mode, kind: event.kind, outcome: event.outcome });
+    this.duration.observe({ mode: event.mode, kind: event.kind }, event.wallTimeMs / 1000);
+  };
+
+  rpcStarted(type: GrpcType, service: string, method: string): void {
+    this.grpcStarted.inc({ grpc_type: type, grpc_service: service, grpc_method: method });
+  }
+
+  rpcHandled(type: GrpcType, service: string, method: string, code: string, seconds: number): void {
+    this.grpcHandled.inc({ grpc_type: type, grpc_service: service, grpc_method: method, grpc_code: code });
+    this.grpcHandling.observe({ grpc_type: type, grpc_service: service, grpc_method: method }, seconds);
+  }
+}
