@@ -17,6 +17,8 @@ export interface ServiceLogger extends ErrorLogger {
 }
 
 type Handler<Req, Res> = (request: Req, signal: AbortSignal) => Promise<Res> | Res;
+/** Ids (never payloads) an RPC's log line carries, from its request and, when it succeeded, its response. */
+type LogFields<Req, Res> = (request: Req, response: Res | undefined) => Record<string, unknown>;
 
 /**
  * GearsService: validates requests, hands them to the isolate manager, maps results to proto.
@@ -30,11 +32,48 @@ export class GearsService {
 
   addToServer(server: Server): void {
     const implementation: pb.GearsServiceServer = {
-      execute: this.unary('Execute', (req: pb.ExecuteRequest, signal) => this.execute(req, signal)),
-      register: this.unary('Register', (req: pb.RegisterRequest, signal) => this.register(req, signal)),
-      release: this.unary('Release', (req: pb.ReleaseRequest) => this.release(req)),
-      trigger: this.unary('Trigger', (req: pb.TriggerRequest, signal) => this.trigger(req, signal)),
-      getInterpreter: this.unary('GetInterpreter', (req: pb.GetInterpreterRequest) => this.getInterpreter(req)),
+      execute: this.unary(
+        'Execute',
+        (req: pb.ExecuteRequest, signal) => this.execute(req, signal),
+        (req, res) => ({
+          interpreterId: res?.interpreterId || req.interpreterId || undefined,
+          executionId: res?.executionId,
+          outcome: res ? pb.outcomeToJSON(res.outcome) : undefined,
+          registrationIds: res?.registrations.length ? res.registrations.map((r) => r.id) : undefined,
+          name: req.name || undefined,
+        }),
+      ),
+      register: this.unary(
+        'Register',
+        (req: pb.RegisterRequest, signal) => this.register(req, signal),
+        (req, res) => ({
+          trigger: req.trigger,
+          interpreterId: res?.interpreter?.id ?? (req.interpreterId || undefined),
+          registrationId: res?.registration?.id,
+        }),
+      ),
+      release: this.unary(
+        'Release',
+        (req: pb.ReleaseRequest) => this.release(req),
+        (req, res) => ({
+          interpreterId: res?.interpreter?.id ?? req.interpreterId,
+          registrationIds: res?.releasedRegistrationIds ?? (req.registrationId ? [req.registrationId] : undefined),
+        }),
+      ),
+      trigger: this.unary(
+        'Trigger',
+        (req: pb.TriggerRequest, signal) => this.trigger(req, signal),
+        (req, res) => ({
+          trigger: req.trigger,
+          registrationIds: res?.results.map((r) => r.registrationId),
+          executionIds: res?.results.map((r) => r.executionId),
+        }),
+      ),
+      getInterpreter: this.unary(
+        'GetInterpreter',
+        (req: pb.GetInterpreterRequest) => this.getInterpreter(req),
+        (req) => ({ interpreterId: req.interpreterId }),
+      ),
       listInterpreters: this.unary('ListInterpreters', (req: pb.ListInterpretersRequest) => this.listInterpreters(req)),
       listRegistrations: this.unary('ListRegistrations', (req: pb.ListRegistrationsRequest) => this.listRegistrations(req)),
     };
@@ -124,7 +163,7 @@ export class GearsService {
    * Wraps a handler: one AbortSignal per call (fired when the client cancels, disconnects or its
    * deadline passes), exactly one callback, errors through `toStatus`, one log line per call.
    */
-  private unary<Req, Res>(method: string, handler: Handler<Req, Res>) {
+  private unary<Req, Res>(method: string, handler: Handler<Req, Res>, fields?: LogFields<Req, Res>) {
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
       const started = performance.now();
       const controller = new AbortController();
@@ -135,8 +174,14 @@ export class GearsService {
         if (answered) return;
         answered = true;
         call.removeListener('cancelled', onCancel);
+        let ids: Record<string, unknown> = {};
+        try {
+          ids = fields ? fields(call.request, err ? undefined : res) : {};
+        } catch {
+          // a log field is never worth failing a call for
+        }
         this.logger.info(
-          { method, code: status[err?.code ?? status.OK], durationMs: Math.round((performance.now() - started) * 1000) / 1000 },
+          { method, code: status[err?.code ?? status.OK], durationMs: Math.round((performance.now() - started) * 1000) / 1000, ...ids },
           'rpc',
         );
         if (err) callback(err, null);

@@ -638,7 +638,7 @@ export class InterpreterManager implements IsolateManager {
       old.name = '';
       old.disposeReason = 'replaced';
       if (old.registrations.size > 0) this.releaseRegistrations(old, [...old.registrations.values()]);
-      this.options.logger?.info({ name, from: old.id, to: next.id }, 'interpreter upgraded');
+      this.options.logger?.warn({ name, from: old.id, to: next.id }, 'interpreter upgraded: the old one is released');
     }
     if (next.registrations.size > 0 && next.accepting) {
       next.name = name;
@@ -792,6 +792,10 @@ export class InterpreterManager implements IsolateManager {
               interp.sandbox.abandon(execId, setup.token);
               break;
             case 'memory':
+              this.options.logger?.warn(
+                { executionId: execId, interpreterId: interp.id, isolate: host.kind, memoryLimitMb: host.memoryLimitMb },
+                'memory limit exceeded: isolate disposed',
+              );
               report.outcome = 'memory_exceeded';
               report.error = {
                 name: 'MemoryLimitError',
@@ -836,6 +840,9 @@ export class InterpreterManager implements IsolateManager {
       if (report.outcome !== 'succeeded' && tuple && tuple.ok) interp.sandbox.abandon(execId);
       if (report.outcome !== 'succeeded' && tuple && tuple.registrations.length > 0) interp.sandbox.abandon(execId);
       ended = report.outcome;
+      if (report.logs.length > 0) {
+        this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, logs: report.logs, truncated: report.logsTruncated }, 'script console');
+      }
       onSettled(tuple, report);
       if (kind !== 'register' && report.outcome !== 'succeeded') {
         this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, outcome: report.outcome }, 'run did not succeed');
