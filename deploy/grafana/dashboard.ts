@@ -1,0 +1,350 @@
+/**
+ * The isogear Grafana dashboard, built in code with Grafana's foundation SDK.
+ *
+ *   npm run dashboard            # writes deploy/grafana/isogear.json
+ *
+ * The output is deterministic (same input, same bytes), so CI can regenerate it and fail on a
+ * diff. Every query is filtered by the `namespace` and `instance` template variables and reads
+ * from the Prometheus data source chosen in the `datasource` variable; the only other variable
+ * a query uses is Grafana's `$__rate_interval`.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as common from '@grafana/grafana-foundation-sdk/common';
+import * as dashboard from '@grafana/grafana-foundation-sdk/dashboard';
+import * as prometheus from '@grafana/grafana-foundation-sdk/prometheus';
+import * as timeseries from '@grafana/grafana-foundation-sdk/timeseries';
+
+export const OUTPUT = join(__dirname, 'isogear.json');
+
+/** Every panel and query reads from the data source picked in the `datasource` variable. */
+const DATASOURCE: common.DataSourceRef = { type: 'prometheus', uid: '${datasource}' };
+
+/** The label filter every query carries. */
+export const SELECTOR = 'namespace=~"$namespace", instance=~"$instance"';
+
+/** `metric{<selector>, extra}`. */
+function sel(metric: string, extra?: string): string {
+  return `${metric}{${SELECTOR}${extra ? `, ${extra}` : ''}}`;
+}
+
+/** `rate(metric{<selector>, extra}[$__rate_interval])`. */
+function rate(metric: string, extra?: string): string {
+  return `rate(${sel(metric, extra)}[$__rate_interval])`;
+}
+
+interface Query {
+  expr: string;
+  legend: string;
+}
+
+interface PanelSpec {
+  title: string;
+  description: string;
+  unit: string;
+  queries: Query[];
+  stacked?: boolean;
+  /** refIds of queries drawn below the axis (e.g. disposals against creations). */
+  negativeRefIds?: string[];
+  min?: number;
+  max?: number;
+}
+
+function refId(index: number): string {
+  return String.fromCharCode('A'.charCodeAt(0) + index);
+}
+
+const quantile = (q: number, metric: string, by: string): string =>
+  `histogram_quantile(${q}, sum by (${by}, le) (${rate(metric)}))`;
+
+const PANELS: PanelSpec[] = [
+  {
+    title: 'Isolates by kind',
+    description:
+      'Live V8 isolates (isogear_isolates), by kind: dedicated (one isolate-mode interpreter each), ' +
+      'shared (hosting shared-mode interpreters) and pooled (warm, unused). Each isolate costs memory ' +
+      'up to its heap limit; dedicated isolates that keep growing while registrations do not point to a leak.',
+    unit: 'short',
+    stacked: true,
+    min: 0,
+    queries: [{ expr: `sum by (kind) (${sel('isogear_isolates')})`, legend: '{{kind}}' }],
+  },
+  {
+    title: 'Interpreters by mode and state',
+    description:
+      'Live interpreters (isogear_interpreters), by isolation mode (shared, isolate) and lifecycle ' +
+      'state (ready, draining, failed). Draining interpreters are kept alive by references until the ' +
+      'last one is released; failed ones should be rare and short-lived.',
+    unit: 'short',
+    stacked: true,
+    min: 0,
+    queries: [
+      { expr: `sum by (mode, state) (${sel('isogear_interpreters')})`, legend: '{{mode}} / {{state}}' },
+    ],
+  },
+  {
+    title: 'Interpreter references by owner',
+    description:
+      'References held on interpreters (isogear_interpreter_references), by owner kind: registration ' +
+      '(a registered handler keeps its interpreter alive) and execution (a run in progress). An ' +
+      'interpreter is disposed when its last reference is released.',
+    unit: 'short',
+    stacked: true,
+    min: 0,
+    queries: [{ expr: `sum by (owner) (${sel('isogear_interpreter_references')})`, legend: '{{owner}}' }],
+  },
+  {
+    title: 'Registrations',
+    description:
+      'Registrations not yet released (isogear_registrations), broken ones included, per instance. ' +
+      'Compare with dedicated isolates: isolates should follow registrations up and down.',
+    unit: 'short',
+    min: 0,
+    queries: [{ expr: `sum by (instance) (${sel('isogear_registrations')})`, legend: '{{instance}}' }],
+  },
+  {
+    title: 'Executions per second by outcome',
+    description:
+      'Runs ended per second (rate of isogear_executions_total), by outcome: succeeded, failed ' +
+      '(script threw), timed_out, memory_exceeded (isolate killed at its heap limit) and aborted ' +
+      '(cancelled by the caller or by shutdown). Includes Execute calls, Register loads and handler runs.',
+    unit: 'ops',
+    stacked: true,
+    min: 0,
+    queries: [
+      { expr: `sum by (outcome) (${rate('isogear_executions_total')})`, legend: '{{outcome}}' },
+    ],
+  },
+  {
+    title: 'Executions in flight by mode',
+    description:
+      'Runs in progress right now (isogear_executions_in_flight: Execute calls, Register loads and ' +
+      'handler runs), by isolation mode.',
+    unit: 'short',
+    stacked: true,
+    min: 0,
+    queries: [{ expr: `sum by (mode) (${sel('isogear_executions_in_flight')})`, legend: '{{mode}}' }],
+  },
+  {
+    title: 'Run latency p50 / p95 / p99 by mode and kind',
+    description:
+      'Wall time of runs, from the isogear_execution_duration_seconds histogram (histogram_quantile ' +
+      'over the rate of its buckets), by isolation mode and run kind (execute: Execute and Register ' +
+      'loads; trigger: handler runs). Quantiles are interpolated within buckets; empty series mean ' +
+      'no runs of that mode and kind in the window.',
+    unit: 's',
+    min: 0,
+    queries: [
+      {
+        expr: quantile(0.5, 'isogear_execution_duration_seconds_bucket', 'mode, kind'),
+        legend: 'p50 {{mode}} {{kind}}',
+      },
+      {
+        expr: quantile(0.95, 'isogear_execution_duration_seconds_bucket', 'mode, kind'),
+        legend: 'p95 {{mode}} {{kind}}',
+      },
+      {
+        expr: quantile(0.99, 'isogear_execution_duration_seconds_bucket', 'mode, kind'),
+        legend: 'p99 {{mode}} {{kind}}',
+      },
+    ],
+  },
+  {
+    title: 'Isolate churn: created vs disposed by reason',
+    description:
+      'Isolates created per second by kind (rate of isogear_isolates_created_total, above the axis) ' +
+      'against isolates disposed per second by kind and reason (rate of ' +
+      'isogear_isolates_disposed_total, below the axis): released, replaced, memory_limit, failed, ' +
+      'unresponsive, shutdown. Any memory_limit or unresponsive disposal is worth a look.',
+    unit: 'ops',
+    negativeRefIds: ['B'],
+    queries: [
+      { expr: `sum by (kind) (${rate('isogear_isolates_created_total')})`, legend: 'created {{kind}}' },
+      {
+        expr: `sum by (kind, reason) (${rate('isogear_isolates_disposed_total')})`,
+        legend: 'disposed {{kind}} ({{reason}})',
+      },
+    ],
+  },
+  {
+    title: 'Heap in use by kind',
+    description:
+      'V8 heap in use plus external memory counted against the limit (isogear_heap_used_bytes), ' +
+      'summed over the live isolates of each kind.',
+    unit: 'bytes',
+    stacked: true,
+    min: 0,
+    queries: [{ expr: `sum by (kind) (${sel('isogear_heap_used_bytes')})`, legend: '{{kind}}' }],
+  },
+  {
+    title: 'gRPC request rate by method',
+    description:
+      'RPCs completed per second (rate of grpc_server_handled_total), by service and method, all ' +
+      'status codes included.',
+    unit: 'reqps',
+    stacked: true,
+    min: 0,
+    queries: [
+      {
+        expr: `sum by (grpc_service, grpc_method) (${rate('grpc_server_handled_total')})`,
+        legend: '{{grpc_method}}',
+      },
+    ],
+  },
+  {
+    title: 'gRPC error ratio by method',
+    description:
+      'Share of RPCs that completed with a status code other than OK, by method: rate of ' +
+      'grpc_server_handled_total{grpc_code!="OK"} over the rate of all of them. Includes client ' +
+      'errors such as INVALID_ARGUMENT and NOT_FOUND; a method without errors shows 0, a method ' +
+      'without traffic shows nothing.',
+    unit: 'percentunit',
+    min: 0,
+    max: 1,
+    queries: [
+      {
+        expr:
+          `(sum by (grpc_service, grpc_method) (${rate('grpc_server_handled_total', 'grpc_code!="OK"')})` +
+          ` or sum by (grpc_service, grpc_method) (${rate('grpc_server_handled_total')}) * 0)` +
+          ` / sum by (grpc_service, grpc_method) (${rate('grpc_server_handled_total')})`,
+        legend: '{{grpc_method}}',
+      },
+    ],
+  },
+  {
+    title: 'gRPC latency p99 by method',
+    description:
+      '99th percentile of RPC handling time, from the grpc_server_handling_seconds histogram ' +
+      '(histogram_quantile over the rate of its buckets), by method.',
+    unit: 's',
+    min: 0,
+    queries: [
+      {
+        expr: quantile(0.99, 'grpc_server_handling_seconds_bucket', 'grpc_service, grpc_method'),
+        legend: '{{grpc_method}}',
+      },
+    ],
+  },
+];
+
+const PANEL_WIDTH = 12;
+const PANEL_HEIGHT = 8;
+
+function panel(spec: PanelSpec, index: number): timeseries.PanelBuilder {
+  const builder = new timeseries.PanelBuilder()
+    .id(index + 1)
+    .title(spec.title)
+    .description(spec.description)
+    .datasource(DATASOURCE)
+    .gridPos({
+      x: (index % 2) * PANEL_WIDTH,
+      y: Math.floor(index / 2) * PANEL_HEIGHT,
+      w: PANEL_WIDTH,
+      h: PANEL_HEIGHT,
+    })
+    .unit(spec.unit)
+    .lineWidth(1)
+    .fillOpacity(spec.stacked ? 20 : 10)
+    .showPoints(common.VisibilityMode.Never)
+    .legend(
+      new common.VizLegendOptionsBuilder()
+        .displayMode(common.LegendDisplayMode.List)
+        .placement(common.LegendPlacement.Bottom)
+        .showLegend(true),
+    )
+    .tooltip(new common.VizTooltipOptionsBuilder().mode(common.TooltipDisplayMode.Multi).sort(common.SortOrder.Descending));
+  if (spec.stacked) builder.stacking(new common.StackingConfigBuilder().mode(common.StackingMode.Normal));
+  if (spec.min !== undefined) builder.min(spec.min);
+  if (spec.max !== undefined) builder.max(spec.max);
+  for (const ref of spec.negativeRefIds ?? []) {
+    builder.overrideByQuery(ref, [{ id: 'custom.transform', value: common.GraphTransform.NegativeY }]);
+  }
+  spec.queries.forEach((query, i) => {
+    builder.withTarget(
+      new prometheus.DataqueryBuilder()
+        .datasource(DATASOURCE)
+        .refId(refId(i))
+        .expr(query.expr)
+        .legendFormat(query.legend)
+        .range()
+        .editorMode(prometheus.QueryEditorMode.Code),
+    );
+  });
+  return builder;
+}
+
+function queryVariable(name: string, label: string, query: string, description: string): dashboard.QueryVariableBuilder {
+  return new dashboard.QueryVariableBuilder(name)
+    .label(label)
+    .description(description)
+    .datasource(DATASOURCE)
+    .query(query)
+    .definition(query)
+    .refresh(dashboard.VariableRefresh.OnTimeRangeChanged)
+    .sort(dashboard.VariableSort.AlphabeticalAsc)
+    .multi(true)
+    .includeAll(true)
+    .allValue('.*')
+    .current({ selected: true, text: 'All', value: '$__all' });
+}
+
+/** Builds the dashboard model. */
+export function buildDashboard(): dashboard.Dashboard {
+  const builder = new dashboard.DashboardBuilder('isogear')
+    .uid('isogear')
+    .description(
+      'isogear: V8 isolates, interpreters and their references, registrations, runs and their ' +
+        'latency, isolate churn, heap and gRPC traffic. Generated by deploy/grafana/dashboard.ts; do not edit by hand.',
+    )
+    .tags(['isogear', 'grpc', 'v8'])
+    .editable()
+    .tooltip(dashboard.DashboardCursorSync.Crosshair)
+    .timezone('browser')
+    .time({ from: 'now-1h', to: 'now' })
+    .refresh('30s')
+    .annotation(
+      // Grafana's built-in "Annotations & Alerts"; spelled out so the dashboard has an annotation list.
+      new dashboard.AnnotationQueryBuilder()
+        .name('Annotations & Alerts')
+        .datasource({ type: 'grafana', uid: '-- Grafana --' })
+        .enable(true)
+        .hide(true)
+        .iconColor('rgba(0, 211, 255, 1)')
+        .type('dashboard')
+        .builtIn(1),
+    )
+    .withVariable(
+      new dashboard.DatasourceVariableBuilder('datasource')
+        .label('Data source')
+        .description('The Prometheus that scrapes isogear.')
+        .type('prometheus'),
+    )
+    .withVariable(
+      queryVariable(
+        'namespace',
+        'Namespace',
+        'label_values(isogear_isolates, namespace)',
+        'Kubernetes namespace(s) of the isogear pods.',
+      ),
+    )
+    .withVariable(
+      queryVariable(
+        'instance',
+        'Instance',
+        'label_values(isogear_isolates{namespace=~"$namespace"}, instance)',
+        'isogear instance(s) (scrape targets) within the selected namespace(s).',
+      ),
+    );
+  PANELS.forEach((spec, i) => builder.withPanel(panel(spec, i)));
+  return builder.build();
+}
+
+/** The dashboard as the bytes written to isogear.json. */
+export function renderDashboard(): string {
+  return `${JSON.stringify(buildDashboard(), null, 2)}\n`;
+}
+
+if (require.main === module) {
+  writeFileSync(OUTPUT, renderDashboard());
+  console.log(`wrote ${OUTPUT}`);
+}
