@@ -1,6 +1,6 @@
 import { ConfigError, loadConfig } from './config';
 import { createLogger } from './logger';
-import { startServer } from './server';
+import { startServer, type RunningServer } from './server';
 
 /** Process entry: config → start → signals. SIGTERM/SIGINT drain; a second signal exits at once. */
 async function main(): Promise<void> {
@@ -21,18 +21,15 @@ async function main(): Promise<void> {
     throw err;
   }
   const logger = createLogger(config.logLevel);
-  const server = await startServer(config, logger);
-  logger.info({ config, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress }, 'isogear started');
 
+  // Handlers go in before anything is announced: a supervisor may signal the moment it reads the
+  // start-up line. A signal during start-up is honoured once the server is up.
+  const started: { server?: RunningServer } = {};
+  let pending: NodeJS.Signals | undefined;
   let signals = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    signals += 1;
-    if (signals > 1) {
-      logger.warn({ signal }, 'second signal: exiting now');
-      process.exit(1);
-    }
+  const stop = (running: RunningServer, signal: NodeJS.Signals): void => {
     logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down');
-    server.shutdown().then(
+    running.shutdown().then(
       () => {
         logger.info({}, 'stopped');
         process.exit(0);
@@ -43,8 +40,22 @@ async function main(): Promise<void> {
       },
     );
   };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    if (started.server) stop(started.server, signal);
+    else pending = signal;
+  };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+
+  const server = await startServer(config, logger);
+  started.server = server;
+  logger.info({ config, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress }, 'isogear started');
+  if (pending) stop(server, pending);
 }
 
 main().catch((err: unknown) => {

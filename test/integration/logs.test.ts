@@ -89,9 +89,11 @@ describe('logs: JSON lines with what operators need', () => {
     assert.equal(config.defaultMode, 'isolate');
     assert.equal(config.sharedIsolates, 1);
     assert.match(String(first.grpcAddress), /^127\.0\.0\.1:\d+$/);
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    let err = '';
+    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+    const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`code ${code} signal ${signal}`)));
     child.kill('SIGTERM');
-    assert.equal(await exited, 0);
+    assert.equal(await exited, 'code 0 signal null', `stdout: ${out}\nstderr: ${err}`);
     assert.match(out, /"msg":"stopped"/);
   });
 });
