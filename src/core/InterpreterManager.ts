@@ -837,8 +837,8 @@ export class InterpreterManager implements IsolateManager {
           interp.sandbox.abandon(execId, setup.token);
           break;
       }
-      if (report.outcome !== 'succeeded' && tuple && tuple.ok) interp.sandbox.abandon(execId);
-      if (report.outcome !== 'succeeded' && tuple && tuple.registrations.length > 0) interp.sandbox.abandon(execId);
+      // A run the sandbox finished but the host refused (late, invalid result) leaves nothing behind.
+      if (report.outcome !== 'succeeded' && tuple?.ok) interp.sandbox.abandon(execId);
       ended = report.outcome;
       if (report.logs.length > 0) {
         this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, logs: report.logs, truncated: report.logsTruncated }, 'script console');
