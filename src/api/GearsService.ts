@@ -191,21 +191,20 @@ export class GearsService {
         .then(() => handler(call.request, controller.signal))
         .then(
           (res) => {
-            if (controller.signal.aborted) finish(cancelStatus(call));
+            if (controller.signal.aborted) finish(toStatus(cancelError(call), this.logger, method));
             else finish(null, res);
           },
-          (err: unknown) => finish(controller.signal.aborted ? cancelStatus(call) : toStatus(err, this.logger, method)),
+          (err: unknown) => finish(toStatus(controller.signal.aborted ? cancelError(call) : err, this.logger, method)),
         );
     };
   }
 }
 
-/** The status for a call the client gave up on: its deadline passed, or it cancelled. */
-function cancelStatus(call: ServerUnaryCall<unknown, unknown>): Partial<ServiceError> {
+/** The error for a call the client gave up on: its deadline passed, or it cancelled. */
+function cancelError(call: ServerUnaryCall<unknown, unknown>): CancelledError | DeadlineExceededError {
   const deadline = call.getDeadline();
   const ms = deadline instanceof Date ? deadline.getTime() : Number(deadline);
-  const err = Number.isFinite(ms) && ms <= Date.now() ? new DeadlineExceededError('deadline exceeded') : new CancelledError('cancelled by the client');
-  return { code: err.kind === 'deadline_exceeded' ? status.DEADLINE_EXCEEDED : status.CANCELLED, details: err.message };
+  return Number.isFinite(ms) && ms <= Date.now() ? new DeadlineExceededError('deadline exceeded') : new CancelledError('cancelled by the client');
 }
 
 /** `google.protobuf.Value` arrives as a plain JS value; reject what JSON cannot carry. */
