@@ -19,6 +19,9 @@ export interface Config {
   maxLogBytes: number;
   maxValueBytes: number;
   maxRegistrationsPerInterpreter: number;
+  maxConcurrentRuns: number;
+  maxQueuedRuns: number;
+  maxQueueWaitMs: number;
   shutdownGraceMs: number;
   logLevel: LogLevel;
 }
@@ -85,6 +88,9 @@ const SETTINGS = [
   setting('maxLogBytes', 'ISOGEAR_MAX_LOG_BYTES', int(1, 64 * MiB), () => 64 * 1024),
   setting('maxValueBytes', 'ISOGEAR_MAX_VALUE_BYTES', int(1, 64 * MiB), () => MiB),
   setting('maxRegistrationsPerInterpreter', 'ISOGEAR_MAX_REGISTRATIONS_PER_INTERPRETER', int(1, 1_000_000), () => 10_000),
+  setting('maxConcurrentRuns', 'ISOGEAR_MAX_CONCURRENT_RUNS', int(1, 100_000), () => 64),
+  setting('maxQueuedRuns', 'ISOGEAR_MAX_QUEUED_RUNS', int(0, 1_000_000), () => 256),
+  setting('maxQueueWaitMs', 'ISOGEAR_MAX_QUEUE_WAIT_MS', int(1, 3_600_000), () => 5000),
   setting('shutdownGraceMs', 'ISOGEAR_SHUTDOWN_GRACE_MS', int(0, 3_600_000), () => 10_000),
   setting('logLevel', 'ISOGEAR_LOG_LEVEL', oneOf<LogLevel>('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), (): LogLevel => 'info'),
 ] as Setting<keyof Config>[];

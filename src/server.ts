@@ -54,6 +54,9 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     maxLogBytes: config.maxLogBytes,
     maxValueBytes: config.maxValueBytes,
     maxRegistrationsPerInterpreter: config.maxRegistrationsPerInterpreter,
+    maxConcurrentRuns: config.maxConcurrentRuns,
+    maxQueuedRuns: config.maxQueuedRuns,
+    maxQueueWaitMs: config.maxQueueWaitMs,
     logger,
     onCatastrophicError: (message) => {
       logger.fatal({ message }, 'isolated-vm lost control of an isolate; exiting');

@@ -13,7 +13,9 @@ import { newExecutionId, newInterpreterId, newRegistrationPrefix, newToken } fro
 import { Interpreter } from './Interpreter';
 import { IsolateHost, type IsolateDisposeReason } from './IsolateHost';
 import { isValidName, isValidSpecifier, isValidTrigger, TRIGGER_PATTERN } from './names';
+import type { Reference } from './Reference';
 import { Registration } from './Registration';
+import { RunSlots } from './RunSlots';
 import type {
   ExecuteResult,
   ExecuteSpec,
@@ -49,6 +51,10 @@ const MIN_MEMORY_MB = 8;
 /** How long past its timeout an isolate may sit on a call before it is declared stuck and disposed. */
 const STUCK_GRACE_MS = 3000;
 const WATCHDOG_INTERVAL_MS = 500;
+/** Run admission defaults (ISOGEAR_MAX_CONCURRENT_RUNS, ISOGEAR_MAX_QUEUED_RUNS, ISOGEAR_MAX_QUEUE_WAIT_MS). */
+export const DEFAULT_MAX_CONCURRENT_RUNS = 64;
+export const DEFAULT_MAX_QUEUED_RUNS = 256;
+export const DEFAULT_MAX_QUEUE_WAIT_MS = 5000;
 /** Heap budgeted per shared-mode interpreter: an empty context costs about 170 KiB. */
 const SHARED_CONTEXT_BUDGET_BYTES = 256 * 1024;
 /** Share of a shared isolate's heap limit that placement fills before refusing new interpreters. */
@@ -104,8 +110,14 @@ export class InterpreterManager implements IsolateManager {
   private seq = 0;
   private closed = false;
   private readonly watchdog: NodeJS.Timeout;
+  private readonly slots: RunSlots;
 
   private constructor(private readonly options: ManagerOptions) {
+    this.slots = new RunSlots({
+      maxConcurrent: options.maxConcurrentRuns ?? DEFAULT_MAX_CONCURRENT_RUNS,
+      maxQueued: options.maxQueuedRuns ?? DEFAULT_MAX_QUEUED_RUNS,
+      maxWaitMs: options.maxQueueWaitMs ?? DEFAULT_MAX_QUEUE_WAIT_MS,
+    });
     this.watchdog = setInterval(() => this.checkStuck(), WATCHDOG_INTERVAL_MS);
     this.watchdog.unref();
   }
@@ -148,7 +160,25 @@ export class InterpreterManager implements IsolateManager {
     }
     const limits = this.resolveLimits(spec.limits);
     const name = spec.name ?? '';
+    const slot = await this.slots.acquire(signal);
+    try {
+      return await this.executeInSlot(spec, since, signal, modules, argsJson, attach, limits, name);
+    } finally {
+      slot.release();
+    }
+  }
 
+  private async executeInSlot(
+    spec: ExecuteSpec,
+    since: number,
+    signal: AbortSignal | undefined,
+    modules: Record<string, string>,
+    argsJson: string,
+    attach: boolean,
+    limits: ResolvedLimits,
+    name: string,
+  ): Promise<ExecuteResult> {
+    this.assertOpen();
     let interp: Interpreter;
     let reserved = false;
     if (attach) {
@@ -216,6 +246,24 @@ export class InterpreterManager implements IsolateManager {
       throw new InvalidArgumentError('mode and interpreter_id are exclusive: an existing interpreter keeps its mode');
     }
     const limits = this.resolveLimits(spec.limits);
+    const slot = await this.slots.acquire(signal);
+    try {
+      return await this.registerInSlot(spec, since, signal, modules, description, attach, limits);
+    } finally {
+      slot.release();
+    }
+  }
+
+  private async registerInSlot(
+    spec: RegisterSpec,
+    since: number,
+    signal: AbortSignal | undefined,
+    modules: Record<string, string>,
+    description: string,
+    attach: boolean,
+    limits: ResolvedLimits,
+  ): Promise<RegisterResult> {
+    this.assertOpen();
     const interp = attach
       ? this.attachable(spec.interpreterId as string)
       : await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, '');
@@ -287,8 +335,13 @@ export class InterpreterManager implements IsolateManager {
     const limits = this.resolveLimits(spec.limits);
     const bound = this.byTrigger.get(spec.trigger);
     if (!bound || bound.length === 0) throw new NotFoundError(`no registration is bound to trigger "${spec.trigger}"`);
-    // The snapshot and every run's execution reference are taken in this synchronous step.
+    // The snapshot and every run's execution reference are taken in this synchronous step; the
+    // runs then start as run slots come free (ISOGEAR_MAX_CONCURRENT_RUNS).
     const snapshot = bound.slice();
+    const held: (Reference | undefined)[] = snapshot.map((reg) => {
+      const interp = this.interpreters.get(reg.interpreterId);
+      return interp && interp.state !== 'failed' ? interp.acquire('execution') : undefined;
+    });
     // One listener on the caller's signal, fanned out through our own: a trigger may run
     // thousands of handlers, each listening for the abort.
     const fanOut = new AbortController();
@@ -296,10 +349,23 @@ export class InterpreterManager implements IsolateManager {
     const forward = (): void => fanOut.abort();
     if (signal?.aborted) fanOut.abort();
     else signal?.addEventListener('abort', forward, { once: true });
+    const runs: Promise<TriggerRunResult>[] = [];
     try {
-      return await Promise.all(snapshot.map((reg) => this.runHandler(reg, spec.trigger, payloadJson, limits.timeoutMs, fanOut.signal)));
+      for (let i = 0; i < snapshot.length; i++) {
+        // The first slot is admitted like any request's; the rest wait behind it, one at a time.
+        const slot = await this.slots.acquire(fanOut.signal, i > 0);
+        const ref = held[i];
+        held[i] = undefined;
+        runs.push(this.runHandler(snapshot[i], spec.trigger, payloadJson, limits.timeoutMs, fanOut.signal, ref).finally(() => slot.release()));
+      }
+      return await Promise.all(runs);
+    } catch (err) {
+      fanOut.abort();
+      await Promise.allSettled(runs);
+      throw err;
     } finally {
       signal?.removeEventListener('abort', forward);
+      for (const ref of held) ref?.release();
     }
   }
 
@@ -362,6 +428,7 @@ export class InterpreterManager implements IsolateManager {
       references,
       executionsInFlight: this.inFlight,
       executionsInFlightByMode: { ...this.inFlightByMode },
+      runsWaiting: this.slots.queued,
       isolatesCreated: { ...this.created },
       isolatesDisposed: { ...this.disposedCount },
     };
@@ -654,20 +721,26 @@ export class InterpreterManager implements IsolateManager {
     payloadJson: string,
     timeoutMs: number,
     signal: AbortSignal | undefined,
+    held: Reference | undefined,
   ): Promise<TriggerRunResult> {
     const interp = this.interpreters.get(reg.interpreterId);
-    if (!interp || interp.state === 'failed') {
-      const error: ScriptError = {
-        name: 'InterpreterFailedError',
-        message: `interpreter ${reg.interpreterId} is FAILED${interp ? ` (${interp.failureReason})` : ''}; release this registration`,
-        stack: '',
-      };
-      reg.recordRun(false, 0, error);
+    const released = !this.registrations.has(reg.id);
+    if (!held || !interp || interp.state === 'failed' || released) {
+      held?.release();
+      // Released while this run waited for a run slot: the handler is gone, so it is not run.
+      const error: ScriptError = released
+        ? { name: 'RegistrationReleasedError', message: `registration ${reg.id} was released before its run started`, stack: '' }
+        : {
+            name: 'InterpreterFailedError',
+            message: `interpreter ${reg.interpreterId} is FAILED${interp ? ` (${interp.failureReason})` : ''}; release this registration`,
+            stack: '',
+          };
+      if (!released) reg.recordRun(false, 0, error);
       return {
         registrationId: reg.id,
         executionId: '',
         interpreterId: reg.interpreterId,
-        outcome: 'failed',
+        outcome: released ? 'aborted' : 'failed',
         result: null,
         error,
         logs: [],
@@ -686,6 +759,7 @@ export class InterpreterManager implements IsolateManager {
       (tuple, r) => {
         if (r.outcome === 'succeeded' && tuple && tuple.registrations.length > 0) this.commit(interp, tuple, r.executionId);
       },
+      held,
     );
     reg.recordRun(report.outcome === 'succeeded', report.wallTimeMs, report.error);
     return { ...report, registrationId: reg.id };
@@ -707,9 +781,10 @@ export class InterpreterManager implements IsolateManager {
     signal: AbortSignal | undefined,
     setup: RunSetup,
     onSettled: (tuple: RunTuple | undefined, report: RunReport) => void,
+    held?: Reference,
   ): Promise<RunReport> {
     const execId = newExecutionId();
-    const ref = interp.acquire('execution');
+    const ref = held ?? interp.acquire('execution');
     const host = interp.host;
     this.inFlight += 1;
     this.inFlightByMode[interp.mode] += 1;
@@ -956,6 +1031,10 @@ function validateOptions(o: ManagerOptions): void {
   for (const k of positive) {
     const v = o[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new RangeError(`manager option ${k} must be a positive integer`);
+  }
+  for (const [k, min] of [['maxConcurrentRuns', 1], ['maxQueuedRuns', 0], ['maxQueueWaitMs', 1]] as const) {
+    const v = o[k];
+    if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new RangeError(`manager option ${k} must be an integer >= ${min}`);
   }
   if (o.defaultTimeoutMs > o.maxTimeoutMs) throw new RangeError('defaultTimeoutMs must not exceed maxTimeoutMs');
   if (o.defaultMemoryMb > o.maxMemoryMb) throw new RangeError('defaultMemoryMb must not exceed maxMemoryMb');

@@ -40,12 +40,16 @@ export class FailedPreconditionError extends IsogearError {
   readonly kind = 'failed_precondition';
 }
 
-/** A capacity limit is full; `limit` names it so clients and operators can tell which. */
+/**
+ * A capacity limit is full; `limit` names it so clients and operators can tell which, and
+ * `retryAfterMs`, when set, is how long a client should back off before trying again.
+ */
 export class ResourceExhaustedError extends IsogearError {
   readonly kind = 'resource_exhausted';
   constructor(
     readonly limit: string,
     message: string,
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }

@@ -157,6 +157,8 @@ export interface ManagerCounters {
   references: Record<OwnerKind, number>;
   executionsInFlight: number;
   executionsInFlightByMode: Record<IsolationMode, number>;
+  /** Requests (and Trigger fan-outs) waiting for a run slot. */
+  runsWaiting: number;
   isolatesCreated: Record<IsolateKind, number>;
   isolatesDisposed: Record<IsolateKind, number>;
 }
@@ -207,6 +209,12 @@ export interface ManagerOptions {
   /** Cap on args, payload and result, in bytes of JSON. */
   maxValueBytes: number;
   maxRegistrationsPerInterpreter: number;
+  /** Runs executing at once; more wait for a slot (default 64). */
+  maxConcurrentRuns?: number;
+  /** Requests waiting for a run slot; more are refused with RESOURCE_EXHAUSTED (default 256). */
+  maxQueuedRuns?: number;
+  /** How long a request waits for a run slot before RESOURCE_EXHAUSTED (default 5000 ms). */
+  maxQueueWaitMs?: number;
   logger?: CoreLogger;
   /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
   onRunEnd?: (event: RunEndEvent) => void;

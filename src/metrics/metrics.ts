@@ -146,6 +146,15 @@ export class IsogearMetrics {
         for (const mode of MODES) this.set({ mode }, c.executionsInFlightByMode[mode]);
       },
     });
+    new Gauge({
+      name: 'isogear_runs_waiting',
+      help: 'Requests waiting for a run slot (ISOGEAR_MAX_CONCURRENT_RUNS); refused beyond ISOGEAR_MAX_QUEUED_RUNS.',
+      registers,
+      collect() {
+        const c = read();
+        if (c) this.set(c.runsWaiting);
+      },
+    });
     this.executions = new Counter({
       name: 'isogear_executions_total',
       help: 'Runs ended, by isolation mode, kind (execute: Execute and Register loads; trigger: handler runs) and outcome.',

@@ -3875,8 +3875,10 @@ export const ListRegistrationsResponse: MessageFns<ListRegistrationsResponse> = 
  *   DISPOSED or FAILED (where the RPC needs to run code in it).
  * * RESOURCE_EXHAUSTED: a capacity limit or quota is full, e.g. the maximum
  *   number of interpreters, or the shared isolates' heap for a new
- *   shared-mode interpreter (the message names the limit, and the
- *   `isogear-limit` trailer carries its id).
+ *   shared-mode interpreter, or the concurrent runs and their wait queue (the
+ *   message names the limit, and the `isogear-limit` trailer carries its id;
+ *   where backing off helps, `retry-after-ms` and a google.rpc.RetryInfo in
+ *   `grpc-status-details-bin` say how long).
  * * UNAVAILABLE: the server is shutting down; retry on another replica.
  * * CANCELLED / DEADLINE_EXCEEDED: the client cancelled or its deadline
  *   passed; the run is aborted and its reference dropped.
@@ -3985,7 +3987,9 @@ export const GearsServiceService = {
    * per registration, in registration (creation) order. Each handler's
    * success or failure is reported in its `TriggerResult.outcome` with status
    * OK; a broken registration (its interpreter FAILED) yields a result with
-   * OUTCOME_FAILED without running anything.
+   * OUTCOME_FAILED without running anything. Handler runs start as run slots
+   * free (ISOGEAR_MAX_CONCURRENT_RUNS); a registration released while its run
+   * waited for a slot yields OUTCOME_ABORTED (RegistrationReleasedError).
    *
    * Status codes: INVALID_ARGUMENT (empty `trigger`, sizes or limits over the
    * maximum); NOT_FOUND (no registration is bound to `trigger`);
@@ -4138,7 +4142,9 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * per registration, in registration (creation) order. Each handler's
    * success or failure is reported in its `TriggerResult.outcome` with status
    * OK; a broken registration (its interpreter FAILED) yields a result with
-   * OUTCOME_FAILED without running anything.
+   * OUTCOME_FAILED without running anything. Handler runs start as run slots
+   * free (ISOGEAR_MAX_CONCURRENT_RUNS); a registration released while its run
+   * waited for a slot yields OUTCOME_ABORTED (RegistrationReleasedError).
    *
    * Status codes: INVALID_ARGUMENT (empty `trigger`, sizes or limits over the
    * maximum); NOT_FOUND (no registration is bound to `trigger`);
@@ -4295,7 +4301,9 @@ export interface GearsServiceClient extends Client {
    * per registration, in registration (creation) order. Each handler's
    * success or failure is reported in its `TriggerResult.outcome` with status
    * OK; a broken registration (its interpreter FAILED) yields a result with
-   * OUTCOME_FAILED without running anything.
+   * OUTCOME_FAILED without running anything. Handler runs start as run slots
+   * free (ISOGEAR_MAX_CONCURRENT_RUNS); a registration released while its run
+   * waited for a slot yields OUTCOME_ABORTED (RegistrationReleasedError).
    *
    * Status codes: INVALID_ARGUMENT (empty `trigger`, sizes or limits over the
    * maximum); NOT_FOUND (no registration is bound to `trigger`);

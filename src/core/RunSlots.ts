@@ -1,0 +1,130 @@
+import { CancelledError, ResourceExhaustedError } from './errors';
+
+/** A held run slot; `release` is idempotent. */
+export interface Slot {
+  release(): void;
+}
+
+interface Waiter {
+  grant: (slot: Slot) => void;
+  fail: (err: Error) => void;
+  /** Counted against `maxQueued` (a request's first wait) or not (a running Trigger's next handler). */
+  counted: boolean;
+}
+
+export interface RunSlotsOptions {
+  /** Runs executing at once (Execute, Register loads and handler runs). */
+  maxConcurrent: number;
+  /** Requests waiting for a slot; beyond it RESOURCE_EXHAUSTED at once. */
+  maxQueued: number;
+  /** How long a request may wait for a slot before RESOURCE_EXHAUSTED. */
+  maxWaitMs: number;
+}
+
+/**
+ * Admission for runs: at most `maxConcurrent` run at once; requests beyond wait in a FIFO queue
+ * of at most `maxQueued`, each for at most `maxWaitMs` or until its caller gives up. A Trigger
+ * fanning out to many handlers takes slots one after another and so holds at most one queue
+ * entry at a time: its later entries are not counted against `maxQueued` (the Trigger was
+ * admitted already), which keeps the queue within `maxQueued + maxConcurrent`.
+ */
+export class RunSlots {
+  private active = 0;
+  private readonly queue: Waiter[] = [];
+  private countedWaiting = 0;
+
+  constructor(private readonly options: RunSlotsOptions) {}
+
+  get running(): number {
+    return this.active;
+  }
+
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /**
+   * Waits for a slot. `admitted` marks a caller that already holds its place (a Trigger's second
+   * and later handlers): no queue bound, no wait limit, only cancellation ends its wait.
+   */
+  acquire(signal?: AbortSignal, admitted = false): Promise<Slot> {
+    if (signal?.aborted) return Promise.reject(new CancelledError('cancelled while waiting for a run slot'));
+    if (this.active < this.options.maxConcurrent && this.queue.length === 0) return Promise.resolve(this.take());
+    const { maxConcurrent, maxQueued, maxWaitMs } = this.options;
+    if (!admitted && this.countedWaiting >= maxQueued) {
+      return Promise.reject(
+        new ResourceExhaustedError(
+          'max_concurrent_runs',
+          `${maxConcurrent} runs are executing and ${maxQueued} more are waiting (ISOGEAR_MAX_CONCURRENT_RUNS, ISOGEAR_MAX_QUEUED_RUNS); retry shortly`,
+          retryHintMs(this.queue.length, maxConcurrent),
+        ),
+      );
+    }
+    return new Promise<Slot>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      let settled = false;
+      const done = (): boolean => {
+        if (settled) return false;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        const i = this.queue.indexOf(waiter);
+        if (i >= 0) this.queue.splice(i, 1);
+        if (waiter.counted) this.countedWaiting -= 1;
+        return true;
+      };
+      const waiter: Waiter = {
+        counted: !admitted,
+        grant: (slot) => {
+          if (done()) resolve(slot);
+          else slot.release();
+        },
+        fail: (err) => {
+          if (done()) reject(err);
+        },
+      };
+      const onAbort = (): void => waiter.fail(new CancelledError('cancelled while waiting for a run slot'));
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (!admitted) {
+        this.countedWaiting += 1;
+        timer = setTimeout(
+          () =>
+            waiter.fail(
+              new ResourceExhaustedError(
+                'run_queue_wait',
+                `no run slot became free within ${maxWaitMs} ms (ISOGEAR_MAX_CONCURRENT_RUNS=${maxConcurrent}, ISOGEAR_MAX_QUEUE_WAIT_MS); retry later`,
+                retryHintMs(this.queue.length, maxConcurrent),
+              ),
+            ),
+          maxWaitMs,
+        );
+      }
+      this.queue.push(waiter);
+    });
+  }
+
+  private take(): Slot {
+    this.active += 1;
+    let held = true;
+    return {
+      release: () => {
+        if (!held) return;
+        held = false;
+        this.active -= 1;
+        this.next();
+      },
+    };
+  }
+
+  private next(): void {
+    while (this.active < this.options.maxConcurrent && this.queue.length > 0) {
+      const waiter = this.queue[0];
+      waiter.grant(this.take());
+    }
+  }
+}
+
+/** A client's back-off: longer the more requests are ahead of it per slot. */
+function retryHintMs(queued: number, maxConcurrent: number): number {
+  return Math.min(5000, 100 * Math.ceil((queued + 1) / maxConcurrent));
+}
