@@ -15,7 +15,7 @@ import { IsolateHost, type IsolateDisposeReason } from './IsolateHost';
 import { isValidName, isValidSpecifier, isValidTrigger, TRIGGER_PATTERN } from './names';
 import type { Reference } from './Reference';
 import { Registration } from './Registration';
-import { RunSlots } from './RunSlots';
+import { RunSlots, type Slot } from './RunSlots';
 import type {
   ExecuteResult,
   ExecuteSpec,
@@ -162,7 +162,7 @@ export class InterpreterManager implements IsolateManager {
     const name = spec.name ?? '';
     const slot = await this.slots.acquire(signal);
     try {
-      return await this.executeInSlot(spec, since, signal, modules, argsJson, attach, limits, name);
+      return await this.executeInSlot(spec, since, signal, modules, argsJson, attach, limits, name, slot);
     } finally {
       slot.release();
     }
@@ -177,6 +177,7 @@ export class InterpreterManager implements IsolateManager {
     attach: boolean,
     limits: ResolvedLimits,
     name: string,
+    slot: Slot,
   ): Promise<ExecuteResult> {
     this.assertOpen();
     let interp: Interpreter;
@@ -224,6 +225,8 @@ export class InterpreterManager implements IsolateManager {
         if (ok && tuple && tuple.registrations.length > 0) committed = this.commit(interp, tuple, r.executionId);
         if (ok && spec.replace) this.swapName(name, interp);
       },
+      undefined,
+      slot,
     );
     return {
       ...report,
@@ -248,7 +251,7 @@ export class InterpreterManager implements IsolateManager {
     const limits = this.resolveLimits(spec.limits);
     const slot = await this.slots.acquire(signal);
     try {
-      return await this.registerInSlot(spec, since, signal, modules, description, attach, limits);
+      return await this.registerInSlot(spec, since, signal, modules, description, attach, limits, slot);
     } finally {
       slot.release();
     }
@@ -262,6 +265,7 @@ export class InterpreterManager implements IsolateManager {
     description: string,
     attach: boolean,
     limits: ResolvedLimits,
+    slot: Slot,
   ): Promise<RegisterResult> {
     this.assertOpen();
     const interp = attach
@@ -299,6 +303,8 @@ export class InterpreterManager implements IsolateManager {
         }
         registration = this.commit(interp, tuple, r.executionId)[0];
       },
+      undefined,
+      slot,
     );
     if (!registration) {
       if (refused) throw new FailedPreconditionError(refused);
@@ -356,7 +362,7 @@ export class InterpreterManager implements IsolateManager {
         const slot = await this.slots.acquire(fanOut.signal, i > 0);
         const ref = held[i];
         held[i] = undefined;
-        runs.push(this.runHandler(snapshot[i], spec.trigger, payloadJson, limits.timeoutMs, fanOut.signal, ref).finally(() => slot.release()));
+        runs.push(this.runHandler(snapshot[i], spec.trigger, payloadJson, limits.timeoutMs, fanOut.signal, ref, slot).finally(() => slot.release()));
       }
       return await Promise.all(runs);
     } catch (err) {
@@ -429,6 +435,7 @@ export class InterpreterManager implements IsolateManager {
       executionsInFlight: this.inFlight,
       executionsInFlightByMode: { ...this.inFlightByMode },
       runsWaiting: this.slots.queued,
+      runSlotsInUse: this.slots.running,
       isolatesCreated: { ...this.created },
       isolatesDisposed: { ...this.disposedCount },
     };
@@ -722,6 +729,7 @@ export class InterpreterManager implements IsolateManager {
     timeoutMs: number,
     signal: AbortSignal | undefined,
     held: Reference | undefined,
+    slot: Slot,
   ): Promise<TriggerRunResult> {
     const interp = this.interpreters.get(reg.interpreterId);
     const released = !this.registrations.has(reg.id);
@@ -760,6 +768,7 @@ export class InterpreterManager implements IsolateManager {
         if (r.outcome === 'succeeded' && tuple && tuple.registrations.length > 0) this.commit(interp, tuple, r.executionId);
       },
       held,
+      slot,
     );
     reg.recordRun(report.outcome === 'succeeded', report.wallTimeMs, report.error);
     return { ...report, registrationId: reg.id };
@@ -782,6 +791,7 @@ export class InterpreterManager implements IsolateManager {
     setup: RunSetup,
     onSettled: (tuple: RunTuple | undefined, report: RunReport) => void,
     held?: Reference,
+    slot?: Slot,
   ): Promise<RunReport> {
     const execId = newExecutionId();
     const ref = held ?? interp.acquire('execution');
@@ -808,7 +818,11 @@ export class InterpreterManager implements IsolateManager {
         signal.addEventListener('abort', onAbort, { once: true });
       }
       if (!active) return;
-      setup.start(execId, remainingMs, () => active).then(
+      const call = setup.start(execId, remainingMs, () => active);
+      // The slot stays taken until the isolate call really returns: a run the caller gave up on
+      // keeps its isolate busy until its own timeout (isolated-vm cannot interrupt it otherwise).
+      slot?.holdUntil(call);
+      call.then(
         (tuple) => settle({ kind: 'tuple', tuple }),
         (error: unknown) => settle({ kind: 'error', error }),
       );

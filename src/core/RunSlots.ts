@@ -2,7 +2,12 @@ import { CancelledError, ResourceExhaustedError } from './errors';
 
 /** A held run slot; `release` is idempotent. */
 export interface Slot {
+  /**
+   * Frees the slot, or, after `holdUntil`, frees it once that promise settles: a run whose
+   * caller gave up may still occupy its isolate until its own timeout stops it.
+   */
   release(): void;
+  holdUntil(work: Promise<unknown>): void;
 }
 
 interface Waiter {
@@ -106,12 +111,20 @@ export class RunSlots {
   private take(): Slot {
     this.active += 1;
     let held = true;
+    let work: Promise<unknown> | undefined;
+    const free = (): void => {
+      if (!held) return;
+      held = false;
+      this.active -= 1;
+      this.next();
+    };
     return {
       release: () => {
-        if (!held) return;
-        held = false;
-        this.active -= 1;
-        this.next();
+        if (work) work.then(free, free);
+        else free();
+      },
+      holdUntil: (p) => {
+        work = p;
       },
     };
   }

@@ -159,6 +159,8 @@ export interface ManagerCounters {
   executionsInFlightByMode: Record<IsolationMode, number>;
   /** Requests (and Trigger fan-outs) waiting for a run slot. */
   runsWaiting: number;
+  /** Run slots taken: runs executing, including cancelled ones whose code has not stopped yet. */
+  runSlotsInUse: number;
   isolatesCreated: Record<IsolateKind, number>;
   isolatesDisposed: Record<IsolateKind, number>;
 }

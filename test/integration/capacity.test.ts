@@ -142,6 +142,20 @@ describe('capacity: concurrent runs and a bounded wait queue', function () {
       assert.equal(after.result, 'served', 'the slot the cancelled request never took is free');
     });
 
+    it('a cancelled run stops at once in its fresh dedicated isolate (disposed); in a shared isolate it keeps its slot until its own timeout', async () => {
+      const t = server();
+      await expectStatus(t.client.execute({ source: 'for (;;) {}', mode: ISOLATE, limits: limits(10_000) }, { deadlineMs: 150 }), grpc.status.DEADLINE_EXCEEDED);
+      await waitFor('the dedicated isolate to be disposed and the slot freed', () => t.manager.counters().runSlotsInUse === 0 && t.manager.counters().dedicatedIsolates === 0, 3000);
+      assert.equal(t.manager.counters().interpreters, 0);
+
+      await expectStatus(t.client.execute({ source: 'for (;;) {}', mode: SHARED, limits: limits(1500) }, { deadlineMs: 150 }), grpc.status.DEADLINE_EXCEEDED);
+      await waitFor('the reference to drop', () => t.manager.counters().executionsInFlight === 0 && t.manager.counters().interpreters === 0);
+      assert.equal(t.manager.counters().runSlotsInUse, 1, 'the loop still occupies the shared isolate, so it still counts against ISOGEAR_MAX_CONCURRENT_RUNS');
+      await waitFor('the run to reach its own timeout and free the slot', () => t.manager.counters().runSlotsInUse === 0, 5000);
+      const after = await t.client.execute({ source: 'export default "next"', mode: SHARED });
+      assert.equal(after.result, 'next');
+    });
+
     it('a registration released while its Trigger run waits for a slot is not run (OUTCOME_ABORTED, named), and its interpreter goes', async () => {
       const t = server();
       const slow = await t.client.register({ trigger: 'q.t', source: 'export default () => new Promise(() => {});', mode: SHARED });

@@ -1,0 +1,42 @@
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+
+export interface ServerProcess {
+  child: ChildProcessByStdio<null, Readable, Readable>;
+  grpcAddress: string;
+  metricsAddress: string;
+  /** Everything the process wrote so far. */
+  output(): { stdout: string; stderr: string };
+  /** Resolves with `code N signal S` when the process ends. */
+  exited: Promise<string>;
+}
+
+/** Starts `src/main.ts` as its own process on loopback, as `npm start` would, and waits for its start-up line. */
+export async function spawnServer(env: Record<string, string> = {}): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ['--no-node-snapshot', '--import', 'tsx', path.join(__dirname, '../../src/main.ts')], {
+    env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`code ${code} signal ${signal}`)));
+  const started = await new Promise<{ grpcAddress: string; metricsAddress: string }>((resolve, reject) => {
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      const line = stdout.split('\n').find((l) => l.includes('isogear started'));
+      if (line) resolve(JSON.parse(line) as { grpcAddress: string; metricsAddress: string });
+    });
+    void exited.then((how) => reject(new Error(`server ${how} before starting\n${stdout}\n${stderr}`)));
+  });
+  return { child, ...started, output: () => ({ stdout, stderr }), exited };
+}
+
+/** The JSON log lines a process wrote to stdout. */
+export function logLines(stdout: string): Record<string, unknown>[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}

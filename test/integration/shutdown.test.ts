@@ -1,0 +1,95 @@
+/**
+ * Graceful shutdown of the real process (src/main.ts): SIGTERM drains, runs past the grace
+ * period are aborted, a second signal exits at once.
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { expectStatus, grpc, TestClient } from '../helpers/client';
+import { logLines, spawnServer, type ServerProcess } from '../helpers/process';
+import { limits, outcomeName, succeeded } from '../helpers/proto';
+
+function metric(p: ServerProcess, name: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(`http://${p.metricsAddress}/metrics`, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve([...body.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)`, 'gm'))].reduce((s, m) => s + Number(m[1]), 0)));
+      })
+      .on('error', reject);
+  });
+}
+
+async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const HANG = 'export default () => new Promise(() => {});';
+
+describe('graceful shutdown of the process', function () {
+  this.timeout(20_000);
+  const procs: ServerProcess[] = [];
+  const clients: TestClient[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.close();
+    for (const p of procs.splice(0)) {
+      if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+      await p.exited;
+    }
+  });
+
+  async function start(env: Record<string, string>): Promise<{ p: ServerProcess; client: TestClient }> {
+    const p = await spawnServer(env);
+    procs.push(p);
+    const client = new TestClient(p.grpcAddress);
+    clients.push(client);
+    return { p, client };
+  }
+
+  it('SIGTERM: new calls UNAVAILABLE, the run in flight finishes, exit 0 with nothing logged as an error', async () => {
+    const { p, client } = await start({ ISOGEAR_SHUTDOWN_GRACE_MS: '5000' });
+    const inFlight = client.execute({ source: 'export default () => { const end = Date.now() + 800; while (Date.now() < end); return "finished"; }' });
+    await until('the run to start', async () => (await metric(p, 'isogear_executions_in_flight')) === 1);
+    const watcher = new TestClient(p.grpcAddress);
+    clients.push(watcher);
+    assert.equal(await watcher.healthCheck(''), 'SERVING');
+    p.child.kill('SIGTERM');
+    await until('shutdown to begin', () => p.output().stdout.includes('"msg":"shutting down"'));
+    await expectStatus(client.execute({ source: 'export default 1' }), grpc.status.UNAVAILABLE);
+    const res = await inFlight;
+    succeeded(res);
+    assert.equal(res.result, 'finished');
+    assert.equal(await p.exited, 'code 0 signal null', p.output().stderr);
+    const lines = logLines(p.output().stdout);
+    assert.ok(lines.some((l) => l.msg === 'stopped'));
+    assert.ok(!lines.some((l) => l.level === 'error' || l.level === 'fatal'), 'no error logged');
+  });
+
+  it('runs still going when ISOGEAR_SHUTDOWN_GRACE_MS ends are aborted (OUTCOME_ABORTED), isolates disposed, exit 0', async () => {
+    const { p, client } = await start({ ISOGEAR_SHUTDOWN_GRACE_MS: '300' });
+    const runs = [client.execute({ source: HANG, limits: limits(30_000) }), client.execute({ source: 'for (;;) {}', limits: limits(30_000) })];
+    await until('both runs to start', async () => (await metric(p, 'isogear_executions_in_flight')) === 2);
+    p.child.kill('SIGTERM');
+    for (const res of await Promise.all(runs)) {
+      assert.equal(outcomeName(res.outcome), 'OUTCOME_ABORTED', JSON.stringify(res.error));
+      assert.match(res.error?.message ?? '', /shut down/);
+    }
+    assert.equal(await p.exited, 'code 0 signal null', p.output().stderr);
+  });
+
+  it('a second signal exits at once, without waiting for the grace period', async () => {
+    const { p, client } = await start({ ISOGEAR_SHUTDOWN_GRACE_MS: '60000' });
+    const run = client.execute({ source: HANG, limits: limits(30_000) }).catch((err: grpc.ServiceError) => err.code);
+    await until('the run to start', async () => (await metric(p, 'isogear_executions_in_flight')) === 1);
+    p.child.kill('SIGTERM');
+    await until('shutdown to begin', () => p.output().stdout.includes('"msg":"shutting down"'));
+    p.child.kill('SIGINT');
+    assert.equal(await p.exited, 'code 1 signal null');
+    assert.ok(logLines(p.output().stdout).some((l) => l.msg === 'second signal: exiting now'));
+    assert.equal(await run, grpc.status.UNAVAILABLE, 'the client sees the connection go');
+  });
+});
