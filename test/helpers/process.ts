@@ -12,8 +12,12 @@ export interface ServerProcess {
   exited: Promise<string>;
 }
 
-/** Starts `src/main.ts` as its own process on loopback, as `npm start` would, and waits for its start-up line. */
-export async function spawnServer(env: Record<string, string> = {}): Promise<ServerProcess> {
+/**
+ * Starts `src/main.ts` as its own process on loopback, as `npm start` would, and waits for its
+ * start-up line (logged at info: keep ISOGEAR_LOG_LEVEL at info or below). `keepOutput: false`
+ * stops collecting stdout after start-up, for long runs.
+ */
+export async function spawnServer(env: Record<string, string> = {}, keepOutput = true): Promise<ServerProcess> {
   const child = spawn(process.execPath, ['--no-node-snapshot', '--import', 'tsx', path.join(__dirname, '../../src/main.ts')], {
     env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -22,11 +26,16 @@ export async function spawnServer(env: Record<string, string> = {}): Promise<Ser
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
   const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`code ${code} signal ${signal}`)));
+  let collecting = true;
   const started = await new Promise<{ grpcAddress: string; metricsAddress: string }>((resolve, reject) => {
     child.stdout.on('data', (chunk: Buffer) => {
+      if (!collecting) return;
       stdout += chunk.toString();
       const line = stdout.split('\n').find((l) => l.includes('isogear started'));
-      if (line) resolve(JSON.parse(line) as { grpcAddress: string; metricsAddress: string });
+      if (line) {
+        collecting = keepOutput;
+        resolve(JSON.parse(line) as { grpcAddress: string; metricsAddress: string });
+      }
     });
     void exited.then((how) => reject(new Error(`server ${how} before starting\n${stdout}\n${stderr}`)));
   });
