@@ -20,6 +20,21 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** The service name clients and probes ask the health service about. */
 export const SERVICE_NAME = 'isogear.v1.GearsService';
 
+/** Exit code when V8 lost control of an isolate (EX_SOFTWARE): the supervisor restarts us. */
+export const CATASTROPHE_EXIT_CODE = 70;
+
+/**
+ * isolated-vm's onCatastrophicError: V8 hit a fatal error in an isolate and the process is no
+ * longer trustworthy. Log at fatal (flushed) and exit non-zero; never try to carry on.
+ */
+export function exitOnCatastrophe(logger: Pick<Logger, 'fatal' | 'flush'>, exit: (code: number) => void = (code) => process.exit(code)): (message: string) => void {
+  return (message) => {
+    logger.fatal({ message }, 'isolated-vm lost control of an isolate; exiting');
+    logger.flush?.();
+    exit(CATASTROPHE_EXIT_CODE);
+  };
+}
+
 export interface RunningServer {
   /** host:port the gRPC server is bound to (the real port when the config said :0). */
   readonly grpcAddress: string;
@@ -58,11 +73,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     maxQueuedRuns: config.maxQueuedRuns,
     maxQueueWaitMs: config.maxQueueWaitMs,
     logger,
-    onCatastrophicError: (message) => {
-      logger.fatal({ message }, 'isolated-vm lost control of an isolate; exiting');
-      logger.flush?.();
-      process.exit(70);
-    },
+    onCatastrophicError: exitOnCatastrophe(logger),
   });
 
   // Requests are bounded by the source/value limits; leave room for modules and proto framing.
