@@ -46,6 +46,8 @@ export interface SandboxOptions {
 
 const LEVELS = new Set<string>(['log', 'info', 'warn', 'error', 'debug']);
 const BOUNDARY = '    at (<isolated-vm boundary>)';
+/** isolated-vm's message for a thrown value it cannot copy (an object or symbol that is not an Error). */
+const NON_ERROR_THROWN = 'An object was thrown from supplied code within isolated-vm, but that object was not an instance of `Error`.';
 
 /**
  * isolated-vm appends the host's stack below an `<isolated-vm boundary>` frame to errors it
@@ -76,6 +78,15 @@ export function classifyCallError(err: unknown, isolate: ivm.Isolate): SandboxCa
   }
   if (isolate.isDisposed || message === 'Isolate is disposed' || message.startsWith('Isolate was disposed')) {
     return new SandboxCallError('disposed', { name: 'IsolateDisposedError', message: 'the isolate was disposed while the script ran', stack: '' });
+  }
+  if (message === NON_ERROR_THROWN) {
+    // A module threw an object or symbol that is not an Error at its top level; isolated-vm's own
+    // message would name the tool the server is built on and say nothing useful.
+    return new SandboxCallError('script', {
+      name: 'Error',
+      message: 'a non-Error value was thrown at the top level of the module (an object or symbol that is not an Error instance)',
+      stack: '',
+    });
   }
   if (e instanceof ModuleNotFoundError) {
     return new SandboxCallError('script', { name: e.name, message, stack: '' });
@@ -126,7 +137,8 @@ export function parseRunTuple(boxed: unknown, maxLogBytes: number): RunTuple {
     code: typeof code === 'string' ? code : 'script',
   };
   if (Array.isArray(logs)) {
-    // The sandbox bounds characters; the contract bounds UTF-8 bytes, enforced here.
+    // The sandbox bounds characters; the contract bounds UTF-8 bytes, enforced here. As in the
+    // sandbox, an entry costs one byte more than its message, so empty entries cannot pile up.
     let budget = maxLogBytes;
     for (const entry of logs) {
       if (!Array.isArray(entry) || typeof entry[0] !== 'string' || typeof entry[1] !== 'string') continue;
@@ -137,12 +149,13 @@ export function parseRunTuple(boxed: unknown, maxLogBytes: number): RunTuple {
       const level = LEVELS.has(entry[0]) ? (entry[0] as SandboxLevel) : 'log';
       let message = entry[1];
       let bytes = Buffer.byteLength(message, 'utf8');
-      if (bytes > budget) {
-        message = truncateUtf8(message, budget);
+      if (bytes + 1 > budget) {
+        message = truncateUtf8(message, budget - 1);
         bytes = Buffer.byteLength(message, 'utf8');
         out.logsTruncated = true;
+        if (message === '') break;
       }
-      budget -= bytes;
+      budget -= bytes + 1;
       out.logs.push({ level, message });
     }
   }

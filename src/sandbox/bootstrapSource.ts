@@ -51,6 +51,7 @@ const mapGet = Map.prototype.get, mapSet = Map.prototype.set, mapDelete = Map.pr
 const setHas = Set.prototype.has, setAdd = Set.prototype.add, setDelete = Set.prototype.delete;
 const strSlice = String.prototype.slice, strIndexOf = String.prototype.indexOf, charCodeAt = String.prototype.charCodeAt;
 const numToString = Number.prototype.toString;
+const isWellFormed = String.prototype.isWellFormed;
 const ErrorCtor = Error, TypeErrorCtor = TypeError, RangeErrorCtor = RangeError;
 
 // Appends without [[Set]]: a script may plant index setters on Array.prototype.
@@ -84,6 +85,146 @@ defineProperty(ErrorCtor, 'prepareStackTrace', {
   set: function (v) {},
 });
 
+// Callbacks V8 schedules as tasks of its own. isolated-vm runs a task the isolate posted with no
+// timeout, after the host's call returned, so user code in one could spin forever outside every
+// run: the isolate (and in shared mode every interpreter on it) would sit wedged until the
+// watchdog disposed it. No user callback may be reachable from such a task:
+// - Atomics.waitAsync with a finite timeout posts a non-nestable delayed task, which isolated-vm
+//   5 does not implement: it calls std::terminate and the whole server process aborts. Without a
+//   timeout its promise is settled from a posted task. It is removed.
+// - FinalizationRegistry cleanup callbacks run from a posted task. The language lets an engine
+//   never call them; here they never are (the constructor still checks its argument).
+// - WebAssembly.compile/instantiate settle their promise from a posted task (in a shared isolate
+//   sometimes never). Here they compile synchronously, inside the run and under its timeout.
+// WebAssembly memories live outside the V8 heap, where memory_limit_mb does not reach: one
+// script could commit gigabytes of the server's memory. WebAssembly.Memory and modules that
+// define or import a memory are refused with a message saying so.
+const construct = Reflect.construct, deleteProperty = Reflect.deleteProperty;
+const getOwnPropertyDescriptor = Object.getOwnPropertyDescriptor;
+const Uint8ArrayCtor = Uint8Array;
+const typedArrayProto = getPrototypeOf(Uint8Array.prototype);
+const taSet = typedArrayProto.set;
+const taBuffer = getOwnPropertyDescriptor(typedArrayProto, 'buffer').get;
+const taByteOffset = getOwnPropertyDescriptor(typedArrayProto, 'byteOffset').get;
+const taByteLength = getOwnPropertyDescriptor(typedArrayProto, 'byteLength').get;
+const dvBuffer = getOwnPropertyDescriptor(DataView.prototype, 'buffer').get;
+const dvByteOffset = getOwnPropertyDescriptor(DataView.prototype, 'byteOffset').get;
+const dvByteLength = getOwnPropertyDescriptor(DataView.prototype, 'byteLength').get;
+const abByteLength = getOwnPropertyDescriptor(ArrayBuffer.prototype, 'byteLength').get;
+const sabByteLength = typeof SharedArrayBuffer === 'function' ? getOwnPropertyDescriptor(SharedArrayBuffer.prototype, 'byteLength').get : undefined;
+
+function replaceMethod(target, name, value) {
+  defineProperty(target, name, { value: value, writable: true, enumerable: false, configurable: true });
+}
+
+if (typeof Atomics === 'object' && Atomics !== null) deleteProperty(Atomics, 'waitAsync');
+
+const FinalizationRegistryCtor = g.FinalizationRegistry;
+if (typeof FinalizationRegistryCtor === 'function') {
+  const neverCalled = function () {};
+  const FinalizationRegistryShim = function FinalizationRegistry(cleanup) {
+    if (new.target === undefined) throw new TypeErrorCtor("Constructor FinalizationRegistry requires 'new'");
+    if (typeof cleanup !== 'function') throw new TypeErrorCtor('FinalizationRegistry: cleanup must be callable');
+    return construct(FinalizationRegistryCtor, [neverCalled], new.target);
+  };
+  defineProperty(FinalizationRegistryShim, 'prototype', { value: FinalizationRegistryCtor.prototype, writable: false });
+  replaceMethod(FinalizationRegistryCtor.prototype, 'constructor', FinalizationRegistryShim);
+  replaceMethod(g, 'FinalizationRegistry', FinalizationRegistryShim);
+}
+
+// A private copy of a BufferSource, so the bytes checked are the bytes compiled.
+function copyBufferSource(source) {
+  let buffer, offset = 0, length;
+  try {
+    buffer = apply(taBuffer, source, []);
+    offset = apply(taByteOffset, source, []);
+    length = apply(taByteLength, source, []);
+  } catch (e) {
+    try {
+      buffer = apply(dvBuffer, source, []);
+      offset = apply(dvByteOffset, source, []);
+      length = apply(dvByteLength, source, []);
+    } catch (e2) {
+      buffer = source;
+      try { length = apply(abByteLength, source, []); } catch (e3) {
+        try { length = apply(sabByteLength, source, []); } catch (e4) {
+          throw new TypeErrorCtor('WebAssembly: the argument must be a BufferSource (an ArrayBuffer or a typed array)');
+        }
+      }
+    }
+  }
+  const copy = new Uint8ArrayCtor(length);
+  apply(taSet, copy, [new Uint8ArrayCtor(buffer, offset, length)]);
+  return copy;
+}
+
+const WebAssemblyNs = g.WebAssembly;
+if (typeof WebAssemblyNs === 'object' && WebAssemblyNs !== null) {
+  const ModuleCtor = WebAssemblyNs.Module, InstanceCtor = WebAssemblyNs.Instance;
+  const CompileErrorCtor = WebAssemblyNs.CompileError;
+  const moduleImports = ModuleCtor.imports;
+  const noMemory = 'WebAssembly memories live outside the heap that memory_limit_mb bounds, so isogear does not offer them';
+
+  // The bytes are a module V8 validated: walk its sections looking for a memory section (id 5).
+  const definesMemory = function (bytes, length) {
+    let p = 8;
+    while (p < length) {
+      const id = bytes[p++];
+      let size = 0, scale = 1, b;
+      do { b = bytes[p++]; size += (b & 127) * scale; scale *= 128; } while (b >= 128 && p < length);
+      if (id === 5) return true;
+      p += size;
+    }
+    return false;
+  };
+  const importsMemory = function (mod) {
+    const list = moduleImports(mod);
+    for (let i = 0; i < list.length; i++) if (list[i].kind === 'memory') return true;
+    return false;
+  };
+  const compileChecked = function (source, newTarget) {
+    const bytes = copyBufferSource(source);
+    const mod = construct(ModuleCtor, [bytes], newTarget);
+    if (definesMemory(bytes, apply(taByteLength, bytes, [])) || importsMemory(mod)) {
+      throw new CompileErrorCtor('WebAssembly.Module(): the module defines or imports a memory; ' + noMemory);
+    }
+    return mod;
+  };
+  const isModule = function (x) {
+    try { moduleImports(x); return true; } catch (e) { return false; }
+  };
+
+  const ModuleShim = function Module(bytes) {
+    if (new.target === undefined) throw new TypeErrorCtor("WebAssembly.Module must be invoked with 'new'");
+    return compileChecked(bytes, new.target);
+  };
+  defineProperty(ModuleShim, 'prototype', { value: ModuleCtor.prototype, writable: false });
+  for (const name of ['imports', 'exports', 'customSections']) {
+    if (typeof ModuleCtor[name] === 'function') replaceMethod(ModuleShim, name, ModuleCtor[name]);
+  }
+  replaceMethod(ModuleCtor.prototype, 'constructor', ModuleShim);
+  replaceMethod(WebAssemblyNs, 'Module', ModuleShim);
+
+  replaceMethod(WebAssemblyNs, 'Memory', function Memory() {
+    throw new TypeErrorCtor('WebAssembly.Memory is not available: ' + noMemory);
+  });
+  replaceMethod(WebAssemblyNs, 'compile', function compile(bytes) {
+    return new PromiseCtor(function (resolve) { resolve(compileChecked(bytes, ModuleShim)); });
+  });
+  replaceMethod(WebAssemblyNs, 'instantiate', function instantiate(source, importObject) {
+    return new PromiseCtor(function (resolve) {
+      if (isModule(source)) {
+        resolve(construct(InstanceCtor, [source, importObject]));
+        return;
+      }
+      const mod = compileChecked(source, ModuleShim);
+      resolve({ module: mod, instance: construct(InstanceCtor, [mod, importObject]) });
+    });
+  });
+  deleteProperty(WebAssemblyNs, 'compileStreaming');
+  deleteProperty(WebAssemblyNs, 'instantiateStreaming');
+}
+
 const runs = new MapCtor();      // execId -> run record
 const handlers = new MapCtor();  // registrationId -> function
 const loads = new MapCtor();     // token -> pending load, or the namespace if the driver came first
@@ -115,27 +256,38 @@ function describeError(e) {
   return [clip(safeString(name), 200), clip(safeString(message), 8192), clip(safeString(stack), 16384)];
 }
 
-// Strict JSON: the only values that cross to the host. Anything JSON would silently change
-// (functions, symbols, NaN, Dates, Maps, class instances, cycles) is an error that names where.
+// Strict JSON: the only values that cross to the host. Anything JSON or protobuf would silently
+// change (functions, symbols, NaN, Dates, Maps, class instances, cycles, unpaired surrogates, a
+// "__proto__" key) is an error that names where. The size budget is checked at every value, so a
+// sparse array with a huge length fails at once instead of running out the timeout.
+function spend(budget, n) {
+  budget.n -= n;
+  if (budget.n < 0) throw new RangeErrorCtor('result is larger than ' + maxResultChars + ' characters');
+}
+function checkWellFormed(s, what) {
+  if (isWellFormed !== undefined && !apply(isWellFormed, s, [])) {
+    throw new TypeErrorCtor(what + ' has an unpaired UTF-16 surrogate, which a protobuf string (UTF-8) cannot carry');
+  }
+}
 function toJson(value, path, depth, seen, budget) {
   switch (typeof value) {
     case 'string': {
       const s = stringify(value);
-      budget.n -= s.length;
-      if (budget.n < 0) throw new RangeErrorCtor('result is larger than ' + maxResultChars + ' characters');
+      spend(budget, s.length);
+      checkWellFormed(value, path);
       return s;
     }
     case 'number':
       if (!isFinite(value)) throw new TypeErrorCtor(path + ' is ' + safeString(value) + ', which JSON cannot represent');
-      budget.n -= 24;
+      spend(budget, 24);
       return apply(numToString, value, []);
-    case 'boolean': budget.n -= 5; return value ? 'true' : 'false';
-    case 'undefined': budget.n -= 4; return 'null';
+    case 'boolean': spend(budget, 5); return value ? 'true' : 'false';
+    case 'undefined': spend(budget, 4); return 'null';
     case 'bigint': throw new TypeErrorCtor(path + ' is a BigInt, which JSON cannot represent (convert it to a string or number)');
     case 'symbol': throw new TypeErrorCtor(path + ' is a Symbol, which JSON cannot represent');
     case 'function': throw new TypeErrorCtor(path + ' is a function, which JSON cannot represent');
   }
-  if (value === null) { budget.n -= 4; return 'null'; }
+  if (value === null) { spend(budget, 4); return 'null'; }
   if (depth > 64) throw new RangeErrorCtor(path + ' is nested deeper than 64 levels');
   if (apply(setHas, seen, [value])) throw new TypeErrorCtor(path + ' is a circular reference');
   apply(setAdd, seen, [value]);
@@ -145,8 +297,8 @@ function toJson(value, path, depth, seen, budget) {
     out = '[';
     for (let i = 0; i < n; i++) {
       if (i > 0) out += ',';
+      spend(budget, 1);
       out += toJson(value[i], path + '[' + i + ']', depth + 1, seen, budget);
-      budget.n -= 1;
     }
     out += ']';
   } else {
@@ -161,10 +313,14 @@ function toJson(value, path, depth, seen, budget) {
     let first = true;
     for (let i = 0; i < ks.length; i++) {
       const k = ks[i];
+      if (k === '__proto__') {
+        throw new TypeErrorCtor(path + ' has a key named "__proto__", which cannot be returned: protobuf Struct decoders in JavaScript treat it as the prototype and drop it');
+      }
       const v = value[k];
       if (v === undefined) continue;
       const kj = stringify(k);
-      budget.n -= kj.length + 2;
+      spend(budget, kj.length + 2);
+      checkWellFormed(k, path + ' key ' + kj);
       const vj = toJson(v, path + '.' + k, depth + 1, seen, budget);
       out += (first ? '' : ',') + kj + ':' + vj;
       first = false;
@@ -195,11 +351,12 @@ function makeLogger(level) {
     if (run === null || run.done || run.truncated) return;
     let msg = '';
     for (let i = 0; i < arguments.length; i++) msg += (i > 0 ? ' ' : '') + formatLogArg(arguments[i]);
-    const room = maxLogChars - run.logChars;
+    // An entry costs its characters plus one, so a flood of empty messages is bounded as well.
+    const room = maxLogChars - run.logChars - 1;
     if (msg.length > room) { msg = apply(strSlice, msg, [0, room > 0 ? room : 0]); run.truncated = true; }
     if (msg.length > 0 || !run.truncated) {
       append(run.logs, [level, msg]);
-      run.logChars += msg.length;
+      run.logChars += msg.length + 1;
     }
   };
 }
