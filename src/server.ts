@@ -20,18 +20,19 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** The service name clients and probes ask the health service about. */
 export const SERVICE_NAME = 'isogear.v1.GearsService';
 
-/** Exit code when V8 lost control of an isolate (EX_SOFTWARE): the supervisor restarts us. */
-export const CATASTROPHE_EXIT_CODE = 70;
-
 /**
- * isolated-vm's onCatastrophicError: V8 hit a fatal error in an isolate and the process is no
- * longer trustworthy. Log at fatal (flushed) and exit non-zero; never try to carry on.
+ * isolated-vm's onCatastrophicError: V8 hit a fatal error in an isolate (some out-of-memory
+ * patterns, e.g. a Map grown past the limit, end here rather than in a memory kill) and the
+ * process is no longer trustworthy. Log at fatal (flushed), then abort: `process.exit` never
+ * returns here, because exiting waits for the isolate's thread, which isolated-vm parks for
+ * good; the process would neither serve nor end. Abort ends it at once (SIGABRT, exit code
+ * 134) and the supervisor restarts it.
  */
-export function exitOnCatastrophe(logger: Pick<Logger, 'fatal' | 'flush'>, exit: (code: number) => void = (code) => process.exit(code)): (message: string) => void {
+export function exitOnCatastrophe(logger: Pick<Logger, 'fatal' | 'flush'>, abort: () => void = () => process.abort()): (message: string) => void {
   return (message) => {
-    logger.fatal({ message }, 'isolated-vm lost control of an isolate; exiting');
+    logger.fatal({ message }, 'isolated-vm lost control of an isolate; aborting the process');
     logger.flush?.();
-    exit(CATASTROPHE_EXIT_CODE);
+    abort();
   };
 }
 

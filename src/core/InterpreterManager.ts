@@ -271,6 +271,13 @@ export class InterpreterManager implements IsolateManager {
     const interp = attach
       ? this.attachable(spec.interpreterId as string)
       : await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, '');
+    const cap = this.options.maxRegistrationsPerInterpreter;
+    if (attach && interp.registrations.size >= cap) {
+      throw new ResourceExhaustedError(
+        'max_registrations_per_interpreter',
+        `interpreter ${interp.id} holds its maximum of ${cap} registrations (ISOGEAR_MAX_REGISTRATIONS_PER_INTERPRETER); release some first`,
+      );
+    }
 
     let registration: Registration | undefined;
     let refused: string | undefined;
@@ -317,12 +324,14 @@ export class InterpreterManager implements IsolateManager {
 
   release(target: ReleaseTarget): ReleaseResult {
     if ('registrationId' in target) {
+      checkIdLength(target.registrationId, 'registration_id');
       const reg = this.registrations.get(target.registrationId);
       if (!reg) throw new NotFoundError(`registration ${target.registrationId} not found (unknown or already released)`);
       const interp = this.mustInterpreter(reg.interpreterId);
       this.releaseRegistrations(interp, [reg]);
       return { releasedRegistrationIds: [reg.id], interpreter: interp.infoWithHeap(0) };
     }
+    checkIdLength(target.interpreterId, 'interpreter_id');
     const interp = this.interpreters.get(target.interpreterId);
     if (!interp) throw new NotFoundError(`interpreter ${target.interpreterId} not found (unknown or already disposed)`);
     if (interp.registrations.size === 0) {
@@ -376,6 +385,7 @@ export class InterpreterManager implements IsolateManager {
   }
 
   async getInterpreter(id: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }> {
+    checkIdLength(id, 'interpreter_id');
     const interp = this.interpreters.get(id);
     if (interp) {
       const broken = interp.state === 'failed';
@@ -397,6 +407,7 @@ export class InterpreterManager implements IsolateManager {
   }
 
   listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo> {
+    if (filter.interpreterId) checkIdLength(filter.interpreterId, 'interpreter_id');
     const page = paginate(
       this.registrations.values(),
       (r) => r.seq,
@@ -621,6 +632,7 @@ export class InterpreterManager implements IsolateManager {
   }
 
   private attachable(id: string): Interpreter {
+    checkIdLength(id, 'interpreter_id');
     const interp = this.interpreters.get(id);
     if (!interp) {
       const tomb = this.tombstones.get(id);
@@ -1026,6 +1038,15 @@ function requireSource(source: unknown, field: string): void {
 
 function outcomeText(outcome: string): string {
   return outcome.replace('_', ' ');
+}
+
+/** isogear's ids are about 40 characters; anything far longer is refused before it is echoed. */
+const MAX_ID_CHARS = 128;
+
+function checkIdLength(id: string, field: string): void {
+  if (id.length > MAX_ID_CHARS) {
+    throw new InvalidArgumentError(`${field} is ${id.length} characters long; isogear ids are at most ${MAX_ID_CHARS}`);
+  }
 }
 
 function validateOptions(o: ManagerOptions): void {

@@ -161,13 +161,11 @@ describe('security: registration floods and reference counts', () => {
       });
 
       /**
-       * BUG (not fixed here: src/core/InterpreterManager.ts belongs to another change). A Register
-       * attached to an interpreter that already holds the cap is answered INVALID_ARGUMENT
-       * ("source does not yield a handler (failed): RangeError: gears.register: this interpreter
-       * already holds 50 registrations…"), but the request is well formed: a capacity limit is
-       * full, which DESIGN maps to RESOURCE_EXHAUSTED with a message naming the limit.
+       * A Register attached to an interpreter that already holds the cap is a full capacity limit,
+       * not a bad request: RESOURCE_EXHAUSTED naming ISOGEAR_MAX_REGISTRATIONS_PER_INTERPRETER,
+       * before any code runs.
        */
-      it.skip('Register attached to an interpreter at the cap is RESOURCE_EXHAUSTED naming the limit', async () => {
+      it('Register attached to an interpreter at the cap is RESOURCE_EXHAUSTED naming the limit', async () => {
         const t = server();
         const full = await t.client.execute({ mode, source: `for (let i = 0; i < ${CAP}; i++) gears.register('full.t', () => i);` });
         succeeded(full);
