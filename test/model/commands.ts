@@ -47,6 +47,11 @@ export type Cmd =
   | { op: 'slowTriggerRelease'; pick: number; by: 'registration' | 'interpreter'; end: SlowEnd; registerOn: number }
   /** Batch: an Execute (new or attached) cut short by the client, beside an ordinary Trigger. */
   | { op: 'cancelExecute'; target: { kind: 'new'; mode: Mode } | { kind: 'live'; pick: number }; triggers: number[]; body: 'hang' | 'loop'; how: 'deadline' | 'cancel' }
+  /**
+   * A memory bomb kills a dedicated isolate: of a new interpreter (after registering), or of a
+   * live isolate-mode one through an attached Execute or one of its handlers (it goes FAILED).
+   */
+  | { op: 'oom'; target: { kind: 'new'; triggers: number[] } | { kind: 'live'; pick: number; via: 'execute' | 'trigger' } }
   /** Register whose module never finishes loading: cut short by the client, or by its timeout. */
   | { op: 'slowRegister'; target: { kind: 'new'; mode: Mode } | { kind: 'live'; pick: number }; trigger: number; end: 'deadline' | 'cancel' | 'timeout' }
   /** Batch: upgrade a named interpreter while its handlers run, then Trigger during the drain. */
@@ -130,6 +135,16 @@ export const cmd: fc.Arbitrary<Cmd> = fc.oneof(
       triggers: handlers,
       body: fc.constantFrom<'hang' | 'loop'>('hang', 'loop'),
       how: fc.constantFrom<'deadline' | 'cancel'>('deadline', 'cancel'),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      op: fc.constant('oom' as const),
+      target: fc.oneof(
+        fc.record({ kind: fc.constant('new' as const), triggers: handlers }),
+        fc.record({ kind: fc.constant('live' as const), pick, via: fc.constantFrom<'execute' | 'trigger'>('execute', 'trigger') }),
+      ),
     }),
   },
   {

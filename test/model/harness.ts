@@ -32,9 +32,15 @@ const DEADLINE_MS = 200;
 const LOOP_LIMIT_MS = 600;
 /** Bound on waiting for the server to answer every call and end every run. */
 const SETTLE_MS = 15_000;
+/** Heap limit of every dedicated isolate, small so that a memory bomb kills it quickly. */
+const MEMORY_MB = 16;
 
-const { OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_TIMED_OUT } = pb.Outcome;
+/** Every request carries the memory limit; only new isolate-mode interpreters use it. */
+const lim = (timeoutMs: number): pb.Limits => limits(timeoutMs, MEMORY_MB);
+
+const { OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_TIMED_OUT, OUTCOME_MEMORY_EXCEEDED, OUTCOME_ABORTED } = pb.Outcome;
 const READY = 'INTERPRETER_STATE_READY';
+const FAILED = 'INTERPRETER_STATE_FAILED';
 const DRAINING = 'INTERPRETER_STATE_DRAINING';
 const DISPOSED = 'INTERPRETER_STATE_DISPOSED';
 
@@ -58,11 +64,14 @@ const HANDLER = `const h = (p, e) => {
   if (o.spin) { const s = Date.now(); while (Date.now() - s < o.spin) {} }
   if (o.loop) for (;;) {}
   if (o.fail) throw new Error('the handler failed on purpose');
+  if (o.bomb === e.registrationId) { const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random())); }
   const made = o.register ? gears.register(o.register, h) : '';
   if (o.hang) return new Promise(() => {});
   return made || e.registrationId;
 };
 `;
+
+const MEMORY_BOMB = 'const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random()));';
 
 const ENDINGS: Record<Ending, string> = {
   ok: 'export default "ok";',
@@ -80,14 +89,14 @@ const REGISTER_SOURCE = `${HANDLER}export default h;`;
 const HANGING_REGISTER_SOURCE = `${HANDLER}await new Promise(() => {});\nexport default h;`;
 const BAD_REGISTER_SOURCE = 'export default 42;';
 
-const limitsFor = (ending: Ending): pb.Limits => limits(ending === 'loop' || ending === 'hang' ? SHORT_TIMEOUT_MS : LONG_TIMEOUT_MS);
+const limitsFor = (ending: Ending): pb.Limits => lim(ending === 'loop' || ending === 'hang' ? SHORT_TIMEOUT_MS : LONG_TIMEOUT_MS);
 
 const TRIGGER_PAYLOAD: Record<TriggerAction, (registerOn: string) => { payload: Record<string, unknown>; limits: pb.Limits; outcome: pb.Outcome }> = {
-  fast: () => ({ payload: {}, limits: limits(LONG_TIMEOUT_MS), outcome: OUTCOME_SUCCEEDED }),
-  throw: () => ({ payload: { fail: true }, limits: limits(LONG_TIMEOUT_MS), outcome: OUTCOME_FAILED }),
-  register: (on) => ({ payload: { register: on }, limits: limits(LONG_TIMEOUT_MS), outcome: OUTCOME_SUCCEEDED }),
-  hang: () => ({ payload: { hang: true }, limits: limits(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
-  loop: () => ({ payload: { loop: true }, limits: limits(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
+  fast: () => ({ payload: {}, limits: lim(LONG_TIMEOUT_MS), outcome: OUTCOME_SUCCEEDED }),
+  throw: () => ({ payload: { fail: true }, limits: lim(LONG_TIMEOUT_MS), outcome: OUTCOME_FAILED }),
+  register: (on) => ({ payload: { register: on }, limits: lim(LONG_TIMEOUT_MS), outcome: OUTCOME_SUCCEEDED }),
+  hang: () => ({ payload: { hang: true }, limits: lim(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
+  loop: () => ({ payload: { loop: true }, limits: lim(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
 };
 
 const pbMode = (mode: Mode): pb.IsolationMode => (mode === 'shared' ? SHARED : ISOLATE);
@@ -139,7 +148,7 @@ class Driver {
   release = (req: Partial<pb.ReleaseRequest>) => this.counted(this.t.client.release(req));
   trigger = (req: Partial<pb.TriggerRequest>, o?: CallOptions) => this.counted(this.t.client.trigger(req, o));
   getInterpreter = (id: string) => this.counted(this.t.client.getInterpreter({ interpreterId: id }));
-  listInterpreters = () => this.counted(this.t.client.listInterpreters({ pageSize: 1000 }));
+  listInterpreters = (name = '') => this.counted(this.t.client.listInterpreters({ pageSize: 1000, name }));
   listRegistrations = () => this.counted(this.t.client.listRegistrations({ pageSize: 1000 }));
 
   /** A call the test cancels itself (grpc-js `call.cancel()`). */
@@ -215,6 +224,9 @@ async function observe(d: Driver): Promise<{ snapshot: Snapshot; registrationOrd
       }))
       .sort(byId),
     registrations: regs.map((r) => ({ id: r.id, trigger: r.trigger, interpreterId: r.interpreterId, broken: r.broken })).sort(byId),
+    byName: Object.fromEntries(
+      await Promise.all(NAMES.map(async (n) => [n, (await d.listInterpreters(n)).interpreters.map((i) => i.id)] as const)),
+    ),
     counters: {
       interpreters: c.interpreters,
       byState: c.interpretersByState,
@@ -276,9 +288,10 @@ async function checkQuiescent(d: Driver, candidates: Model[], where: string): Pr
     const regs = m.regsOf(itp.id);
     assert.deepEqual(
       { state: stateName(got.interpreter?.state), registrationReferences: got.interpreter?.registrationReferences, executionReferences: got.interpreter?.executionReferences, name: got.interpreter?.name },
-      { state: READY, registrationReferences: regs.length, executionReferences: 0, name: itp.name },
+      { state: itp.failed ? FAILED : READY, registrationReferences: regs.length, executionReferences: 0, name: itp.name },
       `${where}: GetInterpreter ${itp.id}`,
     );
+    for (const r of got.registrations) assert.equal(r.broken, itp.failed, `${where}: GetInterpreter ${itp.id}: ${r.id} broken`);
     const ids = got.registrations.map((r) => r.id);
     assert.deepEqual(sorted(ids), sorted(regs.map((r) => r.id)), `${where}: GetInterpreter ${itp.id} registrations`);
     assertOrder(m, ids, `${where}: GetInterpreter ${itp.id} registrations`);
@@ -287,8 +300,8 @@ async function checkQuiescent(d: Driver, candidates: Model[], where: string): Pr
     const got = await d.getInterpreter(id);
     assert.deepEqual(
       { state: stateName(got.interpreter?.state), references: got.interpreter?.references, registrations: got.registrations.length },
-      { state: DISPOSED, references: 0, registrations: 0 },
-      `${where}: GetInterpreter ${id} (disposed)`,
+      { state: m.gone.get(id), references: 0, registrations: 0 },
+      `${where}: GetInterpreter ${id} (gone)`,
     );
   }
   m.newlyGone = [];
@@ -342,16 +355,20 @@ function expectRan(m: Model, res: pb.TriggerResponse, bound: ModelReg[], what: s
 
 const pickFrom = <T>(items: T[], pick: number): T | undefined => (items.length === 0 ? undefined : items[pick % items.length]);
 
-function resolveInterp(m: Model, target: Target): { id: string; live: boolean; gone: boolean } {
+/** A live interpreter (which may be FAILED), a gone one, or an id never issued. */
+function resolveInterp(m: Model, target: Target): { id: string; live: boolean; gone: boolean; failed: boolean } {
   if (target.kind === 'live') {
     const i = pickFrom(m.live(), target.pick);
-    if (i) return { id: i.id, live: true, gone: false };
+    if (i) return { id: i.id, live: true, gone: false, failed: i.failed };
   } else if (target.kind === 'gone') {
-    const g = pickFrom([...m.gone], target.pick);
-    if (g) return { id: g, live: false, gone: true };
+    const g = pickFrom([...m.gone.keys()], target.pick);
+    if (g) return { id: g, live: false, gone: true, failed: false };
   }
-  return { id: UNKNOWN_ITP, live: false, gone: false };
+  return { id: UNKNOWN_ITP, live: false, gone: false, failed: false };
 }
+
+/** The outcome a Trigger run of `reg` must have: a broken registration fails without running. */
+const runOutcome = (m: Model, reg: ModelReg, healthy: pb.Outcome): pb.Outcome => (m.isBroken(reg) ? OUTCOME_FAILED : healthy);
 
 // ------------------------------------------------------------------ commands
 
@@ -407,8 +424,8 @@ async function executeIn(d: Driver, m: Model, c: Extract<Cmd, { op: 'executeIn' 
   const itp = resolveInterp(m, c.target);
   const triggers = c.triggers.map((i) => TRIGGERS[i]);
   const req = { interpreterId: itp.id, source: executeSource(triggers, c.ending), limits: limitsFor(c.ending) };
-  if (!itp.live) {
-    await expectStatus(d.execute(req), itp.gone ? grpc.status.FAILED_PRECONDITION : grpc.status.NOT_FOUND);
+  if (!itp.live || itp.failed) {
+    await expectStatus(d.execute(req), itp.live || itp.gone ? grpc.status.FAILED_PRECONDITION : grpc.status.NOT_FOUND, itp.failed ? /FAILED/ : undefined);
     return;
   }
   const before = m.regsOf(itp.id).length;
@@ -428,7 +445,7 @@ async function register(d: Driver, m: Model, c: Extract<Cmd, { op: 'register' }>
     await expectStatus(d.register({ trigger, mode: pbMode(c.mode), source: BAD_REGISTER_SOURCE }), grpc.status.INVALID_ARGUMENT, /default export/);
     return;
   }
-  const res = await d.register({ trigger, mode: pbMode(c.mode), source: REGISTER_SOURCE, limits: limits(LONG_TIMEOUT_MS) });
+  const res = await d.register({ trigger, mode: pbMode(c.mode), source: REGISTER_SOURCE, limits: lim(LONG_TIMEOUT_MS) });
   const itp = res.interpreter?.id ?? '';
   expectInterp(res.interpreter, { state: READY, registrationReferences: 1, executionReferences: 0, mode: c.mode, name: '' }, what);
   expectCreated(res.registration ? [res.registration] : [], [trigger], itp, what);
@@ -439,9 +456,9 @@ async function register(d: Driver, m: Model, c: Extract<Cmd, { op: 'register' }>
 async function registerIn(d: Driver, m: Model, c: Extract<Cmd, { op: 'registerIn' }>, what: string): Promise<void> {
   const itp = resolveInterp(m, c.target);
   const trigger = TRIGGERS[c.trigger];
-  const req = { trigger, interpreterId: itp.id, source: REGISTER_SOURCE, limits: limits(LONG_TIMEOUT_MS) };
-  if (!itp.live) {
-    await expectStatus(d.register(req), itp.gone ? grpc.status.FAILED_PRECONDITION : grpc.status.NOT_FOUND);
+  const req = { trigger, interpreterId: itp.id, source: REGISTER_SOURCE, limits: lim(LONG_TIMEOUT_MS) };
+  if (!itp.live || itp.failed) {
+    await expectStatus(d.register(req), itp.live || itp.gone ? grpc.status.FAILED_PRECONDITION : grpc.status.NOT_FOUND, itp.failed ? /FAILED/ : undefined);
     return;
   }
   const before = m.regsOf(itp.id).length;
@@ -463,16 +480,18 @@ async function trigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'trigger' }>, 
   }
   const res = await d.trigger(req);
   expectRan(m, res, bound, what);
-  for (const r of res.results) expectOutcome(r, run.outcome, `${what}: run of ${r.registrationId}`);
+  const byId = new Map(bound.map((r) => [r.id, r]));
+  const healthy = res.results.filter((r) => !m.isBroken(byId.get(r.registrationId) as ModelReg));
+  for (const r of res.results) expectOutcome(r, runOutcome(m, byId.get(r.registrationId) as ModelReg, run.outcome), `${what}: run of ${r.registrationId}`);
   const step = m.nextStep();
   if (c.action === 'register') {
     // each run registered one handler; runs commit as they end, in no fixed order
-    res.results.forEach((r, group) => {
+    healthy.forEach((r, group) => {
       assert.equal(typeof r.result, 'string', `${what}: a registering handler returns the new id`);
       m.addReg(r.result as string, registerOn, r.interpreterId, { step, group, idx: 0 });
     });
   } else if (c.action === 'fast') {
-    for (const r of res.results) assert.equal(r.result, r.registrationId, `${what}: result of ${r.registrationId}`);
+    for (const r of healthy) assert.equal(r.result, r.registrationId, `${what}: result of ${r.registrationId}`);
   }
 }
 
@@ -487,7 +506,7 @@ async function release(d: Driver, m: Model, c: Extract<Cmd, { op: 'release' }>, 
         assert.deepEqual(res.releasedRegistrationIds, [r.id], `${what}: released`);
         expectInterp(
           res.interpreter,
-          { id: r.interpreterId, state: left > 0 ? READY : DISPOSED, registrationReferences: left, executionReferences: 0 },
+          { id: r.interpreterId, state: m.isBroken(r) ? FAILED : left > 0 ? READY : DISPOSED, registrationReferences: left, executionReferences: 0 },
           what,
         );
         m.release([r.id]);
@@ -508,7 +527,7 @@ async function release(d: Driver, m: Model, c: Extract<Cmd, { op: 'release' }>, 
   const res = await d.release({ interpreterId: itp.id });
   assert.deepEqual(sorted(res.releasedRegistrationIds), sorted(regs.map((r) => r.id)), `${what}: released`);
   assertOrder(m, res.releasedRegistrationIds, `${what}: released`);
-  expectInterp(res.interpreter, { id: itp.id, state: DISPOSED, registrationReferences: 0, executionReferences: 0 }, what);
+  expectInterp(res.interpreter, { id: itp.id, state: itp.failed ? FAILED : DISPOSED, registrationReferences: 0, executionReferences: 0 }, what);
   m.release(res.releasedRegistrationIds);
 }
 
@@ -521,11 +540,16 @@ async function release(d: Driver, m: Model, c: Extract<Cmd, { op: 'release' }>, 
  * run's end (deadline, timeout, a short spin); their checks accept either order.
  */
 async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'slowTriggerRelease' }>, what: string): Promise<void> {
-  const target = pickFrom(m.allRegs(), c.pick);
+  const target = pickFrom(
+    m.allRegs().filter((r) => !m.isBroken(r)),
+    c.pick,
+  );
   if (!target) return;
   const x = target.interpreterId;
   const name = target.trigger;
   const bound = m.regsOn(name);
+  // broken registrations fail at once, without a run or a reference
+  const runs = bound.filter((r) => !m.isBroken(r)).length;
   const onX = bound.filter((r) => r.interpreterId === x).length;
   const preX = m.regsOf(x);
   const left = c.by === 'registration' ? preX.length - 1 : 0;
@@ -537,7 +561,7 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
     spin: { spin: SLOW_MS },
     spinRegister: { spin: SLOW_MS, register: registerOn },
   };
-  const req = { trigger: name, payload: payloads[c.end], limits: limits(c.end === 'timeout' ? SHORT_TIMEOUT_MS * 2 : LONG_TIMEOUT_MS) };
+  const req = { trigger: name, payload: payloads[c.end], limits: lim(c.end === 'timeout' ? SHORT_TIMEOUT_MS * 2 : LONG_TIMEOUT_MS) };
   let cancel = (): void => undefined;
   let call: Pending<Settled<unknown>>;
   if (c.end === 'cancel') {
@@ -547,12 +571,12 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
   } else {
     call = pending(settle(d.trigger(req, c.end === 'deadline' ? { deadlineMs: DEADLINE_MS * 2 } : {})));
   }
-  const inFlight = await d.untilInFlight(bound.length, call.settled);
+  const inFlight = await d.untilInFlight(runs, call.settled);
   if (c.end === 'cancel') {
     assert.ok(inFlight, `${what}: the hanging runs went in flight`);
     const cnt = d.t.manager.counters();
-    assert.equal(cnt.executionsInFlight, bound.length, `${what}: one run per bound registration`);
-    assert.deepEqual(cnt.references, { registration: m.regs.size, execution: bound.length }, `${what}: references while the runs hang`);
+    assert.equal(cnt.executionsInFlight, runs, `${what}: one run per bound registration`);
+    assert.deepEqual(cnt.references, { registration: m.regs.size, execution: runs }, `${what}: references while the runs hang`);
   }
 
   const rel = c.by === 'registration' ? await d.release({ registrationId: target.id }) : await d.release({ interpreterId: x });
@@ -570,7 +594,7 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
     );
     // the released registrations are unbound at once, though their runs go on
     const stillBound = m.regsOn(name).filter((r) => !listed.includes(r.id));
-    if (stillBound.length === 0) await expectStatus(d.trigger({ trigger: name, limits: limits(LONG_TIMEOUT_MS) }), grpc.status.NOT_FOUND);
+    if (stillBound.length === 0) await expectStatus(d.trigger({ trigger: name, limits: lim(LONG_TIMEOUT_MS) }), grpc.status.NOT_FOUND);
     if (left === 0) {
       // a DRAINING interpreter takes no new owner and has nothing left to release
       const got = await d.getInterpreter(x);
@@ -611,17 +635,21 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
       const res = settled.res as pb.TriggerResponse;
       expectRan(m, res, bound, what);
       const outcome = c.end === 'timeout' ? OUTCOME_TIMED_OUT : OUTCOME_SUCCEEDED;
-      for (const r of res.results) expectOutcome(r, outcome, `${what}: run of ${r.registrationId} (released while it ran)`);
+      const byId = new Map(bound.map((r) => [r.id, r]));
+      for (const r of res.results) {
+        expectOutcome(r, runOutcome(m, byId.get(r.registrationId) as ModelReg, outcome), `${what}: run of ${r.registrationId} (released while it ran)`);
+      }
+      const healthy = res.results.filter((r) => !m.isBroken(byId.get(r.registrationId) as ModelReg));
       if (c.end === 'spinRegister') {
         // a run's registration is kept unless its interpreter was DRAINING when the run ended
-        res.results.forEach((r, group) => {
+        healthy.forEach((r, group) => {
           const id = r.result as string;
           assert.equal(typeof id, 'string', `${what}: a registering handler returns the new id`);
           if (r.interpreterId !== x || relState !== DRAINING || listed.includes(id)) committed.push({ id, itp: r.interpreterId, group });
           else note('slowTriggerRelease spinRegister: registration of a run refused (DRAINING)');
         });
       } else if (c.end === 'spin') {
-        for (const r of res.results) assert.equal(r.result, r.registrationId, `${what}: result of ${r.registrationId}`);
+        for (const r of healthy) assert.equal(r.result, r.registrationId, `${what}: result of ${r.registrationId}`);
       }
     }
   }
@@ -642,8 +670,8 @@ async function cancelExecute(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelE
   const triggers = c.triggers.map((i) => TRIGGERS[i]);
   const body = c.body === 'hang' ? ENDINGS.hang : ENDINGS.loop;
   const source = HANDLER + triggers.map((t) => `gears.register(${JSON.stringify(t)}, h);\n`).join('') + body;
-  const attached = c.target.kind === 'live' ? pickFrom(m.live(), c.target.pick) : undefined;
-  const req: Partial<pb.ExecuteRequest> = { source, limits: limits(c.body === 'hang' ? LONG_TIMEOUT_MS : LOOP_LIMIT_MS) };
+  const attached = c.target.kind === 'live' ? pickFrom(m.healthy(), c.target.pick) : undefined;
+  const req: Partial<pb.ExecuteRequest> = { source, limits: lim(c.body === 'hang' ? LONG_TIMEOUT_MS : LOOP_LIMIT_MS) };
   if (attached) req.interpreterId = attached.id;
   else req.mode = pbMode(c.target.kind === 'new' ? c.target.mode : 'shared');
   // an Execute that spins may still end TIMED_OUT if the server is slower than its deadline
@@ -661,13 +689,14 @@ async function cancelExecute(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelE
   const bound = side ? m.regsOn(side.trigger) : [];
   const [s, t] = await Promise.all([
     settle(d.execute(req, { deadlineMs: DEADLINE_MS })),
-    side ? settle(d.trigger({ trigger: side.trigger, payload: {}, limits: limits(LONG_TIMEOUT_MS) })) : Promise.resolve(undefined),
+    side ? settle(d.trigger({ trigger: side.trigger, payload: {}, limits: lim(LONG_TIMEOUT_MS) })) : Promise.resolve(undefined),
   ]);
   assert.ok(s.err?.code === grpc.status.DEADLINE_EXCEEDED || acceptLate(s), `${what}: the Execute past its deadline (${s.err?.details ?? 'it succeeded'})`);
   if (t) {
     assert.ok(!t.err, `${what}: the Trigger beside it failed: ${t.err?.details}`);
     expectRan(m, t.res, bound, `${what}: the Trigger beside it`);
-    for (const r of t.res.results) expectOutcome(r, OUTCOME_SUCCEEDED, `${what}: run of ${r.registrationId}`);
+    const byId = new Map(bound.map((r) => [r.id, r]));
+    for (const r of t.res.results) expectOutcome(r, runOutcome(m, byId.get(r.registrationId) as ModelReg, OUTCOME_SUCCEEDED), `${what}: run of ${r.registrationId}`);
   }
 }
 
@@ -677,11 +706,11 @@ async function cancelExecute(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelE
  * registration is made; an attached interpreter keeps what it had.
  */
 async function slowRegister(d: Driver, m: Model, c: Extract<Cmd, { op: 'slowRegister' }>, what: string): Promise<void> {
-  const attached = c.target.kind === 'live' ? pickFrom(m.live(), c.target.pick) : undefined;
+  const attached = c.target.kind === 'live' ? pickFrom(m.healthy(), c.target.pick) : undefined;
   const req: Partial<pb.RegisterRequest> = {
     trigger: TRIGGERS[c.trigger],
     source: HANGING_REGISTER_SOURCE,
-    limits: limits(c.end === 'timeout' ? SHORT_TIMEOUT_MS : LONG_TIMEOUT_MS),
+    limits: lim(c.end === 'timeout' ? SHORT_TIMEOUT_MS : LONG_TIMEOUT_MS),
   };
   if (attached) req.interpreterId = attached.id;
   else req.mode = pbMode(c.target.kind === 'new' ? c.target.mode : 'shared');
@@ -696,6 +725,52 @@ async function slowRegister(d: Driver, m: Model, c: Extract<Cmd, { op: 'slowRegi
     const s = await h.call.promise;
     assert.equal(s.err?.code, grpc.status.CANCELLED, `${what}: the cancelled Register (${s.err?.details ?? 'it succeeded'})`);
   }
+}
+
+/**
+ * A memory bomb in a dedicated isolate (shared isolates are left alone: which interpreters share
+ * one is not observable, so the model could not say who else goes FAILED). A new interpreter is
+ * gone at once, FAILED; a live one goes FAILED with its registrations kept, broken.
+ */
+async function oom(d: Driver, m: Model, c: Extract<Cmd, { op: 'oom' }>, what: string): Promise<void> {
+  const x = c.target.kind === 'live' ? pickFrom(m.healthy().filter((i) => i.mode === 'isolate'), c.target.pick) : undefined;
+  if (!x) {
+    const triggers = c.target.kind === 'new' ? c.target.triggers.map((i) => TRIGGERS[i]) : [];
+    const source = HANDLER + triggers.map((t) => `gears.register(${JSON.stringify(t)}, h);\n`).join('') + MEMORY_BOMB;
+    const res = await d.execute({ mode: ISOLATE, source, limits: lim(LONG_TIMEOUT_MS) });
+    expectOutcome(res, OUTCOME_MEMORY_EXCEEDED, what);
+    assert.deepEqual(res.registrations, [], `${what}: a killed run keeps no registration`);
+    expectInterp(res.interpreter, { id: res.interpreterId, state: FAILED, registrationReferences: 0, executionReferences: 0 }, what);
+    m.markGone(res.interpreterId, FAILED);
+    note('oom: new interpreter');
+    return;
+  }
+  const regs = m.regsOf(x.id);
+  const via = c.target.kind === 'live' ? c.target.via : 'execute';
+  if (via === 'execute') {
+    const source = `${HANDLER}gears.register(${JSON.stringify(TRIGGERS[0])}, h);\n${MEMORY_BOMB}`;
+    const res = await d.execute({ interpreterId: x.id, source, limits: lim(LONG_TIMEOUT_MS) });
+    expectOutcome(res, OUTCOME_MEMORY_EXCEEDED, what);
+    assert.deepEqual(res.registrations, [], `${what}: a killed run keeps no registration`);
+    expectInterp(res.interpreter, { id: x.id, state: FAILED, registrationReferences: regs.length, executionReferences: 0 }, what);
+  } else {
+    const victim = regs[0];
+    const bound = m.regsOn(victim.trigger);
+    const res = await d.trigger({ trigger: victim.trigger, payload: { bomb: victim.id }, limits: lim(LONG_TIMEOUT_MS) });
+    expectRan(m, res, bound, what);
+    const byId = new Map(bound.map((r) => [r.id, r]));
+    for (const r of res.results) {
+      const reg = byId.get(r.registrationId) as ModelReg;
+      if (r.registrationId === victim.id) expectOutcome(r, OUTCOME_MEMORY_EXCEEDED, `${what}: the bomb`);
+      else if (reg.interpreterId === x.id) {
+        // a neighbour in the killed isolate finished first, or died with it
+        note(`oom: neighbour run ${outcomeName(r.outcome)}`);
+        assert.ok([OUTCOME_SUCCEEDED, OUTCOME_MEMORY_EXCEEDED, OUTCOME_ABORTED].includes(r.outcome), `${what}: neighbour run ${outcomeName(r.outcome)}`);
+      } else expectOutcome(r, runOutcome(m, reg, OUTCOME_SUCCEEDED), `${what}: run of ${r.registrationId} elsewhere`);
+    }
+  }
+  note(`oom: ${via}`);
+  m.fail(x.id);
 }
 
 /** Makes sure `name` has a holder with a registration, for the upgrade batches. */
@@ -717,8 +792,8 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
   const oldRegs = m.regsOf(old.id);
   const on = oldRegs[0].trigger;
   const bound = m.regsOn(on);
-  const slow = pending(settle(d.trigger({ trigger: on, payload: { spin: SLOW_MS }, limits: limits(LONG_TIMEOUT_MS) })));
-  await d.untilInFlight(bound.length, slow.settled);
+  const slow = pending(settle(d.trigger({ trigger: on, payload: { spin: SLOW_MS }, limits: lim(LONG_TIMEOUT_MS) })));
+  await d.untilInFlight(bound.filter((r) => !m.isBroken(r)).length, slow.settled);
 
   const triggers = c.triggers.map((i) => TRIGGERS[i]);
   const up = await d.execute({ name, replace: true, mode: pbMode(c.mode), source: executeSource(triggers, c.ending), limits: limitsFor(c.ending) });
@@ -730,26 +805,33 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
   if (c.ending === 'ok') {
     const st = stateName(oldNow?.state);
     note(`upgradeUnderTrigger: replaced interpreter ${st}`);
-    assert.ok(st === DRAINING || st === DISPOSED, `${what}: the replaced interpreter is ${st}`);
+    if (old.failed) assert.equal(st, FAILED, `${what}: a FAILED interpreter stays FAILED when replaced`);
+    else assert.ok(st === DRAINING || st === DISPOSED, `${what}: the replaced interpreter is ${st}`);
     expectInterp(oldNow, { state: st, registrationReferences: 0, name: '' }, `${what}: the replaced interpreter`);
     if (st === DRAINING) assert.ok((oldNow?.executionReferences ?? 0) >= 1, `${what}: DRAINING without a run`);
   } else {
-    expectInterp(oldNow, { state: READY, registrationReferences: oldRegs.length, name }, `${what}: the interpreter a failed upgrade left alone`);
+    expectInterp(oldNow, { state: old.failed ? FAILED : READY, registrationReferences: oldRegs.length, name }, `${what}: the interpreter a failed upgrade left alone`);
   }
 
   // while the old runs may still go on, a new Trigger sees exactly the set after the upgrade
   const nowBound = after.regsOn(on);
-  const fresh = settle(d.trigger({ trigger: on, payload: {}, limits: limits(LONG_TIMEOUT_MS) }));
+  const fresh = settle(d.trigger({ trigger: on, payload: {}, limits: lim(LONG_TIMEOUT_MS) }));
   const [s, f] = await Promise.all([slow.promise, fresh]);
   if (nowBound.length === 0) assert.equal(f.err?.code, grpc.status.NOT_FOUND, `${what}: Trigger after an upgrade that left ${on} unbound`);
   else {
     assert.ok(!f.err, `${what}: Trigger after the upgrade failed: ${f.err?.details}`);
     expectRan(after, f.res, nowBound, `${what}: Trigger after the upgrade`);
-    for (const r of f.res.results) expectOutcome(r, OUTCOME_SUCCEEDED, `${what}: run of ${r.registrationId} after the upgrade`);
+    const byId = new Map(nowBound.map((r) => [r.id, r]));
+    for (const r of f.res.results) {
+      expectOutcome(r, runOutcome(after, byId.get(r.registrationId) as ModelReg, OUTCOME_SUCCEEDED), `${what}: run of ${r.registrationId} after the upgrade`);
+    }
   }
   assert.ok(!s.err, `${what}: the Trigger under the upgrade failed: ${s.err?.details}`);
   expectRan(m, s.res, bound, `${what}: the Trigger under the upgrade`);
-  for (const r of s.res.results) expectOutcome(r, OUTCOME_SUCCEEDED, `${what}: run of ${r.registrationId} under the upgrade`);
+  const byId = new Map(bound.map((r) => [r.id, r]));
+  for (const r of s.res.results) {
+    expectOutcome(r, runOutcome(m, byId.get(r.registrationId) as ModelReg, OUTCOME_SUCCEEDED), `${what}: run of ${r.registrationId} under the upgrade`);
+  }
   m.assign(after);
 }
 
@@ -758,7 +840,7 @@ async function upgradeRace(d: Driver, m: Model, c: Extract<Cmd, { op: 'upgradeRa
   const name = NAMES[c.name];
   const sides = [c.a, c.b].map((s) => ({ mode: s.mode, triggers: s.triggers.map((i) => TRIGGERS[i]) }));
   const res = await Promise.all(
-    sides.map((s) => d.execute({ name, replace: true, mode: pbMode(s.mode), source: executeSource(s.triggers, 'ok'), limits: limits(LONG_TIMEOUT_MS) })),
+    sides.map((s) => d.execute({ name, replace: true, mode: pbMode(s.mode), source: executeSource(s.triggers, 'ok'), limits: lim(LONG_TIMEOUT_MS) })),
   );
   const step = m.nextStep();
   return [
@@ -776,14 +858,14 @@ async function upgradeRace(d: Driver, m: Model, c: Extract<Cmd, { op: 'upgradeRa
 type MixCall =
   | { op: 'execute'; mode: Mode; triggers: string[]; s: Settled<pb.ExecuteResponse> }
   | { op: 'register'; mode: Mode; trigger: string; s: Settled<pb.RegisterResponse> }
-  | { op: 'registerIn'; itp: string; live: boolean; trigger: string; s: Settled<pb.RegisterResponse> }
-  | { op: 'executeIn'; itp: string; live: boolean; triggers: string[]; s: Settled<pb.ExecuteResponse> }
+  | { op: 'registerIn'; itp: string; live: boolean; failed: boolean; trigger: string; s: Settled<pb.RegisterResponse> }
+  | { op: 'executeIn'; itp: string; live: boolean; failed: boolean; triggers: string[]; s: Settled<pb.ExecuteResponse> }
   | { op: 'releaseReg'; reg: string; live: boolean; s: Settled<pb.ReleaseResponse> }
   | { op: 'releaseItp'; itp: string; live: boolean; s: Settled<pb.ReleaseResponse> }
   | { op: 'trigger'; trigger: string; s: Settled<pb.TriggerResponse> };
 
 async function startMixOp(d: Driver, m: Model, op: MixOp): Promise<MixCall> {
-  const long = limits(LONG_TIMEOUT_MS);
+  const long = lim(LONG_TIMEOUT_MS);
   switch (op.op) {
     case 'execute': {
       const triggers = op.triggers.map((i) => TRIGGERS[i]);
@@ -797,13 +879,13 @@ async function startMixOp(d: Driver, m: Model, op: MixOp): Promise<MixCall> {
       const i = pickFrom(m.live(), op.pick);
       const trigger = TRIGGERS[op.trigger];
       const itp = i?.id ?? UNKNOWN_ITP;
-      return { op: 'registerIn', itp, live: !!i, trigger, s: await settle(d.register({ trigger, interpreterId: itp, source: REGISTER_SOURCE, limits: long })) };
+      return { op: 'registerIn', itp, live: !!i, failed: !!i?.failed, trigger, s: await settle(d.register({ trigger, interpreterId: itp, source: REGISTER_SOURCE, limits: long })) };
     }
     case 'executeIn': {
       const i = pickFrom(m.live(), op.pick);
       const triggers = op.triggers.map((t) => TRIGGERS[t]);
       const itp = i?.id ?? UNKNOWN_ITP;
-      return { op: 'executeIn', itp, live: !!i, triggers, s: await settle(d.execute({ interpreterId: itp, source: executeSource(triggers, 'ok'), limits: long })) };
+      return { op: 'executeIn', itp, live: !!i, failed: !!i?.failed, triggers, s: await settle(d.execute({ interpreterId: itp, source: executeSource(triggers, 'ok'), limits: long })) };
     }
     case 'releaseReg': {
       const r = pickFrom(m.allRegs(), op.pick);
@@ -878,6 +960,7 @@ async function mix(d: Driver, m: Model, c: Extract<Cmd, { op: 'mix' }>, what: st
       }
       case 'registerIn': {
         if (!call.live) return failed(i, grpc.status.NOT_FOUND, true, '');
+        if (call.failed) return failed(i, grpc.status.FAILED_PRECONDITION, true, '');
         if (call.s.err) return failed(i, grpc.status.FAILED_PRECONDITION, emptied(call.itp), 'nothing released all its registrations');
         const res = call.s.res;
         expectCreated(res.registration ? [res.registration] : [], [call.trigger], call.itp, w(i));
@@ -886,6 +969,7 @@ async function mix(d: Driver, m: Model, c: Extract<Cmd, { op: 'mix' }>, what: st
       }
       case 'executeIn': {
         if (!call.live) return failed(i, grpc.status.NOT_FOUND, true, '');
+        if (call.failed) return failed(i, grpc.status.FAILED_PRECONDITION, true, '');
         if (call.s.err) return failed(i, grpc.status.FAILED_PRECONDITION, emptied(call.itp), 'nothing released all its registrations');
         const res = call.s.res;
         expectOutcome(res, OUTCOME_SUCCEEDED, w(i));
@@ -942,8 +1026,9 @@ async function mix(d: Driver, m: Model, c: Extract<Cmd, { op: 'mix' }>, what: st
       const k = m.regs.get(r.registrationId) ?? createdIds.get(r.registrationId);
       assert.ok(k && k.trigger === call.trigger, `${w(i)}: ran ${r.registrationId}, not a registration of ${call.trigger}`);
       assert.equal(r.interpreterId, 'interpreterId' in k ? k.interpreterId : k.itp, `${w(i)}: interpreter of ${r.registrationId}`);
-      expectOutcome(r, OUTCOME_SUCCEEDED, `${w(i)}: run of ${r.registrationId}`);
-      assert.equal(r.result, r.registrationId, `${w(i)}: result of ${r.registrationId}`);
+      const broken = 'interpreterId' in k && m.isBroken(k);
+      expectOutcome(r, broken ? OUTCOME_FAILED : OUTCOME_SUCCEEDED, `${w(i)}: run of ${r.registrationId}`);
+      if (!broken) assert.equal(r.result, r.registrationId, `${w(i)}: result of ${r.registrationId}`);
     }
     const step = m.step + 1;
     for (const k of created) extra.set(k.id, { step, group: k.group, idx: k.idx });
@@ -989,6 +1074,9 @@ async function runCommand(d: Driver, m: Model, c: Cmd, what: string): Promise<Mo
       break;
     case 'slowRegister':
       await slowRegister(d, m, c, what);
+      break;
+    case 'oom':
+      await oom(d, m, c, what);
       break;
     case 'upgradeUnderTrigger':
       await upgradeUnderTrigger(d, m, c, what);

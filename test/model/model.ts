@@ -1,8 +1,9 @@
 /**
  * The reference model the refcount property test checks the server against: plain data, no
  * gRPC. It describes the *quiescent* state (no run in flight), which is the only state the
- * design pins down exactly: every live interpreter is READY, holds one registration reference per
- * registration and no execution reference, and an interpreter without registrations is gone.
+ * design pins down exactly: every live interpreter is READY (or FAILED, after a memory kill of
+ * its dedicated isolate), holds one registration reference per registration and no execution
+ * reference, and an interpreter without registrations is gone.
  */
 
 export type Mode = 'shared' | 'isolate';
@@ -35,7 +36,12 @@ export interface ModelInterp {
   id: string;
   mode: Mode;
   name: string;
+  /** Its dedicated isolate was killed: registrations stay, broken, until released. */
+  failed: boolean;
 }
+
+/** How a gone interpreter answers GetInterpreter. */
+export type GoneState = 'INTERPRETER_STATE_DISPOSED' | 'INTERPRETER_STATE_FAILED';
 
 /** What the server must show at a quiet moment, in a shape both sides can be reduced to. */
 export interface Snapshot {
@@ -49,6 +55,8 @@ export interface Snapshot {
     executionReferences: number;
   }[];
   registrations: { id: string; trigger: string; interpreterId: string; broken: boolean }[];
+  /** ListInterpreters filtered by each of NAMES. */
+  byName: Record<string, string[]>;
   counters: {
     interpreters: number;
     byState: { ready: number; draining: number; failed: number };
@@ -83,8 +91,8 @@ const byId = <T extends { id: string }>(x: T, y: T): number => (x.id < y.id ? -1
 export class Model {
   readonly interps = new Map<string, ModelInterp>();
   readonly regs = new Map<string, ModelReg>();
-  /** Interpreters known to be disposed (each must answer GetInterpreter with DISPOSED). */
-  readonly gone = new Set<string>();
+  /** Interpreters known to be gone, and the state GetInterpreter must show for each. */
+  readonly gone = new Map<string, GoneState>();
   /** Registrations released (a second release of each must be NOT_FOUND). */
   readonly released = new Set<string>();
   /** Interpreters that went since the last check, to look at once through GetInterpreter. */
@@ -95,7 +103,7 @@ export class Model {
     const m = new Model();
     for (const [k, v] of this.interps) m.interps.set(k, { ...v });
     for (const [k, v] of this.regs) m.regs.set(k, { ...v, order: { ...v.order } });
-    for (const g of this.gone) m.gone.add(g);
+    for (const [k, v] of this.gone) m.gone.set(k, v);
     for (const r of this.released) m.released.add(r);
     m.newlyGone = [...this.newlyGone];
     m.step = this.step;
@@ -111,7 +119,7 @@ export class Model {
     const c = other.clone();
     for (const [k, v] of c.interps) this.interps.set(k, v);
     for (const [k, v] of c.regs) this.regs.set(k, v);
-    for (const g of c.gone) this.gone.add(g);
+    for (const [k, v] of c.gone) this.gone.set(k, v);
     for (const r of c.released) this.released.add(r);
     this.newlyGone = c.newlyGone;
     this.step = c.step;
@@ -124,6 +132,15 @@ export class Model {
 
   live(): ModelInterp[] {
     return [...this.interps.values()];
+  }
+
+  /** Live interpreters that can take new owners (not FAILED). */
+  healthy(): ModelInterp[] {
+    return this.live().filter((i) => !i.failed);
+  }
+
+  isBroken(reg: ModelReg): boolean {
+    return this.interps.get(reg.interpreterId)?.failed ?? false;
   }
 
   allRegs(): ModelReg[] {
@@ -146,7 +163,7 @@ export class Model {
   addInterp(id: string, mode: Mode, name: string): void {
     if (this.interps.has(id) || this.gone.has(id)) throw new Error(`model: interpreter ${id} is not new`);
     if (name && this.holder(name)) throw new Error(`model: name ${name} is held by ${this.holder(name)?.id}`);
-    this.interps.set(id, { id, mode, name });
+    this.interps.set(id, { id, mode, name, failed: false });
   }
 
   addReg(id: string, trigger: string, interpreterId: string, order: Order): void {
@@ -156,12 +173,19 @@ export class Model {
   }
 
   /** An interpreter created and disposed within one call (nothing registered, or the run failed). */
-  markGone(id: string): void {
+  markGone(id: string, state: GoneState = 'INTERPRETER_STATE_DISPOSED'): void {
     if (this.interps.has(id)) throw new Error(`model: ${id} is live`);
     if (!this.gone.has(id)) {
-      this.gone.add(id);
+      this.gone.set(id, state);
       this.newlyGone.push(id);
     }
+  }
+
+  /** Its dedicated isolate died of its memory limit. */
+  fail(id: string): void {
+    const i = this.interps.get(id);
+    if (!i || i.mode !== 'isolate') throw new Error(`model: only a live isolate-mode interpreter can fail, not ${id}`);
+    i.failed = true;
   }
 
   /** Releases registrations; an interpreter left without any is disposed (the model is quiescent). */
@@ -178,9 +202,10 @@ export class Model {
   }
 
   disposeIfEmpty(interpreterId: string): void {
-    if (!this.interps.has(interpreterId) || this.regsOf(interpreterId).length > 0) return;
+    const i = this.interps.get(interpreterId);
+    if (!i || this.regsOf(interpreterId).length > 0) return;
     this.interps.delete(interpreterId);
-    this.gone.add(interpreterId);
+    this.gone.set(interpreterId, i.failed ? 'INTERPRETER_STATE_FAILED' : 'INTERPRETER_STATE_DISPOSED');
     this.newlyGone.push(interpreterId);
   }
 
@@ -197,40 +222,43 @@ export class Model {
     const regCount = (id: string): number => this.regsOf(id).length;
     const totalRegs = this.regs.size;
     const count = (mode: Mode): number => live.filter((i) => i.mode === mode).length;
+    const ready = (mode: Mode): number => live.filter((i) => i.mode === mode && !i.failed).length;
+    const failed = live.filter((i) => i.failed).length;
     return {
       interpreters: live.map((i) => ({
         id: i.id,
         mode: i.mode,
         name: i.name,
-        state: 'INTERPRETER_STATE_READY',
+        state: i.failed ? 'INTERPRETER_STATE_FAILED' : 'INTERPRETER_STATE_READY',
         references: regCount(i.id),
         registrationReferences: regCount(i.id),
         executionReferences: 0,
       })),
       registrations: this.allRegs()
         .sort(byId)
-        .map((r) => ({ id: r.id, trigger: r.trigger, interpreterId: r.interpreterId, broken: false })),
+        .map((r) => ({ id: r.id, trigger: r.trigger, interpreterId: r.interpreterId, broken: this.isBroken(r) })),
+      byName: Object.fromEntries(NAMES.map((n) => [n, live.filter((i) => i.name === n).map((i) => i.id)])),
       counters: {
         interpreters: live.length,
-        byState: { ready: live.length, draining: 0, failed: 0 },
+        byState: { ready: live.length - failed, draining: 0, failed },
         byMode: { shared: count('shared'), isolate: count('isolate') },
         registrations: totalRegs,
         references: { registration: totalRegs, execution: 0 },
-        dedicatedIsolates: count('isolate'),
-        dedicatedCreatedMinusDisposed: count('isolate'),
+        dedicatedIsolates: ready('isolate'),
+        dedicatedCreatedMinusDisposed: ready('isolate'),
         sharedIsolates: SHARED_ISOLATES,
         executionsInFlight: 0,
       },
       gauges: {
-        dedicatedIsolates: count('isolate'),
+        dedicatedIsolates: ready('isolate'),
         sharedIsolates: SHARED_ISOLATES,
         registrationReferences: totalRegs,
         executionReferences: 0,
         registrations: totalRegs,
-        readyShared: count('shared'),
-        readyIsolate: count('isolate'),
+        readyShared: ready('shared'),
+        readyIsolate: ready('isolate'),
         draining: 0,
-        failed: 0,
+        failed,
       },
     };
   }
