@@ -18,8 +18,12 @@ export type Target = { kind: 'live'; pick: number } | { kind: 'gone'; pick: numb
 /** What the handlers do when a sequential Trigger runs them. */
 export type TriggerAction = 'fast' | 'throw' | 'register' | 'hang' | 'loop';
 
-/** How the slow Trigger of a SlowTriggerRelease batch ends. */
-export type SlowEnd = 'cancel' | 'deadline' | 'timeout' | 'spin' | 'spinRegister';
+/**
+ * How the slow Trigger of a SlowTriggerRelease batch ends: cancelled by the client, past its
+ * deadline, timed out, spinning to success (and registering a handler), or spinning into a
+ * memory bomb that kills the released registration's dedicated isolate (DRAINING → FAILED).
+ */
+export type SlowEnd = 'cancel' | 'deadline' | 'timeout' | 'spin' | 'spinRegister' | 'spinBomb';
 
 /** One call of a concurrent batch. */
 export type MixOp =
@@ -123,7 +127,7 @@ export const cmd: fc.Arbitrary<Cmd> = fc.oneof(
       op: fc.constant('slowTriggerRelease' as const),
       pick,
       by,
-      end: fc.constantFrom<SlowEnd>('cancel', 'deadline', 'timeout', 'spin', 'spinRegister'),
+      end: fc.constantFrom<SlowEnd>('cancel', 'deadline', 'timeout', 'spin', 'spinRegister', 'spinBomb'),
       registerOn: trigger,
     }),
   },
@@ -168,5 +172,8 @@ export const cmd: fc.Arbitrary<Cmd> = fc.oneof(
   },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('mix' as const), ops: fc.array(mixOp, { minLength: 2, maxLength: 4 }) }) },
 );
+
+/** ISOGEAR_MAX_INTERPRETERS of a run: mostly out of reach, sometimes small enough to be hit. */
+export const maxInterpreters: fc.Arbitrary<number> = fc.oneof({ weight: 3, arbitrary: fc.constant(10_000) }, { weight: 2, arbitrary: fc.constantFrom(2, 3, 4) });
 
 export const commands = (maxLength: number): fc.Arbitrary<Cmd[]> => fc.array(cmd, { minLength: 1, maxLength, size: 'max' });

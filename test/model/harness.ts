@@ -136,7 +136,11 @@ class Driver {
   private logCursor = 0;
   private answered = 0;
 
-  constructor(readonly t: TestServer) {}
+  constructor(
+    readonly t: TestServer,
+    /** ISOGEAR_MAX_INTERPRETERS of the server. */
+    readonly maxInterpreters: number,
+  ) {}
 
   private counted<T>(p: Promise<T>): Promise<T> {
     this.sent += 1;
@@ -353,6 +357,16 @@ function expectRan(m: Model, res: pb.TriggerResponse, bound: ModelReg[], what: s
   assertOrder(m, res.results.map((r) => r.registrationId), `${what}: Trigger result order`, new Map(bound.map((r) => [r.id, r.order])));
 }
 
+/** The server holds as many interpreters as it may: a new one is RESOURCE_EXHAUSTED. */
+const full = (d: Driver, m: Model): boolean => m.live().length >= d.maxInterpreters;
+
+/** Asserts a call was refused for ISOGEAR_MAX_INTERPRETERS. */
+async function expectFull(call: Promise<unknown>, what: string): Promise<void> {
+  const err = await expectStatus(call, grpc.status.RESOURCE_EXHAUSTED, /ISOGEAR_MAX_INTERPRETERS/);
+  assert.deepEqual(err.metadata.get('isogear-limit'), ['max_interpreters'], `${what}: the limit named in the metadata`);
+  note('RESOURCE_EXHAUSTED: max_interpreters');
+}
+
 const pickFrom = <T>(items: T[], pick: number): T | undefined => (items.length === 0 ? undefined : items[pick % items.length]);
 
 /** A live interpreter (which may be FAILED), a gone one, or an id never issued. */
@@ -416,6 +430,7 @@ async function execute(d: Driver, m: Model, c: Extract<Cmd, { op: 'execute' }>, 
     await expectStatus(d.execute(req), grpc.status.ALREADY_EXISTS);
     return;
   }
+  if (full(d, m)) return expectFull(d.execute(req), what);
   const res = await d.execute(req);
   applyNewExecute(m, res, { mode: c.mode, triggers, ending: c.ending, name, replace }, { step: m.nextStep(), group: 0 }, what);
 }
@@ -441,6 +456,8 @@ async function executeIn(d: Driver, m: Model, c: Extract<Cmd, { op: 'executeIn' 
 
 async function register(d: Driver, m: Model, c: Extract<Cmd, { op: 'register' }>, what: string): Promise<void> {
   const trigger = TRIGGERS[c.trigger];
+  // the interpreter is created before its module loads, so even a bad module is refused for room
+  if (full(d, m)) return expectFull(d.register({ trigger, mode: pbMode(c.mode), source: c.bad ? BAD_REGISTER_SOURCE : REGISTER_SOURCE }), what);
   if (c.bad) {
     await expectStatus(d.register({ trigger, mode: pbMode(c.mode), source: BAD_REGISTER_SOURCE }), grpc.status.INVALID_ARGUMENT, /default export/);
     return;
@@ -540,10 +557,9 @@ async function release(d: Driver, m: Model, c: Extract<Cmd, { op: 'release' }>, 
  * run's end (deadline, timeout, a short spin); their checks accept either order.
  */
 async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'slowTriggerRelease' }>, what: string): Promise<void> {
-  const target = pickFrom(
-    m.allRegs().filter((r) => !m.isBroken(r)),
-    c.pick,
-  );
+  // a bomb only in a dedicated isolate: who shares a shared one is not observable
+  const candidates = m.allRegs().filter((r) => !m.isBroken(r) && (c.end !== 'spinBomb' || m.interps.get(r.interpreterId)?.mode === 'isolate'));
+  const target = pickFrom(candidates, c.pick);
   if (!target) return;
   const x = target.interpreterId;
   const name = target.trigger;
@@ -560,6 +576,7 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
     timeout: { hang: true },
     spin: { spin: SLOW_MS },
     spinRegister: { spin: SLOW_MS, register: registerOn },
+    spinBomb: { spin: SLOW_MS, bomb: target.id },
   };
   const req = { trigger: name, payload: payloads[c.end], limits: lim(c.end === 'timeout' ? SHORT_TIMEOUT_MS * 2 : LONG_TIMEOUT_MS) };
   let cancel = (): void => undefined;
@@ -614,7 +631,11 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
       assert.ok(info.executionReferences >= 1 && info.executionReferences <= onX, `${what}: DRAINING with ${info.executionReferences} run(s) of ${onX}`);
     } else if (relState === READY) {
       assert.ok(info.registrationReferences >= Math.max(left, 1), `${what}: READY with ${info.registrationReferences} registration(s)`);
+    } else if (relState === FAILED) {
+      assert.equal(c.end, 'spinBomb', `${what}: FAILED without a memory bomb`);
+      assert.equal(info.registrationReferences, left, `${what}: FAILED keeps its other registrations`);
     } else {
+      assert.notEqual(c.end, 'spinBomb', `${what}: the bombed interpreter was DISPOSED, not FAILED`);
       assert.equal(relState, DISPOSED, `${what}: state after Release`);
       assert.equal(info.references, 0, `${what}: a DISPOSED interpreter holds no reference`);
     }
@@ -637,7 +658,12 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
       const outcome = c.end === 'timeout' ? OUTCOME_TIMED_OUT : OUTCOME_SUCCEEDED;
       const byId = new Map(bound.map((r) => [r.id, r]));
       for (const r of res.results) {
-        expectOutcome(r, runOutcome(m, byId.get(r.registrationId) as ModelReg, outcome), `${what}: run of ${r.registrationId} (released while it ran)`);
+        const reg = byId.get(r.registrationId) as ModelReg;
+        if (c.end === 'spinBomb' && r.registrationId === target.id) expectOutcome(r, OUTCOME_MEMORY_EXCEEDED, `${what}: the bomb`);
+        else if (c.end === 'spinBomb' && reg.interpreterId === x) {
+          note(`slowTriggerRelease spinBomb: neighbour run ${outcomeName(r.outcome)}`);
+          assert.ok([OUTCOME_SUCCEEDED, OUTCOME_MEMORY_EXCEEDED, OUTCOME_ABORTED].includes(r.outcome), `${what}: neighbour run ${outcomeName(r.outcome)}`);
+        } else expectOutcome(r, runOutcome(m, reg, outcome), `${what}: run of ${r.registrationId} (released while it ran)`);
       }
       const healthy = res.results.filter((r) => !m.isBroken(byId.get(r.registrationId) as ModelReg));
       if (c.end === 'spinRegister') {
@@ -650,6 +676,8 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
         });
       } else if (c.end === 'spin') {
         for (const r of healthy) assert.equal(r.result, r.registrationId, `${what}: result of ${r.registrationId}`);
+      } else if (c.end === 'spinBomb') {
+        m.fail(x);
       }
     }
   }
@@ -676,6 +704,7 @@ async function cancelExecute(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelE
   else req.mode = pbMode(c.target.kind === 'new' ? c.target.mode : 'shared');
   // an Execute that spins may still end TIMED_OUT if the server is slower than its deadline
   const acceptLate = (s: Settled<unknown>): boolean => c.body === 'loop' && !s.err && (s.res as pb.ExecuteResponse).outcome === OUTCOME_TIMED_OUT;
+  if (!attached && full(d, m)) return expectFull(d.execute(req), what);
 
   if (c.how === 'cancel') {
     const h = d.cancellable({ execute: req });
@@ -714,6 +743,7 @@ async function slowRegister(d: Driver, m: Model, c: Extract<Cmd, { op: 'slowRegi
   };
   if (attached) req.interpreterId = attached.id;
   else req.mode = pbMode(c.target.kind === 'new' ? c.target.mode : 'shared');
+  if (!attached && full(d, m)) return expectFull(d.register(req), what);
   if (c.end === 'timeout') {
     await expectStatus(d.register(req), grpc.status.INVALID_ARGUMENT, /timed out/);
   } else if (c.end === 'deadline') {
@@ -737,6 +767,7 @@ async function oom(d: Driver, m: Model, c: Extract<Cmd, { op: 'oom' }>, what: st
   if (!x) {
     const triggers = c.target.kind === 'new' ? c.target.triggers.map((i) => TRIGGERS[i]) : [];
     const source = HANDLER + triggers.map((t) => `gears.register(${JSON.stringify(t)}, h);\n`).join('') + MEMORY_BOMB;
+    if (full(d, m)) return expectFull(d.execute({ mode: ISOLATE, source, limits: lim(LONG_TIMEOUT_MS) }), what);
     const res = await d.execute({ mode: ISOLATE, source, limits: lim(LONG_TIMEOUT_MS) });
     expectOutcome(res, OUTCOME_MEMORY_EXCEEDED, what);
     assert.deepEqual(res.registrations, [], `${what}: a killed run keeps no registration`);
@@ -788,7 +819,8 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
   await ensureHolder(d, m, c.name, c.mode, what);
   const name = NAMES[c.name];
   const old = m.holder(name);
-  assert.ok(old, `${what}: the name has a holder`);
+  if (!old) return; // no room for a holder
+
   const oldRegs = m.regsOf(old.id);
   const on = oldRegs[0].trigger;
   const bound = m.regsOn(on);
@@ -796,13 +828,16 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
   await d.untilInFlight(bound.filter((r) => !m.isBroken(r)).length, slow.settled);
 
   const triggers = c.triggers.map((i) => TRIGGERS[i]);
-  const up = await d.execute({ name, replace: true, mode: pbMode(c.mode), source: executeSource(triggers, c.ending), limits: limitsFor(c.ending) });
+  const upReq = { name, replace: true, mode: pbMode(c.mode), source: executeSource(triggers, c.ending), limits: limitsFor(c.ending) };
   const step = m.nextStep();
   const after = m.clone();
-  applyNewExecute(after, up, { mode: c.mode, triggers, ending: c.ending, name, replace: true }, { step, group: 0 }, what);
+  // the old holder still counts while it drains: the new interpreter needs a free slot
+  const refused = full(d, m);
+  if (refused) await expectFull(d.execute(upReq), what);
+  else applyNewExecute(after, await d.execute(upReq), { mode: c.mode, triggers, ending: c.ending, name, replace: true }, { step, group: 0 }, what);
 
   const oldNow = (await d.getInterpreter(old.id)).interpreter;
-  if (c.ending === 'ok') {
+  if (c.ending === 'ok' && !refused) {
     const st = stateName(oldNow?.state);
     note(`upgradeUnderTrigger: replaced interpreter ${st}`);
     if (old.failed) assert.equal(st, FAILED, `${what}: a FAILED interpreter stays FAILED when replaced`);
@@ -840,8 +875,17 @@ async function upgradeRace(d: Driver, m: Model, c: Extract<Cmd, { op: 'upgradeRa
   const name = NAMES[c.name];
   const sides = [c.a, c.b].map((s) => ({ mode: s.mode, triggers: s.triggers.map((i) => TRIGGERS[i]) }));
   const res = await Promise.all(
-    sides.map((s) => d.execute({ name, replace: true, mode: pbMode(s.mode), source: executeSource(s.triggers, 'ok'), limits: lim(LONG_TIMEOUT_MS) })),
+    sides.map((s) => settle(d.execute({ name, replace: true, mode: pbMode(s.mode), source: executeSource(s.triggers, 'ok'), limits: lim(LONG_TIMEOUT_MS) }))),
   );
+  // with one slot left, the second may find it taken by the first (or freed by its swap)
+  const live = m.live().length;
+  res.forEach((r, i) => {
+    if (!r.err) return;
+    assert.equal(r.err.code, grpc.status.RESOURCE_EXHAUSTED, `${what}: upgrade ${'ab'[i]} failed: ${r.err.details}`);
+    assert.ok(live + 1 >= d.maxInterpreters, `${what}: upgrade ${'ab'[i]} refused for room with ${live} of ${d.maxInterpreters} interpreters live`);
+    note('RESOURCE_EXHAUSTED: max_interpreters (race)');
+  });
+  if (live >= d.maxInterpreters) assert.ok(res.every((r) => r.err), `${what}: an upgrade found room with ${live} of ${d.maxInterpreters} live`);
   const step = m.nextStep();
   return [
     [0, 1],
@@ -849,7 +893,8 @@ async function upgradeRace(d: Driver, m: Model, c: Extract<Cmd, { op: 'upgradeRa
   ].map((order) => {
     const cand = m.clone();
     for (const i of order) {
-      applyNewExecute(cand, res[i], { ...sides[i], ending: 'ok', name, replace: true }, { step, group: i }, `${what}: upgrade ${'ab'[i]}`, false);
+      const r = res[i];
+      if (r.res) applyNewExecute(cand, r.res, { ...sides[i], ending: 'ok', name, replace: true }, { step, group: i }, `${what}: upgrade ${'ab'[i]}`, false);
     }
     return cand;
   });
@@ -933,11 +978,27 @@ async function mix(d: Driver, m: Model, c: Extract<Cmd, { op: 'mix' }>, what: st
   const emptiedByOthers = (i: number, itp: string): boolean => m.regsOf(itp).every((r) => releasedByOthers(i, r.id));
   const emptied = (itp: string): boolean => m.regsOf(itp).every((r) => releasedBy.has(r.id));
 
+  // new interpreters need room: refused only if the others of the batch may have taken it, and
+  // surely refused if there was none and nothing in the batch released anything
+  const livePre = m.live().length;
+  const creating = calls.filter((k) => k.op === 'execute' || k.op === 'register').length;
+  const releasing = calls.some((k) => k.op === 'releaseReg' || k.op === 'releaseItp');
+  const refusedForRoom = (i: number): boolean => {
+    const mustRefuse = livePre >= d.maxInterpreters && !releasing;
+    if (!calls[i].s.err) {
+      assert.ok(!mustRefuse, `${w(i)} found room with ${livePre} of ${d.maxInterpreters} interpreters live`);
+      return false;
+    }
+    failed(i, grpc.status.RESOURCE_EXHAUSTED, livePre + creating - 1 >= d.maxInterpreters, `there was room for ${creating} new interpreter(s)`);
+    return true;
+  };
+
   const created: { id: string; trigger: string; itp: string; group: number; idx: number }[] = [];
   const newInterps: { id: string; mode: Mode; keeps: boolean }[] = [];
   calls.forEach((call, i) => {
     switch (call.op) {
       case 'execute': {
+        if (refusedForRoom(i)) return;
         assert.ok(call.s.res, `${w(i)} failed: ${call.s.err?.details}`);
         const res = call.s.res;
         expectOutcome(res, OUTCOME_SUCCEEDED, w(i));
@@ -949,6 +1010,7 @@ async function mix(d: Driver, m: Model, c: Extract<Cmd, { op: 'mix' }>, what: st
         break;
       }
       case 'register': {
+        if (refusedForRoom(i)) return;
         assert.ok(call.s.res, `${w(i)} failed: ${call.s.err?.details}`);
         const res = call.s.res;
         const itp = res.interpreter?.id ?? '';
@@ -1107,12 +1169,19 @@ async function releaseEverything(d: Driver, m: Model): Promise<void> {
 export interface ScenarioOptions {
   /** Print each command as it runs. */
   verbose?: boolean;
+  /** ISOGEAR_MAX_INTERPRETERS; small values make new interpreters wait for disposals. */
+  maxInterpreters?: number;
 }
 
 /** Runs `cmds` against a fresh server and the model; throws at the first difference. */
 export async function runScenario(cmds: readonly Cmd[], options: ScenarioOptions = {}): Promise<void> {
-  const t = await startTestServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_LOG_LEVEL: 'info' });
-  const d = new Driver(t);
+  const maxInterpreters = options.maxInterpreters ?? 10_000;
+  const t = await startTestServer({
+    ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES),
+    ISOGEAR_MAX_INTERPRETERS: String(maxInterpreters),
+    ISOGEAR_LOG_LEVEL: 'info',
+  });
+  const d = new Driver(t, maxInterpreters);
   const m = new Model();
   let passed = false;
   try {

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { commands } from './commands';
+import { commands, maxInterpreters } from './commands';
 import { runScenario, stats } from './harness';
 
 /**
@@ -25,7 +25,9 @@ describe('refcount model: random command sequences against a real server', funct
 
   it('keeps interpreters, references by owner and dedicated isolates equal to the model, and zero after releasing all', async () => {
     await fc.assert(
-      fc.asyncProperty(commands(env('MODEL_COMMANDS') ?? 20), (cmds) => runScenario(cmds, { verbose: process.env.MODEL_VERBOSE === '1' })),
+      fc.asyncProperty(maxInterpreters, commands(env('MODEL_COMMANDS') ?? 20), (max, cmds) =>
+        runScenario(cmds, { maxInterpreters: max, verbose: process.env.MODEL_VERBOSE === '1' }),
+      ),
       {
         numRuns: env('MODEL_RUNS') ?? 20,
         seed: env('MODEL_SEED'),

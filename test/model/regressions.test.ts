@@ -1,5 +1,5 @@
 import type { Cmd } from './commands';
-import { runScenario } from './harness';
+import { runScenario, type ScenarioOptions } from './harness';
 
 /**
  * Sequences the refcount model test shrank to, replayed literally through the same harness.
@@ -10,7 +10,7 @@ import { runScenario } from './harness';
  * take whichever interleaving the machine gives and check it is a legal one, so those catch their
  * breakage only when the interleaving that exposes it comes up (it did, every time, here).
  */
-const replay = (cmds: Cmd[]) => () => runScenario(cmds);
+const replay = (cmds: Cmd[], options: ScenarioOptions = {}) => () => runScenario(cmds, options);
 
 describe('refcount model: regressions', function () {
   this.timeout(120_000);
@@ -92,6 +92,52 @@ describe('refcount model: regressions', function () {
       { op: 'release', by: 'interpreter', target: { kind: 'gone', pick: 0 } },
       { op: 'release', by: 'registration', target: { kind: 'gone', pick: 0 } },
       { op: 'executeIn', target: { kind: 'gone', pick: 0 }, triggers: [], ending: 'ok' },
+    ]),
+  );
+
+  it(
+    'with ISOGEAR_MAX_INTERPRETERS=3, new interpreters are refused until disposals free a slot, and every refusal leaves nothing',
+    replay(
+      [
+        { op: 'register', mode: 'shared', trigger: 0, bad: false },
+        { op: 'register', mode: 'isolate', trigger: 0, bad: false },
+        { op: 'execute', mode: 'isolate', triggers: [1], ending: 'ok', name: 0, replace: false },
+        { op: 'register', mode: 'shared', trigger: 0, bad: true },
+        { op: 'upgradeUnderTrigger', name: 0, mode: 'shared', triggers: [0], ending: 'ok' },
+        { op: 'upgradeRace', name: 0, a: { mode: 'shared', triggers: [1] }, b: { mode: 'isolate', triggers: [0] } },
+        { op: 'mix', ops: [{ op: 'execute', mode: 'shared', triggers: [] }, { op: 'register', mode: 'shared', trigger: 1 }] },
+        { op: 'release', by: 'interpreter', target: { kind: 'live', pick: 0 } },
+        { op: 'mix', ops: [{ op: 'execute', mode: 'shared', triggers: [1] }, { op: 'register', mode: 'shared', trigger: 1 }] },
+        { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate' }, triggers: [], body: 'hang', how: 'cancel' },
+        { op: 'oom', target: { kind: 'new', triggers: [] } },
+        { op: 'release', by: 'registration', target: { kind: 'live', pick: 0 } },
+        { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate' }, triggers: [0], body: 'loop', how: 'deadline' },
+        { op: 'oom', target: { kind: 'new', triggers: [2] } },
+        { op: 'execute', mode: 'isolate', triggers: [2], ending: 'ok', name: null, replace: false },
+      ],
+      { maxInterpreters: 3 },
+    ),
+  );
+
+  it(
+    'memory kills: a new interpreter is gone FAILED; a live one goes FAILED with its registrations listed broken until released; DRAINING goes FAILED too',
+    replay([
+      { op: 'oom', target: { kind: 'new', triggers: [0, 1] } },
+      { op: 'execute', mode: 'isolate', triggers: [0, 1], ending: 'ok', name: 0, replace: false },
+      { op: 'register', mode: 'shared', trigger: 0, bad: false },
+      { op: 'oom', target: { kind: 'live', pick: 0, via: 'trigger' } },
+      { op: 'trigger', trigger: 0, action: 'register', registerOn: 2 },
+      { op: 'registerIn', target: { kind: 'live', pick: 0 }, trigger: 2 },
+      { op: 'executeIn', target: { kind: 'live', pick: 0 }, triggers: [2], ending: 'ok' },
+      { op: 'mix', ops: [{ op: 'trigger', trigger: 0 }, { op: 'registerIn', pick: 0, trigger: 1 }, { op: 'releaseReg', pick: 0 }] },
+      { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: 0, replace: false },
+      { op: 'upgradeUnderTrigger', name: 0, mode: 'isolate', triggers: [1, 1], ending: 'ok' },
+      { op: 'oom', target: { kind: 'live', pick: 0, via: 'execute' } },
+      { op: 'execute', mode: 'isolate', triggers: [2, 2], ending: 'ok', name: null, replace: false },
+      { op: 'slowTriggerRelease', pick: 99, by: 'interpreter', end: 'spinBomb', registerOn: 0 },
+      { op: 'execute', mode: 'isolate', triggers: [2, 2], ending: 'ok', name: null, replace: false },
+      { op: 'slowTriggerRelease', pick: 99, by: 'registration', end: 'spinBomb', registerOn: 0 },
+      { op: 'release', by: 'interpreter', target: { kind: 'gone', pick: 0 } },
     ]),
   );
 });
