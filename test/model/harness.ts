@@ -57,15 +57,16 @@ const note = (what: string): void => {
 
 /**
  * The one handler every script registers; the Trigger payload says what a run does. It
- * registers synchronously, before any await, so the registration belongs to its own run.
+ * registers synchronously, before any await, so the registration belongs to its own run, and
+ * before it loops, throws or hangs, so a run that does not succeed has something to drop.
  */
 const HANDLER = `const h = (p, e) => {
   const o = p ?? {};
   if (o.spin) { const s = Date.now(); while (Date.now() - s < o.spin) {} }
+  const made = o.register ? gears.register(o.register, h) : '';
   if (o.loop) for (;;) {}
   if (o.fail) throw new Error('the handler failed on purpose');
   if (o.bomb === e.registrationId) { const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random())); }
-  const made = o.register ? gears.register(o.register, h) : '';
   if (o.hang) return new Promise(() => {});
   return made || e.registrationId;
 };
@@ -93,10 +94,10 @@ const limitsFor = (ending: Ending): pb.Limits => lim(ending === 'loop' || ending
 
 const TRIGGER_PAYLOAD: Record<TriggerAction, (registerOn: string) => { payload: Record<string, unknown>; limits: pb.Limits; outcome: pb.Outcome }> = {
   fast: () => ({ payload: {}, limits: lim(LONG_TIMEOUT_MS), outcome: OUTCOME_SUCCEEDED }),
-  throw: () => ({ payload: { fail: true }, limits: lim(LONG_TIMEOUT_MS), outcome: OUTCOME_FAILED }),
+  throw: (on) => ({ payload: { fail: true, register: on }, limits: lim(LONG_TIMEOUT_MS), outcome: OUTCOME_FAILED }),
   register: (on) => ({ payload: { register: on }, limits: lim(LONG_TIMEOUT_MS), outcome: OUTCOME_SUCCEEDED }),
-  hang: () => ({ payload: { hang: true }, limits: lim(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
-  loop: () => ({ payload: { loop: true }, limits: lim(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
+  hang: (on) => ({ payload: { hang: true, register: on }, limits: lim(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
+  loop: (on) => ({ payload: { loop: true, register: on }, limits: lim(SHORT_TIMEOUT_MS), outcome: OUTCOME_TIMED_OUT }),
 };
 
 const pbMode = (mode: Mode): pb.IsolationMode => (mode === 'shared' ? SHARED : ISOLATE);
@@ -570,10 +571,11 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
   const preX = m.regsOf(x);
   const left = c.by === 'registration' ? preX.length - 1 : 0;
   const registerOn = TRIGGERS[c.registerOn];
+  // the hanging runs register before they hang: a run that does not succeed must keep nothing
   const payloads: Record<SlowEnd, Record<string, unknown>> = {
-    cancel: { hang: true },
-    deadline: { hang: true },
-    timeout: { hang: true },
+    cancel: { hang: true, register: registerOn },
+    deadline: { hang: true, register: registerOn },
+    timeout: { hang: true, register: registerOn },
     spin: { spin: SLOW_MS },
     spinRegister: { spin: SLOW_MS, register: registerOn },
     spinBomb: { spin: SLOW_MS, bomb: target.id },
