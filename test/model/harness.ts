@@ -55,6 +55,8 @@ const note = (what: string): void => {
 
 // ------------------------------------------------------------------ scripts
 
+const MEMORY_BOMB = 'const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random()));';
+
 /**
  * The one handler every script registers; the Trigger payload says what a run does. It
  * registers synchronously, before any await, so the registration belongs to its own run, and
@@ -66,13 +68,11 @@ const HANDLER = `const h = (p, e) => {
   const made = o.register ? gears.register(o.register, h) : '';
   if (o.loop) for (;;) {}
   if (o.fail) throw new Error('the handler failed on purpose');
-  if (o.bomb === e.registrationId) { const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random())); }
+  if (o.bomb === e.registrationId) { ${MEMORY_BOMB} }
   if (o.hang) return new Promise(() => {});
   return made || e.registrationId;
 };
 `;
-
-const MEMORY_BOMB = 'const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random()));';
 
 const ENDINGS: Record<Ending, string> = {
   ok: 'export default "ok";',
@@ -83,8 +83,10 @@ const ENDINGS: Record<Ending, string> = {
 
 const OUTCOME_OF: Record<Ending, pb.Outcome> = { ok: OUTCOME_SUCCEEDED, throw: OUTCOME_FAILED, loop: OUTCOME_TIMED_OUT, hang: OUTCOME_TIMED_OUT };
 
-export const executeSource = (triggers: readonly string[], ending: Ending): string =>
-  HANDLER + triggers.map((t) => `gears.register(${JSON.stringify(t)}, h);\n`).join('') + ENDINGS[ending];
+/** A script that registers the handler once per trigger, then runs `tail`. */
+const scriptSource = (triggers: readonly string[], tail: string): string =>
+  HANDLER + triggers.map((t) => `gears.register(${JSON.stringify(t)}, h);\n`).join('') + tail;
+const executeSource = (triggers: readonly string[], ending: Ending): string => scriptSource(triggers, ENDINGS[ending]);
 const REGISTER_SOURCE = `${HANDLER}export default h;`;
 /** A handler module whose top-level await never settles. */
 const HANGING_REGISTER_SOURCE = `${HANDLER}await new Promise(() => {});\nexport default h;`;
@@ -697,9 +699,10 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
  * it registered may stay; an attached interpreter keeps exactly what it had.
  */
 async function cancelExecute(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelExecute' }>, what: string): Promise<void> {
-  const triggers = c.triggers.map((i) => TRIGGERS[i]);
-  const body = c.body === 'hang' ? ENDINGS.hang : ENDINGS.loop;
-  const source = HANDLER + triggers.map((t) => `gears.register(${JSON.stringify(t)}, h);\n`).join('') + body;
+  const source = executeSource(
+    c.triggers.map((i) => TRIGGERS[i]),
+    c.body,
+  );
   const attached = c.target.kind === 'live' ? pickFrom(m.healthy(), c.target.pick) : undefined;
   const req: Partial<pb.ExecuteRequest> = { source, limits: lim(c.body === 'hang' ? LONG_TIMEOUT_MS : LOOP_LIMIT_MS) };
   if (attached) req.interpreterId = attached.id;
@@ -768,7 +771,7 @@ async function oom(d: Driver, m: Model, c: Extract<Cmd, { op: 'oom' }>, what: st
   const x = c.target.kind === 'live' ? pickFrom(m.healthy().filter((i) => i.mode === 'isolate'), c.target.pick) : undefined;
   if (!x) {
     const triggers = c.target.kind === 'new' ? c.target.triggers.map((i) => TRIGGERS[i]) : [];
-    const source = HANDLER + triggers.map((t) => `gears.register(${JSON.stringify(t)}, h);\n`).join('') + MEMORY_BOMB;
+    const source = scriptSource(triggers, MEMORY_BOMB);
     if (full(d, m)) return expectFull(d.execute({ mode: ISOLATE, source, limits: lim(LONG_TIMEOUT_MS) }), what);
     const res = await d.execute({ mode: ISOLATE, source, limits: lim(LONG_TIMEOUT_MS) });
     expectOutcome(res, OUTCOME_MEMORY_EXCEEDED, what);
@@ -781,7 +784,7 @@ async function oom(d: Driver, m: Model, c: Extract<Cmd, { op: 'oom' }>, what: st
   const regs = m.regsOf(x.id);
   const via = c.target.kind === 'live' ? c.target.via : 'execute';
   if (via === 'execute') {
-    const source = `${HANDLER}gears.register(${JSON.stringify(TRIGGERS[0])}, h);\n${MEMORY_BOMB}`;
+    const source = scriptSource([TRIGGERS[0]], MEMORY_BOMB);
     const res = await d.execute({ interpreterId: x.id, source, limits: lim(LONG_TIMEOUT_MS) });
     expectOutcome(res, OUTCOME_MEMORY_EXCEEDED, what);
     assert.deepEqual(res.registrations, [], `${what}: a killed run keeps no registration`);
@@ -815,7 +818,9 @@ async function ensureHolder(d: Driver, m: Model, name: number, mode: Mode, what:
 
 /**
  * Upgrades a named interpreter while a Trigger runs its handlers, then, while the old
- * interpreter may still drain, Triggers again: that Trigger must see the new set exactly.
+ * interpreter may still drain, Triggers again: that Trigger must see the new set exactly. The
+ * old handlers register a handler as they run: after a successful upgrade the old interpreter
+ * keeps none of them (released by the swap, or refused while DRAINING), whichever came first.
  */
 async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'upgradeUnderTrigger' }>, what: string): Promise<void> {
   await ensureHolder(d, m, c.name, c.mode, what);
@@ -825,8 +830,11 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
 
   const oldRegs = m.regsOf(old.id);
   const on = oldRegs[0].trigger;
+  // another trigger, so the Trigger after the upgrade does not depend on when these commit
+  const registerOn = TRIGGERS[(TRIGGERS.indexOf(on as (typeof TRIGGERS)[number]) + 1) % TRIGGERS.length];
   const bound = m.regsOn(on);
-  const slow = pending(settle(d.trigger({ trigger: on, payload: { spin: SLOW_MS }, limits: lim(LONG_TIMEOUT_MS) })));
+  const runsOnOld = bound.filter((r) => r.interpreterId === old.id && !m.isBroken(r)).length;
+  const slow = pending(settle(d.trigger({ trigger: on, payload: { spin: SLOW_MS, register: registerOn }, limits: lim(LONG_TIMEOUT_MS) })));
   await d.untilInFlight(bound.filter((r) => !m.isBroken(r)).length, slow.settled);
 
   const triggers = c.triggers.map((i) => TRIGGERS[i]);
@@ -839,7 +847,8 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
   else applyNewExecute(after, await d.execute(upReq), { mode: c.mode, triggers, ending: c.ending, name, replace: true }, { step, group: 0 }, what);
 
   const oldNow = (await d.getInterpreter(old.id)).interpreter;
-  if (c.ending === 'ok' && !refused) {
+  const swapped = c.ending === 'ok' && !refused;
+  if (swapped) {
     const st = stateName(oldNow?.state);
     note(`upgradeUnderTrigger: replaced interpreter ${st}`);
     if (old.failed) assert.equal(st, FAILED, `${what}: a FAILED interpreter stays FAILED when replaced`);
@@ -847,7 +856,10 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
     expectInterp(oldNow, { state: st, registrationReferences: 0, name: '' }, `${what}: the replaced interpreter`);
     if (st === DRAINING) assert.ok((oldNow?.executionReferences ?? 0) >= 1, `${what}: DRAINING without a run`);
   } else {
-    expectInterp(oldNow, { state: old.failed ? FAILED : READY, registrationReferences: oldRegs.length, name }, `${what}: the interpreter a failed upgrade left alone`);
+    expectInterp(oldNow, { state: old.failed ? FAILED : READY, name }, `${what}: the interpreter a failed upgrade left alone`);
+    const regRefs = oldNow?.registrationReferences ?? -1;
+    // plus whatever its runs registered before this look
+    assert.ok(regRefs >= oldRegs.length && regRefs <= oldRegs.length + runsOnOld, `${what}: ${regRefs} registration references, had ${oldRegs.length}`);
   }
 
   // while the old runs may still go on, a new Trigger sees exactly the set after the upgrade
@@ -866,9 +878,14 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
   assert.ok(!s.err, `${what}: the Trigger under the upgrade failed: ${s.err?.details}`);
   expectRan(m, s.res, bound, `${what}: the Trigger under the upgrade`);
   const byId = new Map(bound.map((r) => [r.id, r]));
-  for (const r of s.res.results) {
-    expectOutcome(r, runOutcome(m, byId.get(r.registrationId) as ModelReg, OUTCOME_SUCCEEDED), `${what}: run of ${r.registrationId} under the upgrade`);
-  }
+  s.res.results.forEach((r, i) => {
+    const reg = byId.get(r.registrationId) as ModelReg;
+    expectOutcome(r, runOutcome(m, reg, OUTCOME_SUCCEEDED), `${what}: run of ${r.registrationId} under the upgrade`);
+    if (m.isBroken(reg)) return;
+    assert.equal(typeof r.result, 'string', `${what}: a registering handler returns the new id`);
+    if (swapped && r.interpreterId === old.id) note('upgradeUnderTrigger: a registration of the replaced interpreter dropped');
+    else after.addReg(r.result as string, registerOn, r.interpreterId, { step, group: 1 + i, idx: 0 });
+  });
   m.assign(after);
 }
 
