@@ -49,8 +49,17 @@ export type Cmd =
   | { op: 'release'; by: 'registration' | 'interpreter'; target: Target }
   /** Batch: a Trigger whose handlers are slow, and a Release of one of them while they run. */
   | { op: 'slowTriggerRelease'; pick: number; by: 'registration' | 'interpreter'; end: SlowEnd; registerOn: number }
-  /** Batch: an Execute (new or attached) cut short by the client, beside an ordinary Trigger. */
-  | { op: 'cancelExecute'; target: { kind: 'new'; mode: Mode } | { kind: 'live'; pick: number }; triggers: number[]; body: 'hang' | 'loop'; how: 'deadline' | 'cancel' }
+  /**
+   * Batch: an Execute (new or attached) cut short by the client, beside an ordinary Trigger. A
+   * new one may be named: an upgrade (`replace`) if the name is held, which must change nothing.
+   */
+  | {
+      op: 'cancelExecute';
+      target: { kind: 'new'; mode: Mode; name?: number | null } | { kind: 'live'; pick: number };
+      triggers: number[];
+      body: 'hang' | 'loop';
+      how: 'deadline' | 'cancel';
+    }
   /**
    * A memory bomb kills a dedicated isolate: of a new interpreter (after registering), or of a
    * live isolate-mode one through an attached Execute or one of its handlers (it goes FAILED).
@@ -135,7 +144,10 @@ export const cmd: fc.Arbitrary<Cmd> = fc.oneof(
     weight: 2,
     arbitrary: fc.record({
       op: fc.constant('cancelExecute' as const),
-      target: fc.oneof(fc.record({ kind: fc.constant('new' as const), mode }), fc.record({ kind: fc.constant('live' as const), pick })),
+      target: fc.oneof(
+        fc.record({ kind: fc.constant('new' as const), mode, name: fc.option(name, { nil: null }) }),
+        fc.record({ kind: fc.constant('live' as const), pick }),
+      ),
       triggers: handlers,
       body: fc.constantFrom<'hang' | 'loop'>('hang', 'loop'),
       how: fc.constantFrom<'deadline' | 'cancel'>('deadline', 'cancel'),

@@ -706,7 +706,15 @@ async function cancelExecute(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelE
   const attached = c.target.kind === 'live' ? pickFrom(m.healthy(), c.target.pick) : undefined;
   const req: Partial<pb.ExecuteRequest> = { source, limits: lim(c.body === 'hang' ? LONG_TIMEOUT_MS : LOOP_LIMIT_MS) };
   if (attached) req.interpreterId = attached.id;
-  else req.mode = pbMode(c.target.kind === 'new' ? c.target.mode : 'shared');
+  else {
+    req.mode = pbMode(c.target.kind === 'new' ? c.target.mode : 'shared');
+    const n = c.target.kind === 'new' ? c.target.name : null;
+    if (n !== null && n !== undefined) {
+      // an upgrade cut short leaves the holder as it was; a new name stays free
+      req.name = NAMES[n];
+      req.replace = !!m.holder(NAMES[n]);
+    }
+  }
   // an Execute that spins may still end TIMED_OUT if the server is slower than its deadline
   const acceptLate = (s: Settled<unknown>): boolean => c.body === 'loop' && !s.err && (s.res as pb.ExecuteResponse).outcome === OUTCOME_TIMED_OUT;
   if (!attached && full(d, m)) return expectFull(d.execute(req), what);

@@ -96,6 +96,20 @@ describe('refcount model: regressions', function () {
   );
 
   it(
+    'an upgrade cut short by the client changes nothing, and a named Execute cut short leaves its name free',
+    replay([
+      { op: 'execute', mode: 'isolate', triggers: [0, 1], ending: 'ok', name: 0, replace: false },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'shared', name: 0 }, triggers: [0], body: 'hang', how: 'deadline' },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate', name: 0 }, triggers: [2], body: 'loop', how: 'cancel' },
+      { op: 'trigger', trigger: 0, action: 'fast', registerOn: 0 },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate', name: 1 }, triggers: [1], body: 'hang', how: 'cancel' },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'shared', name: 1 }, triggers: [1], body: 'loop', how: 'deadline' },
+      { op: 'execute', mode: 'shared', triggers: [2], ending: 'ok', name: 1, replace: false },
+      { op: 'upgradeRace', name: 0, a: { mode: 'isolate', triggers: [2] }, b: { mode: 'shared', triggers: [] } },
+    ]),
+  );
+
+  it(
     'with ISOGEAR_MAX_INTERPRETERS=3, new interpreters are refused until disposals free a slot, and every refusal leaves nothing',
     replay(
       [
