@@ -1,0 +1,157 @@
+import type { Cmd } from './commands';
+import { runScenario, type ScenarioOptions } from './harness';
+
+/**
+ * Sequences the refcount model test shrank to, replayed literally through the same harness.
+ * Each encodes an interleaving worth keeping whether or not it ever failed against the real
+ * server. The ones marked "catches" were shrunk from runs against deliberately broken managers
+ * (InterpreterManager / Interpreter / IsolateHost monkey-patched one way each), so each is the
+ * shortest known sequence that catches that breakage. Batches that race (`mix`, `upgradeRace`)
+ * take whichever interleaving the machine gives and check it is a legal one, so those catch their
+ * breakage only when the interleaving that exposes it comes up (it did, every time, here).
+ */
+const replay = (cmds: Cmd[], options: ScenarioOptions = {}) => () => runScenario(cmds, options);
+
+describe('refcount model: regressions', function () {
+  this.timeout(120_000);
+
+  it(
+    'Release of the last registration while its handler hangs answers DRAINING; the interpreter goes when the Trigger is cancelled',
+    // catches: releasing under a run not marking the interpreter DRAINING
+    replay([
+      { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: null, replace: false },
+      { op: 'slowTriggerRelease', pick: 0, by: 'registration', end: 'cancel', registerOn: 0 },
+    ]),
+  );
+
+  it(
+    'an attached Execute racing a Release by interpreter and a Trigger leaves nothing DRAINING behind',
+    // catches: the last execution reference of a DRAINING interpreter not disposing it
+    replay([
+      { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: null, replace: false },
+      { op: 'mix', ops: [{ op: 'executeIn', pick: 0, triggers: [] }, { op: 'releaseItp', pick: 0 }, { op: 'trigger', trigger: 0 }] },
+    ]),
+  );
+
+  it(
+    'an attached Register racing a Release by interpreter is refused or released, never kept by a DRAINING interpreter',
+    // catches: a DRAINING interpreter accepting new registrations
+    replay([
+      { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: null, replace: false },
+      { op: 'mix', ops: [{ op: 'registerIn', pick: 0, trigger: 0 }, { op: 'releaseItp', pick: 0 }, { op: 'executeIn', pick: 0, triggers: [] }] },
+    ]),
+  );
+
+  it(
+    'two concurrent upgrades of a free name leave one holder and dispose the replaced dedicated isolate',
+    // catches: a replaced interpreter keeping its registrations or its dedicated isolate
+    replay([{ op: 'upgradeRace', name: 0, a: { mode: 'shared', triggers: [1] }, b: { mode: 'isolate', triggers: [0, 0] } }]),
+  );
+
+  it(
+    'registration references are exact with three handlers in one interpreter',
+    // catches: a per-interpreter count that drifts from the registrations it holds
+    replay([{ op: 'execute', mode: 'shared', triggers: [0, 0, 0], ending: 'ok', name: null, replace: false }]),
+  );
+
+  it(
+    'a handler registering while its interpreter is released by interpreter_id: kept only if the run ended first',
+    replay([
+      { op: 'execute', mode: 'isolate', triggers: [0, 0], ending: 'ok', name: null, replace: false },
+      { op: 'register', mode: 'shared', trigger: 0, bad: false },
+      { op: 'slowTriggerRelease', pick: 0, by: 'interpreter', end: 'spinRegister', registerOn: 1 },
+      { op: 'trigger', trigger: 1, action: 'register', registerOn: 2 },
+      { op: 'slowTriggerRelease', pick: 1, by: 'registration', end: 'spinRegister', registerOn: 2 },
+    ]),
+  );
+
+  it(
+    'an upgrade while the old handlers run: the old interpreter drains, a Trigger in between sees only the new set',
+    replay([
+      { op: 'execute', mode: 'isolate', triggers: [0, 1], ending: 'ok', name: 0, replace: false },
+      { op: 'register', mode: 'shared', trigger: 0, bad: false },
+      { op: 'upgradeUnderTrigger', name: 0, mode: 'shared', triggers: [0, 0], ending: 'ok' },
+      { op: 'upgradeUnderTrigger', name: 0, mode: 'isolate', triggers: [2], ending: 'hang' },
+      { op: 'upgradeUnderTrigger', name: 0, mode: 'isolate', triggers: [], ending: 'ok' },
+      { op: 'execute', mode: 'shared', triggers: [1], ending: 'ok', name: 0, replace: false },
+    ]),
+  );
+
+  it(
+    'cancelled and timed-out runs, new and attached, drop their references and keep nothing they registered',
+    replay([
+      { op: 'execute', mode: 'isolate', triggers: [0], ending: 'ok', name: 1, replace: false },
+      { op: 'cancelExecute', target: { kind: 'live', pick: 0 }, triggers: [1, 2], body: 'loop', how: 'deadline' },
+      { op: 'cancelExecute', target: { kind: 'live', pick: 0 }, triggers: [1], body: 'hang', how: 'cancel' },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate' }, triggers: [0], body: 'hang', how: 'deadline' },
+      { op: 'slowRegister', target: { kind: 'live', pick: 0 }, trigger: 0, end: 'cancel' },
+      { op: 'slowRegister', target: { kind: 'new', mode: 'shared' }, trigger: 0, end: 'timeout' },
+      { op: 'executeIn', target: { kind: 'live', pick: 0 }, triggers: [2], ending: 'loop' },
+      { op: 'trigger', trigger: 0, action: 'hang', registerOn: 0 },
+      { op: 'slowTriggerRelease', pick: 0, by: 'interpreter', end: 'deadline', registerOn: 0 },
+      { op: 'release', by: 'interpreter', target: { kind: 'gone', pick: 0 } },
+      { op: 'release', by: 'registration', target: { kind: 'gone', pick: 0 } },
+      { op: 'executeIn', target: { kind: 'gone', pick: 0 }, triggers: [], ending: 'ok' },
+    ]),
+  );
+
+  it(
+    'an upgrade cut short by the client changes nothing, and a named Execute cut short leaves its name free',
+    replay([
+      { op: 'execute', mode: 'isolate', triggers: [0, 1], ending: 'ok', name: 0, replace: false },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'shared', name: 0 }, triggers: [0], body: 'hang', how: 'deadline' },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate', name: 0 }, triggers: [2], body: 'loop', how: 'cancel' },
+      { op: 'trigger', trigger: 0, action: 'fast', registerOn: 0 },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate', name: 1 }, triggers: [1], body: 'hang', how: 'cancel' },
+      { op: 'cancelExecute', target: { kind: 'new', mode: 'shared', name: 1 }, triggers: [1], body: 'loop', how: 'deadline' },
+      { op: 'execute', mode: 'shared', triggers: [2], ending: 'ok', name: 1, replace: false },
+      { op: 'upgradeRace', name: 0, a: { mode: 'isolate', triggers: [2] }, b: { mode: 'shared', triggers: [] } },
+    ]),
+  );
+
+  it(
+    'with ISOGEAR_MAX_INTERPRETERS=3, new interpreters are refused until disposals free a slot, and every refusal leaves nothing',
+    replay(
+      [
+        { op: 'register', mode: 'shared', trigger: 0, bad: false },
+        { op: 'register', mode: 'isolate', trigger: 0, bad: false },
+        { op: 'execute', mode: 'isolate', triggers: [1], ending: 'ok', name: 0, replace: false },
+        { op: 'register', mode: 'shared', trigger: 0, bad: true },
+        { op: 'upgradeUnderTrigger', name: 0, mode: 'shared', triggers: [0], ending: 'ok' },
+        { op: 'upgradeRace', name: 0, a: { mode: 'shared', triggers: [1] }, b: { mode: 'isolate', triggers: [0] } },
+        { op: 'mix', ops: [{ op: 'execute', mode: 'shared', triggers: [] }, { op: 'register', mode: 'shared', trigger: 1 }] },
+        { op: 'release', by: 'interpreter', target: { kind: 'live', pick: 0 } },
+        { op: 'mix', ops: [{ op: 'execute', mode: 'shared', triggers: [1] }, { op: 'register', mode: 'shared', trigger: 1 }] },
+        { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate' }, triggers: [], body: 'hang', how: 'cancel' },
+        { op: 'oom', target: { kind: 'new', triggers: [] } },
+        { op: 'release', by: 'registration', target: { kind: 'live', pick: 0 } },
+        { op: 'cancelExecute', target: { kind: 'new', mode: 'isolate' }, triggers: [0], body: 'loop', how: 'deadline' },
+        { op: 'oom', target: { kind: 'new', triggers: [2] } },
+        { op: 'execute', mode: 'isolate', triggers: [2], ending: 'ok', name: null, replace: false },
+      ],
+      { maxInterpreters: 3 },
+    ),
+  );
+
+  it(
+    'memory kills: a new interpreter is gone FAILED; a live one goes FAILED with its registrations listed broken until released; DRAINING goes FAILED too',
+    replay([
+      { op: 'oom', target: { kind: 'new', triggers: [0, 1] } },
+      { op: 'execute', mode: 'isolate', triggers: [0, 1], ending: 'ok', name: 0, replace: false },
+      { op: 'register', mode: 'shared', trigger: 0, bad: false },
+      { op: 'oom', target: { kind: 'live', pick: 0, via: 'trigger' } },
+      { op: 'trigger', trigger: 0, action: 'register', registerOn: 2 },
+      { op: 'registerIn', target: { kind: 'live', pick: 0 }, trigger: 2 },
+      { op: 'executeIn', target: { kind: 'live', pick: 0 }, triggers: [2], ending: 'ok' },
+      { op: 'mix', ops: [{ op: 'trigger', trigger: 0 }, { op: 'registerIn', pick: 0, trigger: 1 }, { op: 'releaseReg', pick: 0 }] },
+      { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: 0, replace: false },
+      { op: 'upgradeUnderTrigger', name: 0, mode: 'isolate', triggers: [1, 1], ending: 'ok' },
+      { op: 'oom', target: { kind: 'live', pick: 0, via: 'execute' } },
+      { op: 'execute', mode: 'isolate', triggers: [2, 2], ending: 'ok', name: null, replace: false },
+      { op: 'slowTriggerRelease', pick: 99, by: 'interpreter', end: 'spinBomb', registerOn: 0 },
+      { op: 'execute', mode: 'isolate', triggers: [2, 2], ending: 'ok', name: null, replace: false },
+      { op: 'slowTriggerRelease', pick: 99, by: 'registration', end: 'spinBomb', registerOn: 0 },
+      { op: 'release', by: 'interpreter', target: { kind: 'gone', pick: 0 } },
+    ]),
+  );
+});
