@@ -22,6 +22,7 @@ export interface Config {
   maxConcurrentRuns: number;
   maxQueuedRuns: number;
   maxQueueWaitMs: number;
+  maxResponseBytes: number;
   shutdownGraceMs: number;
   logLevel: LogLevel;
 }
@@ -91,6 +92,7 @@ const SETTINGS = [
   setting('maxConcurrentRuns', 'ISOGEAR_MAX_CONCURRENT_RUNS', int(1, 100_000), () => 64),
   setting('maxQueuedRuns', 'ISOGEAR_MAX_QUEUED_RUNS', int(0, 1_000_000), () => 256),
   setting('maxQueueWaitMs', 'ISOGEAR_MAX_QUEUE_WAIT_MS', int(1, 3_600_000), () => 5000),
+  setting('maxResponseBytes', 'ISOGEAR_MAX_RESPONSE_BYTES', int(1024, 1024 * MiB), () => 16 * MiB),
   setting('shutdownGraceMs', 'ISOGEAR_SHUTDOWN_GRACE_MS', int(0, 3_600_000), () => 10_000),
   setting('logLevel', 'ISOGEAR_LOG_LEVEL', oneOf<LogLevel>('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), (): LogLevel => 'info'),
 ] as Setting<keyof Config>[];

@@ -73,6 +73,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     maxConcurrentRuns: config.maxConcurrentRuns,
     maxQueuedRuns: config.maxQueuedRuns,
     maxQueueWaitMs: config.maxQueueWaitMs,
+    maxResponseBytes: config.maxResponseBytes,
     logger,
     onCatastrophicError: exitOnCatastrophe(logger),
   });
@@ -82,7 +83,9 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   metrics.observe(manager);
   const server = new Server({
     'grpc.max_receive_message_length': maxMessage,
-    'grpc.max_send_message_length': Math.max(maxMessage, 16 * 1024 * 1024),
+    // A Trigger response keeps its results and logs within ISOGEAR_MAX_RESPONSE_BYTES; leave
+    // room for the fields around them.
+    'grpc.max_send_message_length': Math.max(maxMessage, config.maxResponseBytes + 1024 * 1024),
     interceptors: [metricsInterceptor(metrics)],
   });
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });

@@ -55,6 +55,9 @@ const WATCHDOG_INTERVAL_MS = 500;
 export const DEFAULT_MAX_CONCURRENT_RUNS = 64;
 export const DEFAULT_MAX_QUEUED_RUNS = 256;
 export const DEFAULT_MAX_QUEUE_WAIT_MS = 5000;
+export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+/** What a TriggerResult costs beyond its result, logs and error: ids, outcome, times. */
+const RESULT_OVERHEAD_BYTES = 256;
 /** Heap budgeted per shared-mode interpreter: an empty context costs about 170 KiB. */
 const SHARED_CONTEXT_BUDGET_BYTES = 256 * 1024;
 /** Share of a shared isolate's heap limit that placement fills before refusing new interpreters. */
@@ -365,13 +368,42 @@ export class InterpreterManager implements IsolateManager {
     if (signal?.aborted) fanOut.abort();
     else signal?.addEventListener('abort', forward, { once: true });
     const runs: Promise<TriggerRunResult>[] = [];
+    // Each result is bounded (ISOGEAR_MAX_VALUE_BYTES, ISOGEAR_MAX_LOG_BYTES), but a fan-out to
+    // thousands of handlers is not: results and logs past the response budget are withheld as
+    // they arrive, so the response (and what is held to build it) stays bounded.
+    const maxResponse = this.options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    let budget = maxResponse;
+    const withinBudget = (r: TriggerRunResult): TriggerRunResult => {
+      const bytes = RESULT_OVERHEAD_BYTES + (r.resultBytes ?? 0) + r.logs.reduce((n, l) => n + l.message.length + 8, 0) + (r.error ? r.error.message.length + r.error.stack.length : 0);
+      if (bytes <= budget) {
+        budget -= bytes;
+        return r;
+      }
+      budget = Math.max(0, budget - RESULT_OVERHEAD_BYTES);
+      return {
+        ...r,
+        result: null,
+        resultBytes: 0,
+        logs: [],
+        logsTruncated: r.logsTruncated || r.logs.length > 0,
+        error: {
+          name: 'ResponseTooLargeError',
+          message: `the handler's result and logs were withheld: the Trigger response reached its limit of ${maxResponse} bytes (ISOGEAR_MAX_RESPONSE_BYTES); the outcome is what the handler did`,
+          stack: '',
+        },
+      };
+    };
     try {
       for (let i = 0; i < snapshot.length; i++) {
         // The first slot is admitted like any request's; the rest wait behind it, one at a time.
         const slot = await this.slots.acquire(fanOut.signal, i > 0);
         const ref = held[i];
         held[i] = undefined;
-        runs.push(this.runHandler(snapshot[i], spec.trigger, payloadJson, limits.timeoutMs, fanOut.signal, ref, slot).finally(() => slot.release()));
+        runs.push(
+          this.runHandler(snapshot[i], spec.trigger, payloadJson, limits.timeoutMs, fanOut.signal, ref, slot)
+            .then(withinBudget)
+            .finally(() => slot.release()),
+        );
       }
       return await Promise.all(runs);
     } catch (err) {
@@ -868,7 +900,10 @@ export class InterpreterManager implements IsolateManager {
             interp.sandbox.abandon(execId);
           } else if (tuple.ok) {
             const parsed = this.decodeResult(tuple.valueJson as string);
-            if (parsed.ok) report.result = parsed.value;
+            if (parsed.ok) {
+              report.result = parsed.value;
+              report.resultBytes = Buffer.byteLength(tuple.valueJson as string, 'utf8');
+            }
             else {
               report.outcome = 'failed';
               report.error = parsed.error;
@@ -1067,7 +1102,7 @@ function validateOptions(o: ManagerOptions): void {
     const v = o[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new RangeError(`manager option ${k} must be a positive integer`);
   }
-  for (const [k, min] of [['maxConcurrentRuns', 1], ['maxQueuedRuns', 0], ['maxQueueWaitMs', 1]] as const) {
+  for (const [k, min] of [['maxConcurrentRuns', 1], ['maxQueuedRuns', 0], ['maxQueueWaitMs', 1], ['maxResponseBytes', 1]] as const) {
     const v = o[k];
     if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new RangeError(`manager option ${k} must be an integer >= ${min}`);
   }

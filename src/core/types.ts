@@ -86,6 +86,8 @@ export interface RunReport {
   logsTruncated: boolean;
   wallTimeMs: number;
   cpuTimeMs: number;
+  /** Bytes of the result as JSON (0 when there is none): what it adds to a response. */
+  resultBytes?: number;
 }
 
 export interface ExecuteResult extends RunReport {
@@ -217,6 +219,8 @@ export interface ManagerOptions {
   maxQueuedRuns?: number;
   /** How long a request waits for a run slot before RESOURCE_EXHAUSTED (default 5000 ms). */
   maxQueueWaitMs?: number;
+  /** Results and logs one Trigger response may carry; beyond it they are withheld (default 16 MiB). */
+  maxResponseBytes?: number;
   logger?: CoreLogger;
   /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
   onRunEnd?: (event: RunEndEvent) => void;

@@ -181,3 +181,35 @@ describe('capacity: concurrent runs and a bounded wait queue', function () {
     });
   });
 });
+
+describe('capacity: a Trigger response stays within ISOGEAR_MAX_RESPONSE_BYTES', function () {
+  this.timeout(20_000);
+  const server = useTestServer({ ISOGEAR_MAX_RESPONSE_BYTES: '4096' });
+
+  it('results and logs past the budget are withheld with ResponseTooLargeError; every handler still ran and reports its outcome', async () => {
+    const t = server();
+    const regs: pb.RegisterResponse[] = [];
+    for (let i = 0; i < 5; i++) {
+      regs.push(await t.client.register({ trigger: 'big.t', source: `export default () => { console.log("handler ${i}"); return "${i}".repeat(1500); }`, mode: i % 2 ? ISOLATE : SHARED }));
+    }
+    const res = await t.client.trigger({ trigger: 'big.t' });
+    assert.equal(res.results.length, 5);
+    assert.ok(res.results.every((r) => outcomeName(r.outcome) === 'OUTCOME_SUCCEEDED'), 'the outcome is what each handler did');
+    const kept = res.results.filter((r) => r.error === undefined);
+    const withheld = res.results.filter((r) => r.error !== undefined);
+    assert.equal(kept.length, 2, '2 × (1502 bytes of JSON + logs + 256 overhead) fit in 4096; a third does not');
+    for (const r of kept) {
+      const i = regs.findIndex((g) => g.registration?.id === r.registrationId);
+      assert.equal(r.result, String(i).repeat(1500));
+      assert.deepEqual(r.logs.map((l) => l.message), [`handler ${i}`]);
+    }
+    for (const r of withheld) {
+      assert.equal(r.error?.name, 'ResponseTooLargeError');
+      assert.match(r.error?.message ?? '', /ISOGEAR_MAX_RESPONSE_BYTES/);
+      assert.equal(r.result, null);
+      assert.deepEqual(r.logs, []);
+      assert.equal(r.logsTruncated, true);
+    }
+    for (const r of regs) await t.client.release({ registrationId: r.registration?.id });
+  });
+});

@@ -539,14 +539,16 @@ export interface TriggerResult {
   /**
    * The handler's (awaited) return value as a JSON-compatible value (a copy);
    * `undefined` is reported as null. Set only when `outcome` is
-   * OUTCOME_SUCCEEDED.
+   * OUTCOME_SUCCEEDED, and not when it was withheld (see `error`).
    */
   result:
     | any
     | undefined;
   /**
-   * Why the run did not succeed. Set exactly when `outcome` is not
-   * OUTCOME_SUCCEEDED.
+   * Why the run did not succeed: set when `outcome` is not OUTCOME_SUCCEEDED.
+   * Also set, with name "ResponseTooLargeError", on a run whose result and
+   * logs were withheld because the Trigger response had reached
+   * ISOGEAR_MAX_RESPONSE_BYTES; `outcome` still says how the handler ended.
    */
   error:
     | ScriptError
