@@ -1,58 +1,192 @@
 /**
- * `npm run bench`: latency of single calls from a grpc-js client against a real server on
- * loopback, each beside the no-op gRPC call (health Check) for scale. Never part of `npm test`.
- * BENCH_CALLS (default 1000) calls per figure after BENCH_WARMUP (default 200) warm-up calls.
- * Prints a table and writes bench-results/latency.json.
+ * `npm run bench`: every figure beside its limit measured in the same run, on the same machine.
+ * Never part of `npm test`. The server runs as its own process (as `npm start` runs it); the
+ * clients are grpc-js in this process; the raw isolated-vm limits run in a third process.
+ *
+ *   BENCH_SECONDS       measured seconds per figure, after a warm-up (default 3)
+ *   BENCH_CONCURRENCY   comma-separated calls in flight (default "1,16")
+ *   BENCH_DENSITY       idle interpreters per mode for the density figures (default 2000)
+ *
+ * Prints a table and writes bench-results/bench.json.
  */
+import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { loadConfig } from '../../src/config';
-import { createLogger } from '../../src/logger';
-import { startServer } from '../../src/server';
+import http from 'node:http';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { pb, TestClient } from '../helpers/client';
+import { spawnServer } from '../helpers/process';
+import { closedLoop, type LoopFigure } from './loop';
 
-const CALLS = Number(process.env.BENCH_CALLS ?? 1000);
-const WARMUP = Number(process.env.BENCH_WARMUP ?? 200);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,16').split(',').map(Number);
+const DENSITY = Number(process.env.BENCH_DENSITY ?? 2000);
+const SHARED_ISOLATES = 2;
+const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
 
-const quantile = (sorted: number[], q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))];
+interface RawLimits {
+  newIsolate: LoopFigure[];
+  newContext: LoopFigure[];
+  warmCall: LoopFigure[];
+  rssPerIsolateKiB: number;
+  rssPerContextKiB: number;
+  heapPerContextKiB: number;
+}
 
-async function measure(name: string, call: () => Promise<unknown>): Promise<{ name: string; medianMs: number; p99Ms: number }> {
-  for (let i = 0; i < WARMUP; i++) await call();
-  const times: number[] = [];
-  for (let i = 0; i < CALLS; i++) {
-    const t = performance.now();
-    await call();
-    times.push(performance.now() - t);
-  }
-  times.sort((a, b) => a - b);
-  return { name, medianMs: quantile(times, 0.5), p99Ms: quantile(times, 0.99) };
+async function rawLimits(): Promise<RawLimits> {
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ['--no-node-snapshot', '--expose-gc', '--import', 'tsx', path.join(__dirname, 'raw.ts'), String(SECONDS), CONCURRENCY.join(','), String(SHARED_ISOLATES), String(DENSITY)],
+    { maxBuffer: 1 << 20 },
+  );
+  return JSON.parse(stdout) as RawLimits;
+}
+
+function nodeProcess(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['-e', '1'], { stdio: 'ignore' });
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`node -e exited ${code}`))));
+  });
+}
+
+function scrape(address: string): Promise<Map<string, number>> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(`http://${address}/metrics`, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => {
+          const out = new Map<string, number>();
+          for (const line of body.split('\n')) {
+            const m = /^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$/.exec(line);
+            if (m) out.set(m[1], Number(m[2]));
+          }
+          resolve(out);
+        });
+      })
+      .on('error', reject);
+  });
+}
+
+interface Row {
+  figure: string;
+  concurrency: number;
+  medianMs: number;
+  p99Ms: number;
+  perSecond: number;
 }
 
 async function main(): Promise<void> {
-  const config = loadConfig({ ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_LOG_LEVEL: 'warn' });
-  const server = await startServer(config, createLogger(config.logLevel));
+  console.error('measuring raw isolated-vm limits and node -e processes…');
+  const raw = await rawLimits();
+  const nodeE: LoopFigure[] = [];
+  for (const c of CONCURRENCY) nodeE.push(await closedLoop(c, SECONDS, nodeProcess));
+
+  const server = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_MAX_INTERPRETERS: String(4 * DENSITY + 1000) }, false);
   const client = new TestClient(server.grpcAddress);
-  const source = 'export default (a) => a + 1';
-  const reg = await client.register({ trigger: 'bench', source: 'export default (p) => p', mode: pb.IsolationMode.ISOLATION_MODE_SHARED });
-  const rows = [
-    await measure('health Check (no-op gRPC call)', () => client.healthCheck()),
-    await measure('Execute, shared mode', () => client.execute({ source, args: 1, mode: pb.IsolationMode.ISOLATION_MODE_SHARED })),
-    await measure('Execute, isolate mode', () => client.execute({ source, args: 1, mode: pb.IsolationMode.ISOLATION_MODE_ISOLATE })),
-    await measure('Trigger, one warm shared registration', () => client.trigger({ trigger: 'bench', payload: 1 })),
-  ];
-  await client.release({ registrationId: reg.registration?.id });
-  const noop = rows[0].medianMs;
-  console.log(`\n${CALLS} sequential calls each, after ${WARMUP} warm-up calls\n`);
-  console.log('figure'.padEnd(40) + 'median ms'.padStart(11) + 'p99 ms'.padStart(10) + '× no-op'.padStart(10));
-  for (const r of rows) {
-    console.log(r.name.padEnd(40) + r.medianMs.toFixed(3).padStart(11) + r.p99Ms.toFixed(3).padStart(10) + (r.medianMs / noop).toFixed(2).padStart(10));
+  const rows: Row[] = [];
+  const measure = async (figure: string, fn: () => Promise<unknown>, concurrencies = CONCURRENCY): Promise<void> => {
+    console.error(`measuring ${figure}…`);
+    for (const c of concurrencies) rows.push({ figure, ...(await closedLoop(c, SECONDS, fn)) });
+  };
+
+  const trivial = 'export default (a) => a + 1';
+  const modules = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`m${i}`, `export default (x) => x + ${i};`]));
+  const tenImports = `${Array.from({ length: 10 }, (_, i) => `import m${i} from "m${i}";`).join('\n')}\nexport default (a) => [${Array.from({ length: 10 }, (_, i) => `m${i}`).join(', ')}].reduce((s, f) => f(s), a);`;
+  await measure('health Check (no-op call)', () => client.healthCheck());
+  await measure('Execute, shared', () => client.execute({ source: trivial, args: 1, mode: SHARED }));
+  await measure('Execute, isolate', () => client.execute({ source: trivial, args: 1, mode: ISOLATE }));
+  await measure('Execute, 10 modules, shared', () => client.execute({ source: tenImports, modules, args: 1, mode: SHARED }));
+  await measure('Execute, 10 modules, isolate', () => client.execute({ source: tenImports, modules, args: 1, mode: ISOLATE }));
+  const one = await client.register({ trigger: 'bench.one', source: 'export default (p) => p', mode: SHARED });
+  await measure('Trigger, 1 warm registration', () => client.trigger({ trigger: 'bench.one', payload: 1 }));
+  const fan: string[] = [];
+  for (let i = 0; i < 100; i++) fan.push((await client.register({ trigger: 'bench.fan', source: 'export default (p) => p', mode: i % 2 ? ISOLATE : SHARED })).registration?.id as string);
+  await measure('Trigger, fan-out to 100', () => client.trigger({ trigger: 'bench.fan', payload: 1 }));
+  for (const [name, mode] of [
+    ['Register + Release, shared', SHARED],
+    ['Register + Release, isolate', ISOLATE],
+  ] as const) {
+    await measure(name, async () => {
+      const r = await client.register({ trigger: 'bench.churn', source: 'export default (p) => p', mode });
+      await client.release({ registrationId: r.registration?.id });
+    });
   }
-  mkdirSync('bench-results', { recursive: true });
-  writeFileSync('bench-results/latency.json', `${JSON.stringify({ calls: CALLS, warmup: WARMUP, rows }, null, 2)}\n`);
+  await client.release({ registrationId: one.registration?.id });
+  for (const id of fan) await client.release({ registrationId: id });
   client.close();
-  await server.shutdown(2000);
+  server.child.kill('SIGTERM');
+  await server.exited;
+
+  // Density: marginal RSS and isolate heap per idle interpreter holding one registration, each
+  // mode in a fresh server process (memory freed by an earlier phase would be reused and hide
+  // the cost).
+  const density: Record<string, { rssKiB: number; heapKiB: number; interpreters: number }> = {};
+  for (const [name, mode] of [
+    ['isolate', ISOLATE],
+    ['shared', SHARED],
+  ] as const) {
+    console.error(`measuring density, ${name} mode…`);
+    const fresh = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_MAX_INTERPRETERS: String(DENSITY + 100) }, false);
+    const c = new TestClient(fresh.grpcAddress);
+    for (let i = 0; i < 20; i++) await c.release({ registrationId: (await c.register({ trigger: 'warm', source: 'export default (p) => p', mode })).registration?.id });
+    await new Promise((r) => setTimeout(r, 1000));
+    const before = await scrape(fresh.metricsAddress);
+    for (let i = 0; i < DENSITY; i++) await c.register({ trigger: `density.${name}`, source: 'export default (p) => p', mode });
+    await new Promise((r) => setTimeout(r, 1000));
+    const after = await scrape(fresh.metricsAddress);
+    const delta = (key: string): number => (after.get(key) ?? 0) - (before.get(key) ?? 0);
+    density[name] = {
+      interpreters: DENSITY,
+      rssKiB: delta('process_resident_memory_bytes') / DENSITY / 1024,
+      heapKiB: (delta('isogear_heap_used_bytes{kind="dedicated"}') + delta('isogear_heap_used_bytes{kind="shared"}')) / DENSITY / 1024,
+    };
+    const trig = await c.trigger({ trigger: `density.${name}`, payload: 1 });
+    if (trig.results.length !== DENSITY || trig.results.some((r) => r.outcome !== pb.Outcome.OUTCOME_SUCCEEDED)) throw new Error(`a ${name}-mode registration failed to run`);
+    c.close();
+    fresh.child.kill('SIGTERM');
+    await fresh.exited;
+  }
+
+  // ---- the table
+  const at = (figure: string, c: number): Row | undefined => rows.find((r) => r.figure === figure && r.concurrency === c);
+  const rawAt = (figs: LoopFigure[], c: number): LoopFigure | undefined => figs.find((f) => f.concurrency === c);
+  const fmt = (n: number | undefined, digits = 2): string => (n === undefined || Number.isNaN(n) ? '-' : n.toFixed(digits));
+  console.log(`\n${SECONDS} s per figure after a warm-up; server with ${SHARED_ISOLATES} shared isolates; limits measured in this run\n`);
+  console.log(`${'figure'.padEnd(32)}${'in flight'.padStart(10)}${'median ms'.padStart(11)}${'p99 ms'.padStart(9)}${'per s'.padStart(9)}`);
+  const limitRows: [string, LoopFigure[]][] = [
+    ['raw: new isolate+context+run+dispose', raw.newIsolate],
+    ['raw: new context in shared isolate', raw.newContext],
+    ['raw: warm function call', raw.warmCall],
+    ['node -e per run (a process each)', nodeE],
+  ];
+  for (const [name, figs] of limitRows) for (const f of figs) console.log(`${name.padEnd(32).slice(0, 32)}${String(f.concurrency).padStart(10)}${fmt(f.medianMs).padStart(11)}${fmt(f.p99Ms).padStart(9)}${fmt(f.perSecond, 0).padStart(9)}`);
+  for (const r of rows) console.log(`${r.figure.padEnd(32)}${String(r.concurrency).padStart(10)}${fmt(r.medianMs).padStart(11)}${fmt(r.p99Ms).padStart(9)}${fmt(r.perSecond, 0).padStart(9)}`);
+
+  const hi = Math.max(...CONCURRENCY);
+  const noop1 = at('health Check (no-op call)', 1);
+  const noopHi = at('health Check (no-op call)', hi);
+  const targets = [
+    { target: `Execute isolate, per s at ${hi} ≥ 0.8 × raw new isolate`, value: at('Execute, isolate', hi)?.perSecond, limit: rawAt(raw.newIsolate, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
+    { target: `Execute shared, per s at ${hi} ≥ 0.8 × raw new context`, value: at('Execute, shared', hi)?.perSecond, limit: rawAt(raw.newContext, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
+    { target: 'Execute isolate, median at 1 ≤ no-op + 0.5 ms', value: at('Execute, isolate', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= l + 0.5 },
+    { target: 'Trigger, median at 1 ≤ 1.5 × no-op', value: at('Trigger, 1 warm registration', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= 1.5 * l },
+    { target: `Trigger, per s at ${hi} ≥ 0.6 × no-op`, value: at('Trigger, 1 warm registration', hi)?.perSecond, limit: noopHi?.perSecond, ok: (v: number, l: number) => v / l >= 0.6 },
+    { target: 'RSS per idle interpreter, isolate ≤ 1.25 × raw isolate', value: density.isolate.rssKiB, limit: raw.rssPerIsolateKiB, ok: (v: number, l: number) => v <= 1.25 * l },
+    { target: 'RSS per idle interpreter, shared ≤ 1.5 × raw context', value: density.shared.rssKiB, limit: raw.rssPerContextKiB, ok: (v: number, l: number) => v <= 1.5 * l },
+  ].map((t) => ({ target: t.target, value: t.value, limit: t.limit, ratio: t.value !== undefined && t.limit ? t.value / t.limit : undefined, met: t.value !== undefined && t.limit !== undefined ? t.ok(t.value, t.limit) : false }));
+  console.log(`\n${'target'.padEnd(58)}${'value'.padStart(10)}${'limit'.padStart(10)}${'ratio'.padStart(8)}  met`);
+  for (const t of targets) console.log(`${t.target.padEnd(58)}${fmt(t.value).padStart(10)}${fmt(t.limit).padStart(10)}${fmt(t.ratio).padStart(8)}  ${t.met ? 'yes' : 'NO'}`);
+  console.log(`\ndensity (KiB per idle interpreter with one registration, ${DENSITY} each): isolate RSS ${fmt(density.isolate.rssKiB, 0)} heap ${fmt(density.isolate.heapKiB, 0)}; shared RSS ${fmt(density.shared.rssKiB, 0)} heap ${fmt(density.shared.heapKiB, 0)}`);
+  console.log(`raw: RSS per idle isolate with a context ${fmt(raw.rssPerIsolateKiB, 0)} KiB; per extra context ${fmt(raw.rssPerContextKiB, 0)} KiB (heap ${fmt(raw.heapPerContextKiB, 0)} KiB)`);
+  mkdirSync('bench-results', { recursive: true });
+  writeFileSync('bench-results/bench.json', `${JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, sharedIsolates: SHARED_ISOLATES, raw, nodeE, rows, density, targets }, null, 2)}\n`);
 }
 
-main().catch((err: unknown) => {
-  console.error(err);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
