@@ -52,29 +52,23 @@ export class ModuleLoader {
     const pending = new Map<string, Promise<ivm.Module>>();
     let usedMain = false;
     let usedEnter = false;
-    try {
-      await this.housekeeping(driver.instantiate(this.context, (specifier) => {
-        if (specifier === MAIN_SPECIFIER && !usedMain) {
-          usedMain = true;
-          return main;
-        }
-        if (specifier === ENTER_SPECIFIER && !usedEnter) {
-          usedEnter = true;
-          return enter;
-        }
-        let p = pending.get(specifier);
-        if (!p) {
-          p = this.resolve(specifier, modules);
-          pending.set(specifier, p);
-        }
-        return p;
-      }));
-    } catch (err) {
-      main.release();
-      enter.release();
-      driver.release();
-      throw err;
-    }
+    // Module handles are never released explicitly, on failure either: see Sandbox.load.
+    await this.housekeeping(driver.instantiate(this.context, (specifier) => {
+      if (specifier === MAIN_SPECIFIER && !usedMain) {
+        usedMain = true;
+        return main;
+      }
+      if (specifier === ENTER_SPECIFIER && !usedEnter) {
+        usedEnter = true;
+        return enter;
+      }
+      let p = pending.get(specifier);
+      if (!p) {
+        p = this.resolve(specifier, modules);
+        pending.set(specifier, p);
+      }
+      return p;
+    }));
     return driver;
   }
 
