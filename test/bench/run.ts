@@ -11,11 +11,10 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { pb, TestClient } from '../helpers/client';
-import { spawnServer } from '../helpers/process';
+import { scrapeMetrics as scrape, spawnServer } from '../helpers/process';
 import { closedLoop, type LoopFigure } from './loop';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -49,24 +48,6 @@ function nodeProcess(): Promise<void> {
   });
 }
 
-function scrape(address: string): Promise<Map<string, number>> {
-  return new Promise((resolve, reject) => {
-    http
-      .get(`http://${address}/metrics`, (res) => {
-        let body = '';
-        res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => {
-          const out = new Map<string, number>();
-          for (const line of body.split('\n')) {
-            const m = /^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$/.exec(line);
-            if (m) out.set(m[1], Number(m[2]));
-          }
-          resolve(out);
-        });
-      })
-      .on('error', reject);
-  });
-}
 
 interface Row {
   figure: string;

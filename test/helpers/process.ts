@@ -1,4 +1,5 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import http from 'node:http';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 
@@ -48,4 +49,24 @@ export function logLines(stdout: string): Record<string, unknown>[] {
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** GET /metrics of a server: each sample keyed by `name{labels}` as exposed. */
+export function scrapeMetrics(address: string): Promise<Map<string, number>> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(`http://${address}/metrics`, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => {
+          const out = new Map<string, number>();
+          for (const line of body.split('\n')) {
+            const m = /^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$/.exec(line);
+            if (m) out.set(m[1], Number(m[2]));
+          }
+          resolve(out);
+        });
+      })
+      .on('error', reject);
+  });
 }

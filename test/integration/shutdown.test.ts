@@ -3,21 +3,13 @@
  * period are aborted, a second signal exits at once.
  */
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { expectStatus, grpc, TestClient } from '../helpers/client';
-import { logLines, spawnServer, type ServerProcess } from '../helpers/process';
+import { logLines, scrapeMetrics, spawnServer, type ServerProcess } from '../helpers/process';
 import { limits, outcomeName, succeeded } from '../helpers/proto';
 
-function metric(p: ServerProcess, name: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    http
-      .get(`http://${p.metricsAddress}/metrics`, (res) => {
-        let body = '';
-        res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => resolve([...body.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)`, 'gm'))].reduce((s, m) => s + Number(m[1]), 0)));
-      })
-      .on('error', reject);
-  });
+async function metric(p: ServerProcess, name: string): Promise<number> {
+  const samples = await scrapeMetrics(p.metricsAddress);
+  return [...samples].filter(([k]) => k === name || k.startsWith(`${name}{`)).reduce((sum, [, v]) => sum + v, 0);
 }
 
 async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 5000): Promise<void> {

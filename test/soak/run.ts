@@ -12,9 +12,8 @@
  *   SOAK_ROUNDS    load rounds, each followed by a full release (default 3)
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { pb, TestClient } from '../helpers/client';
-import { spawnServer } from '../helpers/process';
+import { scrapeMetrics as scrape, spawnServer } from '../helpers/process';
 
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 60);
 const CLIENTS = Number(process.env.SOAK_CLIENTS ?? 8);
@@ -35,24 +34,6 @@ interface Sample {
   registrations: number;
 }
 
-function scrape(address: string): Promise<Map<string, number>> {
-  return new Promise((resolve, reject) => {
-    http
-      .get(`http://${address}/metrics`, (res) => {
-        let body = '';
-        res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => {
-          const out = new Map<string, number>();
-          for (const line of body.split('\n')) {
-            const m = /^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
-            if (m) out.set(m[1] + (m[2] ?? ''), Number(m[3]));
-          }
-          resolve(out);
-        });
-      })
-      .on('error', reject);
-  });
-}
 
 const sum = (m: Map<string, number>, name: string): number => [...m].filter(([k]) => k === name || k.startsWith(`${name}{`)).reduce((s, [, v]) => s + v, 0);
 
