@@ -1,5 +1,6 @@
 import { ConfigError, loadConfig } from './config';
 import { createLogger } from './logger';
+import { engineProblem } from './sandbox/engineCheck';
 import { startServer, type RunningServer } from './server';
 
 /** Process entry: config → start → signals. SIGTERM/SIGINT drain; a second signal exits at once. */
@@ -8,6 +9,11 @@ async function main(): Promise<void> {
   const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
   if (!flags.includes('--no-node-snapshot')) {
     process.stderr.write('isogear: run Node with --no-node-snapshot (isolated-vm requires it); `npm start` does\n');
+    process.exit(2);
+  }
+  const problem = engineProblem();
+  if (problem) {
+    process.stderr.write(`isogear: ${problem}\n`);
     process.exit(2);
   }
   let config;

@@ -6,13 +6,14 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import dockerignore from '@balena/dockerignore';
 import { validate as lintDockerfile } from 'dockerfile-utils';
 import { loadConfig } from '../../src/config';
+import { ENGINE_PATCH_MARKER } from '../../src/sandbox/engineCheck';
 import { SERVICE_NAME } from '../../src/server';
 import { pb, TestClient } from '../helpers/client';
 import { kubectlAvailable, readText, renderOverlay, ROOT } from '../helpers/deploy';
@@ -210,7 +211,9 @@ describe('container image (deploy/Dockerfile)', function () {
       assert.ok(dev.length > 50 && prod.length > 10);
       for (const p of dev) assert.ok(!existsSync(path.join(runtimeDir, p)), `${p} (dev only) is absent`);
       for (const p of prod) assert.ok(existsSync(path.join(runtimeDir, p)), `${p} is present`);
-      assert.ok(existsSync(path.join(runtimeDir, 'node_modules/isolated-vm/out/isolated_vm.node')), 'the compiled isolated-vm addon is kept');
+      const addon = path.join(runtimeDir, 'node_modules/isolated-vm/out/isolated_vm.node');
+      assert.ok(existsSync(addon), 'the compiled isolated-vm addon is kept');
+      assert.ok(readFileSync(addon).includes(ENGINE_PATCH_MARKER), 'the addon is the one built with the module-handles patch');
       assert.ok(existsSync(path.join(runtimeDir, 'proto/isogear/v1/gears.proto')), 'proto/ ships: the server loads it for reflection');
       assert.ok(!existsSync(path.join(runtimeDir, 'src')), 'no TypeScript sources in the runtime');
     });
