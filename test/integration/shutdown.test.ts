@@ -21,6 +21,7 @@ async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 
 }
 
 const HANG = 'export default () => new Promise(() => {});';
+const EXIT_FORCED = 'the event loop did not end after shutdown: exiting';
 
 describe('graceful shutdown of the process', function () {
   this.timeout(20_000);
@@ -59,6 +60,7 @@ describe('graceful shutdown of the process', function () {
     const lines = logLines(p.output().stdout);
     assert.ok(lines.some((l) => l.msg === 'stopped'));
     assert.ok(!lines.some((l) => l.level === 'error' || l.level === 'fatal'), 'no error logged');
+    assert.ok(!lines.some((l) => l.msg === EXIT_FORCED), 'the event loop ended by itself (isolated-vm joined its isolate threads)');
   });
 
   it('runs still going when ISOGEAR_SHUTDOWN_GRACE_MS ends are aborted (OUTCOME_ABORTED), isolates disposed, exit 0', async () => {
@@ -71,6 +73,7 @@ describe('graceful shutdown of the process', function () {
       assert.match(res.error?.message ?? '', /shut down/);
     }
     assert.equal(await p.exited, 'code 0 signal null', p.output().stderr);
+    assert.ok(!logLines(p.output().stdout).some((l) => l.msg === EXIT_FORCED), 'the event loop ended by itself with a spinning isolate disposed');
   });
 
   it('a second signal exits at once, without waiting for the grace period', async () => {
