@@ -21,10 +21,26 @@ export class ModuleNotFoundError extends Error {
  * same source reuses the instance (and its state); with a different source it gets a new one.
  * A specifier a request does not supply falls back to the latest source this interpreter loaded
  * under that name.
+ *
+ * Every module handle is released explicitly: a load's own three when it is done with them, the
+ * imported ones with the interpreter. Until a handle is released its module stays alive in the
+ * isolate, and through it the context it was linked in, whatever the isolate's own collector
+ * decides; left to the Node.js collector (which sees only a small wrapper), a shared isolate
+ * kept disposed interpreters' contexts. Releasing on the Node.js thread is safe only with the
+ * module-handles lock scripts/patch-isolated-vm.js adds to isolated-vm.
  */
 export class ModuleLoader {
   private readonly instances = new Map<string, Map<string, ivm.Module>>();
   private readonly latest = new Map<string, ivm.Module>();
+  /** Main, enter and driver modules of loads still in progress. */
+  private readonly loading = new Set<ivm.Module>();
+  private released = false;
+  /**
+   * Links run one at a time per interpreter: isolated-vm refuses to link a module that another
+   * linker is linking ("Module is currently being linked by another linker"), which two
+   * concurrent loads importing the same cached module would otherwise hit.
+   */
+  private linking: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly isolate: ivm.Isolate,
@@ -41,19 +57,29 @@ export class ModuleLoader {
    */
   async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
     const tokenLiteral = JSON.stringify(token);
-    const [main, enter, driver] = await this.housekeeping(Promise.all([
+    const compiled = await Promise.allSettled([
       this.isolate.compileModule(source, { filename: 'main.js' }),
       this.isolate.compileModule(`__isogear_loaded__(${tokenLiteral});\n`, { filename: ENTER_SPECIFIER }),
       this.isolate.compileModule(
         `import ${JSON.stringify(ENTER_SPECIFIER)};\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`,
         { filename: 'isogear:driver' },
       ),
-    ]));
+    ].map((p) => this.housekeeping(p)));
+    const ok = compiled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    if (ok.length < compiled.length) {
+      for (const m of ok) m.release();
+      throw (compiled.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason;
+    }
+    const [main, enter, driver] = ok;
+    if (this.released) {
+      for (const m of ok) m.release();
+      throw new Error('the interpreter was disposed');
+    }
+    for (const m of ok) this.loading.add(m);
     const pending = new Map<string, Promise<ivm.Module>>();
     let usedMain = false;
     let usedEnter = false;
-    // Module handles are never released explicitly, on failure either: see Sandbox.load.
-    await this.housekeeping(driver.instantiate(this.context, (specifier) => {
+    const resolver = (specifier: string): ivm.Module | Promise<ivm.Module> => {
       if (specifier === MAIN_SPECIFIER && !usedMain) {
         usedMain = true;
         return main;
@@ -68,8 +94,38 @@ export class ModuleLoader {
         pending.set(specifier, p);
       }
       return p;
-    }));
+    };
+    const linked = this.linking.then(() => this.housekeeping(driver.instantiate(this.context, resolver)));
+    this.linking = linked.catch(() => undefined);
+    try {
+      await linked;
+    } catch (err) {
+      for (const m of ok) this.drop(m);
+      throw err;
+    }
+    // Linked: the driver's module holds main and enter in the isolate now.
+    this.drop(main);
+    this.drop(enter);
     return driver;
+  }
+
+  /** The load that `driver` came from has finished evaluating: release its handle. */
+  finish(driver: ivm.Module): void {
+    this.drop(driver);
+  }
+
+  /** Releases every module handle this interpreter holds (its context is going away). Idempotent. */
+  release(): void {
+    this.released = true;
+    for (const m of this.loading) m.release();
+    this.loading.clear();
+    for (const bySource of this.instances.values()) for (const m of bySource.values()) m.release();
+    this.instances.clear();
+    this.latest.clear();
+  }
+
+  private drop(m: ivm.Module): void {
+    if (this.loading.delete(m)) m.release();
   }
 
   private housekeeping<T>(p: Promise<T>): Promise<T> {
@@ -95,6 +151,10 @@ export class ModuleLoader {
     let mod = bySource.get(source);
     if (!mod) {
       mod = await this.housekeeping(this.isolate.compileModule(source, { filename: specifier }));
+      if (this.released) {
+        mod.release();
+        throw new Error('the interpreter was disposed');
+      }
       bySource.set(source, mod);
     }
     this.latest.set(specifier, mod);

@@ -261,14 +261,10 @@ export class Sandbox {
     const evaluated = this.track(driver.evaluate({ timeout: timeoutMs }), timeoutMs);
     return new Promise<RunTuple>((resolve, reject) => {
       let done = false;
-      // The driver's handle is left to the garbage collector, like every module handle: releasing
-      // module handles explicitly (driver.release()) aborted the process under 16 concurrent
-      // shared-mode Executes in isolated-vm 5.0.4 (`ModuleInfo::~ModuleInfo(): Assertion
-      // 'it != range.second' failed`): 1 abort in ~7 rounds of 8 s with the driver released,
-      // at once with every module released, none in 24 rounds with none released.
       evaluated.then(
-        () => undefined,
+        () => this.loader.finish(driver),
         (err: unknown) => {
+          this.loader.finish(driver);
           if (done) return;
           done = true;
           reject(classifyCallError(err, this.isolate));
@@ -338,6 +334,7 @@ export class Sandbox {
   release(): void {
     if (this.released) return;
     this.released = true;
+    this.loader.release();
     if (this.isolate.isDisposed) return;
     try {
       this.dispatch.release();

@@ -93,6 +93,32 @@ describe('Isolation between interpreters', () => {
       assert.equal(new Set(runs.map((r) => r.interpreterId)).size, n);
     });
 
+    it(`concurrent attached Executes importing the same modules into one interpreter all link and share them (${modeName(mode)})`, async () => {
+      const t = server();
+      const keep = await t.client.execute({ mode, source: 'gears.register("iso.link", () => 1);' });
+      succeeded(keep);
+      const interpreterId = keep.interpreterId;
+      // Each round imports a module source this interpreter has not linked yet, from 16 loads at once.
+      for (let round = 0; round < 5; round++) {
+        const modules = {
+          shared: `let n = 0; export const next = () => ++n; export const round = ${round};`,
+          mid: `import { next } from 'shared'; export const viaMid = () => next(); // round ${round}`,
+        };
+        const runs = await Promise.all(
+          Array.from({ length: 16 }, () =>
+            t.client.execute({ interpreterId, modules, source: "import { next, round } from 'shared'; import { viaMid } from 'mid'; export default [round, next(), viaMid()];" }),
+          ),
+        );
+        for (const res of runs) {
+          succeeded(res);
+          assert.equal((res.result as number[])[0], round);
+        }
+        const counts = runs.flatMap((r) => (r.result as number[]).slice(1)).sort((a, b) => a - b);
+        assert.deepEqual(counts, Array.from({ length: 32 }, (_, i) => i + 1), 'one instance of "shared" per source, shared by every load');
+      }
+      await t.client.release({ interpreterId });
+    });
+
     it(`module state is per interpreter (${modeName(mode)})`, async () => {
       const t = server();
       const modules = { counter: 'let n = 0; export function next() { n += 1; return n; }' };
