@@ -23,6 +23,8 @@ export interface Config {
   maxQueuedRuns: number;
   maxQueueWaitMs: number;
   maxResponseBytes: number;
+  warmIsolates: number;
+  warmContexts: number;
   shutdownGraceMs: number;
   logLevel: LogLevel;
 }
@@ -93,6 +95,8 @@ const SETTINGS = [
   setting('maxQueuedRuns', 'ISOGEAR_MAX_QUEUED_RUNS', int(0, 1_000_000), () => 256),
   setting('maxQueueWaitMs', 'ISOGEAR_MAX_QUEUE_WAIT_MS', int(1, 3_600_000), () => 5000),
   setting('maxResponseBytes', 'ISOGEAR_MAX_RESPONSE_BYTES', int(1024, 1024 * MiB), () => 16 * MiB),
+  setting('warmIsolates', 'ISOGEAR_WARM_ISOLATES', int(0, 1024), () => 16),
+  setting('warmContexts', 'ISOGEAR_WARM_CONTEXTS', int(0, 1024), () => 16),
   setting('shutdownGraceMs', 'ISOGEAR_SHUTDOWN_GRACE_MS', int(0, 3_600_000), () => 10_000),
   setting('logLevel', 'ISOGEAR_LOG_LEVEL', oneOf<LogLevel>('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), (): LogLevel => 'info'),
 ] as Setting<keyof Config>[];

@@ -74,6 +74,8 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     maxQueuedRuns: config.maxQueuedRuns,
     maxQueueWaitMs: config.maxQueueWaitMs,
     maxResponseBytes: config.maxResponseBytes,
+    warmIsolates: config.warmIsolates,
+    warmContextsPerShared: config.warmContexts,
     logger,
     onCatastrophicError: exitOnCatastrophe(logger),
   });

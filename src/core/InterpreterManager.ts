@@ -16,6 +16,7 @@ import { isValidName, isValidSpecifier, isValidTrigger, TRIGGER_PATTERN } from '
 import type { Reference } from './Reference';
 import { Registration } from './Registration';
 import { RunSlots, type Slot } from './RunSlots';
+import { WarmPool, type WarmSandbox } from './WarmPool';
 import type {
   ExecuteResult,
   ExecuteSpec,
@@ -50,12 +51,19 @@ const TOMBSTONES = 10_000;
 const MIN_MEMORY_MB = 8;
 /** How long past its timeout an isolate may sit on a call before it is declared stuck and disposed. */
 const STUCK_GRACE_MS = 3000;
+/**
+ * A shared isolate that has settled no call for this long is busy with one long call, or wedged:
+ * its warm contexts are not used (nor refilled) until it moves again.
+ */
+const WARM_PROGRESS_MS = 250;
 const WATCHDOG_INTERVAL_MS = 500;
 /** Run admission defaults (ISOGEAR_MAX_CONCURRENT_RUNS, ISOGEAR_MAX_QUEUED_RUNS, ISOGEAR_MAX_QUEUE_WAIT_MS). */
 export const DEFAULT_MAX_CONCURRENT_RUNS = 64;
 export const DEFAULT_MAX_QUEUED_RUNS = 256;
 export const DEFAULT_MAX_QUEUE_WAIT_MS = 5000;
 export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_WARM_ISOLATES = 16;
+export const DEFAULT_WARM_CONTEXTS = 16;
 /** What a TriggerResult costs beyond its result, logs and error: ids, outcome, times. */
 const RESULT_OVERHEAD_BYTES = 256;
 /** Heap budgeted per shared-mode interpreter: an empty context costs about 170 KiB. */
@@ -114,6 +122,7 @@ export class InterpreterManager implements IsolateManager {
   private closed = false;
   private readonly watchdog: NodeJS.Timeout;
   private readonly slots: RunSlots;
+  private readonly pool: WarmPool;
 
   private constructor(private readonly options: ManagerOptions) {
     this.slots = new RunSlots({
@@ -123,6 +132,16 @@ export class InterpreterManager implements IsolateManager {
     });
     this.watchdog = setInterval(() => this.checkStuck(), WATCHDOG_INTERVAL_MS);
     this.watchdog.unref();
+    this.pool = new WarmPool({
+      isolates: options.warmIsolates ?? DEFAULT_WARM_ISOLATES,
+      contextsPerShared: options.warmContextsPerShared ?? DEFAULT_WARM_CONTEXTS,
+      memoryMb: options.defaultMemoryMb,
+      newIsolate: (onDeath) => IsolateHost.create('dedicated', options.defaultMemoryMb, onDeath, options.onCatastrophicError),
+      newSandbox: (host, id, prefix) => this.newSandbox(host, id, prefix),
+      sharedHosts: () => this.shared,
+      hasRoomFor: (host, warm) => host.interpreterIds.size + warm < this.sharedCapacity() && host.isProgressing(performance.now(), WARM_PROGRESS_MS),
+      onError: (err) => this.options.logger?.warn({ err }, 'warm pool: could not create an interpreter ahead of time'),
+    });
   }
 
   /** Disposes isolates stuck in code no timeout guards; their interpreters go FAILED. */
@@ -139,6 +158,7 @@ export class InterpreterManager implements IsolateManager {
     validateOptions(options);
     const manager = new InterpreterManager(options);
     for (let i = 0; i < options.sharedIsolates; i++) manager.shared.push(manager.newSharedHost());
+    manager.pool.refill();
     return manager;
   }
 
@@ -481,12 +501,15 @@ export class InterpreterManager implements IsolateManager {
       runSlotsInUse: this.slots.running,
       isolatesCreated: { ...this.created },
       isolatesDisposed: { ...this.disposedCount },
+      warm: this.pool.stats(),
     };
   }
 
   /** Disposals by `<kind>:<reason>`, for metrics. */
   disposals(): Map<string, number> {
-    return new Map(this.disposedByReason);
+    const out = new Map(this.disposedByReason);
+    for (const [reason, n] of this.pool.stats().isolatesDisposed) out.set(`pooled:${reason}`, n);
+    return out;
   }
 
   /** Heap in use summed over the live isolates of each kind (samples at most a few ms old). */
@@ -506,6 +529,7 @@ export class InterpreterManager implements IsolateManager {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.watchdog);
+    this.pool.destroy();
     for (const host of [...this.dedicated, ...this.shared]) host.dispose('shutdown');
     await Promise.allSettled([...this.inFlightRuns]);
     for (const interp of [...this.interpreters.values()]) {
@@ -552,6 +576,7 @@ export class InterpreterManager implements IsolateManager {
     if (host.kind === 'shared' && !this.closed) {
       const slot = this.shared.indexOf(host);
       if (slot >= 0) this.shared[slot] = this.newSharedHost();
+      this.pool.forgetHost(host);
     }
   };
 
@@ -561,10 +586,14 @@ export class InterpreterManager implements IsolateManager {
    * new contexts overruns it; so each one takes at most as many interpreters as its limit holds
    * at SHARED_CONTEXT_BUDGET_BYTES each, and none while its last heap sample is nearly full.
    */
+  private sharedCapacity(): number {
+    return Math.max(1, Math.floor((this.options.sharedIsolateMemoryMb * 1024 * 1024 * SHARED_FILL) / SHARED_CONTEXT_BUDGET_BYTES));
+  }
+
   private pickShared(): IsolateHost {
     for (const h of [...this.shared]) h.checkAlive();
     const limitBytes = this.options.sharedIsolateMemoryMb * 1024 * 1024;
-    const perIsolate = Math.max(1, Math.floor((limitBytes * SHARED_FILL) / SHARED_CONTEXT_BUDGET_BYTES));
+    const perIsolate = this.sharedCapacity();
     let best: IsolateHost | undefined;
     for (const h of this.shared) {
       if (h.disposed || h.interpreterIds.size >= perIsolate) continue;
@@ -599,27 +628,22 @@ export class InterpreterManager implements IsolateManager {
     this.creating += 1;
     let host: IsolateHost | undefined;
     try {
+      let warm: WarmSandbox | undefined;
       if (mode === 'isolate') {
-        host = IsolateHost.create('dedicated', memoryMb, this.onIsolateDeath, this.options.onCatastrophicError);
+        warm = this.pool.takeIsolate(memoryMb, this.onIsolateDeath);
+        host = warm?.host ?? IsolateHost.create('dedicated', memoryMb, this.onIsolateDeath, this.options.onCatastrophicError);
         this.created.dedicated += 1;
         this.dedicated.add(host);
       } else {
         host = this.pickShared();
+        warm = this.pool.takeContext(host, host.isProgressing(performance.now(), WARM_PROGRESS_MS));
       }
-      const id = newInterpreterId();
-      const prefix = newRegistrationPrefix();
+      const id = warm?.id ?? newInterpreterId();
+      const prefix = warm?.registrationPrefix ?? newRegistrationPrefix();
       host.interpreterIds.add(id);
       let sandbox: Sandbox;
       try {
-        sandbox = await Sandbox.create(host.isolate, {
-          track: host.track,
-          interpreterId: id,
-          registrationPrefix: prefix,
-          maxLogChars: this.options.maxLogBytes,
-          triggerPattern: TRIGGER_PATTERN,
-          maxResultChars: this.options.maxValueBytes,
-          maxRegistrations: this.options.maxRegistrationsPerInterpreter,
-        }, host.bootstrapScript());
+        sandbox = warm?.sandbox ?? (await this.newSandbox(host, id, prefix));
       } catch (err) {
         host.interpreterIds.delete(id);
         if (host.kind === 'shared' && host.disposed && !this.closed && attempt < 2) {
@@ -644,6 +668,23 @@ export class InterpreterManager implements IsolateManager {
     }
   }
 
+  /** A context with the bootstrap installed, for interpreter `id` on `host`. */
+  private newSandbox(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
+    return Sandbox.create(
+      host.isolate,
+      {
+        track: host.track,
+        interpreterId: id,
+        registrationPrefix,
+        maxLogChars: this.options.maxLogBytes,
+        triggerPattern: TRIGGER_PATTERN,
+        maxResultChars: this.options.maxValueBytes,
+        maxRegistrations: this.options.maxRegistrationsPerInterpreter,
+      },
+      host.bootstrapScript(),
+    );
+  }
+
   private readonly onUnreferenced = (interp: Interpreter): void => {
     this.forget(interp);
   };
@@ -656,6 +697,7 @@ export class InterpreterManager implements IsolateManager {
     interp.markDisposed();
     interp.host.interpreterIds.delete(interp.id);
     if (interp.host.kind === 'dedicated') interp.host.dispose(interp.disposeReason);
+    else this.pool.refill(); // room on a shared isolate: a warm context may take it
     this.tombstones.set(interp.id, interp.infoWithHeap(0));
     if (this.tombstones.size > TOMBSTONES) {
       const oldest = this.tombstones.keys().next().value as string;

@@ -29,8 +29,13 @@ export class IsolateHost {
     readonly kind: IsolateKind,
     readonly memoryLimitMb: number,
     readonly isolate: ivm.Isolate,
-    private readonly onDeath: (host: IsolateHost, reason: IsolateDisposeReason) => void,
+    private onDeath: (host: IsolateHost, reason: IsolateDisposeReason) => void,
   ) {}
+
+  /** Hands the isolate to a new owner, who hears of its death from now on (a warm pool's take). */
+  adopt(onDeath: (host: IsolateHost, reason: IsolateDisposeReason) => void): void {
+    this.onDeath = onDeath;
+  }
 
   /**
    * The `ivm.Isolate` constructor is the one synchronous isolated-vm call the request path makes:
@@ -81,6 +86,11 @@ export class IsolateHost {
     let longest = 0;
     for (const t of this.outstanding.values()) if (t > longest) longest = t;
     return now - this.lastProgressAt > longest + graceMs;
+  }
+
+  /** True when no call is outstanding, or one settled within the last `withinMs`. */
+  isProgressing(now: number, withinMs: number): boolean {
+    return this.outstanding.size === 0 || now - this.lastProgressAt <= withinMs;
   }
 
   /**

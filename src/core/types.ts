@@ -165,6 +165,20 @@ export interface ManagerCounters {
   runSlotsInUse: number;
   isolatesCreated: Record<IsolateKind, number>;
   isolatesDisposed: Record<IsolateKind, number>;
+  /** The warm pool: what it holds, its hits and misses, pooled isolates created and disposed. */
+  warm: WarmPoolStats;
+}
+
+export interface WarmPoolStats {
+  /** Warm dedicated isolates and warm shared-isolate contexts waiting to be taken. */
+  isolates: number;
+  contexts: number;
+  /** Takes served warm (hit), or not (miss: the interpreter was created on the request path). */
+  hits: Record<IsolationMode, number>;
+  misses: Record<IsolationMode, number>;
+  isolatesCreated: number;
+  /** Pooled isolates disposed while still in the pool, by reason ('shutdown', 'failed', …). */
+  isolatesDisposed: Map<string, number>;
 }
 
 /** The isolate manager's public surface (see InterpreterManager for the implementation). */
@@ -221,6 +235,10 @@ export interface ManagerOptions {
   maxQueueWaitMs?: number;
   /** Results and logs one Trigger response may carry; beyond it they are withheld (default 16 MiB). */
   maxResponseBytes?: number;
+  /** Warm dedicated isolates (with the default heap limit) kept ready for isolate mode (default 16). */
+  warmIsolates?: number;
+  /** Warm contexts kept ready on each shared isolate for shared mode (default 16). */
+  warmContextsPerShared?: number;
   logger?: CoreLogger;
   /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
   onRunEnd?: (event: RunEndEvent) => void;

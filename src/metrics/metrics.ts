@@ -14,6 +14,7 @@ export const LABEL = {
   state: 'state',
   owner: 'owner',
   reason: 'reason',
+  result: 'result',
   outcome: 'outcome',
   grpcType: 'grpc_type',
   grpcService: 'grpc_service',
@@ -76,7 +77,7 @@ export class IsogearMetrics {
         if (!c) return;
         this.set({ kind: 'dedicated' }, c.dedicatedIsolates);
         this.set({ kind: 'shared' }, c.sharedIsolates);
-        this.set({ kind: 'pooled' }, 0);
+        this.set({ kind: 'pooled' }, c.warm.isolates);
       },
     });
     new Gauge({
@@ -119,6 +120,7 @@ export class IsogearMetrics {
         const c = read();
         if (!c) return;
         for (const kind of ['dedicated', 'shared'] as const) mirror(this, `created:${kind}`, { kind }, c.isolatesCreated[kind]);
+        mirror(this, 'created:pooled', { kind: 'pooled' }, c.warm.isolatesCreated);
       },
     });
     new Counter({
@@ -132,6 +134,32 @@ export class IsogearMetrics {
         for (const [key, value] of d) {
           const [kind, reason] = key.split(':');
           mirror(this, `disposed:${key}`, { kind, reason }, value);
+        }
+      },
+    });
+    new Gauge({
+      name: 'isogear_warm_pool_size',
+      help: 'Interpreters created ahead of time and not yet taken, by mode: isolate (warm dedicated isolates), shared (warm contexts over all shared isolates).',
+      labelNames: [LABEL.mode],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        this.set({ mode: 'isolate' }, c.warm.isolates);
+        this.set({ mode: 'shared' }, c.warm.contexts);
+      },
+    });
+    new Counter({
+      name: 'isogear_warm_pool_takes_total',
+      help: 'New interpreters by mode and whether the warm pool had one ready (hit) or it was created on the request path (miss).',
+      labelNames: [LABEL.mode, LABEL.result],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const mode of MODES) {
+          mirror(this, `warm:hit:${mode}`, { mode, result: 'hit' }, c.warm.hits[mode]);
+          mirror(this, `warm:miss:${mode}`, { mode, result: 'miss' }, c.warm.misses[mode]);
         }
       },
     });

@@ -81,8 +81,10 @@ function memoryBudgetMiB(c: Config): number {
   const baseline = 128;
   const sharedHeaps = c.sharedIsolates * c.sharedIsolateMemoryMb;
   const idleInterpreters = c.maxInterpreters * 1.25;
+  // Warm isolates are idle isolates with a context; warm contexts live in the shared heaps.
+  const warmPool = c.warmIsolates * 1.25;
   const workingHeaps = 4 * c.maxMemoryMb;
-  return baseline + sharedHeaps + idleInterpreters + workingHeaps;
+  return baseline + sharedHeaps + idleInterpreters + warmPool + workingHeaps;
 }
 
 /** The variables the kubelet injects for each Service when enableServiceLinks is on. */

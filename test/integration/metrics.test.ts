@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
 import { delta, scrape, value } from '../helpers/metrics';
-import { ISOLATE, limits, MODES, modeName, SHARED, succeeded } from '../helpers/proto';
+import { ISOLATE, limits, MODES, modeName, SHARED, succeeded, waitFor } from '../helpers/proto';
 
 const GEARS = { grpc_service: 'isogear.v1.GearsService', grpc_type: 'unary' };
 
@@ -101,6 +101,28 @@ describe('metrics: /metrics follows the lifecycle exactly', () => {
     assert.equal(delta(s0, s1, 'grpc_server_handled_total', { ...GEARS, grpc_method: 'Execute', grpc_code: 'CANCELLED' }), 1);
     assert.equal(delta(s0, s1, 'grpc_server_started_total', { ...GEARS, grpc_method: 'Execute' }), 2);
     assert.ok(value(s1, 'grpc_server_handling_seconds_count', { ...GEARS, grpc_method: 'Execute' }) >= 2);
+  });
+
+  it('the warm pool: pooled isolates, warm contexts and hits or misses per mode, as the manager counts them', async () => {
+    const t = server();
+    await waitFor('the warm pool to fill', () => {
+      const w = t.manager.counters().warm;
+      return w.isolates > 0 && w.contexts > 0;
+    });
+    const s0 = await scrape(t);
+    const w0 = t.manager.counters().warm;
+    assert.equal(value(s0, 'isogear_isolates', { kind: 'pooled' }), w0.isolates);
+    assert.equal(value(s0, 'isogear_warm_pool_size', { mode: 'isolate' }), w0.isolates);
+    assert.equal(value(s0, 'isogear_warm_pool_size', { mode: 'shared' }), w0.contexts);
+    assert.equal(value(s0, 'isogear_isolates_created_total', { kind: 'pooled' }), w0.isolatesCreated);
+    succeeded(await t.client.execute({ mode: ISOLATE, source: 'export default 1' }));
+    succeeded(await t.client.execute({ mode: SHARED, source: 'export default 1' }));
+    succeeded(await t.client.execute({ mode: ISOLATE, source: 'export default 1', limits: { timeoutMs: 0, memoryLimitMb: 16 } }));
+    const s1 = await scrape(t);
+    assert.equal(delta(s0, s1, 'isogear_warm_pool_takes_total', { mode: 'isolate', result: 'hit' }), 1);
+    assert.equal(delta(s0, s1, 'isogear_warm_pool_takes_total', { mode: 'shared', result: 'hit' }), 1);
+    assert.equal(delta(s0, s1, 'isogear_warm_pool_takes_total', { mode: 'isolate', result: 'miss' }), 1, 'another heap limit misses');
+    assert.equal(delta(s0, s1, 'isogear_isolates_created_total', { kind: 'dedicated' }), 2, 'the taken pooled isolate counts as dedicated');
   });
 
   it('serves only GET /metrics: anything else is 404; process metrics are there; no label carries an id', async () => {
