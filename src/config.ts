@@ -25,6 +25,7 @@ export interface Config {
   maxResponseBytes: number;
   warmIsolates: number;
   warmContexts: number;
+  codeCacheBytes: number;
   shutdownGraceMs: number;
   logLevel: LogLevel;
 }
@@ -97,6 +98,7 @@ const SETTINGS = [
   setting('maxResponseBytes', 'ISOGEAR_MAX_RESPONSE_BYTES', int(1024, 1024 * MiB), () => 16 * MiB),
   setting('warmIsolates', 'ISOGEAR_WARM_ISOLATES', int(0, 1024), () => 16),
   setting('warmContexts', 'ISOGEAR_WARM_CONTEXTS', int(0, 1024), () => 16),
+  setting('codeCacheBytes', 'ISOGEAR_CODE_CACHE_BYTES', int(0, 4096 * MiB), () => 32 * MiB),
   setting('shutdownGraceMs', 'ISOGEAR_SHUTDOWN_GRACE_MS', int(0, 3_600_000), () => 10_000),
   setting('logLevel', 'ISOGEAR_LOG_LEVEL', oneOf<LogLevel>('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), (): LogLevel => 'info'),
 ] as Setting<keyof Config>[];

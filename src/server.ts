@@ -76,6 +76,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     maxResponseBytes: config.maxResponseBytes,
     warmIsolates: config.warmIsolates,
     warmContextsPerShared: config.warmContexts,
+    codeCacheBytes: config.codeCacheBytes,
     logger,
     onCatastrophicError: exitOnCatastrophe(logger),
   });

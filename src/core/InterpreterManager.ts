@@ -1,4 +1,5 @@
 import { setMaxListeners } from 'node:events';
+import { CodeCache } from '../sandbox/CodeCache';
 import { Sandbox, SandboxCallError, type RunTuple } from '../sandbox/Sandbox';
 import {
   AlreadyExistsError,
@@ -64,6 +65,7 @@ export const DEFAULT_MAX_QUEUE_WAIT_MS = 5000;
 export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_WARM_ISOLATES = 16;
 export const DEFAULT_WARM_CONTEXTS = 16;
+export const DEFAULT_CODE_CACHE_BYTES = 32 * 1024 * 1024;
 /** What a TriggerResult costs beyond its result, logs and error: ids, outcome, times. */
 const RESULT_OVERHEAD_BYTES = 256;
 /** Heap budgeted per shared-mode interpreter: an empty context costs about 170 KiB. */
@@ -123,6 +125,7 @@ export class InterpreterManager implements IsolateManager {
   private readonly watchdog: NodeJS.Timeout;
   private readonly slots: RunSlots;
   private readonly pool: WarmPool;
+  private readonly codeCache: CodeCache;
 
   private constructor(private readonly options: ManagerOptions) {
     this.slots = new RunSlots({
@@ -132,6 +135,7 @@ export class InterpreterManager implements IsolateManager {
     });
     this.watchdog = setInterval(() => this.checkStuck(), WATCHDOG_INTERVAL_MS);
     this.watchdog.unref();
+    this.codeCache = new CodeCache(options.codeCacheBytes ?? DEFAULT_CODE_CACHE_BYTES);
     this.pool = new WarmPool({
       isolates: options.warmIsolates ?? DEFAULT_WARM_ISOLATES,
       contextsPerShared: options.warmContextsPerShared ?? DEFAULT_WARM_CONTEXTS,
@@ -139,6 +143,7 @@ export class InterpreterManager implements IsolateManager {
       newIsolate: (onDeath) => IsolateHost.create('dedicated', options.defaultMemoryMb, onDeath, options.onCatastrophicError),
       newSandbox: (host, id, prefix) => this.newSandbox(host, id, prefix),
       sharedHosts: () => this.shared,
+      idle: () => this.inFlight === 0 && this.creating === 0,
       hasRoomFor: (host, warm) => host.interpreterIds.size + warm < this.sharedCapacity() && host.isProgressing(performance.now(), WARM_PROGRESS_MS),
       onError: (err) => this.options.logger?.warn({ err }, 'warm pool: could not create an interpreter ahead of time'),
     });
@@ -502,6 +507,7 @@ export class InterpreterManager implements IsolateManager {
       isolatesCreated: { ...this.created },
       isolatesDisposed: { ...this.disposedCount },
       warm: this.pool.stats(),
+      codeCache: { entries: this.codeCache.size, bytes: this.codeCache.sizeBytes, hits: this.codeCache.hits, misses: this.codeCache.misses, rejected: this.codeCache.rejected },
     };
   }
 
@@ -680,6 +686,7 @@ export class InterpreterManager implements IsolateManager {
         triggerPattern: TRIGGER_PATTERN,
         maxResultChars: this.options.maxValueBytes,
         maxRegistrations: this.options.maxRegistrationsPerInterpreter,
+        codeCache: this.codeCache,
       },
       host.bootstrapScript(),
     );
@@ -1034,6 +1041,7 @@ export class InterpreterManager implements IsolateManager {
       this.inFlightByMode[interp.mode] -= 1;
       host.inFlight -= 1;
       ref.release();
+      if (this.inFlight === 0 && this.creating === 0) this.pool.refill();
       this.options.onRunEnd?.({ mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome: ended, wallTimeMs: performance.now() - since });
     }
   }
@@ -1144,7 +1152,15 @@ function validateOptions(o: ManagerOptions): void {
     const v = o[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new RangeError(`manager option ${k} must be a positive integer`);
   }
-  for (const [k, min] of [['maxConcurrentRuns', 1], ['maxQueuedRuns', 0], ['maxQueueWaitMs', 1], ['maxResponseBytes', 1]] as const) {
+  for (const [k, min] of [
+    ['maxConcurrentRuns', 1],
+    ['maxQueuedRuns', 0],
+    ['maxQueueWaitMs', 1],
+    ['maxResponseBytes', 1],
+    ['warmIsolates', 0],
+    ['warmContextsPerShared', 0],
+    ['codeCacheBytes', 0],
+  ] as const) {
     const v = o[k];
     if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new RangeError(`manager option ${k} must be an integer >= ${min}`);
   }

@@ -25,14 +25,20 @@ export interface WarmPoolOptions {
   /** The shared isolates, and whether one may take another warm context now (budget, not busy). */
   sharedHosts(): readonly IsolateHost[];
   hasRoomFor(host: IsolateHost, warmOnIt: number): boolean;
+  /**
+   * True while no request is being served. Refills happen only then: the isolate constructor is
+   * synchronous (about 2 ms on the Node.js thread) and would land inside a request's latency.
+   */
+  idle(): boolean;
   onError?(err: unknown): void;
 }
 
 /**
  * Keeps interpreters ready before anyone asks: dedicated isolates with a bootstrapped context
  * for isolate mode, and bootstrapped contexts on each shared isolate for shared mode. Takes are
- * synchronous; refilling runs off the request path, one creation at a time, and stops at the
- * targets, so the pool never grows past them. A taken isolate belongs to the caller (its death
+ * synchronous; refilling runs while the server is idle, one creation at a time, and stops at the
+ * targets, so the pool never grows past them. Under sustained load it drains and requests
+ * create their own, which costs the same work the refill would have. A taken isolate belongs to the caller (its death
  * listener is handed over); an isolate that dies in the pool is dropped and counted.
  */
 export class WarmPool {
@@ -98,11 +104,12 @@ export class WarmPool {
     };
   }
 
-  /** Starts filling to the targets (off the request path). */
+  /** Fills to the targets if the server is idle; the owner calls it again when it becomes idle. */
   refill(): void {
     if (this.filling || this.closed) return;
     this.filling = true;
-    setImmediate(() => {
+    // A millisecond later: the response that made the server idle is on its way out first.
+    setTimeout(() => {
       this.fill().then(
         () => (this.filling = false),
         (err: unknown) => {
@@ -110,7 +117,7 @@ export class WarmPool {
           this.options.onError?.(err);
         },
       );
-    });
+    }, 1).unref();
   }
 
   /** Stops refilling and disposes everything still in the pool. Idempotent. */
@@ -134,7 +141,7 @@ export class WarmPool {
   /** Creates one entry at a time, the emptiest pool first, until every target is met. */
   private async fill(): Promise<void> {
     const { isolates, contextsPerShared } = this.options;
-    while (!this.closed) {
+    while (!this.closed && this.options.idle()) {
       let shared: IsolateHost | undefined;
       let sharedFill = 1;
       for (const h of this.options.sharedHosts()) {

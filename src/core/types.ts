@@ -167,6 +167,8 @@ export interface ManagerCounters {
   isolatesDisposed: Record<IsolateKind, number>;
   /** The warm pool: what it holds, its hits and misses, pooled isolates created and disposed. */
   warm: WarmPoolStats;
+  /** The code cache for module sources: entries, bytes held, lookups that found data or not. */
+  codeCache: { entries: number; bytes: number; hits: number; misses: number; rejected: number };
 }
 
 export interface WarmPoolStats {
@@ -239,6 +241,8 @@ export interface ManagerOptions {
   warmIsolates?: number;
   /** Warm contexts kept ready on each shared isolate for shared mode (default 16). */
   warmContextsPerShared?: number;
+  /** Bytes of V8 code cache kept for module sources compiled more than once (default 32 MiB; 0: off). */
+  codeCacheBytes?: number;
   logger?: CoreLogger;
   /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
   onRunEnd?: (event: RunEndEvent) => void;

@@ -164,6 +164,28 @@ export class IsogearMetrics {
       },
     });
     new Gauge({
+      name: 'isogear_code_cache_bytes',
+      help: 'V8 code cache held for module sources compiled more than once (bounded by ISOGEAR_CODE_CACHE_BYTES).',
+      registers,
+      collect() {
+        const c = read();
+        if (c) this.set(c.codeCache.bytes);
+      },
+    });
+    new Counter({
+      name: 'isogear_code_cache_lookups_total',
+      help: 'Module compiles by whether the code cache had data for the source (hit), or not (miss); rejected: V8 refused the data.',
+      labelNames: [LABEL.result],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const result of ['hit', 'miss', 'rejected'] as const) {
+          mirror(this, `code:${result}`, { result }, result === 'hit' ? c.codeCache.hits : result === 'miss' ? c.codeCache.misses : c.codeCache.rejected);
+        }
+      },
+    });
+    new Gauge({
       name: 'isogear_executions_in_flight',
       help: 'Runs (Execute, Register loads, handler runs) in progress, by isolation mode.',
       labelNames: [LABEL.mode],

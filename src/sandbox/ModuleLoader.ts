@@ -1,4 +1,5 @@
 import type ivm from 'isolated-vm';
+import { CodeCache } from './CodeCache';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
 /** Specifier the per-load driver module imports the user's main module by. */
@@ -46,6 +47,7 @@ export class ModuleLoader {
     private readonly isolate: ivm.Isolate,
     private readonly context: ivm.Context,
     private readonly track: CallTracker,
+    private readonly cache?: CodeCache,
   ) {}
 
   /**
@@ -58,7 +60,7 @@ export class ModuleLoader {
   async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
     const tokenLiteral = JSON.stringify(token);
     const compiled = await Promise.allSettled([
-      this.isolate.compileModule(source, { filename: 'main.js' }),
+      this.compileUser(source, 'main.js'),
       this.isolate.compileModule(`__isogear_loaded__(${tokenLiteral});\n`, { filename: ENTER_SPECIFIER }),
       this.isolate.compileModule(
         `import ${JSON.stringify(ENTER_SPECIFIER)};\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`,
@@ -124,6 +126,21 @@ export class ModuleLoader {
     this.latest.clear();
   }
 
+  /** Compiles a module the request supplied, through the server's code cache when it has one. */
+  private async compileUser(source: string, filename: string): Promise<ivm.Module> {
+    if (!this.cache?.enabled) return this.isolate.compileModule(source, { filename });
+    const key = CodeCache.key(source);
+    const cacheOptions = this.cache.options(key);
+    // isolated-vm's compileModule takes the cached-data options (its typings omit them).
+    const mod = (await this.isolate.compileModule(source, { filename, ...cacheOptions } as ivm.CompileModuleOptions)) as ivm.Module & {
+      cachedData?: ivm.ExternalCopy<ArrayBuffer>;
+      cachedDataRejected?: boolean;
+    };
+    if (cacheOptions.cachedData && mod.cachedDataRejected) this.cache.reject(key);
+    else if (cacheOptions.produceCachedData && mod.cachedData) this.cache.store(key, mod.cachedData);
+    return mod;
+  }
+
   private drop(m: ivm.Module): void {
     if (this.loading.delete(m)) m.release();
   }
@@ -150,7 +167,7 @@ export class ModuleLoader {
     }
     let mod = bySource.get(source);
     if (!mod) {
-      mod = await this.housekeeping(this.isolate.compileModule(source, { filename: specifier }));
+      mod = await this.housekeeping(this.compileUser(source, specifier));
       if (this.released) {
         mod.release();
         throw new Error('the interpreter was disposed');

@@ -1,5 +1,6 @@
 import ivm from 'isolated-vm';
 import { BOOTSTRAP_SOURCE } from './bootstrapSource';
+import type { CodeCache } from './CodeCache';
 import { ModuleLoader, ModuleNotFoundError } from './ModuleLoader';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
@@ -42,6 +43,8 @@ export interface SandboxOptions {
   triggerPattern: string;
   maxResultChars: number;
   maxRegistrations: number;
+  /** The server's code cache for module sources, shared by every interpreter. */
+  codeCache?: CodeCache;
 }
 
 const LEVELS = new Set<string>(['log', 'info', 'warn', 'error', 'debug']);
@@ -221,7 +224,7 @@ export class Sandbox {
           HOUSEKEEPING_TIMEOUT_MS,
         )) as ivm.Reference<(...args: unknown[]) => unknown>;
       }
-      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track), options, track);
+      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache), options, track);
     } catch (err) {
       context.release();
       throw err;

@@ -6,6 +6,8 @@
  *   BENCH_SECONDS       measured seconds per figure, after a warm-up (default 3)
  *   BENCH_CONCURRENCY   comma-separated calls in flight (default "1,16")
  *   BENCH_DENSITY       idle interpreters per mode for the density figures (default 2000)
+ *   BENCH_CAPACITY      isolate-mode,shared-mode registrations alive together for the capacity
+ *                       figure (default "5000,20000"; "0" skips it)
  *
  * Prints a table and writes bench-results/bench.json.
  */
@@ -20,6 +22,7 @@ import { closedLoop, type LoopFigure } from './loop';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,16').split(',').map(Number);
 const DENSITY = Number(process.env.BENCH_DENSITY ?? 2000);
+const CAPACITY = (process.env.BENCH_CAPACITY ?? '5000,20000').split(',').map(Number);
 const SHARED_ISOLATES = 2;
 const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
 
@@ -57,6 +60,19 @@ interface Row {
   perSecond: number;
 }
 
+/** `n` calls one at a time, `gapMs` apart; latency of the calls alone (no throughput). */
+async function paced(gapMs: number, n: number, fn: () => Promise<unknown>): Promise<LoopFigure> {
+  const times: number[] = [];
+  for (let i = 0; i < n; i++) {
+    await new Promise((r) => setTimeout(r, gapMs));
+    const t = performance.now();
+    await fn();
+    times.push(performance.now() - t);
+  }
+  times.sort((a, b) => a - b);
+  return { concurrency: 1, calls: n, perSecond: NaN, medianMs: times[Math.floor(n / 2)], p99Ms: times[Math.min(n - 1, Math.floor(n * 0.99))] };
+}
+
 async function main(): Promise<void> {
   console.error('measuring raw isolated-vm limits and node -e processes…');
   const raw = await rawLimits();
@@ -77,6 +93,15 @@ async function main(): Promise<void> {
   await measure('health Check (no-op call)', () => client.healthCheck());
   await measure('Execute, shared', () => client.execute({ source: trivial, args: 1, mode: SHARED }));
   await measure('Execute, isolate', () => client.execute({ source: trivial, args: 1, mode: ISOLATE }));
+  // Calls 10 ms apart: the warm pool refills between them, so each is a pool hit (a closed loop
+  // leaves no idle time, and every refill's synchronous isolate constructor lands on a request).
+  for (const [figure, mode] of [
+    ['Execute, isolate, 10 ms apart', ISOLATE],
+    ['Execute, shared, 10 ms apart', SHARED],
+  ] as const) {
+    console.error(`measuring ${figure}…`);
+    rows.push({ figure, ...(await paced(10, Math.max(100, SECONDS * 60), () => client.execute({ source: trivial, args: 1, mode }))) });
+  }
   await measure('Execute, 10 modules, shared', () => client.execute({ source: tenImports, modules, args: 1, mode: SHARED }));
   await measure('Execute, 10 modules, isolate', () => client.execute({ source: tenImports, modules, args: 1, mode: ISOLATE }));
   const one = await client.register({ trigger: 'bench.one', source: 'export default (p) => p', mode: SHARED });
@@ -93,11 +118,24 @@ async function main(): Promise<void> {
       await client.release({ registrationId: r.registration?.id });
     });
   }
+  // A large module (about 200 KB of functions), with the server's code cache here, and below in a
+  // second server without it: the cache's effect beside its own absence.
+  const big = `${Array.from({ length: 2000 }, (_, i) => `function f${i}(x) { const y = x * ${i} + ${i % 7}; return y > ${i} ? f${(i + 1) % 2000}.name.length + y : [y, ${i}, 'v${i}'].length; }`).join('\n')}\nexport default (a) => f0(a) + f1999(a);`;
+  await measure('Execute, 200 KB module, isolate', () => client.execute({ source: big, args: 1, mode: ISOLATE }), [1]);
   await client.release({ registrationId: one.registration?.id });
   for (const id of fan) await client.release({ registrationId: id });
   client.close();
   server.child.kill('SIGTERM');
   await server.exited;
+
+  {
+    const uncached = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_CODE_CACHE_BYTES: '0' }, false);
+    const c = new TestClient(uncached.grpcAddress);
+    await measure('Execute, 200 KB module, isolate, no code cache', () => c.execute({ source: big, args: 1, mode: ISOLATE }), [1]);
+    c.close();
+    uncached.child.kill('SIGTERM');
+    await uncached.exited;
+  }
 
   // Density: marginal RSS and isolate heap per idle interpreter holding one registration, each
   // mode in a fresh server process (memory freed by an earlier phase would be reused and hide
@@ -129,6 +167,8 @@ async function main(): Promise<void> {
     await fresh.exited;
   }
 
+  const capacity = CAPACITY[0] > 0 ? await measureCapacity(CAPACITY[0], CAPACITY[1] ?? 0) : undefined;
+
   // ---- the table
   const at = (figure: string, c: number): Row | undefined => rows.find((r) => r.figure === figure && r.concurrency === c);
   const rawAt = (figs: LoopFigure[], c: number): LoopFigure | undefined => figs.find((f) => f.concurrency === c);
@@ -151,17 +191,83 @@ async function main(): Promise<void> {
     { target: `Execute isolate, per s at ${hi} ≥ 0.8 × raw new isolate`, value: at('Execute, isolate', hi)?.perSecond, limit: rawAt(raw.newIsolate, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
     { target: `Execute shared, per s at ${hi} ≥ 0.8 × raw new context`, value: at('Execute, shared', hi)?.perSecond, limit: rawAt(raw.newContext, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
     { target: 'Execute isolate, median at 1 ≤ no-op + 0.5 ms', value: at('Execute, isolate', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= l + 0.5 },
+    { target: 'Execute isolate, 10 ms apart (pool hits), median ≤ no-op + 0.5 ms', value: at('Execute, isolate, 10 ms apart', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= l + 0.5 },
     { target: 'Trigger, median at 1 ≤ 1.5 × no-op', value: at('Trigger, 1 warm registration', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= 1.5 * l },
     { target: `Trigger, per s at ${hi} ≥ 0.6 × no-op`, value: at('Trigger, 1 warm registration', hi)?.perSecond, limit: noopHi?.perSecond, ok: (v: number, l: number) => v / l >= 0.6 },
     { target: 'RSS per idle interpreter, isolate ≤ 1.25 × raw isolate', value: density.isolate.rssKiB, limit: raw.rssPerIsolateKiB, ok: (v: number, l: number) => v <= 1.25 * l },
     { target: 'RSS per idle interpreter, shared ≤ 1.5 × raw context', value: density.shared.rssKiB, limit: raw.rssPerContextKiB, ok: (v: number, l: number) => v <= 1.5 * l },
+    {
+      target: `capacity: ${CAPACITY[0]} isolate + ${CAPACITY[1] ?? 0} shared registrations alive, all triggered`,
+      value: capacity ? capacity.succeeded : undefined,
+      limit: capacity ? capacity.registrations : undefined,
+      ok: (v: number, l: number) => v === l,
+    },
   ].map((t) => ({ target: t.target, value: t.value, limit: t.limit, ratio: t.value !== undefined && t.limit ? t.value / t.limit : undefined, met: t.value !== undefined && t.limit !== undefined ? t.ok(t.value, t.limit) : false }));
   console.log(`\n${'target'.padEnd(58)}${'value'.padStart(10)}${'limit'.padStart(10)}${'ratio'.padStart(8)}  met`);
   for (const t of targets) console.log(`${t.target.padEnd(58)}${fmt(t.value).padStart(10)}${fmt(t.limit).padStart(10)}${fmt(t.ratio).padStart(8)}  ${t.met ? 'yes' : 'NO'}`);
   console.log(`\ndensity (KiB per idle interpreter with one registration, ${DENSITY} each): isolate RSS ${fmt(density.isolate.rssKiB, 0)} heap ${fmt(density.isolate.heapKiB, 0)}; shared RSS ${fmt(density.shared.rssKiB, 0)} heap ${fmt(density.shared.heapKiB, 0)}`);
   console.log(`raw: RSS per idle isolate with a context ${fmt(raw.rssPerIsolateKiB, 0)} KiB; per extra context ${fmt(raw.rssPerContextKiB, 0)} KiB (heap ${fmt(raw.heapPerContextKiB, 0)} KiB)`);
+  if (capacity) {
+    console.log(
+      `capacity: ${capacity.registrations} registrations (${CAPACITY[0]} isolate, ${CAPACITY[1] ?? 0} shared) registered in ${fmt(capacity.registerSeconds, 1)} s, ` +
+        `${capacity.succeeded} triggered successfully in ${fmt(capacity.triggerSeconds, 1)} s, RSS ${fmt(capacity.rssMiB, 0)} MiB, ${capacity.leftAfterRelease} left after releasing all`,
+    );
+  }
   mkdirSync('bench-results', { recursive: true });
-  writeFileSync('bench-results/bench.json', `${JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, sharedIsolates: SHARED_ISOLATES, raw, nodeE, rows, density, targets }, null, 2)}\n`);
+  writeFileSync('bench-results/bench.json', `${JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, sharedIsolates: SHARED_ISOLATES, raw, nodeE, rows, density, capacity, targets }, null, 2)}\n`);
+}
+
+/**
+ * Capacity: `isolateN` isolate-mode and `sharedN` shared-mode registrations (one interpreter each)
+ * alive together in one server, every one triggered once; then all released.
+ */
+async function measureCapacity(isolateN: number, sharedN: number): Promise<{ registrations: number; succeeded: number; registerSeconds: number; triggerSeconds: number; rssMiB: number; leftAfterRelease: number }> {
+  console.error(`measuring capacity: ${isolateN} isolate-mode and ${sharedN} shared-mode registrations…`);
+  // Shared isolates sized for their share at the placement budget (256 KiB per context, 75 % fill).
+  const sharedMb = Math.max(512, Math.ceil((sharedN / SHARED_ISOLATES) * 0.25 / 0.75) + 64);
+  const server = await spawnServer(
+    { ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_SHARED_MEMORY_MB: String(sharedMb), ISOGEAR_MAX_MEMORY_MB: String(Math.max(512, sharedMb)), ISOGEAR_MAX_INTERPRETERS: String(isolateN + sharedN + 100) },
+    false,
+  );
+  const client = new TestClient(server.grpcAddress);
+  const ids: string[] = [];
+  const t0 = performance.now();
+  for (const [n, mode, trigger] of [
+    [isolateN, ISOLATE, 'cap.isolate'],
+    [sharedN, SHARED, 'cap.shared'],
+  ] as const) {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (next < n) {
+          next += 1;
+          const r = await client.register({ trigger, source: 'let n = 0; export default (p) => p + (++n)', mode });
+          ids.push(r.registration?.id as string);
+        }
+      }),
+    );
+  }
+  const registerSeconds = (performance.now() - t0) / 1000;
+  const rssMiB = ((await scrape(server.metricsAddress)).get('process_resident_memory_bytes') ?? 0) / 2 ** 20;
+  const t1 = performance.now();
+  let succeeded = 0;
+  for (const trigger of ['cap.isolate', 'cap.shared']) {
+    const res = await client.trigger({ trigger, payload: 1 });
+    succeeded += res.results.filter((r) => r.outcome === pb.Outcome.OUTCOME_SUCCEEDED && r.result === 2).length;
+  }
+  const triggerSeconds = (performance.now() - t1) / 1000;
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (next < ids.length) await client.release({ registrationId: ids[next++] });
+    }),
+  );
+  const after = await scrape(server.metricsAddress);
+  const leftAfterRelease = [...after].filter(([k]) => k.startsWith('isogear_interpreters{')).reduce((sum, [, v]) => sum + v, 0);
+  client.close();
+  server.child.kill('SIGTERM');
+  await server.exited;
+  return { registrations: isolateN + sharedN, succeeded, registerSeconds, triggerSeconds, rssMiB, leftAfterRelease };
 }
 
 main().then(

@@ -83,8 +83,9 @@ function memoryBudgetMiB(c: Config): number {
   const idleInterpreters = c.maxInterpreters * 1.25;
   // Warm isolates are idle isolates with a context; warm contexts live in the shared heaps.
   const warmPool = c.warmIsolates * 1.25;
+  const codeCache = c.codeCacheBytes / MiB;
   const workingHeaps = 4 * c.maxMemoryMb;
-  return baseline + sharedHeaps + idleInterpreters + warmPool + workingHeaps;
+  return baseline + sharedHeaps + idleInterpreters + warmPool + codeCache + workingHeaps;
 }
 
 /** The variables the kubelet injects for each Service when enableServiceLinks is on. */
