@@ -57,6 +57,7 @@ const STUCK_GRACE_MS = 3000;
  * its warm contexts are not used (nor refilled) until it moves again.
  */
 const WARM_PROGRESS_MS = 250;
+const WARM_UP_TIMEOUT_MS = 1000;
 const WATCHDOG_INTERVAL_MS = 500;
 /** Run admission defaults (ISOGEAR_MAX_CONCURRENT_RUNS, ISOGEAR_MAX_QUEUED_RUNS, ISOGEAR_MAX_QUEUE_WAIT_MS). */
 export const DEFAULT_MAX_CONCURRENT_RUNS = 64;
@@ -141,7 +142,7 @@ export class InterpreterManager implements IsolateManager {
       contextsPerShared: options.warmContextsPerShared ?? DEFAULT_WARM_CONTEXTS,
       memoryMb: options.defaultMemoryMb,
       newIsolate: (onDeath) => IsolateHost.create('dedicated', options.defaultMemoryMb, onDeath, options.onCatastrophicError),
-      newSandbox: (host, id, prefix) => this.newSandbox(host, id, prefix),
+      newSandbox: (host, id, prefix) => this.newWarmSandbox(host, id, prefix),
       sharedHosts: () => this.shared,
       idle: () => this.inFlight === 0 && this.creating === 0,
       hasRoomFor: (host, warm) => host.interpreterIds.size + warm < this.sharedCapacity() && host.isProgressing(performance.now(), WARM_PROGRESS_MS),
@@ -674,6 +675,26 @@ export class InterpreterManager implements IsolateManager {
     }
   }
 
+  /**
+   * A sandbox for the warm pool, with one internal load run through it: the first load in a fresh
+   * isolate compiles the bootstrap's functions and warms V8's caches (about 0.6 ms of a first
+   * request's time); here it is spent before anyone waits. The run leaves nothing behind: no
+   * registrations, no pending run, nothing a script can reach.
+   */
+  private async newWarmSandbox(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
+    const sandbox = await this.newSandbox(host, id, registrationPrefix);
+    try {
+      const token = newToken();
+      const driver = await sandbox.prepare('export default 0;', {}, token);
+      const tuple = await sandbox.load(driver, newExecutionId(), token, 'execute', '', '', '', WARM_UP_TIMEOUT_MS);
+      if (!tuple.ok) throw new Error(`the warm-up run failed: ${tuple.error?.message ?? tuple.code}`);
+      return sandbox;
+    } catch (err) {
+      sandbox.release();
+      throw err;
+    }
+  }
+
   /** A context with the bootstrap installed, for interpreter `id` on `host`. */
   private newSandbox(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
     return Sandbox.create(
@@ -1041,7 +1062,7 @@ export class InterpreterManager implements IsolateManager {
       this.inFlightByMode[interp.mode] -= 1;
       host.inFlight -= 1;
       ref.release();
-      if (this.inFlight === 0 && this.creating === 0) this.pool.refill();
+      this.pool.refill(true);
       this.options.onRunEnd?.({ mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome: ended, wallTimeMs: performance.now() - since });
     }
   }

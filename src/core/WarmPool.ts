@@ -26,8 +26,9 @@ export interface WarmPoolOptions {
   sharedHosts(): readonly IsolateHost[];
   hasRoomFor(host: IsolateHost, warmOnIt: number): boolean;
   /**
-   * True while no request is being served. Refills happen only then: the isolate constructor is
-   * synchronous (about 2 ms on the Node.js thread) and would land inside a request's latency.
+   * True while no request is being served. The isolate constructor is synchronous (about 2 ms on
+   * the Node.js thread): while busy, the pool makes one entry per refill call (the owner calls it
+   * as each run ends, so it lands between requests), and fills up only while idle.
    */
   idle(): boolean;
   onError?(err: unknown): void;
@@ -104,13 +105,16 @@ export class WarmPool {
     };
   }
 
-  /** Fills to the targets if the server is idle; the owner calls it again when it becomes idle. */
-  refill(): void {
-    if (this.filling || this.closed) return;
+  /**
+   * Fills to the targets while the server is idle. `oneEvenIfBusy`: make one entry regardless,
+   * for the owner to call as a run ends (between requests, not inside one).
+   */
+  refill(oneEvenIfBusy = false): void {
+    if (this.filling || this.closed || this.full()) return;
     this.filling = true;
     // A millisecond later: the response that made the server idle is on its way out first.
     setTimeout(() => {
-      this.fill().then(
+      this.fill(oneEvenIfBusy).then(
         () => (this.filling = false),
         (err: unknown) => {
           this.filling = false;
@@ -128,6 +132,13 @@ export class WarmPool {
     this.contexts.clear();
   }
 
+  /** Every target met (cheap: called as every run ends). */
+  private full(): boolean {
+    if (this.isolates.length < this.options.isolates) return false;
+    if (this.options.contextsPerShared === 0) return true;
+    return this.options.sharedHosts().every((h) => h.disposed || this.warmOn(h) >= this.options.contextsPerShared);
+  }
+
   private count(mode: IsolationMode, hit: boolean): void {
     (hit ? this.hits : this.misses)[mode] += 1;
   }
@@ -139,9 +150,9 @@ export class WarmPool {
   };
 
   /** Creates one entry at a time, the emptiest pool first, until every target is met. */
-  private async fill(): Promise<void> {
+  private async fill(oneEvenIfBusy: boolean): Promise<void> {
     const { isolates, contextsPerShared } = this.options;
-    while (!this.closed && this.options.idle()) {
+    for (let made = 0; !this.closed && ((made === 0 && oneEvenIfBusy) || this.options.idle()); made++) {
       let shared: IsolateHost | undefined;
       let sharedFill = 1;
       for (const h of this.options.sharedHosts()) {

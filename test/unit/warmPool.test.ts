@@ -71,6 +71,38 @@ describe('warm pool: interpreters made ahead of time, taken on the request path'
     });
   }
 
+  for (const mode of ['isolate', 'shared'] as const) {
+    it(`a warm interpreter (its warm-up run done) looks exactly like one made on the request path (${mode})`, async () => {
+      const probe = {
+        mode,
+        source: `export default () => ({
+          globals: Object.getOwnPropertyNames(globalThis).sort(),
+          gears: Object.getOwnPropertyNames(gears).sort(),
+          frozen: Object.isFrozen(gears),
+          executionIsNew: typeof gears.executionId === 'string',
+          reg: gears.register('warm.probe', () => 1),
+        })`,
+      };
+      const warm = (manager = await InterpreterManager.create(OPTIONS));
+      await full(warm, 3, 4);
+      const a = await warm.execute(probe);
+      assert.equal(warm.counters().warm.hits[mode], 1);
+      const cold = await InterpreterManager.create({ ...OPTIONS, warmIsolates: 0, warmContextsPerShared: 0 });
+      try {
+        const b = await cold.execute(probe);
+        assert.equal(cold.counters().warm.misses[mode], 1);
+        const strip = (r: typeof a): unknown => ({ ...(r.result as object), reg: undefined });
+        assert.deepEqual(strip(a), strip(b));
+        assert.match((a.result as { reg: string }).reg, /^reg_[0-9a-f]{16}_1$/, 'the warm-up registered nothing: the first id is _1');
+        cold.release({ interpreterId: b.interpreterId });
+        await assertNoLeaks(cold);
+      } finally {
+        await cold.destroy();
+      }
+      warm.release({ interpreterId: a.interpreterId });
+    });
+  }
+
   it('a memory limit other than the default misses the pool and creates its isolate on the request path', async () => {
     const m = (manager = await InterpreterManager.create(OPTIONS));
     await full(m, 3, 4);
