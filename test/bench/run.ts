@@ -95,13 +95,12 @@ async function main(): Promise<void> {
   await measure('Execute, isolate', () => client.execute({ source: trivial, args: 1, mode: ISOLATE }));
   // Calls 10 ms apart: the warm pool refills between them, so each is a pool hit (a closed loop
   // leaves no idle time, and every refill's synchronous isolate constructor lands on a request).
-  for (const [figure, mode] of [
-    ['Execute, isolate, 10 ms apart', ISOLATE],
-    ['Execute, shared, 10 ms apart', SHARED],
-  ] as const) {
-    console.error(`measuring ${figure}…`);
-    rows.push({ figure, ...(await paced(10, Math.max(100, SECONDS * 60), () => client.execute({ source: trivial, args: 1, mode }))) });
-  }
+  // Idle gaps cost on their own here (threads and vCPUs wake up), so the no-op call is paced too.
+  const n = Math.max(100, SECONDS * 60);
+  console.error('measuring paced calls, 10 ms apart…');
+  rows.push({ figure: 'health Check, 10 ms apart', ...(await paced(10, n, () => client.healthCheck())) });
+  rows.push({ figure: 'Execute, isolate, 10 ms apart', ...(await paced(10, n, () => client.execute({ source: trivial, args: 1, mode: ISOLATE }))) });
+  rows.push({ figure: 'Execute, shared, 10 ms apart', ...(await paced(10, n, () => client.execute({ source: trivial, args: 1, mode: SHARED }))) });
   await measure('Execute, 10 modules, shared', () => client.execute({ source: tenImports, modules, args: 1, mode: SHARED }));
   await measure('Execute, 10 modules, isolate', () => client.execute({ source: tenImports, modules, args: 1, mode: ISOLATE }));
   const one = await client.register({ trigger: 'bench.one', source: 'export default (p) => p', mode: SHARED });
@@ -191,7 +190,12 @@ async function main(): Promise<void> {
     { target: `Execute isolate, per s at ${hi} ≥ 0.8 × raw new isolate`, value: at('Execute, isolate', hi)?.perSecond, limit: rawAt(raw.newIsolate, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
     { target: `Execute shared, per s at ${hi} ≥ 0.8 × raw new context`, value: at('Execute, shared', hi)?.perSecond, limit: rawAt(raw.newContext, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
     { target: 'Execute isolate, median at 1 ≤ no-op + 0.5 ms', value: at('Execute, isolate', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= l + 0.5 },
-    { target: 'Execute isolate, 10 ms apart (pool hits), median ≤ no-op + 0.5 ms', value: at('Execute, isolate, 10 ms apart', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= l + 0.5 },
+    {
+      target: 'Execute isolate, 10 ms apart (pool hits), median ≤ no-op 10 ms apart + 0.5 ms',
+      value: at('Execute, isolate, 10 ms apart', 1)?.medianMs,
+      limit: at('health Check, 10 ms apart', 1)?.medianMs,
+      ok: (v: number, l: number) => v <= l + 0.5,
+    },
     { target: 'Trigger, median at 1 ≤ 1.5 × no-op', value: at('Trigger, 1 warm registration', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= 1.5 * l },
     { target: `Trigger, per s at ${hi} ≥ 0.6 × no-op`, value: at('Trigger, 1 warm registration', hi)?.perSecond, limit: noopHi?.perSecond, ok: (v: number, l: number) => v / l >= 0.6 },
     { target: 'RSS per idle interpreter, isolate ≤ 1.25 × raw isolate', value: density.isolate.rssKiB, limit: raw.rssPerIsolateKiB, ok: (v: number, l: number) => v <= 1.25 * l },
