@@ -103,11 +103,29 @@ describe('metrics: /metrics follows the lifecycle exactly', () => {
     assert.ok(value(s1, 'grpc_server_handling_seconds_count', { ...GEARS, grpc_method: 'Execute' }) >= 2);
   });
 
-  it('the warm pool: pooled isolates, warm contexts and hits or misses per mode, as the manager counts them', async () => {
+  it('serves only GET /metrics: anything else is 404; process metrics are there; no label carries an id', async () => {
     const t = server();
+    succeeded(await t.client.execute({ source: 'gears.register("m.ids", () => 1);' }));
+    const base = `http://${t.server.metricsAddress}`;
+    assert.equal((await fetch(`${base}/`)).status, 404);
+    assert.equal((await fetch(`${base}/metrics/x`)).status, 404);
+    assert.equal((await fetch(`${base}/metrics`, { method: 'POST' })).status, 404);
+    const text = await (await fetch(`${base}/metrics`)).text();
+    assert.match(text, /^process_cpu_user_seconds_total /m);
+    assert.match(text, /^nodejs_eventloop_lag_seconds /m);
+    assert.doesNotMatch(text, /(itp|exe|reg)_[0-9a-f]{8}/, 'no interpreter, execution or registration id in any label');
+  });
+});
+
+describe('metrics: the warm pool', () => {
+  const pooled = useTestServer({ ISOGEAR_WARM_ISOLATES: '2', ISOGEAR_WARM_CONTEXTS: '2' });
+
+  it('the warm pool: pooled isolates, warm contexts and hits or misses per mode, as the manager counts them', async () => {
+    const t = pooled();
+    // Full and idle, the pool stands still between the scrape and the counters.
     await waitFor('the warm pool to fill', () => {
-      const w = t.manager.counters().warm;
-      return w.isolates > 0 && w.contexts > 0;
+      const c = t.manager.counters();
+      return c.warm.isolates === 2 && c.warm.contexts === 2 * c.sharedIsolates;
     });
     const s0 = await scrape(t);
     const w0 = t.manager.counters().warm;
@@ -123,18 +141,5 @@ describe('metrics: /metrics follows the lifecycle exactly', () => {
     assert.equal(delta(s0, s1, 'isogear_warm_pool_takes_total', { mode: 'shared', result: 'hit' }), 1);
     assert.equal(delta(s0, s1, 'isogear_warm_pool_takes_total', { mode: 'isolate', result: 'miss' }), 1, 'another heap limit misses');
     assert.equal(delta(s0, s1, 'isogear_isolates_created_total', { kind: 'dedicated' }), 2, 'the taken pooled isolate counts as dedicated');
-  });
-
-  it('serves only GET /metrics: anything else is 404; process metrics are there; no label carries an id', async () => {
-    const t = server();
-    succeeded(await t.client.execute({ source: 'gears.register("m.ids", () => 1);' }));
-    const base = `http://${t.server.metricsAddress}`;
-    assert.equal((await fetch(`${base}/`)).status, 404);
-    assert.equal((await fetch(`${base}/metrics/x`)).status, 404);
-    assert.equal((await fetch(`${base}/metrics`, { method: 'POST' })).status, 404);
-    const text = await (await fetch(`${base}/metrics`)).text();
-    assert.match(text, /^process_cpu_user_seconds_total /m);
-    assert.match(text, /^nodejs_eventloop_lag_seconds /m);
-    assert.doesNotMatch(text, /(itp|exe|reg)_[0-9a-f]{8}/, 'no interpreter, execution or registration id in any label');
   });
 });
