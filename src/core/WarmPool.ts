@@ -199,8 +199,9 @@ export class WarmPool {
       this.contexts.set(host, stock);
     }
     const sandbox = await this.options.newSandbox(host, id, registrationPrefix);
-    // The host may have died, or been forgotten and replaced, while the context was made.
-    if (this.closed || host.disposed || this.contexts.get(host) !== stock) {
+    // While the context was made the host may have died, been forgotten and replaced, or filled
+    // up with interpreters: a warm context must never take it past its budget.
+    if (this.closed || host.disposed || this.contexts.get(host) !== stock || !this.options.hasRoomFor(host, stock.length)) {
       sandbox.release();
       return;
     }

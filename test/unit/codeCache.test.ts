@@ -3,6 +3,7 @@ import ivm from 'isolated-vm';
 import { InterpreterManager } from '../../src/core/InterpreterManager';
 import type { ManagerOptions } from '../../src/core/types';
 import { CodeCache } from '../../src/sandbox/CodeCache';
+import { MANAGER_OPTIONS } from '../helpers/managerOptions';
 import { assertNoLeaks } from '../helpers/server';
 
 const bytes = (n: number): ivm.ExternalCopy<ArrayBuffer> => new ivm.ExternalCopy(new ArrayBuffer(n));
@@ -42,22 +43,7 @@ describe('CodeCache: V8 cached data for sources compiled more than once, bounded
   });
 
   describe('in the manager', () => {
-    const OPTIONS: ManagerOptions = {
-      defaultMode: 'isolate',
-      defaultTimeoutMs: 2000,
-      maxTimeoutMs: 10_000,
-      defaultMemoryMb: 64,
-      maxMemoryMb: 256,
-      sharedIsolates: 1,
-      sharedIsolateMemoryMb: 128,
-      maxInterpreters: 100,
-      maxSourceBytes: 1024 * 1024,
-      maxLogBytes: 64 * 1024,
-      maxValueBytes: 1024 * 1024,
-      maxRegistrationsPerInterpreter: 100,
-      warmIsolates: 0,
-      warmContextsPerShared: 0,
-    };
+    const OPTIONS: ManagerOptions = { ...MANAGER_OPTIONS, sharedIsolates: 1, warmIsolates: 0, warmContextsPerShared: 0 };
     let manager: InterpreterManager;
     afterEach(async () => {
       try {

@@ -10,26 +10,14 @@ import {
 } from '../../src/core/errors';
 import { InterpreterManager } from '../../src/core/InterpreterManager';
 import { Reference } from '../../src/core/Reference';
-import type { IsolationMode, ManagerOptions } from '../../src/core/types';
+import type { IsolationMode } from '../../src/core/types';
 import { waitFor } from '../helpers/proto';
 import { assertNoLeaks } from '../helpers/server';
+import { MANAGER_OPTIONS } from '../helpers/managerOptions';
 
 const MODES: IsolationMode[] = ['shared', 'isolate'];
 
-const OPTIONS: ManagerOptions = {
-  defaultMode: 'isolate',
-  defaultTimeoutMs: 2000,
-  maxTimeoutMs: 10_000,
-  defaultMemoryMb: 64,
-  maxMemoryMb: 256,
-  sharedIsolates: 2,
-  sharedIsolateMemoryMb: 128,
-  maxInterpreters: 100,
-  maxSourceBytes: 1024 * 1024,
-  maxLogBytes: 64 * 1024,
-  maxValueBytes: 1024 * 1024,
-  maxRegistrationsPerInterpreter: 100,
-};
+const OPTIONS = MANAGER_OPTIONS;
 
 /** Awaits a promise that must reject with an instance of `type`; returns the error. */
 async function rejectsWith<E extends Error>(promise: Promise<unknown> | (() => unknown), type: new (...args: never[]) => E, message?: RegExp): Promise<E> {

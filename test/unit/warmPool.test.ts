@@ -3,23 +3,9 @@ import { InterpreterManager } from '../../src/core/InterpreterManager';
 import type { ManagerOptions } from '../../src/core/types';
 import { waitFor } from '../helpers/proto';
 import { assertNoLeaks } from '../helpers/server';
+import { MANAGER_OPTIONS } from '../helpers/managerOptions';
 
-const OPTIONS: ManagerOptions = {
-  defaultMode: 'isolate',
-  defaultTimeoutMs: 2000,
-  maxTimeoutMs: 10_000,
-  defaultMemoryMb: 64,
-  maxMemoryMb: 256,
-  sharedIsolates: 2,
-  sharedIsolateMemoryMb: 128,
-  maxInterpreters: 100,
-  maxSourceBytes: 1024 * 1024,
-  maxLogBytes: 64 * 1024,
-  maxValueBytes: 1024 * 1024,
-  maxRegistrationsPerInterpreter: 100,
-  warmIsolates: 3,
-  warmContextsPerShared: 2,
-};
+const OPTIONS: ManagerOptions = { ...MANAGER_OPTIONS, warmIsolates: 3, warmContextsPerShared: 2 };
 
 const full = (m: InterpreterManager, isolates: number, contexts: number): Promise<void> =>
   waitFor(`the warm pool to hold ${isolates} isolates and ${contexts} contexts`, () => {
