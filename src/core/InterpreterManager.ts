@@ -587,16 +587,17 @@ export class InterpreterManager implements IsolateManager {
     }
   };
 
+  /** Interpreters (and warm contexts) one shared isolate may hold: its heap at SHARED_CONTEXT_BUDGET_BYTES each. */
+  private sharedCapacity(): number {
+    return Math.max(1, Math.floor((this.options.sharedIsolateMemoryMb * 1024 * 1024 * SHARED_FILL) / SHARED_CONTEXT_BUDGET_BYTES));
+  }
+
   /**
    * The least loaded shared isolate that has room. A shared isolate's heap limit is shared by its
    * contexts, and isolated-vm disposes the whole isolate (every interpreter on it) when a burst of
    * new contexts overruns it; so each one takes at most as many interpreters as its limit holds
    * at SHARED_CONTEXT_BUDGET_BYTES each, and none while its last heap sample is nearly full.
    */
-  private sharedCapacity(): number {
-    return Math.max(1, Math.floor((this.options.sharedIsolateMemoryMb * 1024 * 1024 * SHARED_FILL) / SHARED_CONTEXT_BUDGET_BYTES));
-  }
-
   private pickShared(): IsolateHost {
     for (const h of [...this.shared]) h.checkAlive();
     const limitBytes = this.options.sharedIsolateMemoryMb * 1024 * 1024;
