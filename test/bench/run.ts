@@ -79,7 +79,7 @@ async function main(): Promise<void> {
   const nodeE: LoopFigure[] = [];
   for (const c of CONCURRENCY) nodeE.push(await closedLoop(c, SECONDS, nodeProcess));
 
-  const server = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_MAX_INTERPRETERS: String(4 * DENSITY + 1000) }, false);
+  const server = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_MAX_INTERPRETERS: String(4 * DENSITY + 1000) }, false, true);
   const client = new TestClient(server.grpcAddress);
   const rows: Row[] = [];
   const measure = async (figure: string, fn: () => Promise<unknown>, concurrencies = CONCURRENCY): Promise<void> => {
@@ -128,7 +128,7 @@ async function main(): Promise<void> {
   await server.exited;
 
   {
-    const uncached = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_CODE_CACHE_BYTES: '0' }, false);
+    const uncached = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_CODE_CACHE_BYTES: '0' }, false, true);
     const c = new TestClient(uncached.grpcAddress);
     await measure('Execute, 200 KB module, isolate, no code cache', () => c.execute({ source: big, args: 1, mode: ISOLATE }), [1]);
     c.close();
@@ -145,7 +145,7 @@ async function main(): Promise<void> {
     ['shared', SHARED],
   ] as const) {
     console.error(`measuring density, ${name} mode…`);
-    const fresh = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_MAX_INTERPRETERS: String(DENSITY + 100) }, false);
+    const fresh = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_MAX_INTERPRETERS: String(DENSITY + 100) }, false, true);
     const c = new TestClient(fresh.grpcAddress);
     for (let i = 0; i < 20; i++) await c.release({ registrationId: (await c.register({ trigger: 'warm', source: 'export default (p) => p', mode })).registration?.id });
     await new Promise((r) => setTimeout(r, 1000));
@@ -206,9 +206,9 @@ async function main(): Promise<void> {
       limit: capacity ? capacity.registrations : undefined,
       ok: (v: number, l: number) => v === l,
     },
-  ].map((t) => ({ target: t.target, value: t.value, limit: t.limit, ratio: t.value !== undefined && t.limit ? t.value / t.limit : undefined, met: t.value !== undefined && t.limit !== undefined ? t.ok(t.value, t.limit) : false }));
+  ].map((t) => ({ target: t.target, value: t.value, limit: t.limit, ratio: t.value !== undefined && t.limit ? t.value / t.limit : undefined, met: t.value !== undefined && t.limit !== undefined ? t.ok(t.value, t.limit) : undefined }));
   console.log(`\n${'target'.padEnd(58)}${'value'.padStart(10)}${'limit'.padStart(10)}${'ratio'.padStart(8)}  met`);
-  for (const t of targets) console.log(`${t.target.padEnd(58)}${fmt(t.value).padStart(10)}${fmt(t.limit).padStart(10)}${fmt(t.ratio).padStart(8)}  ${t.met ? 'yes' : 'NO'}`);
+  for (const t of targets) console.log(`${t.target.padEnd(58)}${fmt(t.value).padStart(10)}${fmt(t.limit).padStart(10)}${fmt(t.ratio).padStart(8)}  ${t.met === undefined ? 'not measured' : t.met ? 'yes' : 'NO'}`);
   console.log(`\ndensity (KiB per idle interpreter with one registration, ${DENSITY} each): isolate RSS ${fmt(density.isolate.rssKiB, 0)} heap ${fmt(density.isolate.heapKiB, 0)}; shared RSS ${fmt(density.shared.rssKiB, 0)} heap ${fmt(density.shared.heapKiB, 0)}`);
   console.log(`raw: RSS per idle isolate with a context ${fmt(raw.rssPerIsolateKiB, 0)} KiB; per extra context ${fmt(raw.rssPerContextKiB, 0)} KiB (heap ${fmt(raw.heapPerContextKiB, 0)} KiB)`);
   if (capacity) {
@@ -232,6 +232,7 @@ async function measureCapacity(isolateN: number, sharedN: number): Promise<{ reg
   const server = await spawnServer(
     { ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_SHARED_MEMORY_MB: String(sharedMb), ISOGEAR_MAX_MEMORY_MB: String(Math.max(512, sharedMb)), ISOGEAR_MAX_INTERPRETERS: String(isolateN + sharedN + 100) },
     false,
+    true,
   );
   const client = new TestClient(server.grpcAddress);
   const ids: string[] = [];

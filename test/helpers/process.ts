@@ -14,12 +14,15 @@ export interface ServerProcess {
 }
 
 /**
- * Starts `src/main.ts` as its own process on loopback, as `npm start` would, and waits for its
- * start-up line (logged at info: keep ISOGEAR_LOG_LEVEL at info or below). `keepOutput: false`
- * stops collecting stdout after start-up, for long runs.
+ * Starts the server as its own process on loopback and waits for its start-up line (logged at
+ * info: keep ISOGEAR_LOG_LEVEL at info or below): `src/main.ts` through tsx, or with `compiled`
+ * the build in `dist/` exactly as `npm start` runs it (benchmarks: tsx's transform adds a
+ * helper call to every function expression it names). `keepOutput: false` stops collecting
+ * stdout after start-up, for long runs.
  */
-export async function spawnServer(env: Record<string, string> = {}, keepOutput = true): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--no-node-snapshot', '--import', 'tsx', path.join(__dirname, '../../src/main.ts')], {
+export async function spawnServer(env: Record<string, string> = {}, keepOutput = true, compiled = false): Promise<ServerProcess> {
+  const entry = compiled ? [path.join(__dirname, '../../dist/main.js')] : ['--import', 'tsx', path.join(__dirname, '../../src/main.ts')];
+  const child = spawn(process.execPath, ['--no-node-snapshot', ...entry], {
     env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
