@@ -28,6 +28,8 @@ export interface Config {
   codeCacheBytes: number;
   shutdownGraceMs: number;
   logLevel: LogLevel;
+  /** Path of the API keys file; '' runs the server open, as the one default tenant. */
+  apiKeysFile: string;
 }
 
 /** A setting is missing its mark; the message names the variable. Start-up stops. */
@@ -62,6 +64,13 @@ const oneOf =
     if (!values.includes(v)) throw new ConfigError(`${variable} must be one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
     return v;
   };
+
+/** A file path, or '' for none. */
+const optionalPath: Parser<string> = (raw, variable) => {
+  const v = raw.trim();
+  if (v.includes('\0')) throw new ConfigError(`${variable} must be a file path, got ${JSON.stringify(raw)}`);
+  return v;
+};
 
 interface Setting<K extends keyof Config> {
   key: K;
@@ -101,6 +110,7 @@ const SETTINGS = [
   setting('codeCacheBytes', 'ISOGEAR_CODE_CACHE_BYTES', int(0, 4096 * MiB), () => 32 * MiB),
   setting('shutdownGraceMs', 'ISOGEAR_SHUTDOWN_GRACE_MS', int(0, 3_600_000), () => 10_000),
   setting('logLevel', 'ISOGEAR_LOG_LEVEL', oneOf<LogLevel>('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), (): LogLevel => 'info'),
+  setting('apiKeysFile', 'ISOGEAR_API_KEYS_FILE', optionalPath, () => ''),
 ] as Setting<keyof Config>[];
 
 export const CONFIG_VARIABLES: readonly string[] = SETTINGS.map((s) => s.variable);

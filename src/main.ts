@@ -1,3 +1,4 @@
+import { KeysFileError } from './auth/ApiKeys';
 import { ConfigError, loadConfig } from './config';
 import { createLogger } from './logger';
 import { engineProblem } from './sandbox/engineCheck';
@@ -68,8 +69,19 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // SIGHUP re-reads the API keys file (it is also polled for changes).
+  process.on('SIGHUP', () => void started.server?.reloadKeys());
 
-  const server = await startServer(config, logger);
+  let server: RunningServer;
+  try {
+    server = await startServer(config, logger);
+  } catch (err) {
+    if (err instanceof KeysFileError) {
+      process.stderr.write(`isogear: ISOGEAR_API_KEYS_FILE: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
   started.server = server;
   logger.info({ config, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress }, 'isogear started');
   if (pending) stop(server, pending);

@@ -4,6 +4,7 @@ import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { GearsService } from './api/GearsService';
+import { ApiKeys, OPEN_ACCESS, type Authenticator } from './auth/ApiKeys';
 import type { Config } from './config';
 import { InterpreterManager } from './core/InterpreterManager';
 import type { Logger } from './logger';
@@ -44,6 +45,11 @@ export interface RunningServer {
   readonly metrics: IsogearMetrics;
   readonly manager: InterpreterManager;
   /**
+   * Re-reads the API keys file (SIGHUP). Resolves true when the new keys are in force, false when
+   * the file was rejected (the previous keys stay) or the server runs without one.
+   */
+  reloadKeys(): Promise<boolean>;
+  /**
    * Stops in order: health NOT_SERVING, stop accepting calls, let calls in flight finish for up
    * to `graceMs`, then dispose every isolate and close the server. Idempotent.
    */
@@ -55,6 +61,14 @@ export interface RunningServer {
  * interceptor) over a new isolate manager, binds it, and starts the metrics endpoint.
  */
 export async function startServer(config: Config, logger: Logger): Promise<RunningServer> {
+  // Read before anything starts: a bad keys file stops start-up (KeysFileError).
+  const keys = config.apiKeysFile ? ApiKeys.load(config.apiKeysFile, logger) : undefined;
+  const auth: Authenticator = keys ?? OPEN_ACCESS;
+  if (keys) {
+    logger.info({ path: keys.path, tenants: keys.tenantNames.length }, 'API keys loaded: every GearsService call needs "authorization: Bearer <key>"');
+  } else {
+    logger.warn({}, 'no ISOGEAR_API_KEYS_FILE: the server is open, and every caller is the one tenant "default"');
+  }
   const metrics = new IsogearMetrics();
   const manager = await InterpreterManager.create({
     onRunEnd: metrics.recordRun,
@@ -93,7 +107,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   });
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
-  new GearsService(manager, logger).addToServer(server);
+  new GearsService(manager, logger, auth).addToServer(server);
   const described = loadSync([path.join(PROTO_DIR, 'isogear/v1/gears.proto'), healthProtoPath], { includeDirs: [PROTO_DIR] });
   new ReflectionService(described).addToServer(server);
 
@@ -116,10 +130,12 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     await manager.destroy();
     throw err;
   }
+  keys?.watch();
 
   let stopping: Promise<void> | undefined;
   const shutdown = (graceMs = config.shutdownGraceMs): Promise<void> => {
     stopping ??= (async () => {
+      keys?.close();
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(SERVICE_NAME, 'NOT_SERVING');
       const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
@@ -142,5 +158,6 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     return stopping;
   };
 
-  return { grpcAddress, metricsAddress: metricsServer.address, metrics, manager, shutdown };
+  const reloadKeys = (): Promise<boolean> => (keys ? keys.reload() : Promise.resolve(false));
+  return { grpcAddress, metricsAddress: metricsServer.address, metrics, manager, reloadKeys, shutdown };
 }

@@ -1,4 +1,5 @@
 import { status, type sendUnaryData, type Server, type ServerUnaryCall, type ServiceError } from '@grpc/grpc-js';
+import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
 import { CancelledError, DeadlineExceededError, InvalidArgumentError } from '../core/errors';
 import type { IsolateManager, JsonValue } from '../core/types';
 import * as pb from '../gen/isogear/v1/gears';
@@ -16,7 +17,7 @@ export interface ServiceLogger extends ErrorLogger {
   info(obj: object, msg?: string): void;
 }
 
-type Handler<Req, Res> = (request: Req, signal: AbortSignal) => Promise<Res> | Res;
+type Handler<Req, Res> = (request: Req, signal: AbortSignal, tenant: string) => Promise<Res> | Res;
 /** Ids (never payloads) an RPC's log line carries, from its request and, when it succeeded, its response. */
 type LogFields<Req, Res> = (request: Req, response: Res | undefined) => Record<string, unknown>;
 
@@ -28,13 +29,14 @@ export class GearsService {
   constructor(
     private readonly manager: IsolateManager,
     private readonly logger: ServiceLogger,
+    private readonly auth: Authenticator = OPEN_ACCESS,
   ) {}
 
   addToServer(server: Server): void {
     const implementation: pb.GearsServiceServer = {
       execute: this.unary(
         'Execute',
-        (req: pb.ExecuteRequest, signal) => this.execute(req, signal),
+        (req: pb.ExecuteRequest, signal, tenant) => this.execute(req, signal, tenant),
         (req, res) => ({
           interpreterId: res?.interpreterId || req.interpreterId || undefined,
           executionId: res?.executionId,
@@ -45,7 +47,7 @@ export class GearsService {
       ),
       register: this.unary(
         'Register',
-        (req: pb.RegisterRequest, signal) => this.register(req, signal),
+        (req: pb.RegisterRequest, signal, tenant) => this.register(req, signal, tenant),
         (req, res) => ({
           trigger: req.trigger,
           interpreterId: res?.interpreter?.id ?? (req.interpreterId || undefined),
@@ -54,7 +56,7 @@ export class GearsService {
       ),
       release: this.unary(
         'Release',
-        (req: pb.ReleaseRequest) => this.release(req),
+        (req: pb.ReleaseRequest, _signal, tenant) => this.release(req, tenant),
         (req, res) => ({
           interpreterId: res?.interpreter?.id ?? req.interpreterId,
           registrationIds: res?.releasedRegistrationIds ?? (req.registrationId ? [req.registrationId] : undefined),
@@ -62,7 +64,7 @@ export class GearsService {
       ),
       trigger: this.unary(
         'Trigger',
-        (req: pb.TriggerRequest, signal) => this.trigger(req, signal),
+        (req: pb.TriggerRequest, signal, tenant) => this.trigger(req, signal, tenant),
         (req, res) => ({
           trigger: req.trigger,
           registrationIds: res?.results.map((r) => r.registrationId),
@@ -71,18 +73,19 @@ export class GearsService {
       ),
       getInterpreter: this.unary(
         'GetInterpreter',
-        (req: pb.GetInterpreterRequest) => this.getInterpreter(req),
+        (req: pb.GetInterpreterRequest, _signal, tenant) => this.getInterpreter(req, tenant),
         (req) => ({ interpreterId: req.interpreterId }),
       ),
-      listInterpreters: this.unary('ListInterpreters', (req: pb.ListInterpretersRequest) => this.listInterpreters(req)),
-      listRegistrations: this.unary('ListRegistrations', (req: pb.ListRegistrationsRequest) => this.listRegistrations(req)),
+      listInterpreters: this.unary('ListInterpreters', (req: pb.ListInterpretersRequest, _signal, tenant) => this.listInterpreters(req, tenant)),
+      listRegistrations: this.unary('ListRegistrations', (req: pb.ListRegistrationsRequest, _signal, tenant) => this.listRegistrations(req, tenant)),
     };
     server.addService(pb.GearsServiceService, implementation);
   }
 
-  private async execute(req: pb.ExecuteRequest, signal: AbortSignal): Promise<pb.ExecuteResponse> {
+  private async execute(req: pb.ExecuteRequest, signal: AbortSignal, tenant: string): Promise<pb.ExecuteResponse> {
     const result = await this.manager.execute(
       {
+        tenant,
         source: req.source,
         args: jsonValue(req.args, 'args'),
         mode: modeFromProto(req.mode),
@@ -97,9 +100,10 @@ export class GearsService {
     return executeResponseToProto(result);
   }
 
-  private async register(req: pb.RegisterRequest, signal: AbortSignal): Promise<pb.RegisterResponse> {
+  private async register(req: pb.RegisterRequest, signal: AbortSignal, tenant: string): Promise<pb.RegisterResponse> {
     const result = await this.manager.register(
       {
+        tenant,
         trigger: req.trigger,
         source: req.source,
         mode: modeFromProto(req.mode),
@@ -113,7 +117,7 @@ export class GearsService {
     return { registration: registrationToProto(result.registration), interpreter: interpreterToProto(result.interpreter) };
   }
 
-  private release(req: pb.ReleaseRequest): pb.ReleaseResponse {
+  private release(req: pb.ReleaseRequest, tenant: string): pb.ReleaseResponse {
     const byRegistration = req.registrationId !== undefined;
     const byInterpreter = req.interpreterId !== undefined;
     if (byRegistration === byInterpreter) {
@@ -121,26 +125,27 @@ export class GearsService {
     }
     const target = byRegistration ? req.registrationId : req.interpreterId;
     if (!target) throw new InvalidArgumentError(`${byRegistration ? 'registration_id' : 'interpreter_id'} must not be empty`);
-    const result = this.manager.release(byRegistration ? { registrationId: target } : { interpreterId: target });
+    const result = this.manager.release(byRegistration ? { registrationId: target, tenant } : { interpreterId: target, tenant });
     return { releasedRegistrationIds: result.releasedRegistrationIds, interpreter: interpreterToProto(result.interpreter) };
   }
 
-  private async trigger(req: pb.TriggerRequest, signal: AbortSignal): Promise<pb.TriggerResponse> {
+  private async trigger(req: pb.TriggerRequest, signal: AbortSignal, tenant: string): Promise<pb.TriggerResponse> {
     const results = await this.manager.trigger(
-      { trigger: req.trigger, payload: jsonValue(req.payload, 'payload'), limits: limitsFromProto(req.limits) },
+      { tenant, trigger: req.trigger, payload: jsonValue(req.payload, 'payload'), limits: limitsFromProto(req.limits) },
       signal,
     );
     return { results: results.map(triggerResultToProto) };
   }
 
-  private async getInterpreter(req: pb.GetInterpreterRequest): Promise<pb.GetInterpreterResponse> {
+  private async getInterpreter(req: pb.GetInterpreterRequest, tenant: string): Promise<pb.GetInterpreterResponse> {
     if (!req.interpreterId) throw new InvalidArgumentError('interpreter_id must not be empty');
-    const found = await this.manager.getInterpreter(req.interpreterId);
+    const found = await this.manager.getInterpreter(req.interpreterId, tenant);
     return { interpreter: interpreterToProto(found.interpreter), registrations: found.registrations.map(registrationToProto) };
   }
 
-  private async listInterpreters(req: pb.ListInterpretersRequest): Promise<pb.ListInterpretersResponse> {
+  private async listInterpreters(req: pb.ListInterpretersRequest, tenant: string): Promise<pb.ListInterpretersResponse> {
     const page = await this.manager.listInterpreters({
+      tenant,
       pageSize: req.pageSize,
       pageToken: req.pageToken,
       name: req.name || undefined,
@@ -149,8 +154,9 @@ export class GearsService {
     return { interpreters: page.items.map(interpreterToProto), nextPageToken: page.nextPageToken };
   }
 
-  private listRegistrations(req: pb.ListRegistrationsRequest): pb.ListRegistrationsResponse {
+  private listRegistrations(req: pb.ListRegistrationsRequest, tenant: string): pb.ListRegistrationsResponse {
     const page = this.manager.listRegistrations({
+      tenant,
       pageSize: req.pageSize,
       pageToken: req.pageToken,
       trigger: req.trigger || undefined,
@@ -170,6 +176,7 @@ export class GearsService {
       const onCancel = (): void => controller.abort();
       call.on('cancelled', onCancel);
       let answered = false;
+      let tenant: string | undefined;
       const finish = (err: Partial<ServiceError> | null, res?: Res): void => {
         if (answered) return;
         answered = true;
@@ -181,14 +188,18 @@ export class GearsService {
           // a log field is never worth failing a call for
         }
         this.logger.info(
-          { method, code: status[err?.code ?? status.OK], durationMs: Math.round((performance.now() - started) * 1000) / 1000, ...ids },
+          { method, code: status[err?.code ?? status.OK], durationMs: Math.round((performance.now() - started) * 1000) / 1000, tenant, ...ids },
           'rpc',
         );
         if (err) callback(err, null);
         else callback(null, res);
       };
       Promise.resolve()
-        .then(() => handler(call.request, controller.signal))
+        .then(() => {
+          // Credentials first: an unauthenticated call learns nothing about its request.
+          tenant = this.auth.authenticate(call.metadata.get('authorization')).name;
+          return handler(call.request, controller.signal, tenant);
+        })
         .then(
           (res) => {
             if (controller.signal.aborted) finish(toStatus(cancelError(call), this.logger, method));

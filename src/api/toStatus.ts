@@ -16,6 +16,7 @@ const CODES: Record<IsogearError['kind'], status> = {
   unavailable: status.UNAVAILABLE,
   cancelled: status.CANCELLED,
   deadline_exceeded: status.DEADLINE_EXCEEDED,
+  unauthenticated: status.UNAUTHENTICATED,
 };
 
 /**

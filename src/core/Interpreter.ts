@@ -30,6 +30,8 @@ export class Interpreter implements ReferenceCounted {
     readonly sandbox: Sandbox,
     readonly registrationPrefix: string,
     private readonly onUnreferenced: (interpreter: Interpreter) => void,
+    /** The tenant that created it: only that tenant's requests can reach it. */
+    readonly tenant: string,
   ) {}
 
   get references(): number {

@@ -17,6 +17,7 @@ import { isValidName, isValidSpecifier, isValidTrigger, TRIGGER_PATTERN } from '
 import type { Reference } from './Reference';
 import { Registration } from './Registration';
 import { RunSlots, type Slot } from './RunSlots';
+import { DEFAULT_TENANT } from './tenants';
 import { WarmPool, type WarmSandbox } from './WarmPool';
 import type {
   ExecuteResult,
@@ -49,6 +50,13 @@ const HOST_TIMER_SLACK_MS = 20;
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
 const TOMBSTONES = 10_000;
+
+/**
+ * Names and triggers are per tenant: the maps that index them key on tenant and name together
+ * (a newline cannot occur in a tenant, name or trigger).
+ */
+const scoped = (tenant: string, key: string): string => `${tenant}\n${key}`;
+const tenantOf = (t: { tenant?: string }): string => t.tenant || DEFAULT_TENANT;
 const MIN_MEMORY_MB = 8;
 /** How long past its timeout an isolate may sit on a call before it is declared stuck and disposed. */
 const STUCK_GRACE_MS = 3000;
@@ -111,7 +119,7 @@ export class InterpreterManager implements IsolateManager {
   private readonly byTrigger = new Map<string, Registration[]>();
   private readonly names = new Map<string, Interpreter>();
   private readonly reservedNames = new Set<string>();
-  private readonly tombstones = new Map<string, InterpreterInfo>();
+  private readonly tombstones = new Map<string, { tenant: string; info: InterpreterInfo }>();
   private readonly shared: IsolateHost[] = [];
   private readonly dedicated = new Set<IsolateHost>();
   private readonly created: Record<IsolateKind, number> = { dedicated: 0, shared: 0 };
@@ -189,9 +197,10 @@ export class InterpreterManager implements IsolateManager {
     }
     const limits = this.resolveLimits(spec.limits);
     const name = spec.name ?? '';
+    const tenant = tenantOf(spec);
     const slot = await this.slots.acquire(signal);
     try {
-      return await this.executeInSlot(spec, since, signal, modules, argsJson, attach, limits, name, slot);
+      return await this.executeInSlot(spec, since, signal, modules, argsJson, attach, limits, name, tenant, slot);
     } finally {
       slot.release();
     }
@@ -206,30 +215,32 @@ export class InterpreterManager implements IsolateManager {
     attach: boolean,
     limits: ResolvedLimits,
     name: string,
+    tenant: string,
     slot: Slot,
   ): Promise<ExecuteResult> {
     this.assertOpen();
     let interp: Interpreter;
     let reserved = false;
+    const nameKey = scoped(tenant, name);
     if (attach) {
-      interp = this.attachable(spec.interpreterId as string);
+      interp = this.attachable(spec.interpreterId as string, tenant);
     } else {
       if (name && !spec.replace) {
-        if (this.names.has(name) || this.reservedNames.has(name)) {
+        if (this.names.has(nameKey) || this.reservedNames.has(nameKey)) {
           throw new AlreadyExistsError(`an interpreter named "${name}" already exists; set replace to upgrade it`);
         }
-        this.reservedNames.add(name);
+        this.reservedNames.add(nameKey);
         reserved = true;
       }
       try {
-        interp = await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, spec.replace ? '' : name);
+        interp = await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, spec.replace ? '' : name, tenant);
       } catch (err) {
-        if (reserved) this.reservedNames.delete(name);
+        if (reserved) this.reservedNames.delete(nameKey);
         throw err;
       }
       if (reserved) {
-        this.reservedNames.delete(name);
-        this.names.set(name, interp);
+        this.reservedNames.delete(nameKey);
+        this.names.set(nameKey, interp);
       }
     }
 
@@ -297,9 +308,10 @@ export class InterpreterManager implements IsolateManager {
     slot: Slot,
   ): Promise<RegisterResult> {
     this.assertOpen();
+    const tenant = tenantOf(spec);
     const interp = attach
-      ? this.attachable(spec.interpreterId as string)
-      : await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, '');
+      ? this.attachable(spec.interpreterId as string, tenant)
+      : await this.createInterpreter(spec.mode ?? this.options.defaultMode, limits.memoryMb, '', tenant);
     const cap = this.options.maxRegistrationsPerInterpreter;
     if (attach && interp.registrations.size >= cap) {
       throw new ResourceExhaustedError(
@@ -352,16 +364,19 @@ export class InterpreterManager implements IsolateManager {
   }
 
   release(target: ReleaseTarget): ReleaseResult {
+    const tenant = tenantOf(target);
     if ('registrationId' in target) {
       checkIdLength(target.registrationId, 'registration_id');
-      const reg = this.registrations.get(target.registrationId);
+      const found = this.registrations.get(target.registrationId);
+      // another tenant's registration answers exactly like one that does not exist
+      const reg = found?.tenant === tenant ? found : undefined;
       if (!reg) throw new NotFoundError(`registration ${target.registrationId} not found (unknown or already released)`);
       const interp = this.mustInterpreter(reg.interpreterId);
       this.releaseRegistrations(interp, [reg]);
       return { releasedRegistrationIds: [reg.id], interpreter: interp.infoWithHeap(0) };
     }
     checkIdLength(target.interpreterId, 'interpreter_id');
-    const interp = this.interpreters.get(target.interpreterId);
+    const interp = this.ownInterpreter(target.interpreterId, tenant);
     if (!interp) throw new NotFoundError(`interpreter ${target.interpreterId} not found (unknown or already disposed)`);
     if (interp.registrations.size === 0) {
       throw new NotFoundError(`interpreter ${target.interpreterId} holds no registrations to release`);
@@ -377,7 +392,7 @@ export class InterpreterManager implements IsolateManager {
     if (!isValidTrigger(spec.trigger)) throw new InvalidArgumentError(`trigger must match /${TRIGGER_PATTERN}/`);
     const payloadJson = this.encodeValue(spec.payload, 'payload');
     const limits = this.resolveLimits(spec.limits);
-    const bound = this.byTrigger.get(spec.trigger);
+    const bound = this.byTrigger.get(scoped(tenantOf(spec), spec.trigger));
     if (!bound || bound.length === 0) throw new NotFoundError(`no registration is bound to trigger "${spec.trigger}"`);
     // The snapshot and every run's execution reference are taken in this synchronous step; the
     // runs then start as run slots come free (ISOGEAR_MAX_CONCURRENT_RUNS).
@@ -442,23 +457,24 @@ export class InterpreterManager implements IsolateManager {
     }
   }
 
-  async getInterpreter(id: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }> {
+  async getInterpreter(id: string, tenant: string = DEFAULT_TENANT): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }> {
     checkIdLength(id, 'interpreter_id');
-    const interp = this.interpreters.get(id);
+    const interp = this.ownInterpreter(id, tenant);
     if (interp) {
       const broken = interp.state === 'failed';
       return { interpreter: await interp.info(), registrations: [...interp.registrations.values()].map((r) => r.info(broken)) };
     }
-    const tomb = this.tombstones.get(id);
+    const tomb = this.ownTombstone(id, tenant);
     if (tomb) return { interpreter: { ...tomb }, registrations: [] };
     throw new NotFoundError(`interpreter ${id} not found`);
   }
 
   async listInterpreters(filter: InterpreterFilter): Promise<Page<InterpreterInfo>> {
+    const tenant = tenantOf(filter);
     const page = paginate(
       this.interpreters.values(),
       (i) => i.seq,
-      (i) => (!filter.name || i.name === filter.name) && (!filter.mode || i.mode === filter.mode),
+      (i) => i.tenant === tenant && (!filter.name || i.name === filter.name) && (!filter.mode || i.mode === filter.mode),
       filter,
     );
     return { items: await Promise.all(page.items.map((i) => i.info())), nextPageToken: page.nextPageToken };
@@ -466,10 +482,11 @@ export class InterpreterManager implements IsolateManager {
 
   listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo> {
     if (filter.interpreterId) checkIdLength(filter.interpreterId, 'interpreter_id');
+    const tenant = tenantOf(filter);
     const page = paginate(
       this.registrations.values(),
       (r) => r.seq,
-      (r) => (!filter.trigger || r.trigger === filter.trigger) && (!filter.interpreterId || r.interpreterId === filter.interpreterId),
+      (r) => r.tenant === tenant && (!filter.trigger || r.trigger === filter.trigger) && (!filter.interpreterId || r.interpreterId === filter.interpreterId),
       filter,
     );
     return {
@@ -626,7 +643,7 @@ export class InterpreterManager implements IsolateManager {
     return best;
   }
 
-  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string, attempt = 1): Promise<Interpreter> {
+  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string, tenant: string, attempt = 1): Promise<Interpreter> {
     if (this.interpreters.size + this.creating >= this.options.maxInterpreters) {
       throw new ResourceExhaustedError(
         'max_interpreters',
@@ -657,7 +674,7 @@ export class InterpreterManager implements IsolateManager {
         if (host.kind === 'shared' && host.disposed && !this.closed && attempt < 2) {
           // the shared isolate died under us (another interpreter's memory kill): its slot has a
           // fresh isolate already, so try once more
-          return this.createInterpreter(mode, memoryMb, name, attempt + 1);
+          return this.createInterpreter(mode, memoryMb, name, tenant, attempt + 1);
         }
         throw new UnavailableError(`could not create an interpreter: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
@@ -665,7 +682,7 @@ export class InterpreterManager implements IsolateManager {
         sandbox.release();
         throw new UnavailableError('the server is shutting down');
       }
-      const interp = new Interpreter(id, ++this.seq, mode, name, host, sandbox, prefix, this.onUnreferenced);
+      const interp = new Interpreter(id, ++this.seq, mode, name, host, sandbox, prefix, this.onUnreferenced, tenant);
       this.interpreters.set(id, interp);
       return interp;
     } catch (err) {
@@ -722,23 +739,35 @@ export class InterpreterManager implements IsolateManager {
   private forget(interp: Interpreter): void {
     if (!this.interpreters.has(interp.id)) return;
     this.interpreters.delete(interp.id);
-    if (interp.name && this.names.get(interp.name) === interp) this.names.delete(interp.name);
+    const nameKey = scoped(interp.tenant, interp.name);
+    if (interp.name && this.names.get(nameKey) === interp) this.names.delete(nameKey);
     interp.markDisposed();
     interp.host.interpreterIds.delete(interp.id);
     if (interp.host.kind === 'dedicated') interp.host.dispose(interp.disposeReason);
     else this.pool.refill(); // room on a shared isolate: a warm context may take it
-    this.tombstones.set(interp.id, interp.infoWithHeap(0));
+    this.tombstones.set(interp.id, { tenant: interp.tenant, info: interp.infoWithHeap(0) });
     if (this.tombstones.size > TOMBSTONES) {
       const oldest = this.tombstones.keys().next().value as string;
       this.tombstones.delete(oldest);
     }
   }
 
-  private attachable(id: string): Interpreter {
-    checkIdLength(id, 'interpreter_id');
+  /** A live interpreter of `tenant`; another tenant's is treated as absent (existence is not revealed). */
+  private ownInterpreter(id: string, tenant: string): Interpreter | undefined {
     const interp = this.interpreters.get(id);
+    return interp?.tenant === tenant ? interp : undefined;
+  }
+
+  private ownTombstone(id: string, tenant: string): InterpreterInfo | undefined {
+    const tomb = this.tombstones.get(id);
+    return tomb?.tenant === tenant ? tomb.info : undefined;
+  }
+
+  private attachable(id: string, tenant: string): Interpreter {
+    checkIdLength(id, 'interpreter_id');
+    const interp = this.ownInterpreter(id, tenant);
     if (!interp) {
-      const tomb = this.tombstones.get(id);
+      const tomb = this.ownTombstone(id, tenant);
       if (tomb) throw new FailedPreconditionError(`interpreter ${id} is ${tomb.state.toUpperCase()}`);
       throw new NotFoundError(`interpreter ${id} not found`);
     }
@@ -766,12 +795,13 @@ export class InterpreterManager implements IsolateManager {
     interp.sandbox.commit(execId);
     const out: Registration[] = [];
     for (const r of tuple.registrations) {
-      const reg = new Registration(r.id, ++this.seq, r.trigger, interp.id, r.description, interp.acquire('registration'));
+      const reg = new Registration(r.id, ++this.seq, r.trigger, interp.id, r.description, interp.acquire('registration'), interp.tenant);
       interp.registrations.set(reg.id, reg);
       this.registrations.set(reg.id, reg);
-      const list = this.byTrigger.get(reg.trigger);
+      const key = scoped(reg.tenant, reg.trigger);
+      const list = this.byTrigger.get(key);
       if (list) list.push(reg);
-      else this.byTrigger.set(reg.trigger, [reg]);
+      else this.byTrigger.set(key, [reg]);
       out.push(reg);
     }
     return out;
@@ -801,11 +831,12 @@ export class InterpreterManager implements IsolateManager {
 
   private unindex(reg: Registration): void {
     this.registrations.delete(reg.id);
-    const list = this.byTrigger.get(reg.trigger);
+    const key = scoped(reg.tenant, reg.trigger);
+    const list = this.byTrigger.get(key);
     if (!list) return;
     const i = list.indexOf(reg);
     if (i >= 0) list.splice(i, 1);
-    if (list.length === 0) this.byTrigger.delete(reg.trigger);
+    if (list.length === 0) this.byTrigger.delete(key);
   }
 
   /** Drops registrations of one interpreter: unindex all first, then release their references. */
@@ -821,9 +852,10 @@ export class InterpreterManager implements IsolateManager {
 
   /** The upgrade commit point: the name moves to `next`, the old holder's registrations go. */
   private swapName(name: string, next: Interpreter): void {
-    const old = this.names.get(name);
+    const key = scoped(next.tenant, name);
+    const old = this.names.get(key);
     if (old && old !== next) {
-      this.names.delete(name);
+      this.names.delete(key);
       old.name = '';
       old.disposeReason = 'replaced';
       if (old.registrations.size > 0) this.releaseRegistrations(old, [...old.registrations.values()]);
@@ -831,7 +863,7 @@ export class InterpreterManager implements IsolateManager {
     }
     if (next.registrations.size > 0 && next.accepting) {
       next.name = name;
-      this.names.set(name, next);
+      this.names.set(key, next);
     }
   }
 

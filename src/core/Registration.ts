@@ -17,6 +17,8 @@ export class Registration {
     readonly interpreterId: string,
     readonly description: string,
     readonly reference: Reference,
+    /** Its interpreter's tenant. */
+    readonly tenant: string,
   ) {}
 
   recordRun(ok: boolean, wallTimeMs: number, error: ScriptError | undefined): void {

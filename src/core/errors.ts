@@ -12,7 +12,8 @@ export abstract class IsogearError extends Error {
     | 'resource_exhausted'
     | 'unavailable'
     | 'cancelled'
-    | 'deadline_exceeded';
+    | 'deadline_exceeded'
+    | 'unauthenticated';
 
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -68,6 +69,11 @@ export class CancelledError extends IsogearError {
 /** The caller's deadline passed. */
 export class DeadlineExceededError extends IsogearError {
   readonly kind = 'deadline_exceeded';
+}
+
+/** The call carries no valid credentials (missing, malformed or unknown API key). */
+export class UnauthenticatedError extends IsogearError {
+  readonly kind = 'unauthenticated';
 }
 
 /**

@@ -62,7 +62,12 @@ export interface RegistrationInfo {
   broken: boolean;
 }
 
-export interface ExecuteSpec {
+/** Every request acts for one tenant (DEFAULT_TENANT when omitted): it sees only what that tenant created. */
+export interface Tenanted {
+  tenant?: string;
+}
+
+export interface ExecuteSpec extends Tenanted {
   source: string;
   /** `undefined`: the default export is called with `undefined`. */
   args?: JsonValue;
@@ -95,7 +100,7 @@ export interface ExecuteResult extends RunReport {
   interpreter: InterpreterInfo;
 }
 
-export interface RegisterSpec {
+export interface RegisterSpec extends Tenanted {
   trigger: string;
   source: string;
   mode?: IsolationMode;
@@ -110,14 +115,14 @@ export interface RegisterResult {
   interpreter: InterpreterInfo;
 }
 
-export type ReleaseTarget = { registrationId: string } | { interpreterId: string };
+export type ReleaseTarget = ({ registrationId: string } | { interpreterId: string }) & Tenanted;
 
 export interface ReleaseResult {
   releasedRegistrationIds: string[];
   interpreter: InterpreterInfo;
 }
 
-export interface TriggerSpec {
+export interface TriggerSpec extends Tenanted {
   trigger: string;
   payload?: JsonValue;
   limits?: Limits;
@@ -137,12 +142,12 @@ export interface Page<T> {
   nextPageToken: string;
 }
 
-export interface InterpreterFilter extends PageRequest {
+export interface InterpreterFilter extends PageRequest, Tenanted {
   name?: string;
   mode?: IsolationMode;
 }
 
-export interface RegistrationFilter extends PageRequest {
+export interface RegistrationFilter extends PageRequest, Tenanted {
   trigger?: string;
   interpreterId?: string;
 }
@@ -189,7 +194,7 @@ export interface IsolateManager {
   register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult>;
   release(target: ReleaseTarget): ReleaseResult;
   trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]>;
-  getInterpreter(id: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }>;
+  getInterpreter(id: string, tenant?: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }>;
   listInterpreters(filter: InterpreterFilter): Promise<Page<InterpreterInfo>>;
   listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo>;
   counters(): ManagerCounters;

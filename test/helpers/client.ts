@@ -17,7 +17,11 @@ export class TestClient {
   readonly raw: pb.GearsServiceClient;
   private readonly health: grpc.Client & Record<string, unknown>;
 
-  constructor(readonly address: string) {
+  /** `apiKey`: sent as `authorization: Bearer <key>` on every GearsService call. */
+  constructor(
+    readonly address: string,
+    readonly apiKey?: string,
+  ) {
     this.raw = new pb.GearsServiceClient(address, grpc.credentials.createInsecure());
     const HealthClient = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'grpc.health.v1.Health');
     this.health = new HealthClient(address, grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
@@ -28,7 +32,9 @@ export class TestClient {
     return (req: Partial<Req>, opts: CallOptions = {}): Promise<Res> =>
       new Promise((resolve, reject) => {
         const method = this.raw[rpc] as unknown as Unary<Req, Res>;
-        method.call(this.raw, type.fromPartial(req), new grpc.Metadata(), callOptions(opts), (err, res) => (err ? reject(err) : resolve(res)));
+        const metadata = new grpc.Metadata();
+        if (this.apiKey !== undefined) metadata.set('authorization', `Bearer ${this.apiKey}`);
+        method.call(this.raw, type.fromPartial(req), metadata, callOptions(opts), (err, res) => (err ? reject(err) : resolve(res)));
       });
   }
 

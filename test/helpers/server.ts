@@ -84,12 +84,12 @@ export async function waitIdle(manager: InterpreterManager, ms: number): Promise
 }
 
 /** Releases every registration the server holds (cleanup for tests that fail midway). */
-export async function releaseAll(t: TestServer): Promise<void> {
+export async function releaseAll(t: TestServer, client: TestClient = t.client): Promise<void> {
   for (;;) {
-    const page = await t.client.listInterpreters({ pageSize: 1000 });
+    const page = await client.listInterpreters({ pageSize: 1000 });
     const withRegs = page.interpreters.filter((i) => i.registrationReferences > 0);
     if (withRegs.length === 0) return;
-    for (const i of withRegs) await t.client.release({ interpreterId: i.id }).catch(() => undefined);
+    for (const i of withRegs) await client.release({ interpreterId: i.id }).catch(() => undefined);
   }
 }
 

@@ -1,0 +1,213 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { UnauthenticatedError } from '../core/errors';
+import { isValidName } from '../core/names';
+import { DEFAULT_TENANT, QUOTA_NAMES, type TenantQuotas } from '../core/tenants';
+
+/** Who a request is from: the tenant its API key belongs to, and that tenant's quota overrides. */
+export interface Tenant {
+  name: string;
+  quotas: TenantQuotas;
+}
+
+/** Resolves the `authorization` metadata of a call to its tenant, or throws UnauthenticatedError. */
+export interface Authenticator {
+  /** True when no keys file is configured: every caller is the default tenant. */
+  readonly open: boolean;
+  authenticate(authorization: readonly unknown[]): Tenant;
+}
+
+export interface KeysLogger {
+  info(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+/** The keys file is unreadable or malformed; the message says where and why (never a key). */
+export class KeysFileError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'KeysFileError';
+  }
+}
+
+/** Longest `Bearer` credential looked at; anything longer is not a key this server issued. */
+const MAX_KEY_CHARS = 4096;
+const SHA256_HEX = /^[0-9a-fA-F]{64}$/;
+
+interface KeyEntry {
+  digest: Buffer;
+  tenant: Tenant;
+}
+
+/** Without a keys file: everyone is the default tenant (the server warns at start-up). */
+export const OPEN_ACCESS: Authenticator = {
+  open: true,
+  authenticate: () => ({ name: DEFAULT_TENANT, quotas: {} }),
+};
+
+/**
+ * Parses the keys file: `{"tenants": [{"name", "keySha256", "quotas"?}]}`. Strict: unknown
+ * fields are refused (a misspelt quota must not silently mean "no quota"). A tenant may be listed
+ * more than once, with one key per entry, to rotate keys; its entries must then agree on quotas.
+ * No two entries may share a key.
+ */
+export function parseKeysFile(text: string): KeyEntry[] {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new KeysFileError(`not valid JSON (${err instanceof Error ? err.message : String(err)})`);
+  }
+  if (!isObject(doc)) throw new KeysFileError('the top level must be an object with a "tenants" array');
+  for (const k of Object.keys(doc)) if (k !== 'tenants') throw new KeysFileError(`unknown top-level field "${k}" (only "tenants" is allowed)`);
+  const tenants = doc.tenants;
+  if (!Array.isArray(tenants)) throw new KeysFileError('"tenants" must be an array');
+  const entries: KeyEntry[] = [];
+  const byName = new Map<string, string>();
+  const digests = new Set<string>();
+  tenants.forEach((t: unknown, i: number) => {
+    const at = `tenants[${i}]`;
+    if (!isObject(t)) throw new KeysFileError(`${at} must be an object`);
+    for (const k of Object.keys(t)) {
+      if (k !== 'name' && k !== 'keySha256' && k !== 'quotas') throw new KeysFileError(`${at} has unknown field "${k}" (allowed: name, keySha256, quotas)`);
+    }
+    if (typeof t.name !== 'string' || !isValidName(t.name)) {
+      throw new KeysFileError(`${at}.name must be 1-128 characters of letters, digits, "_", "." and "-", starting with a letter, digit or "_"`);
+    }
+    if (typeof t.keySha256 !== 'string' || !SHA256_HEX.test(t.keySha256)) {
+      throw new KeysFileError(`${at}.keySha256 must be 64 hex digits: the SHA-256 of the key, never the key itself`);
+    }
+    const hex = t.keySha256.toLowerCase();
+    if (digests.has(hex)) throw new KeysFileError(`${at}.keySha256 is already used by another entry: every key belongs to one tenant`);
+    digests.add(hex);
+    const quotas = parseQuotas(t.quotas, `${at}.quotas`);
+    const canonical = JSON.stringify(QUOTA_NAMES.map((q) => quotas[q] ?? null));
+    const earlier = byName.get(t.name);
+    if (earlier !== undefined && earlier !== canonical) {
+      throw new KeysFileError(`${at}: tenant "${t.name}" is listed again with different quotas (entries of one tenant must agree)`);
+    }
+    byName.set(t.name, canonical);
+    entries.push({ digest: Buffer.from(hex, 'hex'), tenant: { name: t.name, quotas } });
+  });
+  return entries;
+}
+
+function parseQuotas(raw: unknown, at: string): TenantQuotas {
+  if (raw === undefined) return {};
+  if (!isObject(raw)) throw new KeysFileError(`${at} must be an object`);
+  const out: TenantQuotas = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (!(QUOTA_NAMES as readonly string[]).includes(k)) throw new KeysFileError(`${at} has unknown quota "${k}" (known: ${QUOTA_NAMES.join(', ')})`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 1e9) throw new KeysFileError(`${at}.${k} must be a whole number from 0 to 1000000000`);
+    out[k as keyof TenantQuotas] = v;
+  }
+  return out;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * API keys from the file named by ISOGEAR_API_KEYS_FILE. Only SHA-256 digests are held; a
+ * presented key is hashed and compared with every digest in constant time (no early exit), so
+ * timing tells nothing about which digest, if any, is close. The file is re-read when it changes
+ * (polled: a Kubernetes Secret mount swaps a symlink, which file watches miss) and on `reload()`
+ * (SIGHUP); a bad file keeps the keys in force and logs why.
+ */
+export class ApiKeys implements Authenticator {
+  readonly open = false;
+  private entries: KeyEntry[];
+  private watching = false;
+  private reloading: Promise<boolean> | undefined;
+
+  private constructor(
+    readonly path: string,
+    entries: KeyEntry[],
+    private readonly logger?: KeysLogger,
+  ) {
+    this.entries = entries;
+  }
+
+  /** Loads the file at start-up (a bad file stops start-up). */
+  static load(path: string, logger?: KeysLogger): ApiKeys {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new KeysFileError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+    try {
+      return new ApiKeys(path, parseKeysFile(text), logger);
+    } catch (err) {
+      throw err instanceof KeysFileError ? new KeysFileError(`${path}: ${err.message}`) : err;
+    }
+  }
+
+  /** Distinct tenants with at least one key. */
+  get tenantNames(): string[] {
+    return [...new Set(this.entries.map((e) => e.tenant.name))];
+  }
+
+  authenticate(authorization: readonly unknown[]): Tenant {
+    if (authorization.length === 0) {
+      throw new UnauthenticatedError('missing credentials: send the metadata "authorization: Bearer <API key>"');
+    }
+    if (authorization.length > 1) throw new UnauthenticatedError('send exactly one "authorization" metadata entry');
+    const value = authorization[0];
+    const m = typeof value === 'string' ? /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(value) : null;
+    if (!m) throw new UnauthenticatedError('malformed "authorization" metadata: expected "Bearer <API key>"');
+    const key = m[1];
+    if (key.length > MAX_KEY_CHARS) throw new UnauthenticatedError('the API key is not valid');
+    const digest = createHash('sha256').update(key, 'utf8').digest();
+    let found: KeyEntry | undefined;
+    for (const e of this.entries) {
+      // every entry is compared, whatever matched before
+      if (timingSafeEqual(digest, e.digest)) found = e;
+    }
+    if (!found) throw new UnauthenticatedError('the API key is not valid');
+    return found.tenant;
+  }
+
+  /**
+   * Re-reads the file. Resolves true when the new keys are in force; false when the file was
+   * rejected (the previous keys stay, the reason is logged). Concurrent calls share one read.
+   */
+  reload(): Promise<boolean> {
+    this.reloading ??= this.readAgain().finally(() => {
+      this.reloading = undefined;
+    });
+    return this.reloading;
+  }
+
+  /** Polls the file for changes every `intervalMs` until `close()`. */
+  watch(intervalMs = 1000): void {
+    if (this.watching) return;
+    this.watching = true;
+    watchFile(this.path, { interval: intervalMs, persistent: false }, (cur, prev) => {
+      if (cur.mtimeMs === prev.mtimeMs && cur.ino === prev.ino && cur.size === prev.size) return;
+      void this.reload();
+    });
+  }
+
+  close(): void {
+    if (!this.watching) return;
+    this.watching = false;
+    unwatchFile(this.path);
+  }
+
+  private async readAgain(): Promise<boolean> {
+    let entries: KeyEntry[];
+    try {
+      entries = parseKeysFile(await readFile(this.path, 'utf8'));
+    } catch (err) {
+      const why = err instanceof KeysFileError ? err.message : `cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
+      this.logger?.error({ path: this.path, reason: why, tenants: this.tenantNames.length }, 'API keys file rejected: the previous keys stay in force');
+      return false;
+    }
+    this.entries = entries;
+    this.logger?.info({ path: this.path, tenants: this.tenantNames.length, keys: entries.length }, 'API keys reloaded');
+    return true;
+  }
+}
