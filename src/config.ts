@@ -30,6 +30,11 @@ export interface Config {
   logLevel: LogLevel;
   /** Path of the API keys file; '' runs the server open, as the one default tenant. */
   apiKeysFile: string;
+  /** Quotas of each tenant unless its keys-file entry overrides them. */
+  tenantMaxInterpreters: number;
+  tenantMaxRegistrations: number;
+  tenantMaxConcurrentRuns: number;
+  tenantMaxDedicatedMemoryMb: number;
 }
 
 /** A setting is missing its mark; the message names the variable. Start-up stops. */
@@ -111,6 +116,11 @@ const SETTINGS = [
   setting('shutdownGraceMs', 'ISOGEAR_SHUTDOWN_GRACE_MS', int(0, 3_600_000), () => 10_000),
   setting('logLevel', 'ISOGEAR_LOG_LEVEL', oneOf<LogLevel>('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), (): LogLevel => 'info'),
   setting('apiKeysFile', 'ISOGEAR_API_KEYS_FILE', optionalPath, () => ''),
+  // Per-tenant quotas; the defaults are the server-wide limits, so a quota binds only once set.
+  setting('tenantMaxInterpreters', 'ISOGEAR_TENANT_MAX_INTERPRETERS', int(0, 1e9), (p) => p.maxInterpreters ?? 10_000),
+  setting('tenantMaxRegistrations', 'ISOGEAR_TENANT_MAX_REGISTRATIONS', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? 10_000) * (p.maxRegistrationsPerInterpreter ?? 10_000))),
+  setting('tenantMaxConcurrentRuns', 'ISOGEAR_TENANT_MAX_CONCURRENT_RUNS', int(0, 1e9), (p) => p.maxConcurrentRuns ?? 64),
+  setting('tenantMaxDedicatedMemoryMb', 'ISOGEAR_TENANT_MAX_DEDICATED_MEMORY_MB', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? 10_000) * (p.maxMemoryMb ?? 512))),
 ] as Setting<keyof Config>[];
 
 export const CONFIG_VARIABLES: readonly string[] = SETTINGS.map((s) => s.variable);

@@ -91,6 +91,15 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     warmIsolates: config.warmIsolates,
     warmContextsPerShared: config.warmContexts,
     codeCacheBytes: config.codeCacheBytes,
+    // Defaults from the config, overridden per tenant by its keys-file entry (read at each check,
+    // so a reloaded file's quotas apply at once).
+    tenantQuotas: (tenant) => ({
+      interpreters: config.tenantMaxInterpreters,
+      registrations: config.tenantMaxRegistrations,
+      concurrentRuns: config.tenantMaxConcurrentRuns,
+      dedicatedMemoryMb: config.tenantMaxDedicatedMemoryMb,
+      ...keys?.quotasOf(tenant),
+    }),
     logger,
     onCatastrophicError: exitOnCatastrophe(logger),
   });

@@ -145,6 +145,11 @@ export class ApiKeys implements Authenticator {
     }
   }
 
+  /** The quota overrides the file gives `tenant` (none: an empty object). */
+  quotasOf(tenant: string): TenantQuotas {
+    return this.entries.find((e) => e.tenant.name === tenant)?.tenant.quotas ?? {};
+  }
+
   /** Distinct tenants with at least one key. */
   get tenantNames(): string[] {
     return [...new Set(this.entries.map((e) => e.tenant.name))];

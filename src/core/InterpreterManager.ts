@@ -16,8 +16,8 @@ import { IsolateHost, type IsolateDisposeReason } from './IsolateHost';
 import { isValidName, isValidSpecifier, isValidTrigger, TRIGGER_PATTERN } from './names';
 import type { Reference } from './Reference';
 import { Registration } from './Registration';
-import { RunSlots, type Slot } from './RunSlots';
-import { DEFAULT_TENANT } from './tenants';
+import { RunSlots, type RunSlotsRefusals, type Slot } from './RunSlots';
+import { DEFAULT_TENANT, type QuotaName } from './tenants';
 import { WarmPool, type WarmSandbox } from './WarmPool';
 import type {
   ExecuteResult,
@@ -57,6 +57,41 @@ const TOMBSTONES = 10_000;
  */
 const scoped = (tenant: string, key: string): string => `${tenant}\n${key}`;
 const tenantOf = (t: { tenant?: string }): string => t.tenant || DEFAULT_TENANT;
+
+/** What one tenant holds, counted against its quotas. */
+interface TenantUsage {
+  /** Live interpreters, and those being created. */
+  interpreters: number;
+  registrations: number;
+  /** Heap limits of its dedicated isolates (live and being created), in MB. */
+  dedicatedMemoryMb: number;
+  /** Its own admission for runs, while its concurrentRuns quota is below the server's. */
+  gate?: RunSlots;
+}
+
+/** Refusals of a tenant's run admission name the quota, never the server-wide settings. */
+const tenantRefusals = (tenant: string): RunSlotsRefusals => ({
+  full: {
+    limit: 'tenant_concurrent_runs',
+    message: (o) => `tenant "${tenant}" has its quota of ${o.maxConcurrent} runs executing and ${o.maxQueued} more waiting (quota concurrentRuns); retry shortly`,
+  },
+  waited: {
+    limit: 'tenant_concurrent_runs',
+    message: (o) => `none of tenant "${tenant}"'s ${o.maxConcurrent} runs (quota concurrentRuns) ended within ${o.maxWaitMs} ms; retry later`,
+  },
+});
+
+/** One slot made of two (the tenant's and the server's): released and held together. */
+const bothSlots = (a: Slot, b: Slot): Slot => ({
+  release: () => {
+    b.release();
+    a.release();
+  },
+  holdUntil: (work) => {
+    a.holdUntil(work);
+    b.holdUntil(work);
+  },
+});
 const MIN_MEMORY_MB = 8;
 /** How long past its timeout an isolate may sit on a call before it is declared stuck and disposed. */
 const STUCK_GRACE_MS = 3000;
@@ -120,6 +155,7 @@ export class InterpreterManager implements IsolateManager {
   private readonly names = new Map<string, Interpreter>();
   private readonly reservedNames = new Set<string>();
   private readonly tombstones = new Map<string, { tenant: string; info: InterpreterInfo }>();
+  private readonly usage = new Map<string, TenantUsage>();
   private readonly shared: IsolateHost[] = [];
   private readonly dedicated = new Set<IsolateHost>();
   private readonly created: Record<IsolateKind, number> = { dedicated: 0, shared: 0 };
@@ -198,7 +234,7 @@ export class InterpreterManager implements IsolateManager {
     const limits = this.resolveLimits(spec.limits);
     const name = spec.name ?? '';
     const tenant = tenantOf(spec);
-    const slot = await this.slots.acquire(signal);
+    const slot = await this.acquireRun(tenant, signal);
     try {
       return await this.executeInSlot(spec, since, signal, modules, argsJson, attach, limits, name, tenant, slot);
     } finally {
@@ -245,6 +281,7 @@ export class InterpreterManager implements IsolateManager {
     }
 
     let committed: Registration[] = [];
+    let overQuota: ResourceExhaustedError | undefined;
     const token = newToken();
     const report = await this.run(
       interp,
@@ -262,12 +299,18 @@ export class InterpreterManager implements IsolateManager {
       },
       (tuple, r) => {
         const ok = r.outcome === 'succeeded';
-        if (ok && tuple && tuple.registrations.length > 0) committed = this.commit(interp, tuple, r.executionId);
-        if (ok && spec.replace) this.swapName(name, interp);
+        if (ok && tuple && tuple.registrations.length > 0) {
+          overQuota = this.registrationQuotaRefusal(interp.tenant, tuple.registrations.length);
+          if (overQuota) interp.sandbox.abandon(r.executionId);
+          else committed = this.commit(interp, tuple, r.executionId);
+        }
+        if (ok && spec.replace && !overQuota) this.swapName(name, interp);
       },
       undefined,
       slot,
     );
+    // The script ran, but what it registered would pass the tenant's quota: none of it is kept.
+    if (overQuota) throw overQuota;
     return {
       ...report,
       registrations: committed.map((r) => r.info(false)),
@@ -289,7 +332,10 @@ export class InterpreterManager implements IsolateManager {
       throw new InvalidArgumentError('mode and interpreter_id are exclusive: an existing interpreter keeps its mode');
     }
     const limits = this.resolveLimits(spec.limits);
-    const slot = await this.slots.acquire(signal);
+    const tenant = tenantOf(spec);
+    const full = this.registrationQuotaRefusal(tenant, 1);
+    if (full) throw full;
+    const slot = await this.acquireRun(tenant, signal);
     try {
       return await this.registerInSlot(spec, since, signal, modules, description, attach, limits, slot);
     } finally {
@@ -322,6 +368,7 @@ export class InterpreterManager implements IsolateManager {
 
     let registration: Registration | undefined;
     let refused: string | undefined;
+    let overQuota: ResourceExhaustedError | undefined;
     const token = newToken();
     const report = await this.run(
       interp,
@@ -349,12 +396,18 @@ export class InterpreterManager implements IsolateManager {
           interp.sandbox.abandon(r.executionId);
           return;
         }
+        overQuota = this.registrationQuotaRefusal(interp.tenant, 1);
+        if (overQuota) {
+          interp.sandbox.abandon(r.executionId);
+          return;
+        }
         registration = this.commit(interp, tuple, r.executionId)[0];
       },
       undefined,
       slot,
     );
     if (!registration) {
+      if (overQuota) throw overQuota;
       if (refused) throw new FailedPreconditionError(refused);
       if (report.outcome === 'aborted') throw new UnavailableError('the run was aborted before the handler loaded');
       const why = report.error ? `${report.error.name}: ${report.error.message}` : report.outcome;
@@ -392,7 +445,8 @@ export class InterpreterManager implements IsolateManager {
     if (!isValidTrigger(spec.trigger)) throw new InvalidArgumentError(`trigger must match /${TRIGGER_PATTERN}/`);
     const payloadJson = this.encodeValue(spec.payload, 'payload');
     const limits = this.resolveLimits(spec.limits);
-    const bound = this.byTrigger.get(scoped(tenantOf(spec), spec.trigger));
+    const tenant = tenantOf(spec);
+    const bound = this.byTrigger.get(scoped(tenant, spec.trigger));
     if (!bound || bound.length === 0) throw new NotFoundError(`no registration is bound to trigger "${spec.trigger}"`);
     // The snapshot and every run's execution reference are taken in this synchronous step; the
     // runs then start as run slots come free (ISOGEAR_MAX_CONCURRENT_RUNS).
@@ -437,7 +491,7 @@ export class InterpreterManager implements IsolateManager {
     try {
       for (let i = 0; i < snapshot.length; i++) {
         // The first slot is admitted like any request's; the rest wait behind it, one at a time.
-        const slot = await this.slots.acquire(fanOut.signal, i > 0);
+        const slot = await this.acquireRun(tenant, fanOut.signal, i > 0);
         const ref = held[i];
         held[i] = undefined;
         runs.push(
@@ -643,7 +697,36 @@ export class InterpreterManager implements IsolateManager {
     return best;
   }
 
-  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string, tenant: string, attempt = 1): Promise<Interpreter> {
+  /** A new interpreter for `tenant`, within its quotas (interpreters, dedicated isolate memory). */
+  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string, tenant: string): Promise<Interpreter> {
+    const q = this.quotas(tenant);
+    const u = this.use(tenant);
+    const memory = mode === 'isolate' ? memoryMb : 0;
+    // a quota at or above the server's own limit cannot bind: that limit answers first
+    if (q && q.interpreters < this.options.maxInterpreters && u.interpreters >= q.interpreters) {
+      throw new ResourceExhaustedError(
+        'tenant_interpreters',
+        `tenant "${tenant}" holds its quota of ${q.interpreters} interpreters (quota interpreters); release registrations to free some`,
+      );
+    }
+    if (q && memory > 0 && u.dedicatedMemoryMb + memory > q.dedicatedMemoryMb) {
+      throw new ResourceExhaustedError(
+        'tenant_dedicated_memory_mb',
+        `tenant "${tenant}" holds dedicated isolates with ${u.dedicatedMemoryMb} MB of heap limits; ${memory} MB more would pass its quota of ${q.dedicatedMemoryMb} MB (quota dedicatedMemoryMb): release registrations, ask for a smaller memory_limit_mb or use shared mode`,
+      );
+    }
+    u.interpreters += 1;
+    u.dedicatedMemoryMb += memory;
+    try {
+      return await this.createInterpreterOnce(mode, memoryMb, name, tenant);
+    } catch (err) {
+      u.interpreters -= 1;
+      u.dedicatedMemoryMb -= memory;
+      throw err;
+    }
+  }
+
+  private async createInterpreterOnce(mode: IsolationMode, memoryMb: number, name: string, tenant: string, attempt = 1): Promise<Interpreter> {
     if (this.interpreters.size + this.creating >= this.options.maxInterpreters) {
       throw new ResourceExhaustedError(
         'max_interpreters',
@@ -674,7 +757,7 @@ export class InterpreterManager implements IsolateManager {
         if (host.kind === 'shared' && host.disposed && !this.closed && attempt < 2) {
           // the shared isolate died under us (another interpreter's memory kill): its slot has a
           // fresh isolate already, so try once more
-          return this.createInterpreter(mode, memoryMb, name, tenant, attempt + 1);
+          return this.createInterpreterOnce(mode, memoryMb, name, tenant, attempt + 1);
         }
         throw new UnavailableError(`could not create an interpreter: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
@@ -743,12 +826,69 @@ export class InterpreterManager implements IsolateManager {
     if (interp.name && this.names.get(nameKey) === interp) this.names.delete(nameKey);
     interp.markDisposed();
     interp.host.interpreterIds.delete(interp.id);
+    const u = this.use(interp.tenant);
+    u.interpreters -= 1;
+    if (interp.mode === 'isolate') u.dedicatedMemoryMb -= interp.host.memoryLimitMb;
     if (interp.host.kind === 'dedicated') interp.host.dispose(interp.disposeReason);
     else this.pool.refill(); // room on a shared isolate: a warm context may take it
     this.tombstones.set(interp.id, { tenant: interp.tenant, info: interp.infoWithHeap(0) });
     if (this.tombstones.size > TOMBSTONES) {
       const oldest = this.tombstones.keys().next().value as string;
       this.tombstones.delete(oldest);
+    }
+  }
+
+  // ---------------------------------------------------------------- tenants
+
+  private use(tenant: string): TenantUsage {
+    let u = this.usage.get(tenant);
+    if (!u) {
+      u = { interpreters: 0, registrations: 0, dedicatedMemoryMb: 0 };
+      this.usage.set(tenant, u);
+    }
+    return u;
+  }
+
+  /** The tenant's quotas now (the keys file may have been reloaded), or undefined: none. */
+  private quotas(tenant: string): Record<QuotaName, number> | undefined {
+    return this.options.tenantQuotas?.(tenant);
+  }
+
+  /** The refusal for `adding` more registrations of `tenant`, when they would pass its quota. */
+  private registrationQuotaRefusal(tenant: string, adding: number): ResourceExhaustedError | undefined {
+    const q = this.quotas(tenant);
+    const held = this.use(tenant).registrations;
+    if (!q || held + adding <= q.registrations) return undefined;
+    return new ResourceExhaustedError(
+      'tenant_registrations',
+      `tenant "${tenant}" holds ${held} registrations; ${adding} more would pass its quota of ${q.registrations} (quota registrations); release some first`,
+    );
+  }
+
+  /**
+   * A run slot for `tenant`: first one of its own (while its concurrentRuns quota is below the
+   * server's limit, so a tenant at its quota waits, or is refused, without taking the server's
+   * slots from anyone else), then one of the server's.
+   */
+  private async acquireRun(tenant: string, signal?: AbortSignal, admitted = false): Promise<Slot> {
+    const limit = this.quotas(tenant)?.concurrentRuns;
+    const server = this.options.maxConcurrentRuns ?? DEFAULT_MAX_CONCURRENT_RUNS;
+    if (limit === undefined || limit >= server) return this.slots.acquire(signal, admitted);
+    if (limit === 0) throw new ResourceExhaustedError('tenant_concurrent_runs', `tenant "${tenant}" may not run anything (its concurrentRuns quota is 0)`);
+    const u = this.use(tenant);
+    u.gate ??= new RunSlots({
+      maxConcurrent: limit,
+      maxQueued: this.options.maxQueuedRuns ?? DEFAULT_MAX_QUEUED_RUNS,
+      maxWaitMs: this.options.maxQueueWaitMs ?? DEFAULT_MAX_QUEUE_WAIT_MS,
+      refusals: tenantRefusals(tenant),
+    });
+    u.gate.setMaxConcurrent(limit);
+    const own = await u.gate.acquire(signal, admitted);
+    try {
+      return bothSlots(own, await this.slots.acquire(signal, admitted));
+    } catch (err) {
+      own.release();
+      throw err;
     }
   }
 
@@ -802,6 +942,7 @@ export class InterpreterManager implements IsolateManager {
       const list = this.byTrigger.get(key);
       if (list) list.push(reg);
       else this.byTrigger.set(key, [reg]);
+      this.use(reg.tenant).registrations += 1;
       out.push(reg);
     }
     return out;
@@ -830,7 +971,7 @@ export class InterpreterManager implements IsolateManager {
   }
 
   private unindex(reg: Registration): void {
-    this.registrations.delete(reg.id);
+    if (this.registrations.delete(reg.id)) this.use(reg.tenant).registrations -= 1;
     const key = scoped(reg.tenant, reg.trigger);
     const list = this.byTrigger.get(key);
     if (!list) return;
@@ -912,7 +1053,16 @@ export class InterpreterManager implements IsolateManager {
       signal,
       { start: (execId, remainingMs) => interp.sandbox.invoke(execId, reg.id, payloadJson, trigger, remainingMs()) },
       (tuple, r) => {
-        if (r.outcome === 'succeeded' && tuple && tuple.registrations.length > 0) this.commit(interp, tuple, r.executionId);
+        if (r.outcome !== 'succeeded' || !tuple || tuple.registrations.length === 0) return;
+        const over = this.registrationQuotaRefusal(interp.tenant, tuple.registrations.length);
+        if (!over) {
+          this.commit(interp, tuple, r.executionId);
+          return;
+        }
+        interp.sandbox.abandon(r.executionId);
+        r.outcome = 'failed';
+        r.result = null;
+        r.error = { name: 'ResourceExhaustedError', message: over.message, stack: '' };
       },
       held,
       slot,

@@ -24,7 +24,27 @@ export interface RunSlotsOptions {
   maxQueued: number;
   /** How long a request may wait for a slot before RESOURCE_EXHAUSTED. */
   maxWaitMs: number;
+  /** What the refusals name (default: the server-wide settings). */
+  refusals?: RunSlotsRefusals;
 }
+
+/** The limit names and messages a RunSlots' RESOURCE_EXHAUSTED errors carry. */
+export interface RunSlotsRefusals {
+  full: { limit: string; message: (o: RunSlotsOptions) => string };
+  waited: { limit: string; message: (o: RunSlotsOptions) => string };
+}
+
+const SERVER_REFUSALS: RunSlotsRefusals = {
+  full: {
+    limit: 'max_concurrent_runs',
+    message: (o) =>
+      `${o.maxConcurrent} runs are executing and ${o.maxQueued} more are waiting (ISOGEAR_MAX_CONCURRENT_RUNS, ISOGEAR_MAX_QUEUED_RUNS); retry shortly`,
+  },
+  waited: {
+    limit: 'run_queue_wait',
+    message: (o) => `no run slot became free within ${o.maxWaitMs} ms (ISOGEAR_MAX_CONCURRENT_RUNS=${o.maxConcurrent}, ISOGEAR_MAX_QUEUE_WAIT_MS); retry later`,
+  },
+};
 
 /**
  * Admission for runs: at most `maxConcurrent` run at once; requests beyond wait in a FIFO queue
@@ -39,6 +59,13 @@ export class RunSlots {
   private countedWaiting = 0;
 
   constructor(private readonly options: RunSlotsOptions) {}
+
+  /** Changes how many may run at once (a tenant's quota after the keys file was reloaded). */
+  setMaxConcurrent(n: number): void {
+    if (n === this.options.maxConcurrent) return;
+    this.options.maxConcurrent = n;
+    this.next();
+  }
 
   get running(): number {
     return this.active;
@@ -56,14 +83,9 @@ export class RunSlots {
     if (signal?.aborted) return Promise.reject(new CancelledError('cancelled while waiting for a run slot'));
     if (this.active < this.options.maxConcurrent && this.queue.length === 0) return Promise.resolve(this.take());
     const { maxConcurrent, maxQueued, maxWaitMs } = this.options;
+    const refusals = this.options.refusals ?? SERVER_REFUSALS;
     if (!admitted && this.countedWaiting >= maxQueued) {
-      return Promise.reject(
-        new ResourceExhaustedError(
-          'max_concurrent_runs',
-          `${maxConcurrent} runs are executing and ${maxQueued} more are waiting (ISOGEAR_MAX_CONCURRENT_RUNS, ISOGEAR_MAX_QUEUED_RUNS); retry shortly`,
-          retryHintMs(this.queue.length, maxConcurrent),
-        ),
-      );
+      return Promise.reject(new ResourceExhaustedError(refusals.full.limit, refusals.full.message(this.options), retryHintMs(this.queue.length, maxConcurrent)));
     }
     return new Promise<Slot>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
@@ -94,13 +116,7 @@ export class RunSlots {
         this.countedWaiting += 1;
         timer = setTimeout(
           () =>
-            waiter.fail(
-              new ResourceExhaustedError(
-                'run_queue_wait',
-                `no run slot became free within ${maxWaitMs} ms (ISOGEAR_MAX_CONCURRENT_RUNS=${maxConcurrent}, ISOGEAR_MAX_QUEUE_WAIT_MS); retry later`,
-                retryHintMs(this.queue.length, maxConcurrent),
-              ),
-            ),
+            waiter.fail(new ResourceExhaustedError(refusals.waited.limit, refusals.waited.message(this.options), retryHintMs(this.queue.length, maxConcurrent))),
           maxWaitMs,
         );
       }
@@ -139,5 +155,5 @@ export class RunSlots {
 
 /** A client's back-off: longer the more requests are ahead of it per slot. */
 function retryHintMs(queued: number, maxConcurrent: number): number {
-  return Math.min(5000, 100 * Math.ceil((queued + 1) / maxConcurrent));
+  return Math.min(5000, 100 * Math.ceil((queued + 1) / Math.max(1, maxConcurrent)));
 }

@@ -1,3 +1,5 @@
+import type { QuotaName } from './tenants';
+
 /**
  * The core's contracts: what a caller of the isolate manager passes in and gets back. Plain
  * data, no gRPC or proto types, so the core is usable as a library.
@@ -253,4 +255,9 @@ export interface ManagerOptions {
   onRunEnd?: (event: RunEndEvent) => void;
   /** Called when V8 lost control of an isolate; the process must exit. */
   onCatastrophicError?: (message: string) => void;
+  /**
+   * The quotas of a tenant, asked at every check (they may change while the server runs);
+   * undefined, or no function: no per-tenant quota.
+   */
+  tenantQuotas?: (tenant: string) => Record<QuotaName, number> | undefined;
 }

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { expectStatus, grpc, TestClient } from '../helpers/client';
+import { expectStatus, grpc, pb, TestClient } from '../helpers/client';
 import { ISOLATE, MODES, modeName, SHARED, succeeded } from '../helpers/proto';
 import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
 
@@ -148,6 +148,119 @@ describe('Tenants: API keys and scoping', () => {
       assert.deepEqual((await alpha.trigger({ trigger: 't.named' })).results.map((r) => r.result), ['a2']);
       assert.deepEqual((await beta.trigger({ trigger: 't.named' })).results.map((r) => r.result), ['b1'], "alpha's upgrade left beta's alone");
       assert.deepEqual((await beta.listInterpreters({ name: 'svc' })).interpreters.map((i) => i.id), [b1.interpreterId]);
+    });
+  });
+
+  describe('quotas', () => {
+    const quotaKeys = (alphaQuotas: Record<string, number>): string =>
+      JSON.stringify({ tenants: [{ name: 'alpha', keySha256: sha(KEYS.alpha), quotas: alphaQuotas }, { name: 'beta', keySha256: sha(KEYS.beta) }] });
+    const limitOf = (err: grpc.ServiceError): unknown => err.metadata.get('isogear-limit')[0];
+
+    beforeEach(async () => {
+      // a server of its own: quotas in the keys file, defaults and server limits from the env
+      for (const c of [alpha, beta]) c.close();
+      await t.close();
+      writeFileSync(keysPath, quotaKeys({ interpreters: 2, registrations: 3, concurrentRuns: 2, dedicatedMemoryMb: 96 }));
+      t = await startTestServer({
+        ISOGEAR_API_KEYS_FILE: keysPath,
+        ISOGEAR_MAX_CONCURRENT_RUNS: '4',
+        ISOGEAR_MAX_QUEUE_WAIT_MS: '1000',
+        ISOGEAR_TENANT_MAX_INTERPRETERS: '50',
+      });
+      alpha = new TestClient(t.server.grpcAddress, KEYS.alpha);
+      beta = new TestClient(t.server.grpcAddress, KEYS.beta);
+    });
+
+    it('holds a tenant to its interpreters quota, leaves the others alone, and takes a reloaded quota at once', async () => {
+      const handler = { source: 'export default () => 1', mode: SHARED };
+      await alpha.register({ ...handler, trigger: 'q.one' });
+      const second = await alpha.register({ ...handler, trigger: 'q.two' });
+      const refused = await expectStatus(alpha.register({ ...handler, trigger: 'q.three' }), grpc.status.RESOURCE_EXHAUSTED, /tenant "alpha" holds its quota of 2 interpreters/);
+      assert.equal(limitOf(refused), 'tenant_interpreters');
+      // every new interpreter counts, even one an Execute would drop at its end
+      await expectStatus(alpha.execute({ source: 'export default 1' }), grpc.status.RESOURCE_EXHAUSTED, /quota interpreters/);
+      // beta has the config default (50)
+      for (let i = 0; i < 3; i++) await beta.register({ ...handler, trigger: `q.b${i}` });
+
+      await alpha.release({ registrationId: second.registration?.id });
+      succeeded(await alpha.execute({ source: 'export default 1', mode: SHARED }));
+
+      writeFileSync(keysPath, quotaKeys({ interpreters: 3, registrations: 10, concurrentRuns: 2, dedicatedMemoryMb: 96 }));
+      assert.equal(await t.server.reloadKeys(), true);
+      await alpha.register({ ...handler, trigger: 'q.two' });
+      await alpha.register({ ...handler, trigger: 'q.three' });
+      await expectStatus(alpha.register({ ...handler, trigger: 'q.four' }), grpc.status.RESOURCE_EXHAUSTED, /quota of 3 interpreters/);
+    });
+
+    it('holds a tenant to its registrations quota, keeping nothing of a run that would pass it', async () => {
+      const res = await alpha.execute({ mode: SHARED, source: `gears.register('q.r', () => 1); gears.register('q.r', () => 2); export default 0;` });
+      succeeded(res);
+      await alpha.register({ interpreterId: res.interpreterId, trigger: 'q.r', source: 'export default () => 3' });
+      const refused = await expectStatus(
+        alpha.register({ interpreterId: res.interpreterId, trigger: 'q.r', source: 'export default () => 4' }),
+        grpc.status.RESOURCE_EXHAUSTED,
+        /tenant "alpha" holds 3 registrations; 1 more would pass its quota of 3/,
+      );
+      assert.equal(limitOf(refused), 'tenant_registrations');
+      // an Execute that registers is refused as a whole, after it ran: nothing it registered stays
+      await expectStatus(alpha.execute({ interpreterId: res.interpreterId, source: `gears.register('q.x', () => 5); export default 0;` }), grpc.status.RESOURCE_EXHAUSTED, /quota registrations/);
+      assert.equal((await alpha.listRegistrations({})).registrations.length, 3);
+      await expectStatus(alpha.trigger({ trigger: 'q.x' }), grpc.status.NOT_FOUND);
+      // a handler that registers more while it runs fails; the Trigger itself answers
+      const grower = await beta.execute({ mode: SHARED, source: `gears.register('q.grow', () => { gears.register('q.grown', () => 1); return 'grew'; }); export default 0;` });
+      succeeded(grower);
+      assert.deepEqual((await beta.trigger({ trigger: 'q.grow' })).results.map((r) => r.result), ['grew'], 'beta is within its default quota');
+      await alpha.release({ interpreterId: res.interpreterId });
+      const alphaGrower = await alpha.execute({ mode: SHARED, source: `gears.register('q.grow', () => { for (let i = 0; i < 3; i++) gears.register('q.grown', () => 1); return 'grew'; }); export default 0;` });
+      succeeded(alphaGrower);
+      const fired = await alpha.trigger({ trigger: 'q.grow' });
+      assert.equal(fired.results[0].outcome, pb.Outcome.OUTCOME_FAILED);
+      assert.match(fired.results[0].error?.message ?? '', /quota of 3 \(quota registrations\)/);
+      assert.equal((await alpha.listRegistrations({})).registrations.length, 1);
+    });
+
+    it('holds a tenant to its dedicated-isolate memory quota; shared mode does not count', async () => {
+      await alpha.register({ mode: ISOLATE, trigger: 'q.m', source: 'export default () => 1', limits: { timeoutMs: 0, memoryLimitMb: 64 } });
+      const refused = await expectStatus(
+        alpha.register({ mode: ISOLATE, trigger: 'q.m', source: 'export default () => 1', limits: { timeoutMs: 0, memoryLimitMb: 64 } }),
+        grpc.status.RESOURCE_EXHAUSTED,
+        /64 MB of heap limits; 64 MB more would pass its quota of 96 MB/,
+      );
+      assert.equal(limitOf(refused), 'tenant_dedicated_memory_mb');
+      const small = await alpha.register({ mode: ISOLATE, trigger: 'q.m', source: 'export default () => 1', limits: { timeoutMs: 0, memoryLimitMb: 32 } });
+      assert.equal((await alpha.trigger({ trigger: 'q.m' })).results.length, 2);
+      // releasing gives the memory back; a shared interpreter takes none of it
+      await alpha.release({ registrationId: small.registration?.id });
+      await expectStatus(alpha.execute({ mode: ISOLATE, source: 'export default 1', limits: { timeoutMs: 0, memoryLimitMb: 40 } }), grpc.status.RESOURCE_EXHAUSTED, /quota of 96 MB/);
+      succeeded(await alpha.execute({ mode: ISOLATE, source: 'export default 1', limits: { timeoutMs: 0, memoryLimitMb: 32 } }));
+      succeeded(await alpha.execute({ mode: SHARED, source: 'export default 1' }));
+    });
+
+    it('holds a tenant at its concurrent-runs quota without slowing another tenant', async () => {
+      writeFileSync(keysPath, quotaKeys({ interpreters: 10, registrations: 10, concurrentRuns: 2, dedicatedMemoryMb: 96 }));
+      assert.equal(await t.server.reloadKeys(), true);
+      // four runs that hold their slot until their own timeout, without using CPU
+      const hold = { mode: SHARED, source: 'await new Promise(() => {}); export default 0;', limits: { timeoutMs: 2500, memoryLimitMb: 0 } };
+      let alphaAnswered = 0;
+      const alphaRuns = [1, 2, 3, 4].map(() => alpha.execute(hold).then((r) => ((alphaAnswered += 1), r)));
+      const until = Date.now() + 5000;
+      while (t.manager.counters().runSlotsInUse < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(t.manager.counters().runSlotsInUse, 2, 'alpha holds 2 of the server\'s 4 slots, its quota');
+      // beta gets the two slots alpha may not take, while alpha's runs still hold theirs
+      const betaRuns = await Promise.all([1, 2, 3, 4].map((v) => beta.execute({ source: `export default ${v}`, mode: SHARED })));
+      assert.deepEqual(betaRuns.map((r) => r.result), [1, 2, 3, 4]);
+      assert.equal(alphaAnswered, 0, "beta's runs all finished while alpha's held their slots");
+      const settled = await Promise.allSettled(alphaRuns);
+      const timedOut = settled.filter((r) => r.status === 'fulfilled' && r.value.outcome === pb.Outcome.OUTCOME_TIMED_OUT);
+      const refused = settled.flatMap((r) => (r.status === 'rejected' ? [r.reason as grpc.ServiceError] : []));
+      assert.equal(timedOut.length, 2);
+      assert.equal(refused.length, 2, 'the two beyond the quota waited for it, then were refused');
+      for (const err of refused) {
+        assert.equal(err.code, grpc.status.RESOURCE_EXHAUSTED);
+        assert.equal(limitOf(err), 'tenant_concurrent_runs');
+        assert.match(err.details, /none of tenant "alpha"'s 2 runs \(quota concurrentRuns\) ended within 1000 ms/);
+      }
     });
   });
 });
