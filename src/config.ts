@@ -35,6 +35,13 @@ export interface Config {
   tenantMaxRegistrations: number;
   tenantMaxConcurrentRuns: number;
   tenantMaxDedicatedMemoryMb: number;
+  /** PEM certificate chain and key: gRPC over TLS ('' for both: plaintext). */
+  tlsCertFile: string;
+  tlsKeyFile: string;
+  /** PEM CA bundle: client certificates are required and must chain to it (mTLS). */
+  tlsClientCaFile: string;
+  /** 'cn': a verified client certificate's subject CN is the caller's tenant. */
+  tlsClientTenant: 'none' | 'cn';
 }
 
 /** A setting is missing its mark; the message names the variable. Start-up stops. */
@@ -120,6 +127,10 @@ const SETTINGS = [
   setting('tenantMaxInterpreters', 'ISOGEAR_TENANT_MAX_INTERPRETERS', int(0, 1e9), (p) => p.maxInterpreters ?? 10_000),
   setting('tenantMaxRegistrations', 'ISOGEAR_TENANT_MAX_REGISTRATIONS', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? 10_000) * (p.maxRegistrationsPerInterpreter ?? 10_000))),
   setting('tenantMaxConcurrentRuns', 'ISOGEAR_TENANT_MAX_CONCURRENT_RUNS', int(0, 1e9), (p) => p.maxConcurrentRuns ?? 64),
+  setting('tlsCertFile', 'ISOGEAR_TLS_CERT_FILE', optionalPath, () => ''),
+  setting('tlsKeyFile', 'ISOGEAR_TLS_KEY_FILE', optionalPath, () => ''),
+  setting('tlsClientCaFile', 'ISOGEAR_TLS_CLIENT_CA_FILE', optionalPath, () => ''),
+  setting('tlsClientTenant', 'ISOGEAR_TLS_CLIENT_TENANT', oneOf<'none' | 'cn'>('none', 'cn'), (): 'none' | 'cn' => 'none'),
   setting('tenantMaxDedicatedMemoryMb', 'ISOGEAR_TENANT_MAX_DEDICATED_MEMORY_MB', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? 10_000) * (p.maxMemoryMb ?? 512))),
 ] as Setting<keyof Config>[];
 
@@ -164,6 +175,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
   const config = partial as Config;
   if (config.defaultTimeoutMs > config.maxTimeoutMs) {
     throw new ConfigError(`ISOGEAR_DEFAULT_TIMEOUT_MS (${config.defaultTimeoutMs}) must not exceed ISOGEAR_MAX_TIMEOUT_MS (${config.maxTimeoutMs})`);
+  }
+  if (Boolean(config.tlsCertFile) !== Boolean(config.tlsKeyFile)) {
+    throw new ConfigError('ISOGEAR_TLS_CERT_FILE and ISOGEAR_TLS_KEY_FILE go together: set both for TLS, or neither');
+  }
+  if (config.tlsClientCaFile && !config.tlsCertFile) {
+    throw new ConfigError('ISOGEAR_TLS_CLIENT_CA_FILE needs TLS: set ISOGEAR_TLS_CERT_FILE and ISOGEAR_TLS_KEY_FILE too');
+  }
+  if (config.tlsClientTenant === 'cn' && !config.tlsClientCaFile) {
+    throw new ConfigError('ISOGEAR_TLS_CLIENT_TENANT=cn needs verified client certificates: set ISOGEAR_TLS_CLIENT_CA_FILE');
   }
   if (config.defaultMemoryMb > config.maxMemoryMb) {
     throw new ConfigError(`ISOGEAR_DEFAULT_MEMORY_MB (${config.defaultMemoryMb}) must not exceed ISOGEAR_MAX_MEMORY_MB (${config.maxMemoryMb})`);

@@ -2,7 +2,7 @@ import { KeysFileError } from './auth/ApiKeys';
 import { ConfigError, loadConfig } from './config';
 import { createLogger } from './logger';
 import { engineProblem } from './sandbox/engineCheck';
-import { startServer, type RunningServer } from './server';
+import { startServer, TlsFileError, type RunningServer } from './server';
 
 /** After a graceful shutdown, how long the event loop may take to end by itself. */
 const EXIT_WAIT_MS = 5000;
@@ -78,6 +78,10 @@ async function main(): Promise<void> {
   } catch (err) {
     if (err instanceof KeysFileError) {
       process.stderr.write(`isogear: ISOGEAR_API_KEYS_FILE: ${err.message}\n`);
+      process.exit(2);
+    }
+    if (err instanceof TlsFileError) {
+      process.stderr.write(`isogear: ${err.message}\n`);
       process.exit(2);
     }
     throw err;

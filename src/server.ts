@@ -1,10 +1,11 @@
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { GearsService } from './api/GearsService';
-import { ApiKeys, OPEN_ACCESS, type Authenticator } from './auth/ApiKeys';
+import { ApiKeys, CertificateTenants, OPEN_ACCESS, type Authenticator } from './auth/ApiKeys';
 import type { Config } from './config';
 import { InterpreterManager } from './core/InterpreterManager';
 import type { Logger } from './logger';
@@ -37,6 +38,34 @@ export function exitOnCatastrophe(logger: Pick<Logger, 'fatal' | 'flush'>, abort
   };
 }
 
+/** A TLS file could not be read or used; the message names the setting and the file. */
+export class TlsFileError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TlsFileError';
+  }
+}
+
+/** Plaintext, TLS, or mTLS (client certificates required and checked against the client CA). */
+function serverCredentials(config: Config): ServerCredentials {
+  if (!config.tlsCertFile) return ServerCredentials.createInsecure();
+  const read = (variable: string, file: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new TlsFileError(`${variable}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  };
+  const cert = read('ISOGEAR_TLS_CERT_FILE', config.tlsCertFile);
+  const key = read('ISOGEAR_TLS_KEY_FILE', config.tlsKeyFile);
+  const ca = config.tlsClientCaFile ? read('ISOGEAR_TLS_CLIENT_CA_FILE', config.tlsClientCaFile) : null;
+  try {
+    return ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], ca !== null);
+  } catch (err) {
+    throw new TlsFileError(`the TLS certificate, key or client CA is not usable: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
 export interface RunningServer {
   /** host:port the gRPC server is bound to (the real port when the config said :0). */
   readonly grpcAddress: string;
@@ -63,8 +92,11 @@ export interface RunningServer {
 export async function startServer(config: Config, logger: Logger): Promise<RunningServer> {
   // Read before anything starts: a bad keys file stops start-up (KeysFileError).
   const keys = config.apiKeysFile ? ApiKeys.load(config.apiKeysFile, logger) : undefined;
-  const auth: Authenticator = keys ?? OPEN_ACCESS;
-  if (keys) {
+  const credentials = serverCredentials(config);
+  const auth: Authenticator = config.tlsClientTenant === 'cn' ? new CertificateTenants(keys) : (keys ?? OPEN_ACCESS);
+  if (config.tlsClientTenant === 'cn') {
+    logger.info({ keysFile: keys?.path }, 'tenants from client certificates: each caller is the subject CN of its verified certificate');
+  } else if (keys) {
     logger.info({ path: keys.path, tenants: keys.tenantNames.length }, 'API keys loaded: every GearsService call needs "authorization: Bearer <key>"');
   } else {
     logger.warn({}, 'no ISOGEAR_API_KEYS_FILE: the server is open, and every caller is the one tenant "default"');
@@ -123,7 +155,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   let port: number;
   try {
     port = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(config.grpcAddress, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+      server.bindAsync(config.grpcAddress, credentials, (err, p) => (err ? reject(err) : resolve(p)));
     });
   } catch (err) {
     await manager.destroy();

@@ -197,7 +197,7 @@ export class GearsService {
       Promise.resolve()
         .then(() => {
           // Credentials first: an unauthenticated call learns nothing about its request.
-          tenant = this.auth.authenticate(call.metadata.get('authorization')).name;
+          tenant = this.auth.authenticate(call.metadata.get('authorization'), call.getAuthContext()?.sslPeerCertificate).name;
           return handler(call.request, controller.signal, tenant);
         })
         .then(

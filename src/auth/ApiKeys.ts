@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import type { PeerCertificate } from 'node:tls';
 import { UnauthenticatedError } from '../core/errors';
 import { isValidName } from '../core/names';
 import { DEFAULT_TENANT, QUOTA_NAMES, type TenantQuotas } from '../core/tenants';
@@ -15,7 +16,8 @@ export interface Tenant {
 export interface Authenticator {
   /** True when no keys file is configured: every caller is the default tenant. */
   readonly open: boolean;
-  authenticate(authorization: readonly unknown[]): Tenant;
+  /** `peer`: the client certificate, when the connection is mTLS (verified against the client CA). */
+  authenticate(authorization: readonly unknown[], peer?: PeerCertificate): Tenant;
 }
 
 export interface KeysLogger {
@@ -214,5 +216,32 @@ export class ApiKeys implements Authenticator {
     this.entries = entries;
     this.logger?.info({ path: this.path, tenants: this.tenantNames.length, keys: entries.length }, 'API keys reloaded');
     return true;
+  }
+}
+
+/**
+ * ISOGEAR_TLS_CLIENT_TENANT=cn: the tenant is the subject CN of the client certificate, which
+ * the TLS handshake verified against ISOGEAR_TLS_CLIENT_CA_FILE. No API key is needed; one sent
+ * anyway must belong to the same tenant. With a keys file, the CN must be one of its tenants
+ * (the file stays the list of tenants, and gives their quotas).
+ */
+export class CertificateTenants implements Authenticator {
+  readonly open = false;
+
+  constructor(private readonly keys?: ApiKeys) {}
+
+  authenticate(authorization: readonly unknown[], peer?: PeerCertificate): Tenant {
+    const cn: unknown = peer?.subject?.CN;
+    if (typeof cn !== 'string' || !isValidName(cn)) {
+      throw new UnauthenticatedError('the client certificate has no subject CN that names a tenant (1-128 letters, digits, "_", "." and "-")');
+    }
+    if (this.keys && !this.keys.tenantNames.includes(cn)) {
+      throw new UnauthenticatedError(`the client certificate's CN "${cn}" is not a tenant of the API keys file`);
+    }
+    if (authorization.length > 0 && this.keys) {
+      const byKey = this.keys.authenticate(authorization);
+      if (byKey.name !== cn) throw new UnauthenticatedError(`the API key belongs to another tenant than the client certificate ("${cn}")`);
+    }
+    return { name: cn, quotas: this.keys?.quotasOf(cn) ?? {} };
   }
 }

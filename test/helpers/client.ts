@@ -17,14 +17,19 @@ export class TestClient {
   readonly raw: pb.GearsServiceClient;
   private readonly health: grpc.Client & Record<string, unknown>;
 
-  /** `apiKey`: sent as `authorization: Bearer <key>` on every GearsService call. */
+  /**
+   * `apiKey`: sent as `authorization: Bearer <key>` on every GearsService call. `credentials`:
+   * the channel's (default plaintext); `options`: channel options (e.g. the TLS target name).
+   */
   constructor(
     readonly address: string,
     readonly apiKey?: string,
+    credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+    options: grpc.ChannelOptions = {},
   ) {
-    this.raw = new pb.GearsServiceClient(address, grpc.credentials.createInsecure());
+    this.raw = new pb.GearsServiceClient(address, credentials, options);
     const HealthClient = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'grpc.health.v1.Health');
-    this.health = new HealthClient(address, grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
+    this.health = new HealthClient(address, credentials, options) as grpc.Client & Record<string, unknown>;
   }
 
   /** A promise-returning method for one unary RPC: `req` is completed with `type.fromPartial`. */
