@@ -42,6 +42,8 @@ export interface Config {
   tlsClientCaFile: string;
   /** 'cn': a verified client certificate's subject CN is the caller's tenant. */
   tlsClientTenant: 'none' | 'cn';
+  /** Adds a `tenant` label to the run metrics and exports per-tenant gauges (one series per tenant). */
+  metricsTenantLabel: boolean;
 }
 
 /** A setting is missing its mark; the message names the variable. Start-up stops. */
@@ -76,6 +78,13 @@ const oneOf =
     if (!values.includes(v)) throw new ConfigError(`${variable} must be one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
     return v;
   };
+
+const bool: Parser<boolean> = (raw, variable) => {
+  const v = raw.trim().toLowerCase();
+  if (v === 'true') return true;
+  if (v === 'false') return false;
+  throw new ConfigError(`${variable} must be true or false, got ${JSON.stringify(raw)}`);
+};
 
 /** A file path, or '' for none. */
 const optionalPath: Parser<string> = (raw, variable) => {
@@ -127,6 +136,7 @@ const SETTINGS = [
   setting('tenantMaxInterpreters', 'ISOGEAR_TENANT_MAX_INTERPRETERS', int(0, 1e9), (p) => p.maxInterpreters ?? 10_000),
   setting('tenantMaxRegistrations', 'ISOGEAR_TENANT_MAX_REGISTRATIONS', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? 10_000) * (p.maxRegistrationsPerInterpreter ?? 10_000))),
   setting('tenantMaxConcurrentRuns', 'ISOGEAR_TENANT_MAX_CONCURRENT_RUNS', int(0, 1e9), (p) => p.maxConcurrentRuns ?? 64),
+  setting('metricsTenantLabel', 'ISOGEAR_METRICS_TENANT_LABEL', bool, () => false),
   setting('tlsCertFile', 'ISOGEAR_TLS_CERT_FILE', optionalPath, () => ''),
   setting('tlsKeyFile', 'ISOGEAR_TLS_KEY_FILE', optionalPath, () => ''),
   setting('tlsClientCaFile', 'ISOGEAR_TLS_CLIENT_CA_FILE', optionalPath, () => ''),

@@ -101,7 +101,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   } else {
     logger.warn({}, 'no ISOGEAR_API_KEYS_FILE: the server is open, and every caller is the one tenant "default"');
   }
-  const metrics = new IsogearMetrics();
+  const metrics = new IsogearMetrics({ tenantLabel: config.metricsTenantLabel });
   const manager = await InterpreterManager.create({
     onRunEnd: metrics.recordRun,
     defaultMode: config.defaultMode,
@@ -138,7 +138,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
 
   // Requests are bounded by the source/value limits; leave room for modules and proto framing.
   const maxMessage = config.maxSourceBytes + 2 * config.maxValueBytes + 1024 * 1024;
-  metrics.observe(manager);
+  metrics.observe(manager, keys);
   const server = new Server({
     'grpc.max_receive_message_length': maxMessage,
     // A Trigger response keeps its results and logs within ISOGEAR_MAX_RESPONSE_BYTES; leave

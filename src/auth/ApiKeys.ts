@@ -123,6 +123,8 @@ export class ApiKeys implements Authenticator {
   private entries: KeyEntry[];
   private watching = false;
   private reloading: Promise<boolean> | undefined;
+  /** Reloads that put a file in force, and that kept the previous keys (for metrics). */
+  readonly reloads = { applied: 0, rejected: 0 };
 
   private constructor(
     readonly path: string,
@@ -211,9 +213,11 @@ export class ApiKeys implements Authenticator {
     } catch (err) {
       const why = err instanceof KeysFileError ? err.message : `cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
       this.logger?.error({ path: this.path, reason: why, tenants: this.tenantNames.length }, 'API keys file rejected: the previous keys stay in force');
+      this.reloads.rejected += 1;
       return false;
     }
     this.entries = entries;
+    this.reloads.applied += 1;
     this.logger?.info({ path: this.path, tenants: this.tenantNames.length, keys: entries.length }, 'API keys reloaded');
     return true;
   }

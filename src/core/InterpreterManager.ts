@@ -583,6 +583,13 @@ export class InterpreterManager implements IsolateManager {
     };
   }
 
+  /** Live interpreters and registrations of every tenant that has held any, for metrics. */
+  tenantUsage(): Map<string, { interpreters: number; registrations: number }> {
+    const out = new Map<string, { interpreters: number; registrations: number }>();
+    for (const [tenant, u] of this.usage) out.set(tenant, { interpreters: u.interpreters, registrations: u.registrations });
+    return out;
+  }
+
   /** Disposals by `<kind>:<reason>`, for metrics. */
   disposals(): Map<string, number> {
     const out = new Map(this.disposedByReason);
@@ -1246,7 +1253,7 @@ export class InterpreterManager implements IsolateManager {
       host.inFlight -= 1;
       ref.release();
       this.pool.refill(true);
-      this.options.onRunEnd?.({ mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome: ended, wallTimeMs: performance.now() - since });
+      this.options.onRunEnd?.({ tenant: interp.tenant, mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome: ended, wallTimeMs: performance.now() - since });
     }
   }
 

@@ -204,6 +204,8 @@ export interface IsolateManager {
 }
 
 export interface RunEndEvent {
+  /** The tenant whose interpreter ran. */
+  tenant: string;
   mode: IsolationMode;
   /** `execute` for Execute and Register loads, `trigger` for handler runs. */
   kind: 'execute' | 'trigger';

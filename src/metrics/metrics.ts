@@ -20,6 +20,7 @@ export const LABEL = {
   grpcService: 'grpc_service',
   grpcMethod: 'grpc_method',
   grpcCode: 'grpc_code',
+  tenant: 'tenant',
 } as const;
 
 export const ISOLATE_KINDS = ['dedicated', 'shared', 'pooled'] as const;
@@ -39,6 +40,21 @@ export interface MetricsSource {
   counters(): ManagerCounters;
   disposals(): Map<string, number>;
   heapByKind(): Promise<Record<IsolateKind, number>>;
+  tenantUsage(): Map<string, { interpreters: number; registrations: number }>;
+}
+
+/** What the metrics read from the API keys (names and counts only: never a key or a digest). */
+export interface KeysSource {
+  readonly tenantNames: string[];
+  readonly reloads: { applied: number; rejected: number };
+}
+
+export interface MetricsOptions {
+  /**
+   * ISOGEAR_METRICS_TENANT_LABEL: a `tenant` label on the run metrics, and per-tenant gauges.
+   * Off by default: every tenant is a series of each, which a large tenant list multiplies.
+   */
+  tenantLabel?: boolean;
 }
 
 export type GrpcType = 'unary' | 'client_stream' | 'server_stream' | 'bidi_stream';
@@ -46,6 +62,8 @@ export type GrpcType = 'unary' | 'client_stream' | 'server_stream' | 'bidi_strea
 export class IsogearMetrics {
   readonly registry = new Registry();
   private source: MetricsSource | undefined;
+  private keys: KeysSource | undefined;
+  private readonly tenantLabel: boolean;
 
   private readonly executions: Counter<string>;
   private readonly duration: Histogram<string>;
@@ -53,8 +71,10 @@ export class IsogearMetrics {
   private readonly grpcHandled: Counter<string>;
   private readonly grpcHandling: Histogram<string>;
 
-  constructor() {
+  constructor(options: MetricsOptions = {}) {
+    this.tenantLabel = options.tenantLabel ?? false;
     const registers = [this.registry];
+    const tenantLabels: string[] = this.tenantLabel ? [LABEL.tenant] : [];
     // Arrow functions keep the class's `this`; inside each collect(), `this` is the metric.
     const read = (): ManagerCounters | undefined => this.source?.counters();
     const disposals = (): Map<string, number> | undefined => this.source?.disposals();
@@ -208,13 +228,13 @@ export class IsogearMetrics {
     this.executions = new Counter({
       name: 'isogear_executions_total',
       help: 'Runs ended, by isolation mode, kind (execute: Execute and Register loads; trigger: handler runs) and outcome.',
-      labelNames: [LABEL.mode, LABEL.kind, LABEL.outcome],
+      labelNames: [LABEL.mode, LABEL.kind, LABEL.outcome, ...tenantLabels],
       registers,
     });
     this.duration = new Histogram({
       name: 'isogear_execution_duration_seconds',
       help: 'Wall time of runs, by isolation mode and kind.',
-      labelNames: [LABEL.mode, LABEL.kind],
+      labelNames: [LABEL.mode, LABEL.kind, ...tenantLabels],
       buckets: RUN_BUCKETS,
       registers,
     });
@@ -257,23 +277,72 @@ export class IsogearMetrics {
       createdTotal.inc({ kind }, 0);
       for (const reason of DISPOSE_REASONS) disposedTotal.inc({ kind, reason }, 0);
     }
-    for (const mode of MODES) {
-      for (const kind of RUN_KINDS) {
-        for (const outcome of OUTCOMES) this.executions.inc({ mode, kind, outcome }, 0);
+    // (with the tenant label the tenants are not known ahead, so their series start at their first run)
+    if (!this.tenantLabel) {
+      for (const mode of MODES) {
+        for (const kind of RUN_KINDS) {
+          for (const outcome of OUTCOMES) this.executions.inc({ mode, kind, outcome }, 0);
+        }
+      }
+    }
+    const keys = (): KeysSource | undefined => this.keys;
+    const reloadsTotal = new Counter({
+      name: 'isogear_api_keys_reloads_total',
+      help: 'Re-reads of the API keys file, by result: applied (its keys are in force) or rejected (the previous keys stayed; the log says why).',
+      labelNames: [LABEL.result],
+      registers,
+      collect() {
+        const k = keys();
+        if (!k) return;
+        mirror(reloadsTotal, 'reloads:applied', { result: 'applied' }, k.reloads.applied);
+        mirror(reloadsTotal, 'reloads:rejected', { result: 'rejected' }, k.reloads.rejected);
+      },
+    });
+    reloadsTotal.inc({ result: 'applied' }, 0);
+    reloadsTotal.inc({ result: 'rejected' }, 0);
+    new Gauge({
+      name: 'isogear_api_key_tenants',
+      help: 'Tenants with at least one key in the API keys file in force (0 when the server runs without one).',
+      registers,
+      collect() {
+        this.set(keys()?.tenantNames.length ?? 0);
+      },
+    });
+    if (this.tenantLabel) {
+      const usage = (): Map<string, { interpreters: number; registrations: number }> | undefined => this.source?.tenantUsage();
+      for (const [name, field, help] of [
+        ['isogear_tenant_interpreters', 'interpreters', 'Live interpreters of each tenant (counted against its interpreters quota).'],
+        ['isogear_tenant_registrations', 'registrations', 'Live registrations of each tenant (counted against its registrations quota).'],
+      ] as const) {
+        new Gauge({
+          name,
+          help,
+          labelNames: [LABEL.tenant],
+          registers,
+          collect() {
+            const u = usage();
+            if (!u) return;
+            this.reset();
+            for (const [tenant, v] of u) this.set({ tenant }, v[field]);
+          },
+        });
       }
     }
     collectDefaultMetrics({ register: this.registry });
   }
 
   /** Connects the gauges to the manager whose counters they report. */
-  observe(source: MetricsSource): void {
+  observe(source: MetricsSource, keys?: KeysSource): void {
     this.source = source;
+    this.keys = keys;
   }
 
   /** The manager's run-end hook. */
   readonly recordRun = (event: RunEndEvent): void => {
-    this.executions.inc({ mode: event.mode, kind: event.kind, outcome: event.outcome });
-    this.duration.observe({ mode: event.mode, kind: event.kind }, event.wallTimeMs / 1000);
+    const labels: Record<string, string> = { mode: event.mode, kind: event.kind };
+    if (this.tenantLabel) labels.tenant = event.tenant;
+    this.executions.inc({ ...labels, outcome: event.outcome });
+    this.duration.observe(labels, event.wallTimeMs / 1000);
   };
 
   rpcStarted(type: GrpcType, service: string, method: string): void {

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { expectStatus, grpc, pb, TestClient } from '../helpers/client';
 import { ISOLATE, MODES, modeName, SHARED, succeeded } from '../helpers/proto';
+import { scrape, value } from '../helpers/metrics';
 import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
 
 const sha = (key: string): string => createHash('sha256').update(key).digest('hex');
@@ -261,6 +262,48 @@ describe('Tenants: API keys and scoping', () => {
         assert.equal(limitOf(err), 'tenant_concurrent_runs');
         assert.match(err.details, /none of tenant "alpha"'s 2 runs \(quota concurrentRuns\) ended within 1000 ms/);
       }
+    });
+  });
+
+  describe('metrics', () => {
+    const metricsText = async (): Promise<string> => (await fetch(`http://${t.server.metricsAddress}/metrics`)).text();
+
+    it('never shows keys or digests, carries no tenant label by default, and counts key reloads', async () => {
+      succeeded(await alpha.execute({ source: 'export default 1', mode: SHARED }));
+      writeFileSync(keysPath, 'not json');
+      assert.equal(await t.server.reloadKeys(), false);
+      const text = await metricsText();
+      for (const secret of [KEYS.alpha, KEYS.beta, sha(KEYS.alpha), sha(KEYS.beta)]) assert.ok(!text.includes(secret), 'a key or digest in /metrics');
+      assert.doesNotMatch(text, /tenant="/);
+      assert.doesNotMatch(text, /alpha|beta/, 'no tenant name either');
+      const s = await scrape(t);
+      assert.equal(value(s, 'isogear_api_key_tenants'), 2);
+      assert.equal(value(s, 'isogear_api_keys_reloads_total', { result: 'rejected' }), 1);
+      assert.equal(value(s, 'isogear_api_keys_reloads_total', { result: 'applied' }), 0);
+      writeFileSync(keysPath, JSON.stringify({ tenants: [{ name: 'alpha', keySha256: sha(KEYS.alpha) }, { name: 'beta', keySha256: sha(KEYS.beta) }] }));
+      assert.equal(await t.server.reloadKeys(), true);
+      assert.equal(value(await scrape(t), 'isogear_api_keys_reloads_total', { result: 'applied' }), 1);
+    });
+
+    it('labels run metrics by tenant and exports per-tenant gauges where the operator enables it', async () => {
+      for (const c of [alpha, beta]) c.close();
+      await t.close();
+      t = await startTestServer({ ISOGEAR_API_KEYS_FILE: keysPath, ISOGEAR_METRICS_TENANT_LABEL: 'true' });
+      alpha = new TestClient(t.server.grpcAddress, KEYS.alpha);
+      beta = new TestClient(t.server.grpcAddress, KEYS.beta);
+      const kept = await alpha.execute({ mode: SHARED, source: `gears.register('m.t', () => 1); gears.register('m.t', () => 2); export default 0;` });
+      succeeded(kept);
+      succeeded(await beta.execute({ source: 'export default 1', mode: ISOLATE }));
+      await alpha.trigger({ trigger: 'm.t' });
+      const s = await scrape(t);
+      assert.equal(value(s, 'isogear_executions_total', { mode: 'shared', kind: 'execute', outcome: 'succeeded', tenant: 'alpha' }), 1);
+      assert.equal(value(s, 'isogear_executions_total', { mode: 'shared', kind: 'trigger', outcome: 'succeeded', tenant: 'alpha' }), 2);
+      assert.equal(value(s, 'isogear_executions_total', { mode: 'isolate', kind: 'execute', outcome: 'succeeded', tenant: 'beta' }), 1);
+      assert.equal(value(s, 'isogear_tenant_interpreters', { tenant: 'alpha' }), 1);
+      assert.equal(value(s, 'isogear_tenant_registrations', { tenant: 'alpha' }), 2);
+      assert.equal(value(s, 'isogear_tenant_interpreters', { tenant: 'beta' }), 0);
+      const text = await metricsText();
+      for (const secret of [KEYS.alpha, KEYS.beta, sha(KEYS.alpha), sha(KEYS.beta)]) assert.ok(!text.includes(secret));
     });
   });
 });
