@@ -7,6 +7,8 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' |
 export interface Config {
   grpcAddress: string;
   metricsAddress: string;
+  /** host:port of a plaintext server with grpc.health.v1 only ('' for none): probes that cannot speak TLS. */
+  healthAddress: string;
   defaultMode: IsolationMode;
   defaultTimeoutMs: number;
   maxTimeoutMs: number;
@@ -110,6 +112,7 @@ function setting<K extends keyof Config>(key: K, variable: string, parse: Parser
 const SETTINGS = [
   setting('grpcAddress', 'ISOGEAR_GRPC_ADDRESS', address, () => '0.0.0.0:50051'),
   setting('metricsAddress', 'ISOGEAR_METRICS_ADDRESS', address, () => '0.0.0.0:9464'),
+  setting('healthAddress', 'ISOGEAR_HEALTH_ADDRESS', address, () => ''),
   setting('defaultMode', 'ISOGEAR_DEFAULT_MODE', oneOf<IsolationMode>('isolate', 'shared'), (): IsolationMode => 'isolate'),
   setting('defaultTimeoutMs', 'ISOGEAR_DEFAULT_TIMEOUT_MS', int(1, 3_600_000), () => 5000),
   setting('maxTimeoutMs', 'ISOGEAR_MAX_TIMEOUT_MS', int(1, 3_600_000), () => 60_000),

@@ -87,7 +87,7 @@ async function main(): Promise<void> {
     throw err;
   }
   started.server = server;
-  logger.info({ config, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress }, 'isogear started');
+  logger.info({ config, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress, healthAddress: server.healthAddress }, 'isogear started');
   if (pending) stop(server, pending);
 }
 

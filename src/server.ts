@@ -71,6 +71,8 @@ export interface RunningServer {
   readonly grpcAddress: string;
   /** host:port serving GET /metrics. */
   readonly metricsAddress: string;
+  /** host:port of the plaintext health-only server, when ISOGEAR_HEALTH_ADDRESS is set. */
+  readonly healthAddress?: string;
   readonly metrics: IsogearMetrics;
   readonly manager: InterpreterManager;
   /**
@@ -163,10 +165,24 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   }
   const host = config.grpcAddress.slice(0, config.grpcAddress.lastIndexOf(':'));
   const grpcAddress = `${host}:${port}`;
+  // Health alone, in plaintext, for probes that cannot speak TLS (the kubelet's gRPC probe); it
+  // shares the statuses of the main server's health service.
+  let healthServer: Server | undefined;
+  let healthAddress: string | undefined;
   let metricsServer: MetricsServer;
   try {
+    if (config.healthAddress) {
+      const hs = new Server();
+      healthServer = hs;
+      health.addToServer(hs);
+      const healthPort = await new Promise<number>((resolve, reject) => {
+        hs.bindAsync(config.healthAddress, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+      });
+      healthAddress = `${config.healthAddress.slice(0, config.healthAddress.lastIndexOf(':'))}:${healthPort}`;
+    }
     metricsServer = await MetricsServer.start(config.metricsAddress, metrics.registry);
   } catch (err) {
+    healthServer?.forceShutdown();
     server.forceShutdown();
     await manager.destroy();
     throw err;
@@ -194,11 +210,13 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
         if (!answered) server.forceShutdown();
       }
       await drained;
+      // probes keep seeing NOT_SERVING until the end
+      if (healthServer) await new Promise<void>((resolve) => healthServer.tryShutdown(() => resolve()));
       await metricsServer.close();
     })();
     return stopping;
   };
 
   const reloadKeys = (): Promise<boolean> => (keys ? keys.reload() : Promise.resolve(false));
-  return { grpcAddress, metricsAddress: metricsServer.address, metrics, manager, reloadKeys, shutdown };
+  return { grpcAddress, metricsAddress: metricsServer.address, healthAddress, metrics, manager, reloadKeys, shutdown };
 }

@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +16,8 @@ import { validate as lintDockerfile } from 'dockerfile-utils';
 import { loadConfig } from '../../src/config';
 import { ENGINE_PATCH_MARKER } from '../../src/sandbox/engineCheck';
 import { SERVICE_NAME } from '../../src/server';
-import { pb, TestClient } from '../helpers/client';
+import { TestPki } from '../helpers/certs';
+import { grpc, pb, TestClient } from '../helpers/client';
 import { kubectlAvailable, readText, renderOverlay, ROOT } from '../helpers/deploy';
 import { copies, execForm, imageEnv, imageUser, of, parseDockerfile, workdir, type ParsedDockerfile } from '../helpers/dockerfile';
 import { succeeded } from '../helpers/proto';
@@ -223,33 +225,52 @@ describe('container image (deploy/Dockerfile)', function () {
       const cmd = execForm(of(df.final, 'CMD')[0]) ?? [];
       assert.equal(cmd[0], 'node');
       const settings = renderOverlay('production').find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('isogear-config')) as unknown as { data: Record<string, string> };
+      // The Secrets production mounts under /etc/isogear: made here, in a directory standing in for it.
+      const pki = new TestPki();
+      const secrets = path.join(pki.dir, 'etc-isogear');
+      mkdirSync(path.join(secrets, 'keys'), { recursive: true });
+      mkdirSync(path.join(secrets, 'tls'), { recursive: true });
+      const apiKey = 'rehearsal-key';
+      writeFileSync(path.join(secrets, 'keys/keys.json'), JSON.stringify({ tenants: [{ name: 'ops', keySha256: createHash('sha256').update(apiKey).digest('hex') }] }));
+      const ca = pki.ca('rehearsal-ca');
+      const cert = pki.issue(ca, 'rehearsal-server', 'isogear', true);
+      writeFileSync(path.join(secrets, 'tls/tls.crt'), cert.cert);
+      writeFileSync(path.join(secrets, 'tls/tls.key'), cert.key);
+      const mounted = Object.fromEntries(Object.entries(settings.data).map(([k, v]) => [k, v.startsWith('/etc/isogear/') ? path.join(secrets, v.slice('/etc/isogear/'.length)) : v]));
       const env = {
         PATH: process.env.PATH ?? '',
         HOME: '/nonexistent',
         ...imageEnv(df),
-        ...settings.data,
+        ...mounted,
         // Tests listen on loopback only; everything else is the production overlay's.
         ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0',
         ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0',
+        ISOGEAR_HEALTH_ADDRESS: '127.0.0.1:0',
       };
       const child = spawn(process.execPath, cmd.slice(1), { cwd: runtimeDir, env, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
       child.stderr.on('data', (c: Buffer) => (err += c.toString()));
       const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`code ${code} signal ${signal}`)));
-      const started = await new Promise<{ grpcAddress: string; metricsAddress: string; config: Record<string, unknown> }>((resolve, reject) => {
+      const started = await new Promise<{ grpcAddress: string; metricsAddress: string; healthAddress: string; config: Record<string, unknown> }>((resolve, reject) => {
         child.stdout.on('data', (chunk: Buffer) => {
           out += chunk.toString();
           const line = out.split('\n').find((l) => l.includes('isogear started'));
-          if (line) resolve(JSON.parse(line) as { grpcAddress: string; metricsAddress: string; config: Record<string, unknown> });
+          if (line) resolve(JSON.parse(line) as { grpcAddress: string; metricsAddress: string; healthAddress: string; config: Record<string, unknown> });
         });
         child.on('exit', (code) => reject(new Error(`exited ${code} before starting\n${out}\n${err}`)));
       });
       assert.equal(started.config.maxInterpreters, Number(settings.data.ISOGEAR_MAX_INTERPRETERS), 'the ConfigMap settings are in effect');
-      const client = new TestClient(started.grpcAddress);
+      // TLS with an API key, as production clients connect; probes in plaintext on the health port
+      const client = new TestClient(started.grpcAddress, apiKey, grpc.credentials.createSsl(ca.cert), { 'grpc.ssl_target_name_override': 'localhost' });
+      const probe = new TestClient(started.healthAddress);
+      const plaintext = new TestClient(started.grpcAddress, apiKey);
       try {
-        assert.equal(await client.healthCheck(''), 'SERVING');
+        assert.equal(await probe.healthCheck(''), 'SERVING');
+        assert.equal(await probe.healthCheck(SERVICE_NAME), 'SERVING');
         assert.equal(await client.healthCheck(SERVICE_NAME), 'SERVING');
+        await assert.rejects(plaintext.healthCheck(''), (e: grpc.ServiceError) => e.code === grpc.status.UNAVAILABLE, 'production serves TLS only');
+        await assert.rejects(new TestClient(started.grpcAddress, undefined, grpc.credentials.createSsl(ca.cert), { 'grpc.ssl_target_name_override': 'localhost' }).execute({ source: 'export default 1' }), (e: grpc.ServiceError) => e.code === grpc.status.UNAUTHENTICATED);
         for (const mode of [pb.IsolationMode.ISOLATION_MODE_SHARED, pb.IsolationMode.ISOLATION_MODE_ISOLATE]) {
           const res = await client.execute({ source: 'import m from "m"; export default (a) => m(a.n)', modules: { m: 'export default (n) => n * 6' }, args: { n: 7 }, mode });
           succeeded(res);
@@ -268,8 +289,9 @@ describe('container image (deploy/Dockerfile)', function () {
         assert.equal(interpreters, 0, 'no interpreter outlives its Execute');
         assert.match(metrics, /^isogear_isolates\{kind="dedicated"\} 0$/m);
       } finally {
-        client.close();
+        for (const c of [client, probe, plaintext]) c.close();
         child.kill('SIGTERM');
+        pki.close();
       }
       assert.equal(await exited, 'code 0 signal null', `stdout: ${out}\nstderr: ${err}`);
       assert.match(out, /"msg":"stopped"/);

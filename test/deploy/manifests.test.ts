@@ -50,7 +50,7 @@ interface Container {
   lifecycle?: { preStop?: { exec?: { command: string[] } } };
   resources: { requests: Record<string, string>; limits: Record<string, string> };
   securityContext: SecurityContext;
-  volumeMounts?: { name: string; mountPath: string }[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
 }
 interface PodSpec {
   containers: Container[];
@@ -148,7 +148,9 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
 
       it('renders every object the deployment needs, each once', () => {
         const kinds = objects.map((o) => o.kind).sort();
-        assert.deepEqual(kinds, ['ConfigMap', 'ConfigMap', 'Deployment', 'Namespace', 'NetworkPolicy', 'PodDisruptionBudget', 'PrometheusRule', 'Service', 'ServiceAccount', 'ServiceMonitor']);
+        // dev generates its Secret (a dev key); production's Secrets are created out of band, never in git
+        const secrets = overlay === 'dev' ? ['Secret'] : [];
+        assert.deepEqual(kinds, ['ConfigMap', 'ConfigMap', 'Deployment', 'Namespace', 'NetworkPolicy', 'PodDisruptionBudget', 'PrometheusRule', ...secrets, 'Service', 'ServiceAccount', 'ServiceMonitor']);
       });
 
       it('every object is valid against its Kubernetes or Prometheus Operator schema, with no unknown fields', () => {
@@ -183,7 +185,9 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
         assert.match(config.metricsAddress, /^0\.0\.0\.0:/, 'metrics listen on all interfaces inside the pod');
       });
 
-      it('startup, readiness and liveness are native gRPC probes on the container gRPC port, against the health service', () => {
+      it('startup, readiness and liveness are native gRPC probes on the plaintext health port the server binds, against the health service', () => {
+        const healthPort = Number(config.healthAddress.split(':').pop());
+        assert.equal(containerPort('health')?.containerPort, healthPort, 'the container declares the port ISOGEAR_HEALTH_ADDRESS binds');
         for (const [name, probe] of [
           ['startupProbe', container.startupProbe],
           ['readinessProbe', container.readinessProbe],
@@ -191,7 +195,7 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
         ] as const) {
           assert.ok(probe?.grpc, `${name} is a gRPC probe`);
           assert.equal(probe.httpGet ?? probe.tcpSocket ?? probe.exec, undefined, `${name} has one handler`);
-          assert.equal(containerPort(probe.grpc.port)?.name, 'grpc', `${name} probes the gRPC container port`);
+          assert.equal(containerPort(probe.grpc.port)?.name, 'health', `${name} probes the health port (a gRPC probe speaks neither TLS nor API keys)`);
         }
         assert.equal(container.readinessProbe?.grpc?.service, SERVICE_NAME, 'readiness asks about the service the server reports on');
       });
@@ -309,6 +313,26 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
         assert.deepEqual(admitted.sort(), ['grpc', 'metrics']);
         const metricsRule = np.ingress.find((rule) => rule.ports.some((p) => containerPort(p.port)?.name === 'metrics'));
         assert.ok(metricsRule?.from.every((f) => f.namespaceSelector && Object.keys(f.namespaceSelector).length > 0), 'metrics only from a selected namespace');
+        const grpcRule = np.ingress.find((rule) => rule.ports.some((p) => containerPort(p.port)?.name === 'grpc'));
+        assert.deepEqual(grpcRule?.from, [{ namespaceSelector: { matchLabels: { 'isogear.io/client': 'true' } } }], 'gRPC only from namespaces labelled as clients');
+      });
+
+      it('every credential file a setting names is in a read-only mount of a Secret volume that exists', () => {
+        const files = [config.apiKeysFile, config.tlsCertFile, config.tlsKeyFile, config.tlsClientCaFile].filter(Boolean);
+        if (overlay === 'production') {
+          assert.ok(config.apiKeysFile && config.tlsCertFile && config.tlsKeyFile, 'production never runs open or in plaintext');
+        }
+        assert.ok(config.apiKeysFile, `${overlay} requires API keys`);
+        const generated = new Set(objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name));
+        for (const file of files) {
+          const mount = container.volumeMounts?.find((m) => file.startsWith(`${m.mountPath}/`));
+          assert.ok(mount, `${file} is under a volume mount`);
+          assert.equal(mount.readOnly, true, `${mount.mountPath} is read-only`);
+          const volume = (pod.volumes ?? []).find((v) => v.name === mount.name) as { secret?: { secretName: string; optional?: boolean } } | undefined;
+          assert.ok(volume?.secret, `${mount.mountPath} is a Secret volume`);
+          assert.notEqual(volume.secret.optional, true, 'the pod does not start without its credentials');
+          if (overlay === 'dev') assert.ok(generated.has(volume.secret.secretName), 'the dev Secret is generated by the overlay');
+        }
       });
     });
   }

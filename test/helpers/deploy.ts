@@ -8,6 +8,7 @@ import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPol
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { Namespace } from 'kubernetes-models/v1/Namespace';
+import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { parseAllDocuments } from 'yaml';
@@ -55,6 +56,7 @@ const MODELS: Record<string, ModelClass> = {
   'v1/Namespace': Namespace as unknown as ModelClass,
   'v1/ServiceAccount': ServiceAccount as unknown as ModelClass,
   'v1/ConfigMap': ConfigMap as unknown as ModelClass,
+  'v1/Secret': Secret as unknown as ModelClass,
   'v1/Service': Service as unknown as ModelClass,
   'apps/v1/Deployment': Deployment as unknown as ModelClass,
   'policy/v1/PodDisruptionBudget': PodDisruptionBudget as unknown as ModelClass,
@@ -82,8 +84,16 @@ const NOT_A_VALUE = Symbol('not a value');
  * no schema accepts, and if the object still validates, the schema does not know the field.
  * Returns the problems found (empty when valid).
  */
-export function validateObject(obj: K8sObject): string[] {
-  const key = `${obj.apiVersion}/${obj.kind}`;
+export function validateObject(input: K8sObject): string[] {
+  const key = `${input.apiVersion}/${input.kind}`;
+  let obj = input;
+  const secretData = key === 'v1/Secret' ? (input as unknown as { data?: Record<string, string> }).data : undefined;
+  if (secretData) {
+    // kustomize folds base64 at 70 columns; the API server's decoder (Go's base64) skips the
+    // line breaks, the schema's "byte" format does not.
+    const data = Object.fromEntries(Object.entries(secretData).map(([k, v]) => [k, v.replace(/[\r\n]/g, '')]));
+    obj = { ...input, data } as K8sObject;
+  }
   const model = MODELS[key];
   if (!model) return [`${key} ${obj.metadata?.name}: no schema for this kind`];
   const base = schemaErrors(model, obj);

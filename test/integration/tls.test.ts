@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig } from '../../src/config';
 import { TestPki, type Issued } from '../helpers/certs';
-import { grpc, TestClient } from '../helpers/client';
+import { grpc, pb, TestClient } from '../helpers/client';
 import { SHARED, succeeded } from '../helpers/proto';
 import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
 
@@ -103,6 +103,33 @@ describe('TLS and mTLS', function () {
     const stranger = client(t.server.grpcAddress, undefined, tls({ cert: pki.issue(ca, 'gamma', 'gamma') }), NAME);
     await assert.rejects(stranger.listInterpreters({}), (e: grpc.ServiceError) => e.code === grpc.status.UNAUTHENTICATED && /CN "gamma" is not a tenant/.test(e.details));
     await alpha.release({ interpreterId: res.interpreterId });
+  });
+
+  it('answers probes on a plaintext health-only port while gRPC needs mTLS', async () => {
+    t = await startTestServer({
+      ISOGEAR_TLS_CERT_FILE: server.certFile,
+      ISOGEAR_TLS_KEY_FILE: server.keyFile,
+      ISOGEAR_TLS_CLIENT_CA_FILE: ca.certFile,
+      ISOGEAR_HEALTH_ADDRESS: '127.0.0.1:0',
+    });
+    const address = t.server.healthAddress as string;
+    assert.match(address, /^127\.0\.0\.1:\d+$/);
+    assert.notEqual(address, t.server.grpcAddress);
+    const probe = client(address);
+    assert.equal(await probe.healthCheck(), 'SERVING');
+    assert.equal(await probe.healthCheck('isogear.v1.GearsService'), 'SERVING');
+    // health alone: GearsService is not on that port
+    await assert.rejects(probe.execute({ source: 'export default 1' }), (e: grpc.ServiceError) => e.code === grpc.status.UNIMPLEMENTED);
+    await refused(client(t.server.grpcAddress));
+    // draining (a call still in flight) shows on the probe port too
+    const good = client(t.server.grpcAddress, undefined, tls({ cert: pki.issue(ca, 'probe-test', 'alpha') }), NAME);
+    const inFlight = good.execute({ mode: SHARED, source: 'await new Promise(() => {}); export default 0;', limits: { timeoutMs: 1000, memoryLimitMb: 0 } });
+    while (t.manager.counters().executionsInFlight === 0) await new Promise((r) => setTimeout(r, 10));
+    const shutdown = t.server.shutdown(5000);
+    assert.equal(await probe.healthCheck('isogear.v1.GearsService'), 'NOT_SERVING');
+    assert.equal((await inFlight).outcome, pb.Outcome.OUTCOME_TIMED_OUT);
+    await shutdown;
+    t = undefined;
   });
 
   it('refuses TLS settings that do not fit together, naming them', () => {

@@ -3869,16 +3869,24 @@ export const ListRegistrationsResponse: MessageFns<ListRegistrationsResponse> = 
  *   maximum, 1 MiB by default), a limit over the server maximum, both `mode`
  *   and `interpreter_id` set, a bad page size or page token; `Register` whose
  *   source does not yield a handler (the message says why).
+ * * UNAUTHENTICATED: the server has API keys and the call sends no valid
+ *   `authorization: Bearer <key>` metadata (checked before anything else).
  * * NOT_FOUND: unknown (or not visible to the caller) registration,
- *   interpreter or trigger; releasing something already released.
+ *   interpreter or trigger; releasing something already released. Everything
+ *   belongs to the tenant that created it: another tenant's ids answer
+ *   NOT_FOUND exactly as unknown ones do, and Trigger and the List RPCs see
+ *   only the caller's.
  * * ALREADY_EXISTS: `Execute` with a `name` held by a live interpreter and
  *   `replace` not set.
  * * FAILED_PRECONDITION: `interpreter_id` names an interpreter that is
  *   DISPOSED or FAILED (where the RPC needs to run code in it).
  * * RESOURCE_EXHAUSTED: a capacity limit or quota is full, e.g. the maximum
  *   number of interpreters, or the shared isolates' heap for a new
- *   shared-mode interpreter, or the concurrent runs and their wait queue (the
- *   message names the limit, and the `isogear-limit` trailer carries its id;
+ *   shared-mode interpreter, or the concurrent runs and their wait queue, or
+ *   one of the caller's tenant quotas (`tenant_interpreters`,
+ *   `tenant_registrations`, `tenant_concurrent_runs`,
+ *   `tenant_dedicated_memory_mb`) (the message names the limit, and the
+ *   `isogear-limit` trailer carries its id;
  *   where backing off helps, `retry-after-ms` and a google.rpc.RetryInfo in
  *   `grpc-status-details-bin` say how long).
  * * UNAVAILABLE: the server is shutting down; retry on another replica.
