@@ -1,0 +1,227 @@
+import * as grpc from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
+import * as pb from '../gen/isogear/v1/gears';
+
+export { pb };
+
+/** A JSON value: what `args`, `payload` and `result` carry (google.protobuf.Value on the wire). */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export interface ClientOptions {
+  /** Channel credentials (default plaintext): `grpc.credentials.createSsl(ca, key, cert)` for TLS or mTLS. */
+  credentials?: grpc.ChannelCredentials;
+  /** Sent as `authorization: Bearer <key>` on every GearsService call. */
+  apiKey?: string;
+  /** Default deadline of every call, in milliseconds (none by default); a call's own option wins. */
+  deadlineMs?: number;
+  /** grpc-js channel options, e.g. `{'grpc.ssl_target_name_override': 'localhost'}`. */
+  channelOptions?: grpc.ChannelOptions;
+}
+
+export interface CallOptions {
+  deadlineMs?: number;
+  /** Cancels the call (the server aborts its run). */
+  signal?: AbortSignal;
+}
+
+/** The mode of a new interpreter, as a name or the proto enum. */
+export type Mode = 'shared' | 'isolate' | pb.IsolationMode;
+
+export interface LimitsInit {
+  /** Wall-clock limit of a run (0: the server default). */
+  timeoutMs?: number;
+  /** Heap limit of a dedicated isolate (0: the server default). */
+  memoryLimitMb?: number;
+}
+
+export interface ExecuteInit {
+  source: string;
+  args?: Json;
+  mode?: Mode;
+  limits?: LimitsInit;
+  modules?: Record<string, string>;
+  interpreterId?: string;
+  name?: string;
+  replace?: boolean;
+}
+
+export interface RegisterInit {
+  trigger: string;
+  source: string;
+  mode?: Mode;
+  limits?: LimitsInit;
+  modules?: Record<string, string>;
+  interpreterId?: string;
+  description?: string;
+}
+
+export type ReleaseInit = { registrationId: string } | { interpreterId: string };
+
+export interface TriggerInit {
+  trigger: string;
+  payload?: Json;
+  limits?: LimitsInit;
+}
+
+export interface ListInterpretersInit {
+  pageSize?: number;
+  pageToken?: string;
+  name?: string;
+  mode?: Mode;
+}
+
+export interface ListRegistrationsInit {
+  pageSize?: number;
+  pageToken?: string;
+  trigger?: string;
+  interpreterId?: string;
+}
+
+/**
+ * Every failed call rejects with this: the gRPC status code (and its name), the server's
+ * message, and, for RESOURCE_EXHAUSTED, the limit that was full and how long to back off.
+ */
+export class IsogearRpcError extends Error {
+  readonly code: grpc.status;
+  /** The status name, e.g. `NOT_FOUND`. */
+  readonly codeName: string;
+  readonly details: string;
+  readonly metadata: grpc.Metadata;
+  /** `isogear-limit` (RESOURCE_EXHAUSTED): which limit or quota was full. */
+  readonly limit?: string;
+  /** `retry-after-ms` (RESOURCE_EXHAUSTED), when backing off helps. */
+  readonly retryAfterMs?: number;
+
+  constructor(err: grpc.ServiceError) {
+    const codeName = grpc.status[err.code] ?? String(err.code);
+    super(`${codeName}: ${err.details}`);
+    this.name = 'IsogearRpcError';
+    this.code = err.code;
+    this.codeName = codeName;
+    this.details = err.details;
+    this.metadata = err.metadata ?? new grpc.Metadata();
+    const limit = this.metadata.get('isogear-limit')[0];
+    if (limit !== undefined) this.limit = String(limit);
+    const retry = this.metadata.get('retry-after-ms')[0];
+    if (retry !== undefined && Number.isFinite(Number(retry))) this.retryAfterMs = Number(retry);
+  }
+}
+
+export interface IsogearClient {
+  execute(req: ExecuteInit, opts?: CallOptions): Promise<pb.ExecuteResponse>;
+  register(req: RegisterInit, opts?: CallOptions): Promise<pb.RegisterResponse>;
+  release(req: ReleaseInit, opts?: CallOptions): Promise<pb.ReleaseResponse>;
+  trigger(req: TriggerInit, opts?: CallOptions): Promise<pb.TriggerResponse>;
+  getInterpreter(interpreterId: string, opts?: CallOptions): Promise<pb.GetInterpreterResponse>;
+  listInterpreters(req?: ListInterpretersInit, opts?: CallOptions): Promise<pb.ListInterpretersResponse>;
+  listRegistrations(req?: ListRegistrationsInit, opts?: CallOptions): Promise<pb.ListRegistrationsResponse>;
+  /** grpc.health.v1 Check: 'SERVING', 'NOT_SERVING', … ('' asks about the server as a whole). */
+  health(service?: string, opts?: CallOptions): Promise<string>;
+  /** Closes the channel; calls after it fail. Idempotent. */
+  close(): void;
+}
+
+const MODES: Record<string, pb.IsolationMode> = {
+  shared: pb.IsolationMode.ISOLATION_MODE_SHARED,
+  isolate: pb.IsolationMode.ISOLATION_MODE_ISOLATE,
+};
+
+function toMode(mode: Mode | undefined): pb.IsolationMode {
+  if (mode === undefined) return pb.IsolationMode.ISOLATION_MODE_UNSPECIFIED;
+  if (typeof mode === 'number') return mode;
+  const m = MODES[mode];
+  if (m === undefined) throw new TypeError(`mode must be "shared" or "isolate", got ${JSON.stringify(mode)}`);
+  return m;
+}
+
+const toLimits = (l: LimitsInit | undefined): pb.Limits | undefined => (l ? { timeoutMs: l.timeoutMs ?? 0, memoryLimitMb: l.memoryLimitMb ?? 0 } : undefined);
+
+type Unary<Req, Res> = (req: Req, md: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall;
+
+/**
+ * A client for one isogear server: promise-based, typed methods for every RPC, plain JS values
+ * for `args`, `payload` and `result`, and one error class (IsogearRpcError) for every failure.
+ *
+ *   const client = createClient('127.0.0.1:50051', { apiKey: process.env.ISOGEAR_API_KEY });
+ *   const res = await client.execute({ source: 'export default (a) => a.x * 2', args: { x: 21 } });
+ *   res.result; // 42
+ *   client.close();
+ */
+export function createClient(address: string, options: ClientOptions = {}): IsogearClient {
+  const credentials = options.credentials ?? grpc.credentials.createInsecure();
+  const gears = new pb.GearsServiceClient(address, credentials, options.channelOptions ?? {});
+  const HealthClient = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'grpc.health.v1.Health');
+  const health = new HealthClient(address, credentials, options.channelOptions ?? {}) as grpc.Client & Record<string, unknown>;
+  let closed = false;
+
+  const call = <Req, Res>(client: grpc.Client, method: string, req: Req, opts: CallOptions = {}, withKey = true): Promise<Res> =>
+    new Promise<Res>((resolve, reject) => {
+      if (closed) {
+        reject(new IsogearRpcError({ code: grpc.status.CANCELLED, details: 'the client is closed', metadata: new grpc.Metadata(), name: 'Error', message: '' }));
+        return;
+      }
+      const md = new grpc.Metadata();
+      if (withKey && options.apiKey !== undefined) md.set('authorization', `Bearer ${options.apiKey}`);
+      const deadlineMs = opts.deadlineMs ?? options.deadlineMs;
+      const callOptions: Partial<grpc.CallOptions> = deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + deadlineMs) };
+      const fn = (client as unknown as Record<string, Unary<Req, Res>>)[method];
+      const c = fn.call(client, req, md, callOptions, (err, res) => {
+        opts.signal?.removeEventListener('abort', onAbort);
+        if (err) reject(new IsogearRpcError(err));
+        else resolve(res);
+      });
+      const onAbort = (): void => c.cancel();
+      if (opts.signal?.aborted) c.cancel();
+      else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+
+  return {
+    execute: async (req, opts) =>
+      call(
+        gears,
+        'execute',
+        pb.ExecuteRequest.fromPartial({
+          source: req.source,
+          args: req.args,
+          mode: toMode(req.mode),
+          limits: toLimits(req.limits),
+          modules: req.modules ?? {},
+          interpreterId: req.interpreterId ?? '',
+          name: req.name ?? '',
+          replace: req.replace ?? false,
+        }),
+        opts,
+      ),
+    register: async (req, opts) =>
+      call(
+        gears,
+        'register',
+        pb.RegisterRequest.fromPartial({
+          trigger: req.trigger,
+          source: req.source,
+          mode: toMode(req.mode),
+          limits: toLimits(req.limits),
+          modules: req.modules ?? {},
+          interpreterId: req.interpreterId ?? '',
+          description: req.description ?? '',
+        }),
+        opts,
+      ),
+    release: async (req, opts) => call(gears, 'release', pb.ReleaseRequest.fromPartial(req), opts),
+    trigger: async (req, opts) => call(gears, 'trigger', pb.TriggerRequest.fromPartial({ trigger: req.trigger, payload: req.payload, limits: toLimits(req.limits) }), opts),
+    getInterpreter: async (interpreterId, opts) => call(gears, 'getInterpreter', pb.GetInterpreterRequest.fromPartial({ interpreterId }), opts),
+    listInterpreters: async (req = {}, opts) =>
+      call(gears, 'listInterpreters', pb.ListInterpretersRequest.fromPartial({ pageSize: req.pageSize, pageToken: req.pageToken, name: req.name, mode: toMode(req.mode) }), opts),
+    listRegistrations: async (req = {}, opts) => call(gears, 'listRegistrations', pb.ListRegistrationsRequest.fromPartial(req), opts),
+    health: async (service = '', opts) => {
+      const res = await call<object, { status: string | number }>(health, 'check', { service }, opts, false);
+      return String(res.status);
+    },
+    close: () => {
+      if (closed) return;
+      closed = true;
+      gears.close();
+      health.close();
+    },
+  };
+}

@@ -1,0 +1,19 @@
+/**
+ * The isogear package: the typed client for its gRPC API. (The server is `dist/main.js`, run by
+ * `npm start` or `isogear serve`.)
+ */
+export { createClient, IsogearRpcError, pb } from './client';
+export type {
+  CallOptions,
+  ClientOptions,
+  ExecuteInit,
+  IsogearClient,
+  Json,
+  LimitsInit,
+  ListInterpretersInit,
+  ListRegistrationsInit,
+  Mode,
+  RegisterInit,
+  ReleaseInit,
+  TriggerInit,
+} from './client';
