@@ -1,0 +1,411 @@
+#!/usr/bin/env node
+/**
+ * `isogear`: the command line. `serve` starts the server; every other command is a client of a
+ * running one (src/client). Results go to stdout, script logs and messages to stderr.
+ * Exit codes: 0 success, 1 a script failed (its outcome), 2 a usage error, 3 a gRPC error.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { Command, CommanderError, Option } from 'commander';
+import { createClient, IsogearRpcError, pb, type IsogearClient, type Json, type LimitsInit } from '../client';
+
+export const EXIT = { ok: 0, scriptFailed: 1, usage: 2, rpc: 3 } as const;
+
+/** A usage error found after parsing (bad JSON, an unreadable file): exit code 2. */
+class UsageError extends Error {}
+
+interface Io {
+  out(text: string): void;
+  err(text: string): void;
+  /** Standard input, read whole (for `exec -`). */
+  stdin(): string;
+}
+
+interface GlobalOptions {
+  address: string;
+  apiKey?: string;
+  json?: boolean;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsServerName?: string;
+}
+
+const readSource = (io: Io, file: string): string => {
+  if (file === '-') return io.stdin();
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+};
+
+const parseJson = (flag: string, text: string): Json => {
+  try {
+    return JSON.parse(text) as Json;
+  } catch (err) {
+    throw new UsageError(`${flag} must be JSON (${err instanceof Error ? err.message : String(err)}), got ${JSON.stringify(text.slice(0, 60))}`);
+  }
+};
+
+const wholeNumber = (flag: string) => (v: string): number => {
+  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} must be a whole number, got ${JSON.stringify(v)}`);
+  return Number(v);
+};
+
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+function modulesOf(io: Io, specs: string[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const spec of specs ?? []) {
+    const eq = spec.indexOf('=');
+    if (eq <= 0 || eq === spec.length - 1) throw new UsageError(`--module takes name=FILE, got ${JSON.stringify(spec)}`);
+    out[spec.slice(0, eq)] = readSource(io, spec.slice(eq + 1));
+  }
+  return out;
+}
+
+const limitsOf = (o: { timeout?: number; memory?: number }): LimitsInit | undefined =>
+  o.timeout === undefined && o.memory === undefined ? undefined : { timeoutMs: o.timeout ?? 0, memoryLimitMb: o.memory ?? 0 };
+
+const ms = (d: { seconds: number; nanos: number } | undefined): string => (d ? `${(d.seconds * 1000 + d.nanos / 1e6).toFixed(1)} ms` : '-');
+const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o).replace(/^OUTCOME_/, '').toLowerCase();
+const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(m).replace(/^ISOLATION_MODE_/, '').toLowerCase();
+const stateName = (s: pb.InterpreterState): string => pb.interpreterStateToJSON(s).replace(/^INTERPRETER_STATE_/, '').toLowerCase();
+
+/** Rows as columns padded to their widest cell (the last column is not padded). */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n') + '\n';
+}
+
+function printLogs(io: Io, logs: pb.LogEntry[], truncated: boolean): void {
+  for (const l of logs) io.err(`[${l.level}] ${l.message}\n`);
+  if (truncated) io.err('[isogear] logs truncated\n');
+}
+
+function credentialsOf(g: GlobalOptions): { credentials?: grpc.ChannelCredentials; channelOptions?: grpc.ChannelOptions } {
+  if (!g.tlsCa && !g.tlsCert && !g.tlsKey) return {};
+  if (Boolean(g.tlsCert) !== Boolean(g.tlsKey)) throw new UsageError('--tls-cert and --tls-key go together');
+  const read = (flag: string, f: string | undefined): Buffer | null => {
+    if (!f) return null;
+    try {
+      return readFileSync(f);
+    } catch (err) {
+      throw new UsageError(`${flag}: cannot read ${f}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  };
+  return {
+    credentials: grpc.credentials.createSsl(read('--tls-ca', g.tlsCa), read('--tls-key', g.tlsKey), read('--tls-cert', g.tlsCert)),
+    channelOptions: g.tlsServerName ? { 'grpc.ssl_target_name_override': g.tlsServerName } : {},
+  };
+}
+
+/** Builds the program; `run` parses argv with it and returns the exit code. */
+export function program(io: Io, connect: (g: GlobalOptions) => IsogearClient, setCode: (code: number) => void): Command {
+  const root = new Command('isogear')
+    .description('Run JavaScript in isogear interpreters, manage registrations, and start the server.')
+    .addOption(new Option('--address <host:port>', 'server address').env('ISOGEAR_ADDRESS').default('127.0.0.1:50051'))
+    .addOption(new Option('--api-key <key>', 'API key, sent as "authorization: Bearer <key>"').env('ISOGEAR_API_KEY'))
+    .option('--json', 'print responses as JSON (the proto JSON mapping)')
+    .option('--tls-ca <file>', 'connect over TLS, trusting this CA (PEM)')
+    .option('--tls-cert <file>', 'client certificate for mTLS (PEM; with --tls-key)')
+    .option('--tls-key <file>', 'client private key for mTLS (PEM)')
+    .option('--tls-server-name <name>', "the name to check the server's certificate against")
+
+    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
+    .exitOverride();
+  root.addHelpText(
+    'after',
+    `
+Exit codes: 0 success, 1 a script failed, 2 usage error, 3 gRPC error.
+
+Examples:
+  $ isogear serve --default-mode=shared
+  $ echo 'export default (a) => a.n * 2' | isogear exec - --args '{"n": 21}'
+  $ isogear register orders.created handler.js
+  $ isogear trigger orders.created --payload '{"id": 7}'
+  $ isogear ls registrations
+  $ ISOGEAR_API_KEY=... isogear --address isogear.example:50051 --tls-ca ca.pem ls`,
+  );
+  const g = (): GlobalOptions => root.opts<GlobalOptions>();
+  const withClient = async (fn: (client: IsogearClient, g: GlobalOptions) => Promise<number>): Promise<void> => {
+    const client = connect(g());
+    try {
+      setCode(await fn(client, g()));
+    } finally {
+      client.close();
+    }
+  };
+
+  root
+    .command('serve')
+    .description('start the server (as `npm start`); flags mirror ISOGEAR_* settings, e.g. --grpc-address=0.0.0.0:50051')
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .argument('[settings...]', 'server flags (--default-mode=shared …), passed through')
+    .addHelpText('after', '\nExamples:\n  $ isogear serve\n  $ isogear serve --default-mode=shared --shared-isolates=4')
+    .action(async (settings: string[]) => {
+      setCode(await serve(settings));
+    });
+
+  root
+    .command('exec')
+    .description('run a script once (its default export is called with --args); the result goes to stdout, its logs to stderr')
+    .argument('<file>', 'the script, or - for standard input')
+    .option('--args <json>', 'arguments for the default export, as JSON')
+    .addOption(new Option('--mode <mode>', 'isolation of a new interpreter').choices(['shared', 'isolate']))
+    .option('--module <name=file>', 'a module the script may import (repeatable)', collect)
+    .option('--timeout <ms>', 'wall-clock limit of the run', wholeNumber('--timeout'))
+    .option('--memory <mb>', 'heap limit of a dedicated isolate', wholeNumber('--memory'))
+    .option('--name <name>', 'name the new interpreter (unique among live ones)')
+    .option('--replace', 'upgrade the interpreter holding --name: it is released once this run succeeds')
+    .option('--interpreter <id>', 'run in this existing interpreter instead of a new one')
+    .addHelpText('after', `\nExamples:\n  $ isogear exec script.js --args '{"x": 1}' --mode shared\n  $ isogear exec main.js --module util=util.js --name svc --replace`)
+    .action(async (file: string, o: { args?: string; mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; name?: string; replace?: boolean; interpreter?: string }) => {
+      const source = readSource(io, file);
+      const args = o.args === undefined ? undefined : parseJson('--args', o.args);
+      const modules = modulesOf(io, o.module);
+      await withClient(async (client, go) => {
+        const res = await client.execute({ source, args, mode: o.mode, modules, limits: limitsOf(o), name: o.name, replace: o.replace, interpreterId: o.interpreter });
+        if (go.json) io.out(`${JSON.stringify(pb.ExecuteResponse.toJSON(res))}\n`);
+        else {
+          printLogs(io, res.logs, res.logsTruncated);
+          if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) io.out(`${JSON.stringify(res.result ?? null)}\n`);
+          for (const r of res.registrations) io.err(`[isogear] registered ${r.id} on ${r.trigger}\n`);
+        }
+        if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) return EXIT.ok;
+        io.err(`isogear: ${outcomeName(res.outcome)}: ${res.error?.name ?? 'Error'}: ${res.error?.message ?? ''}\n`);
+        return EXIT.scriptFailed;
+      });
+    });
+
+  root
+    .command('register')
+    .description('bind the default export of FILE to TRIGGER; prints the registration id')
+    .argument('<trigger>', 'trigger name')
+    .argument('<file>', 'the handler module, or - for standard input')
+    .addOption(new Option('--mode <mode>', 'isolation of a new interpreter').choices(['shared', 'isolate']))
+    .option('--module <name=file>', 'a module the handler may import (repeatable)', collect)
+    .option('--timeout <ms>', 'wall-clock limit of loading it', wholeNumber('--timeout'))
+    .option('--memory <mb>', 'heap limit of a dedicated isolate', wholeNumber('--memory'))
+    .option('--interpreter <id>', 'register in this existing interpreter')
+    .option('--description <text>', 'a note shown in listings')
+    .addHelpText('after', '\nExamples:\n  $ isogear register orders.created handler.js --mode isolate\n  $ isogear register orders.created more.js --interpreter itp_...')
+    .action(async (trigger: string, file: string, o: { mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; interpreter?: string; description?: string }) => {
+      const source = readSource(io, file);
+      const modules = modulesOf(io, o.module);
+      await withClient(async (client, go) => {
+        const res = await client.register({ trigger, source, mode: o.mode, modules, limits: limitsOf(o), interpreterId: o.interpreter, description: o.description });
+        if (go.json) io.out(`${JSON.stringify(pb.RegisterResponse.toJSON(res))}\n`);
+        else io.out(`${res.registration?.id ?? ''}\n`);
+        if (!go.json) io.err(`[isogear] in interpreter ${res.interpreter?.id ?? ''}\n`);
+        return EXIT.ok;
+      });
+    });
+
+  root
+    .command('trigger')
+    .description('run every handler bound to TRIGGER with --payload; prints one result per handler')
+    .argument('<trigger>', 'trigger name')
+    .option('--payload <json>', 'the payload, as JSON')
+    .option('--timeout <ms>', 'wall-clock limit of each handler run', wholeNumber('--timeout'))
+    .addHelpText('after', `\nExamples:\n  $ isogear trigger orders.created --payload '{"id": 7}'\n  $ isogear --json trigger tick`)
+    .action(async (trigger: string, o: { payload?: string; timeout?: number }) => {
+      const payload = o.payload === undefined ? undefined : parseJson('--payload', o.payload);
+      await withClient(async (client, go) => {
+        const res = await client.trigger({ trigger, payload, limits: limitsOf(o) });
+        if (go.json) io.out(`${JSON.stringify(pb.TriggerResponse.toJSON(res))}\n`);
+        let failed = 0;
+        for (const r of res.results) {
+          if (!go.json) printLogs(io, r.logs, r.logsTruncated);
+          if (r.outcome === pb.Outcome.OUTCOME_SUCCEEDED) {
+            if (!go.json) io.out(`${r.registrationId}  ${JSON.stringify(r.result ?? null)}\n`);
+          } else {
+            failed += 1;
+            io.err(`isogear: ${r.registrationId}: ${outcomeName(r.outcome)}: ${r.error?.name ?? 'Error'}: ${r.error?.message ?? ''}\n`);
+          }
+        }
+        return failed > 0 ? EXIT.scriptFailed : EXIT.ok;
+      });
+    });
+
+  root
+    .command('release')
+    .description('release one registration, or every registration of an interpreter')
+    .argument('[registration-id]', 'the registration (reg_...)')
+    .option('--interpreter <id>', "release all of this interpreter's registrations")
+    .addHelpText('after', '\nExamples:\n  $ isogear release reg_...\n  $ isogear release --interpreter itp_...')
+    .action(async (registrationId: string | undefined, o: { interpreter?: string }) => {
+      if (Boolean(registrationId) === Boolean(o.interpreter)) throw new UsageError('give a registration id or --interpreter ID (one of them)');
+      await withClient(async (client, go) => {
+        const res = await client.release(registrationId ? { registrationId } : { interpreterId: o.interpreter as string });
+        if (go.json) io.out(`${JSON.stringify(pb.ReleaseResponse.toJSON(res))}\n`);
+        else for (const id of res.releasedRegistrationIds) io.out(`${id}\n`);
+        return EXIT.ok;
+      });
+    });
+
+  root
+    .command('ls')
+    .description('list interpreters (default) or registrations, as a table')
+    .addArgument(new Command().createArgument('[what]', 'interpreters or registrations').choices(['interpreters', 'registrations']).default('interpreters'))
+    .option('--name <name>', 'interpreters with this name')
+    .addOption(new Option('--mode <mode>', 'interpreters of this mode').choices(['shared', 'isolate']))
+    .option('--trigger <trigger>', 'registrations bound to this trigger')
+    .option('--interpreter <id>', 'registrations of this interpreter')
+    .addHelpText('after', '\nExamples:\n  $ isogear ls\n  $ isogear ls registrations --trigger orders.created\n  $ isogear --json ls interpreters --mode shared')
+    .action(async (what: 'interpreters' | 'registrations', o: { name?: string; mode?: 'shared' | 'isolate'; trigger?: string; interpreter?: string }) => {
+      await withClient(async (client, go) => {
+        if (what === 'interpreters') {
+          const all: pb.Interpreter[] = [];
+          let pageToken = '';
+          do {
+            const page = await client.listInterpreters({ pageSize: 1000, pageToken, name: o.name, mode: o.mode });
+            all.push(...page.interpreters);
+            pageToken = page.nextPageToken;
+          } while (pageToken);
+          if (go.json) io.out(`${JSON.stringify(all.map((i) => pb.Interpreter.toJSON(i)))}\n`);
+          else
+            io.out(
+              table(
+                ['ID', 'NAME', 'MODE', 'STATE', 'REGISTRATIONS', 'RUNNING', 'HEAP'],
+                all.map((i) => [i.id, i.name || '-', modeName(i.mode), stateName(i.state), String(i.registrationReferences), String(i.executionReferences), `${Math.round(i.heapUsedBytes / 1024)} KiB`]),
+              ),
+            );
+        } else {
+          const all: pb.Registration[] = [];
+          let pageToken = '';
+          do {
+            const page = await client.listRegistrations({ pageSize: 1000, pageToken, trigger: o.trigger, interpreterId: o.interpreter });
+            all.push(...page.registrations);
+            pageToken = page.nextPageToken;
+          } while (pageToken);
+          if (go.json) io.out(`${JSON.stringify(all.map((r) => pb.Registration.toJSON(r)))}\n`);
+          else
+            io.out(
+              table(
+                ['ID', 'TRIGGER', 'INTERPRETER', 'RUNS', 'FAILURES', 'DESCRIPTION'],
+                all.map((r) => [r.id, r.trigger, r.interpreterId, String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
+              ),
+            );
+        }
+        return EXIT.ok;
+      });
+    });
+
+  root
+    .command('get')
+    .description('show one interpreter and its registrations')
+    .argument('<interpreter-id>', 'the interpreter (itp_...)')
+    .addHelpText('after', '\nExamples:\n  $ isogear get itp_...\n  $ isogear --json get itp_...')
+    .action(async (interpreterId: string) => {
+      await withClient(async (client, go) => {
+        const res = await client.getInterpreter(interpreterId);
+        if (go.json) {
+          io.out(`${JSON.stringify(pb.GetInterpreterResponse.toJSON(res))}\n`);
+          return EXIT.ok;
+        }
+        const i = res.interpreter;
+        if (i) {
+          io.out(
+            table(
+              ['FIELD', 'VALUE'],
+              [
+                ['id', i.id],
+                ['name', i.name || '-'],
+                ['mode', modeName(i.mode)],
+                ['state', stateName(i.state)],
+                ['references', `${i.references} (${i.registrationReferences} registrations, ${i.executionReferences} runs)`],
+                ['heap', `${Math.round(i.heapUsedBytes / 1024)} KiB`],
+                ['cpu', ms(i.cpuTime)],
+                ['failure', i.failureReason || '-'],
+              ],
+            ),
+          );
+        }
+        if (res.registrations.length > 0) {
+          io.out('\n');
+          io.out(table(['REGISTRATION', 'TRIGGER', 'RUNS', 'FAILURES', 'DESCRIPTION'], res.registrations.map((r) => [r.id, r.trigger, String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description])));
+        }
+        return EXIT.ok;
+      });
+    });
+
+  return root;
+}
+
+/** `isogear serve`: the server in a child Node.js with --no-node-snapshot; signals are passed on. */
+function serve(settings: string[]): Promise<number> {
+  const main = path.join(__dirname, '..', 'main.js');
+  const entry = readableFile(main) ? [main] : ['--import', 'tsx', path.join(__dirname, '..', 'main.ts')];
+  const child = spawn(process.execPath, ['--no-node-snapshot', ...entry, ...settings], { stdio: 'inherit' });
+  const forward = (signal: NodeJS.Signals): void => {
+    child.kill(signal);
+  };
+  for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, forward);
+  return new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(s, forward);
+      resolve(code ?? (signal ? 128 : 1));
+    });
+  });
+}
+
+function readableFile(file: string): boolean {
+  try {
+    readFileSync(file, { flag: 'r' }).subarray(0, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Parses `argv` (without node and the script) and runs the command; resolves with the exit code. */
+export async function run(argv: string[], io: Io, connect?: (g: GlobalOptions) => IsogearClient): Promise<number> {
+  let code: number = EXIT.ok;
+  const open = connect ?? ((g: GlobalOptions) => createClient(g.address, { apiKey: g.apiKey, ...credentialsOf(g) }));
+  const prog = program(io, open, (c) => (code = c));
+  try {
+    await prog.parseAsync(argv, { from: 'user' });
+    return code;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version end here too, with exit code 0
+      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    }
+    if (err instanceof UsageError) {
+      io.err(`isogear: ${err.message}\n`);
+      return EXIT.usage;
+    }
+    if (err instanceof IsogearRpcError) {
+      io.err(`isogear: ${err.codeName}: ${err.details}${err.limit ? ` (limit ${err.limit})` : ''}\n`);
+      return EXIT.rpc;
+    }
+    throw err;
+  }
+}
+
+if (require.main === module) {
+  const io: Io = {
+    out: (s) => process.stdout.write(s),
+    err: (s) => process.stderr.write(s),
+    stdin: () => readFileSync(0, 'utf8'),
+  };
+  run(process.argv.slice(2), io).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`isogear: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,206 @@
+/**
+ * The `isogear` command line, run as a subprocess (node src/cli/main.ts through tsx) against a
+ * real server.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startTestServer, type TestServer } from '../helpers/server';
+
+const CLI = path.join(__dirname, '../../src/cli/main.ts');
+
+interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function isogear(args: string[], opts: { env?: Record<string, string>; stdin?: string; address?: string } = {}): Promise<Ran> {
+  const env: Record<string, string | undefined> = { ...process.env, ISOGEAR_ADDRESS: opts.address, ISOGEAR_API_KEY: undefined, ...opts.env };
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  child.stdin.end(opts.stdin ?? '');
+  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
+}
+
+describe('isogear command line', function () {
+  this.timeout(30_000);
+  let t: TestServer;
+  let dir: string;
+  let address: string;
+  const file = (name: string, text: string): string => {
+    const p = path.join(dir, name);
+    writeFileSync(p, text);
+    return p;
+  };
+  const cli = (args: string[], opts: { env?: Record<string, string>; stdin?: string } = {}): Promise<Ran> => isogear(args, { address, ...opts });
+
+  before(async () => {
+    t = await startTestServer();
+    address = t.server.grpcAddress;
+    dir = mkdtempSync(path.join(os.tmpdir(), 'isogear-cli-'));
+  });
+  after(async () => {
+    await t.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('exec: the result on stdout, the script logs on stderr, exit 0', async () => {
+    const script = file('double.js', `import twice from "twice";\nconsole.log('doubling', 21);\nexport default (a) => ({ value: twice(a.n) });\n`);
+    const lib = file('twice.js', 'export default (x) => x * 2;\n');
+    const r = await cli(['exec', script, '--args', '{"n": 21}', '--module', `twice=${lib}`, '--mode', 'isolate', '--timeout', '2000', '--memory', '32']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, '{"value":42}\n');
+    assert.equal(r.stderr, '[log] doubling 21\n');
+  });
+
+  it('exec - reads the script from standard input; --json prints the whole response', async () => {
+    const r = await cli(['--json', 'exec', '-', '--mode', 'shared'], { stdin: 'export default () => [1, "two", null]' });
+    assert.equal(r.code, 0, r.stderr);
+    const res = JSON.parse(r.stdout) as { outcome: string; result: unknown; interpreterId: string };
+    assert.equal(res.outcome, 'OUTCOME_SUCCEEDED');
+    assert.deepEqual(res.result, [1, 'two', null]);
+    assert.match(res.interpreterId, /^itp_/);
+  });
+
+  it('a script that fails exits 1 with one line saying how', async () => {
+    const r = await cli(['exec', '-'], { stdin: 'export default () => { throw new TypeError("no way"); }' });
+    assert.equal(r.code, 1);
+    assert.equal(r.stdout, '');
+    assert.equal(r.stderr, 'isogear: failed: TypeError: no way\n');
+    const slow = await cli(['exec', '-', '--timeout', '100', '--mode', 'shared'], { stdin: 'await new Promise(() => {}); export default 1;' });
+    assert.equal(slow.code, 1);
+    assert.match(slow.stderr, /^isogear: timed_out: /);
+  });
+
+  it('usage errors exit 2 with a one-line message', async () => {
+    const cases: [string[], RegExp][] = [
+      [['exec', '-', '--args', '{nope'], /^isogear: --args must be JSON/],
+      [['exec', path.join(dir, 'missing.js')], /^isogear: cannot read .*missing\.js: ENOENT/],
+      [['exec', '-', '--mode', 'fast'], /argument 'fast' is invalid. Allowed choices are shared, isolate/],
+      [['exec', '-', '--timeout', 'soon'], /^isogear: --timeout must be a whole number/],
+      [['exec', '-', '--module', 'noequals'], /^isogear: --module takes name=FILE/],
+      [['release'], /^isogear: give a registration id or --interpreter ID/],
+      [['exec'], /missing required argument 'file'/],
+      [['frobnicate'], /unknown command 'frobnicate'/],
+      [['ls', 'things'], /'things' is invalid/],
+    ];
+    for (const [args, pattern] of cases) {
+      const r = await cli(args, { stdin: 'export default 1' });
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, pattern, args.join(' '));
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${r.stderr}`);
+    }
+  });
+
+  it('gRPC errors exit 3 with the status and the message', async () => {
+    const missing = await cli(['get', 'itp_doesnotexist']);
+    assert.equal(missing.code, 3);
+    assert.equal(missing.stderr, 'isogear: NOT_FOUND: interpreter itp_doesnotexist not found\n');
+    const bad = await cli(['trigger', 'no.such.trigger']);
+    assert.equal(bad.code, 3);
+    assert.match(bad.stderr, /^isogear: NOT_FOUND: no registration is bound to trigger "no.such.trigger"\n$/);
+    const down = await isogear(['ls'], { address: '127.0.0.1:1' });
+    assert.equal(down.code, 3);
+    assert.match(down.stderr, /^isogear: UNAVAILABLE: /);
+  });
+
+  it('register, trigger, ls, get and release: the lifecycle from a shell', async () => {
+    const handler = file('handler.js', 'export default (p) => { console.info("got", p.id); return { seen: p.id }; };\n');
+    const reg = await cli(['register', 'cli.orders', handler, '--mode', 'shared', '--description', 'order hook']);
+    assert.equal(reg.code, 0, reg.stderr);
+    const regId = reg.stdout.trim();
+    assert.match(regId, /^reg_/);
+    const interpreterId = /in interpreter (itp_\S+)/.exec(reg.stderr)?.[1] as string;
+    assert.ok(interpreterId);
+    const second = await cli(['register', 'cli.orders', '-', '--interpreter', interpreterId], { stdin: 'export default (p) => p.id * 10' });
+    assert.equal(second.code, 0, second.stderr);
+
+    const fired = await cli(['trigger', 'cli.orders', '--payload', '{"id": 7}']);
+    assert.equal(fired.code, 0, fired.stderr);
+    assert.deepEqual(fired.stdout.trim().split('\n'), [`${regId}  {"seen":7}`, `${second.stdout.trim()}  70`]);
+    assert.equal(fired.stderr, '[info] got 7\n');
+
+    const regs = await cli(['ls', 'registrations', '--trigger', 'cli.orders']);
+    assert.equal(regs.code, 0, regs.stderr);
+    const lines = regs.stdout.trimEnd().split('\n');
+    assert.match(lines[0], /^ID\s+TRIGGER\s+INTERPRETER\s+RUNS\s+FAILURES\s+DESCRIPTION$/);
+    assert.equal(lines.length, 3);
+    // aligned: every column starts where its header does
+    const at = (line: string, col: string): number => line.indexOf(col);
+    assert.equal(at(lines[1], 'cli.orders'), at(lines[0], 'TRIGGER'));
+    assert.equal(at(lines[1], interpreterId), at(lines[0], 'INTERPRETER'));
+    assert.ok(lines[1].endsWith('order hook'));
+
+    const interps = await cli(['ls']);
+    assert.match(interps.stdout, new RegExp(`^${interpreterId}\\s+-\\s+shared\\s+ready\\s+2\\s+0\\s+\\d+ KiB$`, 'm'));
+    const json = JSON.parse((await cli(['--json', 'ls', 'interpreters'])).stdout) as { id: string }[];
+    assert.deepEqual(json.map((i) => i.id), [interpreterId]);
+
+    const got = await cli(['get', interpreterId]);
+    assert.equal(got.code, 0, got.stderr);
+    assert.match(got.stdout, /^state\s+ready$/m);
+    assert.match(got.stdout, new RegExp(`^${regId}\\s+cli.orders\\s+1\\s+0\\s+order hook$`, 'm'));
+
+    const one = await cli(['release', regId]);
+    assert.equal(one.stdout, `${regId}\n`);
+    const rest = await cli(['release', '--interpreter', interpreterId]);
+    assert.equal(rest.stdout, `${second.stdout.trim()}\n`);
+    assert.equal((await cli(['ls'])).stdout, 'ID  NAME  MODE  STATE  REGISTRATIONS  RUNNING  HEAP\n');
+  });
+
+  it('--help on every command, with examples, exits 0', async () => {
+    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['ls'], ['get']]) {
+      const r = await cli([...cmd, '--help']);
+      assert.equal(r.code, 0, `${cmd.join(' ')}: ${r.stderr}`);
+      assert.match(r.stdout, /Examples:\n\s+\$ isogear/, `${cmd.join(' ') || 'isogear'} --help has examples`);
+    }
+  });
+
+  it('takes the address and API key from ISOGEAR_ADDRESS and ISOGEAR_API_KEY, or from flags', async () => {
+    const keys = file('keys.json', JSON.stringify({ tenants: [{ name: 'ops', keySha256: createHash('sha256').update('cli-key').digest('hex') }] }));
+    const keyed = await startTestServer({ ISOGEAR_API_KEYS_FILE: keys });
+    try {
+      const noKey = await isogear(['ls'], { address: keyed.server.grpcAddress });
+      assert.equal(noKey.code, 3);
+      assert.match(noKey.stderr, /^isogear: UNAUTHENTICATED: missing credentials/);
+      const fromEnv = await isogear(['exec', '-'], { address: keyed.server.grpcAddress, env: { ISOGEAR_API_KEY: 'cli-key' }, stdin: 'export default "env"' });
+      assert.equal(fromEnv.stdout, '"env"\n', fromEnv.stderr);
+      const fromFlags = await isogear(['--address', keyed.server.grpcAddress, '--api-key', 'cli-key', 'exec', '-'], { stdin: 'export default "flags"' });
+      assert.equal(fromFlags.stdout, '"flags"\n', fromFlags.stderr);
+    } finally {
+      await keyed.close();
+    }
+  });
+
+  it('serve starts the server with flags for its settings and stops on SIGTERM with exit 0', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--grpc-address=127.0.0.1:0', '--metrics-address=127.0.0.1:0', '--shared-isolates=1', '--default-mode=shared'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const started = await new Promise<{ grpcAddress: string; config: { defaultMode: string } }>((resolve, reject) => {
+      const timer = setInterval(() => {
+        const line = out.split('\n').find((l) => l.includes('isogear started'));
+        if (line) {
+          clearInterval(timer);
+          resolve(JSON.parse(line) as { grpcAddress: string; config: { defaultMode: string } });
+        }
+      }, 20);
+      void exited.then(() => reject(new Error(`serve exited early: ${out}`)));
+    });
+    assert.equal(started.config.defaultMode, 'shared');
+    const r = await isogear(['exec', '-'], { address: started.grpcAddress, stdin: 'export default 5' });
+    assert.equal(r.stdout, '5\n', r.stderr);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    assert.match(out, /"msg":"stopped"/);
+  });
+});
