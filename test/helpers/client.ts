@@ -1,21 +1,17 @@
 import * as grpc from '@grpc/grpc-js';
-import { service as healthService } from 'grpc-health-check';
+import { createClient, type CallOptions, type ExecuteInit, type IsogearClient, type RegisterInit, type ReleaseInit, type TriggerInit } from '../../src/client';
 import * as pb from '../../src/gen/isogear/v1/gears';
 
-type Unary<Req, Res> = (req: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall;
+export type { CallOptions };
 
-export interface CallOptions {
-  deadlineMs?: number;
-}
-
-function callOptions(opts: CallOptions): Partial<grpc.CallOptions> {
-  return opts.deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + opts.deadlineMs) };
-}
-
-/** Promise-based wrapper over the generated grpc-js client, as a client author would write it. */
+/**
+ * The tests' client: the package's own client (src/client) behind the request and response
+ * shapes the tests speak (proto messages, `Partial` requests), plus `raw`, the generated grpc-js
+ * client, for what a typed client must not send.
+ */
 export class TestClient {
   readonly raw: pb.GearsServiceClient;
-  private readonly health: grpc.Client & Record<string, unknown>;
+  private readonly api: IsogearClient;
 
   /**
    * `apiKey`: sent as `authorization: Bearer <key>` on every GearsService call. `credentials`:
@@ -28,40 +24,26 @@ export class TestClient {
     options: grpc.ChannelOptions = {},
   ) {
     this.raw = new pb.GearsServiceClient(address, credentials, options);
-    const HealthClient = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'grpc.health.v1.Health');
-    this.health = new HealthClient(address, credentials, options) as grpc.Client & Record<string, unknown>;
+    this.api = createClient(address, { apiKey, credentials, channelOptions: options });
   }
 
-  /** A promise-returning method for one unary RPC: `req` is completed with `type.fromPartial`. */
-  private unary<Req, Res>(rpc: keyof pb.GearsServiceClient, type: { fromPartial(req: Partial<Req>): Req }) {
-    return (req: Partial<Req>, opts: CallOptions = {}): Promise<Res> =>
-      new Promise((resolve, reject) => {
-        const method = this.raw[rpc] as unknown as Unary<Req, Res>;
-        const metadata = new grpc.Metadata();
-        if (this.apiKey !== undefined) metadata.set('authorization', `Bearer ${this.apiKey}`);
-        method.call(this.raw, type.fromPartial(req), metadata, callOptions(opts), (err, res) => (err ? reject(err) : resolve(res)));
-      });
-  }
-
-  readonly execute = this.unary<pb.ExecuteRequest, pb.ExecuteResponse>('execute', pb.ExecuteRequest);
-  readonly register = this.unary<pb.RegisterRequest, pb.RegisterResponse>('register', pb.RegisterRequest);
-  readonly release = this.unary<pb.ReleaseRequest, pb.ReleaseResponse>('release', pb.ReleaseRequest);
-  readonly trigger = this.unary<pb.TriggerRequest, pb.TriggerResponse>('trigger', pb.TriggerRequest);
-  readonly getInterpreter = this.unary<pb.GetInterpreterRequest, pb.GetInterpreterResponse>('getInterpreter', pb.GetInterpreterRequest);
-  readonly listInterpreters = this.unary<pb.ListInterpretersRequest, pb.ListInterpretersResponse>('listInterpreters', pb.ListInterpretersRequest);
-  readonly listRegistrations = this.unary<pb.ListRegistrationsRequest, pb.ListRegistrationsResponse>('listRegistrations', pb.ListRegistrationsRequest);
+  readonly execute = (req: Partial<pb.ExecuteRequest>, opts: CallOptions = {}): Promise<pb.ExecuteResponse> => this.api.execute(req as ExecuteInit, opts);
+  readonly register = (req: Partial<pb.RegisterRequest>, opts: CallOptions = {}): Promise<pb.RegisterResponse> => this.api.register(req as RegisterInit, opts);
+  readonly release = (req: Partial<pb.ReleaseRequest>, opts: CallOptions = {}): Promise<pb.ReleaseResponse> => this.api.release(req as ReleaseInit, opts);
+  readonly trigger = (req: Partial<pb.TriggerRequest>, opts: CallOptions = {}): Promise<pb.TriggerResponse> => this.api.trigger(req as TriggerInit, opts);
+  readonly getInterpreter = (req: Partial<pb.GetInterpreterRequest>, opts: CallOptions = {}): Promise<pb.GetInterpreterResponse> =>
+    this.api.getInterpreter(req.interpreterId ?? '', opts);
+  readonly listInterpreters = (req: Partial<pb.ListInterpretersRequest>, opts: CallOptions = {}): Promise<pb.ListInterpretersResponse> => this.api.listInterpreters(req, opts);
+  readonly listRegistrations = (req: Partial<pb.ListRegistrationsRequest>, opts: CallOptions = {}): Promise<pb.ListRegistrationsResponse> => this.api.listRegistrations(req, opts);
 
   /** grpc.health.v1 Check; resolves with the status name ('SERVING', 'NOT_SERVING', …). */
   healthCheck(service = '', opts: CallOptions = {}): Promise<string> {
-    const check = this.health.check as (req: object, md: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r: { status: string }) => void) => void;
-    return new Promise((resolve, reject) => {
-      check.call(this.health, { service }, new grpc.Metadata(), callOptions(opts), (err, res) => (err ? reject(err) : resolve(String(res.status))));
-    });
+    return this.api.health(service, opts);
   }
 
   close(): void {
     this.raw.close();
-    this.health.close();
+    this.api.close();
   }
 }
 
