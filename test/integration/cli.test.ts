@@ -155,6 +155,23 @@ describe('isogear command line', function () {
     assert.equal((await cli(['ls'])).stdout, 'ID  NAME  MODE  STATE  REGISTRATIONS  RUNNING  HEAP\n');
   });
 
+  it('exec --name and --replace: a named interpreter, refused twice, upgraded once', async () => {
+    const v = (n: number): string => `gears.register('cli.named', () => ${n}); export default ${n};`;
+    const first = await cli(['exec', '-', '--name', 'cli-svc', '--mode', 'shared'], { stdin: v(1) });
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /^\[isogear\] registered reg_\w+ on cli\.named$/m);
+    const again = await cli(['exec', '-', '--name', 'cli-svc'], { stdin: v(2) });
+    assert.equal(again.code, 3);
+    assert.match(again.stderr, /^isogear: ALREADY_EXISTS: an interpreter named "cli-svc" already exists; set replace to upgrade it\n$/);
+    const upgraded = await cli(['exec', '-', '--name', 'cli-svc', '--replace', '--mode', 'shared'], { stdin: v(3) });
+    assert.equal(upgraded.code, 0, upgraded.stderr);
+    assert.equal(upgraded.stdout, '3\n');
+    assert.match((await cli(['trigger', 'cli.named'])).stdout, /^reg_\w+ {2}3\n$/);
+    const named = JSON.parse((await cli(['--json', 'ls', '--name', 'cli-svc'])).stdout) as { id: string }[];
+    assert.equal(named.length, 1);
+    assert.equal((await cli(['release', '--interpreter', named[0].id])).code, 0);
+  });
+
   it('--help on every command, with examples, exits 0', async () => {
     for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['ls'], ['get']]) {
       const r = await cli([...cmd, '--help']);
