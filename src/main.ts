@@ -93,5 +93,8 @@ async function main(): Promise<void> {
 
 main().catch((err: unknown) => {
   process.stderr.write(`isogear: failed to start: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exit(1);
+  // A start that failed late (a port taken) has created and disposed isolates already: let the
+  // event loop end rather than exit under isolated-vm's teardown (see the shutdown path above).
+  process.exitCode = 1;
+  setTimeout(() => process.exit(1), EXIT_WAIT_MS).unref();
 });

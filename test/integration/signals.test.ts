@@ -80,6 +80,14 @@ describe('signals and credential checks of the process', function () {
     assert.equal(p.child.exitCode, null);
   });
 
+  it('a port already taken fails start-up with exit code 1 and the reason, after disposing what it made', async () => {
+    const first = await spawnServer();
+    procs.push(first);
+    const taken = await runToExit({ ISOGEAR_GRPC_ADDRESS: first.grpcAddress });
+    assert.equal(taken.code, 1);
+    assert.match(taken.stderr, /isogear: failed to start: .*(EADDRINUSE|No address added out of total 1 resolved)/s);
+  });
+
   it('a bad keys file or an unreadable TLS file stops start-up with exit code 2 and a message naming it', async () => {
     writeFileSync(keysPath, JSON.stringify({ tenants: [{ name: 'alpha', keySha256: 'plaintext-key' }] }));
     const bad = await runToExit({ ISOGEAR_API_KEYS_FILE: keysPath });
