@@ -107,6 +107,10 @@ function parseQuotas(raw: unknown, at: string): TenantQuotas {
   return out;
 }
 
+function indexByName(entries: KeyEntry[]): Map<string, TenantQuotas> {
+  return new Map(entries.map((e) => [e.tenant.name, e.tenant.quotas]));
+}
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -121,8 +125,11 @@ function isObject(v: unknown): v is Record<string, unknown> {
 export class ApiKeys implements Authenticator {
   readonly open = false;
   private entries: KeyEntry[];
+  /** Each tenant's quotas, by name (also the set of tenants): rebuilt with the entries. */
+  private byName: Map<string, TenantQuotas>;
   private watching = false;
-  private reloading: Promise<boolean> | undefined;
+  /** Reloads run one after another, each reading the file after it was asked for. */
+  private queue: Promise<unknown> = Promise.resolve();
   /** Reloads that put a file in force, and that kept the previous keys (for metrics). */
   readonly reloads = { applied: 0, rejected: 0 };
 
@@ -132,6 +139,7 @@ export class ApiKeys implements Authenticator {
     private readonly logger?: KeysLogger,
   ) {
     this.entries = entries;
+    this.byName = indexByName(entries);
   }
 
   /** Loads the file at start-up (a bad file stops start-up). */
@@ -151,12 +159,17 @@ export class ApiKeys implements Authenticator {
 
   /** The quota overrides the file gives `tenant` (none: an empty object). */
   quotasOf(tenant: string): TenantQuotas {
-    return this.entries.find((e) => e.tenant.name === tenant)?.tenant.quotas ?? {};
+    return this.byName.get(tenant) ?? {};
+  }
+
+  /** True when `tenant` has at least one key. */
+  hasTenant(tenant: string): boolean {
+    return this.byName.has(tenant);
   }
 
   /** Distinct tenants with at least one key. */
   get tenantNames(): string[] {
-    return [...new Set(this.entries.map((e) => e.tenant.name))];
+    return [...this.byName.keys()];
   }
 
   authenticate(authorization: readonly unknown[]): Tenant {
@@ -181,23 +194,21 @@ export class ApiKeys implements Authenticator {
 
   /**
    * Re-reads the file. Resolves true when the new keys are in force; false when the file was
-   * rejected (the previous keys stay, the reason is logged). Concurrent calls share one read.
+   * rejected (the previous keys stay, the reason is logged). Calls run in turn, so a change
+   * made while a read is in flight is read by the next call, never lost to the earlier one.
    */
   reload(): Promise<boolean> {
-    this.reloading ??= this.readAgain().finally(() => {
-      this.reloading = undefined;
-    });
-    return this.reloading;
+    const read = this.queue.then(() => this.readAgain());
+    this.queue = read;
+    return read;
   }
 
   /** Polls the file for changes every `intervalMs` until `close()`. */
   watch(intervalMs = 1000): void {
     if (this.watching) return;
     this.watching = true;
-    watchFile(this.path, { interval: intervalMs, persistent: false }, (cur, prev) => {
-      if (cur.mtimeMs === prev.mtimeMs && cur.ino === prev.ino && cur.size === prev.size) return;
-      void this.reload();
-    });
+    // called only when the file's stat changed (content, inode, or the file came or went)
+    watchFile(this.path, { interval: intervalMs, persistent: false }, () => void this.reload());
   }
 
   close(): void {
@@ -217,6 +228,7 @@ export class ApiKeys implements Authenticator {
       return false;
     }
     this.entries = entries;
+    this.byName = indexByName(entries);
     this.reloads.applied += 1;
     this.logger?.info({ path: this.path, tenants: this.tenantNames.length, keys: entries.length }, 'API keys reloaded');
     return true;
@@ -239,7 +251,7 @@ export class CertificateTenants implements Authenticator {
     if (typeof cn !== 'string' || !isValidName(cn)) {
       throw new UnauthenticatedError('the client certificate has no subject CN that names a tenant (1-128 letters, digits, "_", "." and "-")');
     }
-    if (this.keys && !this.keys.tenantNames.includes(cn)) {
+    if (this.keys && !this.keys.hasTenant(cn)) {
       throw new UnauthenticatedError(`the client certificate's CN "${cn}" is not a tenant of the API keys file`);
     }
     if (authorization.length > 0 && this.keys) {

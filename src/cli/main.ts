@@ -5,7 +5,7 @@
  * Exit codes: 0 success, 1 a script failed (its outcome), 2 a usage error, 3 a gRPC error.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
@@ -74,6 +74,18 @@ const ms = (d: { seconds: number; nanos: number } | undefined): string => (d ? `
 const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o).replace(/^OUTCOME_/, '').toLowerCase();
 const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(m).replace(/^ISOLATION_MODE_/, '').toLowerCase();
 const stateName = (s: pb.InterpreterState): string => pb.interpreterStateToJSON(s).replace(/^INTERPRETER_STATE_/, '').toLowerCase();
+
+/** Every item of a paginated listing: `fetch(pageToken)` returns a page's items and the next token. */
+async function allPages<T>(fetch: (pageToken: string) => Promise<readonly [T[], string]>): Promise<T[]> {
+  const all: T[] = [];
+  let token = '';
+  do {
+    const [items, next] = await fetch(token);
+    all.push(...items);
+    token = next;
+  } while (token);
+  return all;
+}
 
 /** Rows as columns padded to their widest cell (the last column is not padded). */
 export function table(header: string[], rows: string[][]): string {
@@ -265,13 +277,10 @@ Examples:
     .action(async (what: 'interpreters' | 'registrations', o: { name?: string; mode?: 'shared' | 'isolate'; trigger?: string; interpreter?: string }) => {
       await withClient(async (client, go) => {
         if (what === 'interpreters') {
-          const all: pb.Interpreter[] = [];
-          let pageToken = '';
-          do {
+          const all = await allPages(async (pageToken) => {
             const page = await client.listInterpreters({ pageSize: 1000, pageToken, name: o.name, mode: o.mode });
-            all.push(...page.interpreters);
-            pageToken = page.nextPageToken;
-          } while (pageToken);
+            return [page.interpreters, page.nextPageToken] as const;
+          });
           if (go.json) io.out(`${JSON.stringify(all.map((i) => pb.Interpreter.toJSON(i)))}\n`);
           else
             io.out(
@@ -281,13 +290,10 @@ Examples:
               ),
             );
         } else {
-          const all: pb.Registration[] = [];
-          let pageToken = '';
-          do {
+          const all = await allPages(async (pageToken) => {
             const page = await client.listRegistrations({ pageSize: 1000, pageToken, trigger: o.trigger, interpreterId: o.interpreter });
-            all.push(...page.registrations);
-            pageToken = page.nextPageToken;
-          } while (pageToken);
+            return [page.registrations, page.nextPageToken] as const;
+          });
           if (go.json) io.out(`${JSON.stringify(all.map((r) => pb.Registration.toJSON(r)))}\n`);
           else
             io.out(
@@ -345,7 +351,7 @@ Examples:
 /** `isogear serve`: the server in a child Node.js with --no-node-snapshot; signals are passed on. */
 function serve(settings: string[]): Promise<number> {
   const main = path.join(__dirname, '..', 'main.js');
-  const entry = readableFile(main) ? [main] : ['--import', 'tsx', path.join(__dirname, '..', 'main.ts')];
+  const entry = existsSync(main) ? [main] : ['--import', 'tsx', path.join(__dirname, '..', 'main.ts')];
   const child = spawn(process.execPath, ['--no-node-snapshot', ...entry, ...settings], { stdio: 'inherit' });
   const forward = (signal: NodeJS.Signals): void => {
     child.kill(signal);
@@ -357,15 +363,6 @@ function serve(settings: string[]): Promise<number> {
       resolve(code ?? (signal ? 128 : 1));
     });
   });
-}
-
-function readableFile(file: string): boolean {
-  try {
-    readFileSync(file, { flag: 'r' }).subarray(0, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Parses `argv` (without node and the script) and runs the command; resolves with the exit code. */

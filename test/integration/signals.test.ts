@@ -60,9 +60,13 @@ describe('signals and credential checks of the process', function () {
     const two = new TestClient(p.grpcAddress, 'two');
     clients.push(two);
     await expectStatus(two.listInterpreters({}), grpc.status.UNAUTHENTICATED);
+    const reloads = (): number => logLines(p.output().stdout).filter((l) => l.msg === 'API keys reloaded').length;
+    // the file is unchanged, so the change poll has nothing to do: only SIGHUP re-reads it
+    p.child.kill('SIGHUP');
+    await until('the reload SIGHUP asks for', () => reloads() === 1);
     writeFileSync(keysPath, JSON.stringify({ tenants: [{ name: 'alpha', keySha256: sha('two') }] }));
     p.child.kill('SIGHUP');
-    await until('the reload', () => logLines(p.output().stdout).some((l) => l.msg === 'API keys reloaded'));
+    await until('the reload of the new file', () => reloads() >= 2);
     succeeded(await two.execute({ source: 'export default 1', mode: SHARED }));
     assert.equal(p.child.exitCode, null, 'still running');
   });
