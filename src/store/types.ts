@@ -1,0 +1,115 @@
+import type { IsolationMode } from '../core/types';
+
+/**
+ * What is durable about an interpreter: the recipe that rebuilds it. Its JavaScript state (globals,
+ * closures, counters) is not stored; replaying the recipe in a fresh interpreter rebuilds what the
+ * steps build, and the registrations get the ids they had.
+ */
+
+/** One registration a step made, in the order its gears.register calls came. */
+export interface StoredRegistration {
+  id: string;
+  trigger: string;
+  description: string;
+}
+
+/** One successful load into the interpreter, replayed in order on restore. */
+export interface RecipeStep {
+  /** Unique per step (`stp_…`): replicas tell the steps they ran from the ones they still must. */
+  id: string;
+  /**
+   * `execute`: an Execute (creating or attached) ran `source` with `argsJson`; `register`: a
+   * Register loaded `source` and bound its default export to `trigger`; `trigger`: a Trigger ran
+   * handler `handlerId` with `payloadJson`, and the handler called gears.register.
+   */
+  kind: 'execute' | 'register' | 'trigger';
+  /** execute, register: the main module and the modules it imports. */
+  source?: string;
+  modules?: Record<string, string>;
+  /** execute: the args JSON ('' for none). */
+  argsJson?: string;
+  /** register: the trigger bound; trigger: the trigger fired. */
+  trigger?: string;
+  /** register: the description. */
+  description?: string;
+  /** trigger: the registration whose run registered. */
+  handlerId?: string;
+  payloadJson?: string;
+  /** The run's time limit, kept for the replay. */
+  timeoutMs: number;
+  /** What the run registered; the replay must register the same triggers, and gets these ids. */
+  registrations: StoredRegistration[];
+}
+
+export interface InterpreterRecipe {
+  interpreterId: string;
+  tenant: string;
+  /** '' when unnamed. A (tenant, name) pair is held by at most one recipe. */
+  name: string;
+  mode: IsolationMode;
+  /** The heap limit of its dedicated isolate (mode isolate). */
+  memoryMb: number;
+  /** The prefix of the registration ids it mints. */
+  registrationPrefix: string;
+  createdAtMs: number;
+  steps: RecipeStep[];
+  /** Registrations released since their step ran: the replay makes them, then releases them. */
+  released: string[];
+}
+
+/** `create` found the name held by another recipe and was not asked to replace it. */
+export class NameTakenError extends Error {
+  constructor(
+    readonly tenant: string,
+    readonly interpreterName: string,
+    readonly holder: string,
+  ) {
+    super(`an interpreter named "${interpreterName}" already exists (${holder})`);
+    this.name = 'NameTakenError';
+  }
+}
+
+/** The store could not be read or written; the message says which store and why. */
+export class StoreError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreError';
+  }
+}
+
+/**
+ * Where recipes are kept. Every method resolves only once the change is durable (an embedded
+ * store: committed and synced; a shared one: acknowledged by the server), and each change is
+ * atomic. Methods on an interpreter that is not stored are no-ops, never errors: a release may
+ * race a removal.
+ */
+export interface RegistrationStore {
+  /** For logs: which store, where. */
+  readonly description: string;
+  /** True when several servers share it (and `follow` reports the others' changes). */
+  readonly shared: boolean;
+  /** Every stored recipe, oldest first. */
+  loadAll(): Promise<InterpreterRecipe[]>;
+  /** One recipe, or undefined when it is not stored. */
+  load(interpreterId: string): Promise<InterpreterRecipe | undefined>;
+  /**
+   * Stores a new recipe. When it is named, the name must be free, or (with `replaceName`) the
+   * recipe that holds it is removed in the same step; resolves with that recipe's id. Rejects
+   * with NameTakenError when the name is held and `replaceName` is false.
+   */
+  create(recipe: InterpreterRecipe, replaceName: boolean): Promise<{ replaced?: string }>;
+  /** Adds a step at the end of an interpreter's recipe. */
+  append(interpreterId: string, step: RecipeStep): Promise<void>;
+  /** Marks registrations of an interpreter released. */
+  release(interpreterId: string, registrationIds: string[]): Promise<void>;
+  /** Removes an interpreter's recipe (its last registration went). */
+  remove(interpreterId: string): Promise<void>;
+  /**
+   * Shared stores: reports, from now on, the id of every interpreter whose recipe changed
+   * (created, appended, released, removed), by this server or another, within a bounded delay.
+   * `onResync` is called when changes may have been missed (the feed was trimmed past us, the
+   * connection dropped): every recipe must be compared again.
+   */
+  follow?(onChange: (interpreterId: string) => void, onResync: () => void): Promise<void>;
+  close(): Promise<void>;
+}

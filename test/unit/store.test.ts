@@ -1,0 +1,553 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { Redis } from 'ioredis';
+import { IllegalStateError } from '../../src/core/errors';
+import { RedisStore } from '../../src/store/RedisStore';
+import { SqliteStore } from '../../src/store/SqliteStore';
+import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RegistrationStore } from '../../src/store/types';
+import { waitFor } from '../helpers/proto';
+import { requireRedis, startRedis, type TestRedis } from '../helpers/redis';
+
+const ROOT = path.join(__dirname, '../..');
+
+let counter = 0;
+const uniq = (): string => `${++counter}_${randomBytes(4).toString('hex')}`;
+
+function recipe(over: Partial<InterpreterRecipe> = {}): InterpreterRecipe {
+  const n = uniq();
+  return {
+    interpreterId: `itp_${n}`,
+    tenant: 'acme',
+    name: '',
+    mode: 'shared',
+    memoryMb: 64,
+    registrationPrefix: `${n}_`,
+    createdAtMs: 1_700_000_000_000 + counter,
+    steps: [],
+    released: [],
+    ...over,
+  };
+}
+
+function step(over: Partial<RecipeStep> = {}): RecipeStep {
+  return { id: `stp_${uniq()}`, kind: 'execute', source: 'export default 1;', argsJson: '', timeoutMs: 1000, registrations: [], ...over };
+}
+
+/** Awaits a promise that must reject with an instance of `type`; returns the error. */
+async function rejectsWith<E extends Error>(promise: Promise<unknown>, type: new (...args: never[]) => E, message?: RegExp): Promise<E> {
+  const caught = await promise.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  assert.ok(caught, `expected ${type.name}, but it succeeded`);
+  assert.ok(caught instanceof type, `expected ${type.name}, got ${String(caught)}`);
+  if (message) assert.match(caught.message, message);
+  return caught;
+}
+
+/** Retries `fn` until it resolves, for at most `ms`. */
+async function eventually<T>(what: string, fn: () => Promise<T>, ms: number): Promise<T> {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > until) throw new Error(`${what} kept failing for ${ms} ms`, { cause: err });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+const ids = (recipes: InterpreterRecipe[]): string[] => recipes.map((r) => r.interpreterId);
+
+/** One store's backing data for one test: `open` gives a new store on it, each closed after the test. */
+interface Target {
+  open(): Promise<RegistrationStore>;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * The conformance suite: what every RegistrationStore must do, through the interface only.
+ * `make` gives each test fresh, empty backing data.
+ */
+function describeStore(name: string, make: () => Promise<Target>): void {
+  describe(name, () => {
+    let target: Target | undefined;
+    let opened: RegistrationStore[] = [];
+    /** A store on the test's data; `open()` again after close() is a restart. */
+    const open = async (): Promise<RegistrationStore> => {
+      const store = await target!.open();
+      opened.push(store);
+      return store;
+    };
+
+    beforeEach(async () => {
+      target = await make();
+    });
+    afterEach(async () => {
+      for (const s of opened) await s.close();
+      opened = [];
+      await target?.cleanup();
+      target = undefined;
+    });
+
+    it('starts empty', async () => {
+      const store = await open();
+      assert.deepEqual(await store.loadAll(), []);
+      assert.equal(await store.load('itp_missing'), undefined);
+    });
+
+    it('loads what it created, oldest first by creation (not by createdAtMs)', async () => {
+      const store = await open();
+      const a = recipe({ createdAtMs: 3000 });
+      const b = recipe({ createdAtMs: 2000, mode: 'isolate', memoryMb: 256, tenant: 'other' });
+      const c = recipe({ createdAtMs: 1000, name: 'svc' });
+      for (const r of [a, b, c]) assert.deepEqual(await store.create(r, false), {});
+      assert.deepEqual(await store.load(b.interpreterId), b);
+      assert.deepEqual(await store.loadAll(), [a, b, c]);
+    });
+
+    it('appends steps in order and keeps released ids (each once)', async () => {
+      const store = await open();
+      const r = recipe({ steps: [step()], released: ['reg_x'] });
+      await store.create(r, false);
+      const more = [step({ kind: 'register', trigger: 't1', description: 'd' }), step(), step({ kind: 'trigger', handlerId: 'reg_1', payloadJson: '{}' })];
+      for (const s of more) await store.append(r.interpreterId, s);
+      await store.release(r.interpreterId, ['reg_b', 'reg_a']);
+      await store.release(r.interpreterId, ['reg_a']);
+      await store.release(r.interpreterId, []);
+      const loaded = await store.load(r.interpreterId);
+      assert.deepEqual(loaded?.steps, [...r.steps, ...more]);
+      assert.deepEqual(loaded?.released, ['reg_a', 'reg_b', 'reg_x']);
+    });
+
+    it('removes a recipe, and leaves the others', async () => {
+      const store = await open();
+      const [a, b] = [recipe(), recipe()];
+      await store.create(a, false);
+      await store.create(b, false);
+      await store.append(a.interpreterId, step());
+      await store.release(a.interpreterId, ['reg_1']);
+      await store.remove(a.interpreterId);
+      assert.equal(await store.load(a.interpreterId), undefined);
+      assert.deepEqual(await store.loadAll(), [b]);
+    });
+
+    it('treats append, release and remove on an interpreter it does not hold as no-ops', async () => {
+      const store = await open();
+      const gone = recipe();
+      await store.create(gone, false);
+      await store.remove(gone.interpreterId);
+      for (const id of ['itp_never', gone.interpreterId]) {
+        await store.append(id, step());
+        await store.release(id, ['reg_1']);
+        await store.remove(id);
+      }
+      assert.deepEqual(await store.loadAll(), []);
+      // Nothing was left behind that a new recipe with the same id would pick up.
+      await store.create(gone, false);
+      assert.deepEqual(await store.load(gone.interpreterId), gone);
+    });
+
+    it('refuses to create an interpreter id it already holds', async () => {
+      const store = await open();
+      const r = recipe();
+      await store.create(r, false);
+      await rejectsWith(store.create({ ...r, name: 'other' }, false), StoreError, /create failed/);
+      assert.deepEqual(await store.loadAll(), [r]);
+    });
+
+    it('keeps a name per tenant: NameTakenError names the holder, another tenant or no name is fine', async () => {
+      const store = await open();
+      const holder = recipe({ name: 'svc' });
+      await store.create(holder, false);
+      await store.create(recipe({ name: 'svc', tenant: 'other' }), false);
+      await store.create(recipe(), false);
+      await store.create(recipe(), false);
+      const loser = recipe({ name: 'svc' });
+      const err = await rejectsWith(store.create(loser, false), NameTakenError);
+      assert.equal(err.holder, holder.interpreterId);
+      assert.equal(err.tenant, 'acme');
+      assert.equal(err.interpreterName, 'svc');
+      assert.equal(await store.load(loser.interpreterId), undefined);
+      assert.equal((await store.loadAll()).length, 4);
+    });
+
+    it('frees a name when its holder is removed', async () => {
+      const store = await open();
+      const first = recipe({ name: 'svc' });
+      await store.create(first, false);
+      await store.remove(first.interpreterId);
+      const second = recipe({ name: 'svc' });
+      assert.deepEqual(await store.create(second, false), {});
+      assert.deepEqual(ids(await store.loadAll()), [second.interpreterId]);
+    });
+
+    it('replaceName removes the holder in the same step and returns its id', async () => {
+      const store = await open();
+      const old = recipe({ name: 'svc', steps: [step()], released: ['reg_1'] });
+      const bystander = recipe();
+      await store.create(old, false);
+      await store.create(bystander, false);
+      const next = recipe({ name: 'svc' });
+      assert.deepEqual(await store.create(next, true), { replaced: old.interpreterId });
+      assert.equal(await store.load(old.interpreterId), undefined);
+      assert.deepEqual(ids(await store.loadAll()), [bystander.interpreterId, next.interpreterId]);
+      // The name now belongs to the replacement.
+      const err = await rejectsWith(store.create(recipe({ name: 'svc' }), false), NameTakenError);
+      assert.equal(err.holder, next.interpreterId);
+      // Replacing a free name replaces nothing.
+      assert.deepEqual(await store.create(recipe({ name: 'free' }), true), {});
+    });
+
+    it('round-trips steps with every field exactly: modules, args, unicode, a 1 MB source', async () => {
+      const store = await open();
+      const unicode = 'héllo 世界 🦀 \u0000 \n\t "quoted" \\ \u2028 \ud800 lone';
+      const big = `export default ${JSON.stringify('x'.repeat(1024 * 1024))};`;
+      const steps: RecipeStep[] = [
+        step({
+          source: `import { f } from './lib.js'; export default f(${JSON.stringify(unicode)});`,
+          modules: { './lib.js': 'export const f = (s) => s;', './ü/ñ.js': `export default ${JSON.stringify(unicode)};` },
+          argsJson: JSON.stringify({ a: [1, 2.5, null, true], s: unicode }),
+          timeoutMs: 2500,
+          registrations: [{ id: 'reg_p_1', trigger: 'orders.created', description: unicode }],
+        }),
+        step({ kind: 'register', source: big, modules: {}, trigger: 'big', description: '', timeoutMs: 1, registrations: [{ id: 'reg_p_2', trigger: 'big', description: '' }] }),
+        step({ kind: 'trigger', handlerId: 'reg_p_2', payloadJson: JSON.stringify({ unicode }), timeoutMs: 30_000, registrations: [] }),
+      ];
+      delete steps[2].source;
+      delete steps[2].argsJson;
+      const r = recipe({ tenant: 'tenant ü', name: 'name.é-1', steps: steps.slice(0, 1) });
+      await store.create(r, false);
+      await store.append(r.interpreterId, steps[1]);
+      await store.append(r.interpreterId, steps[2]);
+      const loaded = await store.load(r.interpreterId);
+      assert.deepEqual(loaded, { ...r, steps });
+      assert.equal(loaded?.steps[1].source?.length, big.length);
+    });
+
+    it('sees everything after close and reopen', async () => {
+      let store = await open();
+      const kept = recipe({ name: 'svc', steps: [step()] });
+      const removed = recipe();
+      await store.create(kept, false);
+      await store.create(removed, false);
+      await store.append(kept.interpreterId, step({ kind: 'register', trigger: 't', description: 'd' }));
+      await store.release(kept.interpreterId, ['reg_9']);
+      await store.remove(removed.interpreterId);
+      const replacer = recipe({ name: 'svc2' });
+      await store.create(replacer, false);
+      const before = await store.loadAll();
+      await store.close();
+      await store.close();
+      await rejectsWith(store.loadAll(), IllegalStateError);
+
+      store = await open();
+      assert.deepEqual(await store.loadAll(), before);
+      // The name rule held across the restart too.
+      await rejectsWith(store.create(recipe({ name: 'svc' }), false), NameTakenError);
+    });
+  });
+}
+
+/** Runs a child process (the repo's TypeScript through tsx) and resolves once it printed `ready`. */
+function spawnChild(code: string): Promise<{ kill(): Promise<void> }> {
+  const child = spawn(process.execPath, ['--no-node-snapshot', '--import', 'tsx', '-e', code], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let output = '';
+  return new Promise((resolve, reject) => {
+    child.stderr.on('data', (c: Buffer) => (output += c.toString()));
+    child.stdout.on('data', (c: Buffer) => {
+      output += c.toString();
+      if (output.includes('ready'))
+        resolve({
+          kill: async () => {
+            child.kill('SIGKILL');
+            await exited;
+          },
+        });
+    });
+    void exited.then(() => reject(new Error(`child exited before ready:\n${output}`)));
+  });
+}
+
+describe('registration stores', () => {
+  describe('SqliteStore', () => {
+    const dirs: string[] = [];
+    const tempDir = (): string => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'isogear-store-'));
+      dirs.push(dir);
+      return dir;
+    };
+    after(() => {
+      for (const dir of dirs) {
+        chmodSync(dir, 0o700);
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    describeStore('conformance', async () => {
+      const dir = path.join(tempDir(), 'data');
+      return { open: async () => SqliteStore.open(dir), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+    });
+
+    describe('on its own', () => {
+      it('creates nested directories and one isogear.db, with WAL but no -shm file (exclusive locking)', async () => {
+        const dir = path.join(tempDir(), 'a', 'b');
+        const store = SqliteStore.open(dir);
+        try {
+          assert.equal(store.shared, false);
+          assert.equal((store as RegistrationStore).follow, undefined);
+          assert.equal(store.description, `sqlite ${path.join(dir, 'isogear.db')}`);
+          await store.create(recipe(), false);
+          assert.deepEqual(readdirSync(dir).sort(), ['isogear.db', 'isogear.db-wal']);
+        } finally {
+          await store.close();
+        }
+      });
+
+      it('refuses a second opener of the same directory, in this process and in another', async function () {
+        this.timeout(60_000);
+        const dir = tempDir();
+        const first = SqliteStore.open(dir);
+        try {
+          assert.throws(() => SqliteStore.open(dir), (err: Error) => err instanceof StoreError && /isogear\.db is in use by another isogear process/.test(err.message));
+        } finally {
+          await first.close();
+        }
+
+        // Another process holds it, with a change it acknowledged; SIGKILL must keep that change.
+        const r = recipe({ name: 'durable' });
+        const child = await spawnChild(
+          `const { SqliteStore } = require('./src/store/SqliteStore.ts');
+           const s = SqliteStore.open(${JSON.stringify(dir)});
+           s.create(${JSON.stringify(r)}, false).then(() => { console.log('ready'); setInterval(() => {}, 1000); });`,
+        );
+        try {
+          assert.throws(() => SqliteStore.open(dir), (err: Error) => err instanceof StoreError && /is in use by another isogear process/.test(err.message));
+        } finally {
+          await child.kill();
+        }
+        const after = SqliteStore.open(dir);
+        try {
+          assert.deepEqual(await after.loadAll(), [r]);
+        } finally {
+          await after.close();
+        }
+      });
+
+      it('keeps the name rule in the database itself, not only in the code', async () => {
+        const dir = tempDir();
+        const store = SqliteStore.open(dir);
+        await store.create(recipe({ name: 'svc' }), false);
+        await store.close();
+        const db = new Database(path.join(dir, 'isogear.db'));
+        try {
+          const insert = db.prepare("INSERT INTO interpreters (id, tenant, name, mode, memory_mb, prefix, created_at_ms) VALUES (?, 'acme', ?, 'shared', 64, 'p_', 0)");
+          assert.throws(() => insert.run('itp_dup', 'svc'), /UNIQUE constraint failed/);
+          insert.run('itp_unnamed_1', '');
+          insert.run('itp_unnamed_2', '');
+        } finally {
+          db.close();
+        }
+      });
+
+      it('refuses a file written by a newer schema version', async () => {
+        const dir = tempDir();
+        await SqliteStore.open(dir).close();
+        const db = new Database(path.join(dir, 'isogear.db'));
+        db.pragma('user_version = 99');
+        db.close();
+        assert.throws(
+          () => SqliteStore.open(dir),
+          (err: Error) => err instanceof StoreError && /newer isogear \(schema version 99; this one reads up to 1\)/.test(err.message) && err.message.includes(dir),
+        );
+      });
+
+      it('reports a corrupt file as a StoreError naming it', () => {
+        const dir = tempDir();
+        writeFileSync(path.join(dir, 'isogear.db'), Buffer.alloc(8192, 'not a database '));
+        assert.throws(
+          () => SqliteStore.open(dir),
+          (err: Error) => err instanceof StoreError && err.message.includes(path.join(dir, 'isogear.db')) && /not a database/.test(err.message),
+        );
+      });
+
+      it('reports a directory it cannot create or write as a StoreError naming the path', () => {
+        const base = tempDir();
+        // Root writes anywhere, so a path through a regular file is the unwritable directory it cannot get past.
+        writeFileSync(path.join(base, 'file'), '');
+        const under = path.join(base, 'file', 'data');
+        assert.throws(() => SqliteStore.open(under), (err: Error) => err instanceof StoreError && err.message.includes(under) && /ENOTDIR/.test(err.message));
+        if (process.getuid?.() !== 0) {
+          const readOnly = path.join(base, 'ro');
+          SqliteStore.open(readOnly).close();
+          rmSync(path.join(readOnly, 'isogear.db'));
+          chmodSync(readOnly, 0o500);
+          assert.throws(() => SqliteStore.open(readOnly), (err: Error) => err instanceof StoreError && err.message.includes(readOnly));
+        }
+      });
+    });
+  });
+
+  describe('RedisStore', function () {
+    let redis: TestRedis | undefined;
+    const extra: TestRedis[] = [];
+    const stores: RegistrationStore[] = [];
+    let prefixes = 0;
+    before(async function () {
+      requireRedis(this);
+      redis = await startRedis();
+    });
+    afterEach(async () => {
+      for (const s of stores.splice(0)) await s.close();
+      for (const r of extra.splice(0)) await r.stop();
+    });
+    after(async () => {
+      await redis?.stop();
+    });
+
+    const nextPrefix = (): string => `t${++prefixes}:`;
+    /** A store on `url` (the suite's Redis by default), closed after the test. */
+    const openStore = async (keyPrefix: string, url = redis!.url): Promise<RedisStore> => {
+      const store = await RedisStore.open(url, { keyPrefix });
+      stores.push(store);
+      return store;
+    };
+    /** Records what follow() reports. */
+    const follower = async (store: RedisStore): Promise<{ changed: string[]; resyncs: number }> => {
+      const seen = { changed: [] as string[], resyncs: 0 };
+      await store.follow(
+        (id) => seen.changed.push(id),
+        () => seen.resyncs++,
+      );
+      return seen;
+    };
+
+    describeStore('conformance', async () => {
+      // Every test its own key prefix on the one server: a reopen is a new client on the same keys.
+      const keyPrefix = nextPrefix();
+      return { open: () => RedisStore.open(redis!.url, { keyPrefix }), cleanup: async () => undefined };
+    });
+
+    describe('on its own', () => {
+      it('fails fast at open when Redis does not answer', async () => {
+        const gone = await startRedis();
+        await gone.stop();
+        const started = Date.now();
+        await rejectsWith(RedisStore.open(gone.url), StoreError, new RegExp(`redis ${gone.url} did not answer within \\d+ ms`));
+        assert.ok(Date.now() - started < 6000, `open took ${Date.now() - started} ms`);
+      });
+
+      it('is shared, and keeps its keys under the prefix', async () => {
+        const prefix = nextPrefix();
+        const store = await openStore(prefix);
+        assert.equal(store.shared, true);
+        assert.match(store.description, new RegExp(`^redis ${redis!.url} \\(keys ${prefix}\\*\\)$`));
+        await store.create(recipe({ name: 'n', steps: [step()], released: ['reg_1'] }), false);
+        const raw = new Redis(redis!.url);
+        try {
+          const keys = await raw.keys('*');
+          // meta, steps, released, index, names, seq, changes
+          assert.equal(keys.filter((k) => k.startsWith(prefix)).length, 7, keys.join(' '));
+        } finally {
+          raw.disconnect();
+        }
+      });
+
+      it("follow reports another replica's changes, including the removal a replaceName made", async function () {
+        this.timeout(20_000);
+        const prefix = nextPrefix();
+        const [a, b] = [await openStore(prefix), await openStore(prefix)];
+        const seen = await follower(a);
+        const old = recipe({ name: 'svc' });
+        await b.create(old, false);
+        await waitFor('the create reported', () => seen.changed.includes(old.interpreterId), 3000);
+        seen.changed.length = 0;
+        const next = recipe({ name: 'svc' });
+        assert.deepEqual(await b.create(next, true), { replaced: old.interpreterId });
+        await b.append(next.interpreterId, step());
+        await b.release(next.interpreterId, ['reg_1']);
+        await b.remove(next.interpreterId);
+        await waitFor('five changes reported', () => seen.changed.length >= 5, 3000);
+        assert.deepEqual(seen.changed, [old.interpreterId, next.interpreterId, next.interpreterId, next.interpreterId, next.interpreterId]);
+        // No-ops on a recipe that is gone report nothing.
+        await b.append(next.interpreterId, step());
+        await a.create(recipe(), false);
+        await waitFor("a's own create reported", () => seen.changed.length === 6, 3000);
+        assert.equal(seen.resyncs, 0);
+        const closing = Date.now();
+        await a.close();
+        assert.ok(Date.now() - closing < 2500, `close took ${Date.now() - closing} ms`);
+      });
+
+      it('follow resyncs when the changes stream was trimmed past it', async () => {
+        const prefix = nextPrefix();
+        const store = await openStore(prefix);
+        const seen = await follower(store);
+        const raw = new Redis(redis!.url);
+        try {
+          // What MAXLEN trimming does to a follower that fell behind: an entry it never read.
+          await raw.multi().incr(`${prefix}seq`).xadd(`${prefix}changes`, '*', 'id', 'itp_lost', 'n', '1').xtrim(`${prefix}changes`, 'MAXLEN', 0).exec();
+        } finally {
+          raw.disconnect();
+        }
+        const r = recipe();
+        await store.create(r, false);
+        await waitFor('resync', () => seen.resyncs === 1, 3000);
+        await waitFor('the create reported', () => seen.changed.includes(r.interpreterId), 3000);
+        assert.ok(!seen.changed.includes('itp_lost'));
+      });
+
+      it('follow resyncs after Redis restarts, then goes on reporting; commands while it is down fail in bounded time', async function () {
+        this.timeout(30_000);
+        const own = await startRedis();
+        extra.push(own);
+        const prefix = nextPrefix();
+        const store = await openStore(prefix, own.url);
+        const seen = await follower(store);
+        await store.create(recipe(), false);
+        await waitFor('the create reported', () => seen.changed.length === 1, 3000);
+
+        await own.restart();
+        await waitFor('resync after the restart', () => seen.resyncs >= 1, 10_000);
+        // Its main connection came back too (the restarted Redis is empty: no persistence).
+        const r = recipe();
+        await eventually('a write after the restart', () => store.create(r, false), 5000);
+        await waitFor('the create after the restart reported', () => seen.changed.includes(r.interpreterId), 5000);
+        assert.equal(seen.resyncs, 1);
+
+        await own.stop();
+        const started = Date.now();
+        await rejectsWith(store.append(r.interpreterId, step()), StoreError, /append failed/);
+        await rejectsWith(store.loadAll(), StoreError, /loadAll failed/);
+        assert.ok(Date.now() - started < 1000, `the failing commands took ${Date.now() - started} ms`);
+        const closing = Date.now();
+        await store.close();
+        assert.ok(Date.now() - closing < 1000, `close with Redis gone took ${Date.now() - closing} ms`);
+      });
+
+      it('two replicas racing create for one name: exactly one wins, the other gets NameTakenError', async () => {
+        const prefix = nextPrefix();
+        const [a, b] = [await openStore(prefix), await openStore(prefix)];
+        for (let round = 0; round < 25; round++) {
+          const name = `race${round}`;
+          const [ra, rb] = [recipe({ name }), recipe({ name })];
+          const results = await Promise.allSettled([a.create(ra, false), b.create(rb, false)]);
+          const won = results.filter((x) => x.status === 'fulfilled');
+          const lost = results.filter((x): x is PromiseRejectedResult => x.status === 'rejected');
+          assert.equal(won.length, 1, `round ${round}: ${results.map((x) => x.status).join(', ')}`);
+          assert.ok(lost[0].reason instanceof NameTakenError, String(lost[0].reason));
+          const winner = results[0].status === 'fulfilled' ? ra : rb;
+          assert.equal((lost[0].reason as NameTakenError).holder, winner.interpreterId);
+        }
+        assert.equal((await a.loadAll()).length, 25);
+      });
+    });
+  });
+});
