@@ -46,6 +46,15 @@ export interface Config {
   tlsClientTenant: 'none' | 'cn';
   /** Adds a `tenant` label to the run metrics and exports per-tenant gauges (one series per tenant). */
   metricsTenantLabel: boolean;
+  /**
+   * Where recipes of interpreters with registrations are kept: 'sqlite' (the embedded file in
+   * dataDir), 'memory' (nothing durable), or a redis:// or rediss:// URL (shared by replicas).
+   */
+  store: string;
+  /** Directory of the embedded store. */
+  dataDir: string;
+  /** Interpreters rebuilt at once at start-up. */
+  restoreConcurrency: number;
 }
 
 /** A setting is missing its mark; the message names the variable. Start-up stops. */
@@ -93,6 +102,27 @@ const optionalPath: Parser<string> = (raw, variable) => {
   const v = raw.trim();
   if (v.includes('\0')) throw new ConfigError(`${variable} must be a file path, got ${JSON.stringify(raw)}`);
   return v;
+};
+
+/** 'sqlite' (also for ''), 'memory', or a Redis URL with a host. */
+const storeSetting: Parser<string> = (raw, variable) => {
+  const v = raw.trim();
+  if (v === 'sqlite' || v === 'memory') return v;
+  if (/^rediss?:\/\//i.test(v)) {
+    let url: URL;
+    try {
+      url = new URL(v);
+    } catch {
+      throw new ConfigError(`${variable} is not a valid Redis URL (redis://[:password@]host:port[/db])`);
+    }
+    if (!url.hostname) throw new ConfigError(`${variable} must name the Redis host: redis://host:6379`);
+    if (url.pathname && url.pathname !== '/' && !/^\/\d{1,2}$/.test(url.pathname)) {
+      throw new ConfigError(`${variable}: the path of a Redis URL is the database number (/0 to /15)`);
+    }
+    return v;
+  }
+  // never echo it: a URL may carry a password
+  throw new ConfigError(`${variable} must be sqlite, memory, or a redis:// or rediss:// URL`);
 };
 
 interface Setting<K extends keyof Config> {
@@ -144,6 +174,9 @@ const SETTINGS = [
   setting('tlsKeyFile', 'ISOGEAR_TLS_KEY_FILE', optionalPath, () => ''),
   setting('tlsClientCaFile', 'ISOGEAR_TLS_CLIENT_CA_FILE', optionalPath, () => ''),
   setting('tlsClientTenant', 'ISOGEAR_TLS_CLIENT_TENANT', oneOf<'none' | 'cn'>('none', 'cn'), (): 'none' | 'cn' => 'none'),
+  setting('store', 'ISOGEAR_STORE', storeSetting, () => 'sqlite'),
+  setting('dataDir', 'ISOGEAR_DATA_DIR', optionalPath, () => './data'),
+  setting('restoreConcurrency', 'ISOGEAR_RESTORE_CONCURRENCY', int(1, 256), () => 4),
   setting('tenantMaxDedicatedMemoryMb', 'ISOGEAR_TENANT_MAX_DEDICATED_MEMORY_MB', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? 10_000) * (p.maxMemoryMb ?? 512))),
 ] as Setting<keyof Config>[];
 

@@ -3,6 +3,8 @@ import { ConfigError, loadConfig } from './config';
 import { createLogger } from './logger';
 import { engineProblem } from './sandbox/engineCheck';
 import { startServer, TlsFileError, type RunningServer } from './server';
+import { redactStoreUrl } from './store/open';
+import { StoreError } from './store/types';
 
 /** After a graceful shutdown, how long the event loop may take to end by itself. */
 const EXIT_WAIT_MS = 5000;
@@ -84,10 +86,17 @@ async function main(): Promise<void> {
       process.stderr.write(`isogear: ${err.message}\n`);
       process.exit(2);
     }
+    if (err instanceof StoreError) {
+      process.stderr.write(`isogear: ISOGEAR_STORE: ${err.message}\n`);
+      // isolates may exist already (the restore read failed): let the event loop end, as below
+      process.exitCode = 2;
+      setTimeout(() => process.exit(2), EXIT_WAIT_MS).unref();
+      return;
+    }
     throw err;
   }
   started.server = server;
-  logger.info({ config, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress, healthAddress: server.healthAddress }, 'isogear started');
+  logger.info({ config: { ...config, store: redactStoreUrl(config.store) }, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress, healthAddress: server.healthAddress }, 'isogear started');
   if (pending) stop(server, pending);
 }
 

@@ -12,6 +12,8 @@ import type { Logger } from './logger';
 import { metricsInterceptor } from './metrics/grpcInterceptor';
 import { IsogearMetrics } from './metrics/metrics';
 import { MetricsServer } from './metrics/MetricsServer';
+import { openStore } from './store/open';
+import type { RegistrationStore } from './store/types';
 
 /** proto/ sits beside src/ and dist/ alike. */
 const PROTO_DIR = path.join(__dirname, '..', 'proto');
@@ -104,7 +106,111 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     logger.warn({}, 'no ISOGEAR_API_KEYS_FILE: the server is open, and every caller is the one tenant "default"');
   }
   const metrics = new IsogearMetrics({ tenantLabel: config.metricsTenantLabel });
-  const manager = await InterpreterManager.create({
+  // Opened before anything serves: a store that cannot be opened stops start-up (StoreError).
+  const store = await openStore(config, logger);
+  if (store) logger.info({ store: store.description }, 'registrations are durable: recipes are kept in the store');
+  let manager: InterpreterManager;
+  try {
+    manager = await createManager(config, logger, metrics, keys, store);
+  } catch (err) {
+    await store?.close();
+    throw err;
+  }
+  // Requests wait (UNAVAILABLE) and health says NOT_SERVING until the stored interpreters are back.
+  const restored = restoreStored(manager, store, config, logger);
+  restored.catch(() => undefined);
+
+  // Requests are bounded by the source/value limits; leave room for modules and proto framing.
+  const maxMessage = config.maxSourceBytes + 2 * config.maxValueBytes + 1024 * 1024;
+  metrics.observe(manager, keys);
+  const server = new Server({
+    'grpc.max_receive_message_length': maxMessage,
+    // A Trigger response keeps its results and logs within ISOGEAR_MAX_RESPONSE_BYTES; leave
+    // room for the fields around them.
+    'grpc.max_send_message_length': Math.max(maxMessage, config.maxResponseBytes + 1024 * 1024),
+    interceptors: [metricsInterceptor(metrics)],
+  });
+  const health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
+  health.addToServer(server);
+  new GearsService(manager, logger, auth).addToServer(server);
+  const described = loadSync([path.join(PROTO_DIR, 'isogear/v1/gears.proto'), healthProtoPath], { includeDirs: [PROTO_DIR] });
+  new ReflectionService(described).addToServer(server);
+
+  let port: number;
+  try {
+    port = await new Promise<number>((resolve, reject) => {
+      server.bindAsync(config.grpcAddress, credentials, (err, p) => (err ? reject(err) : resolve(p)));
+    });
+  } catch (err) {
+    await manager.destroy();
+    await store?.close();
+    throw err;
+  }
+  const host = config.grpcAddress.slice(0, config.grpcAddress.lastIndexOf(':'));
+  const grpcAddress = `${host}:${port}`;
+  // Health alone, in plaintext, for probes that cannot speak TLS (the kubelet's gRPC probe); it
+  // shares the statuses of the main server's health service.
+  let healthServer: Server | undefined;
+  let healthAddress: string | undefined;
+  let metricsServer: MetricsServer;
+  try {
+    if (config.healthAddress) {
+      const hs = new Server();
+      healthServer = hs;
+      health.addToServer(hs);
+      const healthPort = await new Promise<number>((resolve, reject) => {
+        hs.bindAsync(config.healthAddress, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+      });
+      healthAddress = `${config.healthAddress.slice(0, config.healthAddress.lastIndexOf(':'))}:${healthPort}`;
+    }
+    metricsServer = await MetricsServer.start(config.metricsAddress, metrics.registry);
+    await restored;
+  } catch (err) {
+    healthServer?.forceShutdown();
+    server.forceShutdown();
+    await manager.destroy();
+    await store?.close();
+    throw err;
+  }
+  health.setStatus('', 'SERVING');
+  health.setStatus(SERVICE_NAME, 'SERVING');
+  keys?.watch();
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = (graceMs = config.shutdownGraceMs): Promise<void> => {
+    stopping ??= (async () => {
+      keys?.close();
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), graceMs);
+      });
+      const first = await Promise.race([drained, timedOut]);
+      clearTimeout(timer);
+      // Disposing the isolates ends runs still in flight (OUTCOME_ABORTED); give their calls a
+      // moment to deliver that answer before cutting connections.
+      await manager.destroy();
+      await store?.close();
+      if (first === 'timeout') {
+        const answered = await Promise.race([drained.then(() => true), sleep(FINAL_ANSWER_MS).then(() => false)]);
+        if (!answered) server.forceShutdown();
+      }
+      await drained;
+      // probes keep seeing NOT_SERVING until the end
+      if (healthServer) await new Promise<void>((resolve) => healthServer.tryShutdown(() => resolve()));
+      await metricsServer.close();
+    })();
+    return stopping;
+  };
+
+  const reloadKeys = (): Promise<boolean> => (keys ? keys.reload() : Promise.resolve(false));
+  return { grpcAddress, metricsAddress: metricsServer.address, healthAddress, metrics, manager, reloadKeys, shutdown };
+}
+
+function createManager(config: Config, logger: Logger, metrics: IsogearMetrics, keys: ApiKeys | undefined, store: RegistrationStore | undefined): Promise<InterpreterManager> {
+  return InterpreterManager.create({
     onRunEnd: metrics.recordRun,
     defaultMode: config.defaultMode,
     defaultTimeoutMs: config.defaultTimeoutMs,
@@ -134,89 +240,42 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
       dedicatedMemoryMb: config.tenantMaxDedicatedMemoryMb,
       ...keys?.quotasOf(tenant),
     }),
+    store,
     logger,
     onCatastrophicError: exitOnCatastrophe(logger),
   });
+}
 
-  // Requests are bounded by the source/value limits; leave room for modules and proto framing.
-  const maxMessage = config.maxSourceBytes + 2 * config.maxValueBytes + 1024 * 1024;
-  metrics.observe(manager, keys);
-  const server = new Server({
-    'grpc.max_receive_message_length': maxMessage,
-    // A Trigger response keeps its results and logs within ISOGEAR_MAX_RESPONSE_BYTES; leave
-    // room for the fields around them.
-    'grpc.max_send_message_length': Math.max(maxMessage, config.maxResponseBytes + 1024 * 1024),
-    interceptors: [metricsInterceptor(metrics)],
-  });
-  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
-  health.addToServer(server);
-  new GearsService(manager, logger, auth).addToServer(server);
-  const described = loadSync([path.join(PROTO_DIR, 'isogear/v1/gears.proto'), healthProtoPath], { includeDirs: [PROTO_DIR] });
-  new ReflectionService(described).addToServer(server);
+const PROGRESS_LOG_MS = 2000;
 
-  let port: number;
-  try {
-    port = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(config.grpcAddress, credentials, (err, p) => (err ? reject(err) : resolve(p)));
-    });
-  } catch (err) {
-    await manager.destroy();
-    throw err;
+/**
+ * Rebuilds the stored interpreters. A shared store is followed first (so no change made while
+ * the restore reads is missed), then every recipe is replayed, ISOGEAR_RESTORE_CONCURRENCY at once.
+ */
+async function restoreStored(manager: InterpreterManager, store: RegistrationStore | undefined, config: Config, logger: Logger): Promise<void> {
+  if (!store) return;
+  const since = performance.now();
+  if (store.follow) {
+    const apply = (id: string): void => {
+      manager.applyStored(id).catch((err: unknown) => logger.error({ err, interpreterId: id }, 'store: a change from another server could not be applied'));
+    };
+    const resync = (): void => {
+      logger.warn({ store: store.description }, 'store: changes may have been missed; comparing every recipe again');
+      manager.resync(config.restoreConcurrency).catch((err: unknown) => logger.error({ err }, 'store: the comparison failed'));
+    };
+    await store.follow(apply, resync);
   }
-  const host = config.grpcAddress.slice(0, config.grpcAddress.lastIndexOf(':'));
-  const grpcAddress = `${host}:${port}`;
-  // Health alone, in plaintext, for probes that cannot speak TLS (the kubelet's gRPC probe); it
-  // shares the statuses of the main server's health service.
-  let healthServer: Server | undefined;
-  let healthAddress: string | undefined;
-  let metricsServer: MetricsServer;
-  try {
-    if (config.healthAddress) {
-      const hs = new Server();
-      healthServer = hs;
-      health.addToServer(hs);
-      const healthPort = await new Promise<number>((resolve, reject) => {
-        hs.bindAsync(config.healthAddress, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
-      });
-      healthAddress = `${config.healthAddress.slice(0, config.healthAddress.lastIndexOf(':'))}:${healthPort}`;
+  let last = performance.now();
+  const status = await manager.restore(() => store.loadAll(), config.restoreConcurrency, (done, total) => {
+    const now = performance.now();
+    if (done === total || now - last >= PROGRESS_LOG_MS) {
+      last = now;
+      logger.info({ done, total }, 'restore: rebuilding stored interpreters');
     }
-    metricsServer = await MetricsServer.start(config.metricsAddress, metrics.registry);
-  } catch (err) {
-    healthServer?.forceShutdown();
-    server.forceShutdown();
-    await manager.destroy();
-    throw err;
-  }
-  keys?.watch();
-
-  let stopping: Promise<void> | undefined;
-  const shutdown = (graceMs = config.shutdownGraceMs): Promise<void> => {
-    stopping ??= (async () => {
-      keys?.close();
-      health.setStatus('', 'NOT_SERVING');
-      health.setStatus(SERVICE_NAME, 'NOT_SERVING');
-      const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<'timeout'>((resolve) => {
-        timer = setTimeout(() => resolve('timeout'), graceMs);
-      });
-      const first = await Promise.race([drained, timedOut]);
-      clearTimeout(timer);
-      // Disposing the isolates ends runs still in flight (OUTCOME_ABORTED); give their calls a
-      // moment to deliver that answer before cutting connections.
-      await manager.destroy();
-      if (first === 'timeout') {
-        const answered = await Promise.race([drained.then(() => true), sleep(FINAL_ANSWER_MS).then(() => false)]);
-        if (!answered) server.forceShutdown();
-      }
-      await drained;
-      // probes keep seeing NOT_SERVING until the end
-      if (healthServer) await new Promise<void>((resolve) => healthServer.tryShutdown(() => resolve()));
-      await metricsServer.close();
-    })();
-    return stopping;
-  };
-
-  const reloadKeys = (): Promise<boolean> => (keys ? keys.reload() : Promise.resolve(false));
-  return { grpcAddress, metricsAddress: metricsServer.address, healthAddress, metrics, manager, reloadKeys, shutdown };
+  });
+  const log = status.broken.length > 0 ? logger.error.bind(logger) : logger.info.bind(logger);
+  log(
+    { restored: status.restored, broken: status.broken.length, brokenIds: status.broken.map((b) => b.interpreterId), ms: Math.round(performance.now() - since) },
+    'restore: stored interpreters are back',
+  );
 }

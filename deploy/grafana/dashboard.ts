@@ -225,6 +225,20 @@ const PANELS: PanelSpec[] = [
       },
     ],
   },
+  {
+    title: 'Durable registrations: restore and store',
+    description:
+      'Stored interpreters still to rebuild at start-up (isogear_restore_pending; the server answers ' +
+      'UNAVAILABLE until 0), those that could not be rebuilt (isogear_stored_interpreters_broken: listed ' +
+      'FAILED, see the log) and changes the store refused per second (rate of isogear_store_write_failures_total).',
+    unit: 'short',
+    min: 0,
+    queries: [
+      { expr: `sum by (instance) (${sel('isogear_restore_pending')})`, legend: 'pending restore {{instance}}' },
+      { expr: `sum by (instance) (${sel('isogear_stored_interpreters_broken')})`, legend: 'broken {{instance}}' },
+      { expr: `sum by (instance) (${rate('isogear_store_write_failures_total')})`, legend: 'store refusals/s {{instance}}' },
+    ],
+  },
 ];
 
 const PANEL_WIDTH = 12;

@@ -1,6 +1,6 @@
 import { status, type sendUnaryData, type Server, type ServerUnaryCall, type ServiceError } from '@grpc/grpc-js';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
-import { CancelledError, DeadlineExceededError, InvalidArgumentError } from '../core/errors';
+import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError } from '../core/errors';
 import type { IsolateManager, JsonValue } from '../core/types';
 import * as pb from '../gen/isogear/v1/gears';
 import {
@@ -117,7 +117,7 @@ export class GearsService {
     return { registration: registrationToProto(result.registration), interpreter: interpreterToProto(result.interpreter) };
   }
 
-  private release(req: pb.ReleaseRequest, tenant: string): pb.ReleaseResponse {
+  private async release(req: pb.ReleaseRequest, tenant: string): Promise<pb.ReleaseResponse> {
     const byRegistration = req.registrationId !== undefined;
     const byInterpreter = req.interpreterId !== undefined;
     if (byRegistration === byInterpreter) {
@@ -125,7 +125,7 @@ export class GearsService {
     }
     const target = byRegistration ? req.registrationId : req.interpreterId;
     if (!target) throw new InvalidArgumentError(`${byRegistration ? 'registration_id' : 'interpreter_id'} must not be empty`);
-    const result = this.manager.release(byRegistration ? { registrationId: target, tenant } : { interpreterId: target, tenant });
+    const result = await this.manager.release(byRegistration ? { registrationId: target, tenant } : { interpreterId: target, tenant });
     return { releasedRegistrationIds: result.releasedRegistrationIds, interpreter: interpreterToProto(result.interpreter) };
   }
 
@@ -198,6 +198,10 @@ export class GearsService {
         .then(() => {
           // Credentials first: an unauthenticated call learns nothing about its request.
           tenant = this.auth.authenticate(call.metadata.get('authorization'), call.getAuthContext()?.sslPeerCertificate).name;
+          const restoring = this.manager.restoreStatus().restoring;
+          if (restoring) {
+            throw new UnavailableError(`the server is rebuilding its stored interpreters (${restoring.done} of ${restoring.total} done); retry shortly`);
+          }
           return handler(call.request, controller.signal, tenant);
         })
         .then(

@@ -1,4 +1,5 @@
 import type { Sandbox } from '../sandbox/Sandbox';
+import type { RecipeStep } from '../store/types';
 import { IllegalStateError } from './errors';
 import type { IsolateHost } from './IsolateHost';
 import { Reference, type ReferenceCounted } from './Reference';
@@ -12,8 +13,15 @@ import type { InterpreterInfo, InterpreterState, IsolationMode, OwnerKind } from
  * FAILED when its isolate dies.
  */
 export class Interpreter implements ReferenceCounted {
-  readonly createdAt = new Date();
+  createdAt = new Date();
   readonly registrations = new Map<string, Registration>();
+  /** Its recipe as far as it ran here (with a store): the steps replayed to rebuild it. */
+  readonly steps: RecipeStep[] = [];
+  readonly stepIds = new Set<string>();
+  /** Registrations released since their step ran (the store keeps them so, too). */
+  readonly released: string[] = [];
+  /** Its recipe is in the store (it holds, or held, registrations there). */
+  stored = false;
   state: InterpreterState = 'ready';
   failureReason = '';
   cpuTimeMs = 0;

@@ -10,7 +10,8 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from './errors';
-import { newExecutionId, newInterpreterId, newRegistrationPrefix, newToken } from './ids';
+import { NameTakenError, type InterpreterRecipe, type RecipeStep } from '../store/types';
+import { newExecutionId, newInterpreterId, newRegistrationPrefix, newStepId, newToken } from './ids';
 import { Interpreter } from './Interpreter';
 import { IsolateHost, type IsolateDisposeReason } from './IsolateHost';
 import { isValidName, isValidSpecifier, isValidTrigger, TRIGGER_PATTERN } from './names';
@@ -33,6 +34,8 @@ import type {
   ManagerOptions,
   Outcome,
   Page,
+  BrokenRecipe,
+  RestoreStatus,
   RegisterResult,
   RegisterSpec,
   RegistrationFilter,
@@ -133,6 +136,12 @@ interface RunSetup {
   token?: string;
 }
 
+/** The ids a rebuilt interpreter keeps. */
+interface FixedIds {
+  id: string;
+  prefix: string;
+}
+
 type Settled =
   | { kind: 'tuple'; tuple: RunTuple }
   | { kind: 'error'; error: unknown }
@@ -162,6 +171,12 @@ export class InterpreterManager implements IsolateManager {
   private readonly disposedCount: Record<IsolateKind, number> = { dedicated: 0, shared: 0 };
   private readonly disposedByReason = new Map<string, number>();
   private readonly inFlightRuns = new Set<Promise<unknown>>();
+  /** Store work per interpreter, in order (see serial). */
+  private readonly chains = new Map<string, Promise<void>>();
+  private restoring: { total: number; done: number } | undefined;
+  private readonly restored = { restored: 0 };
+  private readonly broken = new Map<string, BrokenRecipe>();
+  private storeFailures = 0;
   private creating = 0;
   private inFlight = 0;
   private readonly inFlightByMode: Record<IsolationMode, number> = { shared: 0, isolate: 0 };
@@ -282,6 +297,7 @@ export class InterpreterManager implements IsolateManager {
 
     let committed: Registration[] = [];
     let overQuota: ResourceExhaustedError | undefined;
+    let notStored: unknown;
     const token = newToken();
     const report = await this.run(
       interp,
@@ -298,19 +314,26 @@ export class InterpreterManager implements IsolateManager {
         },
       },
       (tuple, r) => {
-        const ok = r.outcome === 'succeeded';
-        if (ok && tuple && tuple.registrations.length > 0) {
+        if (r.outcome !== 'succeeded' || !tuple) return;
+        if (tuple.registrations.length > 0) {
           overQuota = this.registrationQuotaRefusal(interp.tenant, tuple.registrations.length);
-          if (overQuota) interp.sandbox.abandon(r.executionId);
-          else committed = this.commit(interp, tuple, r.executionId);
+          if (overQuota) {
+            interp.sandbox.abandon(r.executionId);
+            return;
+          }
         }
-        if (ok && spec.replace && !overQuota) this.swapName(name, interp);
+        const step = { kind: 'execute' as const, source: spec.source, modules, argsJson, timeoutMs: limits.timeoutMs };
+        const done = this.commitStep(interp, tuple, r.executionId, step, spec.replace ? name : undefined, spec.replace ? () => this.swapName(name, interp) : undefined);
+        if (Array.isArray(done)) committed = done;
+        else return done.then((regs) => void (committed = regs), (err: unknown) => void (notStored = err));
       },
       undefined,
       slot,
     );
     // The script ran, but what it registered would pass the tenant's quota: none of it is kept.
     if (overQuota) throw overQuota;
+    // The script ran, but its step could not be stored: none of it is kept.
+    if (notStored) throw notStored;
     return {
       ...report,
       registrations: committed.map((r) => r.info(false)),
@@ -369,6 +392,7 @@ export class InterpreterManager implements IsolateManager {
     let registration: Registration | undefined;
     let refused: string | undefined;
     let overQuota: ResourceExhaustedError | undefined;
+    let notStored: unknown;
     const token = newToken();
     const report = await this.run(
       interp,
@@ -401,11 +425,15 @@ export class InterpreterManager implements IsolateManager {
           interp.sandbox.abandon(r.executionId);
           return;
         }
-        registration = this.commit(interp, tuple, r.executionId)[0];
+        const step = { kind: 'register' as const, source: spec.source, modules, trigger: spec.trigger, description, timeoutMs: limits.timeoutMs };
+        const done = this.commitStep(interp, tuple, r.executionId, step);
+        if (Array.isArray(done)) registration = done[0];
+        else return done.then((regs) => void (registration = regs[0]), (err: unknown) => void (notStored = err));
       },
       undefined,
       slot,
     );
+    if (notStored) throw notStored;
     if (!registration) {
       if (overQuota) throw overQuota;
       if (refused) throw new FailedPreconditionError(refused);
@@ -416,7 +444,34 @@ export class InterpreterManager implements IsolateManager {
     return { registration: registration.info(false), interpreter: await interp.info() };
   }
 
-  release(target: ReleaseTarget): ReleaseResult {
+  async release(target: ReleaseTarget): Promise<ReleaseResult> {
+    const { interp, regs } = this.releaseTarget(target);
+    const store = this.options.store;
+    if (!store || !interp.stored) return this.releaseNow(interp, regs);
+    // Stored first, then gone here: a crash between the two leaves it released after the restore.
+    return this.serial(interp.id, async () => {
+      // the registrations may have gone while this waited its turn (another Release, an upgrade)
+      const live = regs.filter((r) => interp.registrations.get(r.id) === r);
+      if (live.length > 0 && interp.stored) {
+        const all = live.length === interp.registrations.size;
+        try {
+          if (all) await store.remove(interp.id);
+          else await store.release(interp.id, live.map((r) => r.id));
+        } catch (err) {
+          throw this.storeFailure(err, 'the release');
+        }
+        if (all) {
+          interp.stored = false;
+          this.broken.delete(interp.id); // a broken one released: nothing of it is left to rebuild
+        } else interp.released.push(...live.map((r) => r.id));
+      }
+      this.releaseNow(interp, live);
+      return { releasedRegistrationIds: regs.map((r) => r.id), interpreter: interp.infoWithHeap(0) };
+    });
+  }
+
+  /** What a Release names: the registrations to drop and their interpreter (the caller's tenant's only). */
+  private releaseTarget(target: ReleaseTarget): { interp: Interpreter; regs: Registration[] } {
     const tenant = tenantOf(target);
     if ('registrationId' in target) {
       checkIdLength(target.registrationId, 'registration_id');
@@ -424,9 +479,7 @@ export class InterpreterManager implements IsolateManager {
       // another tenant's registration answers exactly like one that does not exist
       const reg = found?.tenant === tenant ? found : undefined;
       if (!reg) throw new NotFoundError(`registration ${target.registrationId} not found (unknown or already released)`);
-      const interp = this.mustInterpreter(reg.interpreterId);
-      this.releaseRegistrations(interp, [reg]);
-      return { releasedRegistrationIds: [reg.id], interpreter: interp.infoWithHeap(0) };
+      return { interp: this.mustInterpreter(reg.interpreterId), regs: [reg] };
     }
     checkIdLength(target.interpreterId, 'interpreter_id');
     const interp = this.ownInterpreter(target.interpreterId, tenant);
@@ -434,8 +487,11 @@ export class InterpreterManager implements IsolateManager {
     if (interp.registrations.size === 0) {
       throw new NotFoundError(`interpreter ${target.interpreterId} holds no registrations to release`);
     }
-    const regs = [...interp.registrations.values()];
-    this.releaseRegistrations(interp, regs);
+    return { interp, regs: [...interp.registrations.values()] };
+  }
+
+  private releaseNow(interp: Interpreter, regs: Registration[]): ReleaseResult {
+    if (regs.length > 0) this.releaseRegistrations(interp, regs);
     return { releasedRegistrationIds: regs.map((r) => r.id), interpreter: interp.infoWithHeap(0) };
   }
 
@@ -705,8 +761,9 @@ export class InterpreterManager implements IsolateManager {
   }
 
   /** A new interpreter for `tenant`, within its quotas (interpreters, dedicated isolate memory). */
-  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string, tenant: string): Promise<Interpreter> {
-    const q = this.quotas(tenant);
+  private async createInterpreter(mode: IsolationMode, memoryMb: number, name: string, tenant: string, fixed?: FixedIds): Promise<Interpreter> {
+    // a rebuilt interpreter was admitted when it was created: its tenant's quotas count it, never refuse it
+    const q = fixed ? undefined : this.quotas(tenant);
     const u = this.use(tenant);
     const memory = mode === 'isolate' ? memoryMb : 0;
     // a quota at or above the server's own limit cannot bind: that limit answers first
@@ -725,7 +782,7 @@ export class InterpreterManager implements IsolateManager {
     u.interpreters += 1;
     u.dedicatedMemoryMb += memory;
     try {
-      return await this.createInterpreterOnce(mode, memoryMb, name, tenant);
+      return await this.createInterpreterOnce(mode, memoryMb, name, tenant, 1, fixed);
     } catch (err) {
       u.interpreters -= 1;
       u.dedicatedMemoryMb -= memory;
@@ -733,7 +790,7 @@ export class InterpreterManager implements IsolateManager {
     }
   }
 
-  private async createInterpreterOnce(mode: IsolationMode, memoryMb: number, name: string, tenant: string, attempt = 1): Promise<Interpreter> {
+  private async createInterpreterOnce(mode: IsolationMode, memoryMb: number, name: string, tenant: string, attempt = 1, fixed?: FixedIds): Promise<Interpreter> {
     if (this.interpreters.size + this.creating >= this.options.maxInterpreters) {
       throw new ResourceExhaustedError(
         'max_interpreters',
@@ -745,16 +802,17 @@ export class InterpreterManager implements IsolateManager {
     try {
       let warm: WarmSandbox | undefined;
       if (mode === 'isolate') {
-        warm = this.pool.takeIsolate(memoryMb, this.onIsolateDeath);
+        // a warm sandbox has its ids built in: a rebuilt interpreter needs its own
+        warm = fixed ? undefined : this.pool.takeIsolate(memoryMb, this.onIsolateDeath);
         host = warm?.host ?? IsolateHost.create('dedicated', memoryMb, this.onIsolateDeath, this.options.onCatastrophicError);
         this.created.dedicated += 1;
         this.dedicated.add(host);
       } else {
         host = this.pickShared();
-        warm = this.pool.takeContext(host, host.isProgressing(performance.now(), WARM_PROGRESS_MS));
+        warm = fixed ? undefined : this.pool.takeContext(host, host.isProgressing(performance.now(), WARM_PROGRESS_MS));
       }
-      const id = warm?.id ?? newInterpreterId();
-      const prefix = warm?.registrationPrefix ?? newRegistrationPrefix();
+      const id = fixed?.id ?? warm?.id ?? newInterpreterId();
+      const prefix = fixed?.prefix ?? warm?.registrationPrefix ?? newRegistrationPrefix();
       host.interpreterIds.add(id);
       let sandbox: Sandbox;
       try {
@@ -764,7 +822,7 @@ export class InterpreterManager implements IsolateManager {
         if (host.kind === 'shared' && host.disposed && !this.closed && attempt < 2) {
           // the shared isolate died under us (another interpreter's memory kill): its slot has a
           // fresh isolate already, so try once more
-          return this.createInterpreterOnce(mode, memoryMb, name, tenant, attempt + 1);
+          return this.createInterpreterOnce(mode, memoryMb, name, tenant, attempt + 1, fixed);
         }
         throw new UnavailableError(`could not create an interpreter: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
@@ -944,15 +1002,19 @@ export class InterpreterManager implements IsolateManager {
     for (const r of tuple.registrations) {
       const reg = new Registration(r.id, ++this.seq, r.trigger, interp.id, r.description, interp.acquire('registration'), interp.tenant);
       interp.registrations.set(reg.id, reg);
-      this.registrations.set(reg.id, reg);
-      const key = scoped(reg.tenant, reg.trigger);
-      const list = this.byTrigger.get(key);
-      if (list) list.push(reg);
-      else this.byTrigger.set(key, [reg]);
-      this.use(reg.tenant).registrations += 1;
+      this.index(reg);
       out.push(reg);
     }
     return out;
+  }
+
+  private index(reg: Registration): void {
+    this.registrations.set(reg.id, reg);
+    const key = scoped(reg.tenant, reg.trigger);
+    const list = this.byTrigger.get(key);
+    if (list) list.push(reg);
+    else this.byTrigger.set(key, [reg]);
+    this.use(reg.tenant).registrations += 1;
   }
 
   /**
@@ -1015,6 +1077,371 @@ export class InterpreterManager implements IsolateManager {
     }
   }
 
+  // ---------------------------------------------------------------- durability
+
+  /**
+   * Commits a finished run's registrations, as `commit` does; with a store, once its step is
+   * stored (the step is created with the interpreter's recipe, or appended to it). Synchronous
+   * (an array) when nothing durable changes, a promise otherwise; the promise rejects, with
+   * nothing kept, when the store refuses. `after` runs in the same synchronous step as the
+   * commit (an upgrade's swap).
+   */
+  private commitStep(
+    interp: Interpreter,
+    tuple: RunTuple,
+    execId: string,
+    base: Omit<RecipeStep, 'id' | 'registrations'>,
+    replaceName?: string,
+    after?: () => void,
+  ): Registration[] | Promise<Registration[]> {
+    const store = this.options.store;
+    const step: RecipeStep = {
+      ...base,
+      id: newStepId(),
+      registrations: tuple.registrations.map((r) => ({ id: r.id, trigger: r.trigger, description: r.description })),
+    };
+    const n = step.registrations.length;
+    const oldHolder = replaceName ? this.names.get(scoped(interp.tenant, replaceName)) : undefined;
+    if (!store || (!interp.stored && n === 0 && !oldHolder?.stored)) {
+      const out = this.commit(interp, tuple, execId);
+      if (store && interp.accepting) this.noteStep(interp, step);
+      after?.();
+      return out;
+    }
+    const u = this.use(interp.tenant);
+    u.registrations += n; // held for the step while it is written, so a concurrent request sees the quota used
+    return this.serial(interp.id, async () => {
+      let created = false;
+      let replaced: string | undefined;
+      try {
+        if (interp.stored) await store.append(interp.id, step);
+        else if (n > 0) {
+          replaced = (await store.create(this.recipeOf(interp, step, replaceName ?? interp.name), replaceName !== undefined)).replaced;
+          created = true;
+          interp.stored = true;
+        } else if (oldHolder?.stored) {
+          // an upgrade that registers nothing: the old holder of the name goes, and nothing replaces it
+          await store.remove(oldHolder.id);
+          oldHolder.stored = false;
+        }
+      } catch (err) {
+        u.registrations -= n;
+        interp.sandbox.abandon(execId);
+        throw err instanceof NameTakenError
+          ? new AlreadyExistsError(`an interpreter named "${err.interpreterName}" already exists; set replace to upgrade it`)
+          : this.storeFailure(err, 'the registrations');
+      }
+      u.registrations -= n;
+      const out = this.commit(interp, tuple, execId);
+      if (out.length < n) {
+        // stored, but the interpreter stopped taking registrations meanwhile (its isolate died)
+        this.unstore(interp, created, step.registrations.map((r) => r.id));
+      } else this.noteStep(interp, step);
+      after?.();
+      // another server's interpreter held the name: it went from the store with this step
+      const other = replaced && replaced !== oldHolder?.id ? this.interpreters.get(replaced) : undefined;
+      if (other) this.dropUnstored(other);
+      return out;
+    });
+  }
+
+  /** Undoes a stored step whose registrations could not be kept (best effort, logged). */
+  private unstore(interp: Interpreter, created: boolean, ids: string[]): void {
+    const store = this.options.store;
+    if (!store) return;
+    const undo = created ? store.remove(interp.id) : store.release(interp.id, ids);
+    if (created) interp.stored = false;
+    else interp.released.push(...ids);
+    undo.catch((err: unknown) => this.options.logger?.error({ err, interpreterId: interp.id }, 'store: could not undo a step whose registrations were not kept'));
+  }
+
+  /** Its recipe left the store (another server released or replaced it): it goes here too. */
+  private dropUnstored(interp: Interpreter): void {
+    interp.stored = false;
+    this.broken.delete(interp.id);
+    const key = scoped(interp.tenant, interp.name);
+    if (interp.name && this.names.get(key) === interp) {
+      this.names.delete(key);
+      interp.name = '';
+    }
+    if (interp.registrations.size > 0) this.releaseRegistrations(interp, [...interp.registrations.values()]);
+  }
+
+  private noteStep(interp: Interpreter, step: RecipeStep): void {
+    interp.steps.push(step);
+    interp.stepIds.add(step.id);
+  }
+
+  private recipeOf(interp: Interpreter, step: RecipeStep, name: string): InterpreterRecipe {
+    return {
+      interpreterId: interp.id,
+      tenant: interp.tenant,
+      name,
+      mode: interp.mode,
+      memoryMb: interp.mode === 'isolate' ? interp.host.memoryLimitMb : 0,
+      registrationPrefix: interp.registrationPrefix,
+      createdAtMs: interp.createdAt.getTime(),
+      steps: [...interp.steps, step],
+      released: [...interp.released],
+    };
+  }
+
+  private storeFailure(err: unknown, what: string): UnavailableError {
+    const why = err instanceof Error ? err.message : String(err);
+    this.options.logger?.error({ err, store: this.options.store?.description }, `store: ${what} could not be stored`);
+    this.storeFailures += 1;
+    return new UnavailableError(`${what} could not be stored, so nothing changed: ${why}; retry when the store is back`, { cause: err });
+  }
+
+  /** Runs store work of one interpreter in order: its writes, releases and replays never interleave. */
+  private serial<T>(interpreterId: string, work: () => Promise<T>): Promise<T> {
+    const before = this.chains.get(interpreterId) ?? Promise.resolve();
+    const next = before.then(work);
+    const tail = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.chains.set(interpreterId, tail);
+    void tail.then(() => {
+      if (this.chains.get(interpreterId) === tail) this.chains.delete(interpreterId);
+    });
+    return next;
+  }
+
+  /**
+   * Rebuilds stored interpreters (at start-up, from what `load` reads): each recipe is replayed in a fresh interpreter,
+   * `concurrency` at a time. A recipe that cannot be replayed is kept in the store and its
+   * interpreter listed FAILED with its registrations (broken); none is dropped.
+   */
+  async restore(load: () => Promise<InterpreterRecipe[]>, concurrency: number, onProgress?: (done: number, total: number) => void): Promise<RestoreStatus> {
+    // requests wait from now on: none may see the registrations half restored
+    const progress = { total: 0, done: 0 };
+    this.restoring = progress;
+    let recipes: InterpreterRecipe[];
+    try {
+      recipes = await load();
+    } catch (err) {
+      this.restoring = undefined;
+      throw err;
+    }
+    progress.total = recipes.length;
+    this.options.logger?.info({ interpreters: recipes.length, concurrency }, 'restore: rebuilding stored interpreters from their recipes');
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < recipes.length && !this.closed) {
+        const recipe = recipes[next++];
+        await this.serial(recipe.interpreterId, () => this.restoreOne(recipe, 'restore'));
+        progress.done += 1;
+        onProgress?.(progress.done, recipes.length);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, recipes.length)) }, worker));
+    this.restoring = undefined;
+    return this.restoreStatus();
+  }
+
+  /** Restored and broken recipes so far (restore and replicas' changes), for status and metrics. */
+  restoreStatus(): RestoreStatus {
+    return {
+      ...this.restored,
+      broken: [...this.broken.values()],
+      restoring: this.restoring ? { ...this.restoring } : undefined,
+      storeWriteFailures: this.storeFailures,
+    };
+  }
+
+  /** False while the start-up restore runs: requests wait for it (UNAVAILABLE). */
+  get ready(): boolean {
+    return this.restoring === undefined;
+  }
+
+  private async restoreOne(recipe: InterpreterRecipe, why: 'restore' | 'replica'): Promise<void> {
+    if (this.closed || this.interpreters.has(recipe.interpreterId)) return;
+    const since = performance.now();
+    let interp: Interpreter;
+    try {
+      interp = await this.createInterpreter(recipe.mode, recipe.memoryMb || this.options.defaultMemoryMb, '', recipe.tenant, {
+        id: recipe.interpreterId,
+        prefix: recipe.registrationPrefix,
+      });
+    } catch (err) {
+      // No interpreter to list it under (the server is full): it stays stored for the next start.
+      const reason = `no interpreter could be created for it: ${err instanceof Error ? err.message : String(err)}`;
+      this.noteBroken(recipe, reason);
+      return;
+    }
+    interp.stored = true;
+    interp.createdAt = new Date(recipe.createdAtMs);
+    // held through the replay: a step that registers nothing must not dispose it
+    const hold = interp.acquire('execution');
+    try {
+      if (recipe.name) this.claimName(interp, recipe.name);
+      const failed = await this.replaySteps(interp, recipe, 0);
+      if (failed) {
+        this.breakInterpreter(interp, recipe, `restore failed: ${failed}`);
+        return;
+      }
+      this.applyReleased(interp, recipe.released);
+      this.restored.restored += 1;
+      this.broken.delete(recipe.interpreterId);
+      this.options.logger?.debug(
+        { interpreterId: interp.id, tenant: interp.tenant, steps: recipe.steps.length, registrations: interp.registrations.size, ms: Math.round(performance.now() - since), why },
+        'interpreter rebuilt from its recipe',
+      );
+    } finally {
+      hold.release();
+      if (interp.registrations.size === 0 && interp.stored && this.options.store) {
+        // every registration of it was released: nothing to keep
+        interp.stored = false;
+        void this.options.store.remove(interp.id).catch(() => undefined);
+      }
+    }
+  }
+
+  /** Replays the steps of `recipe` this interpreter has not run, from `from`; returns why one failed. */
+  private async replaySteps(interp: Interpreter, recipe: InterpreterRecipe, from: number): Promise<string | undefined> {
+    for (let k = from; k < recipe.steps.length; k++) {
+      const step = recipe.steps[k];
+      if (interp.stepIds.has(step.id)) continue;
+      const why = await this.replayStep(interp, step);
+      if (why) return `step ${k + 1} of ${recipe.steps.length} (${step.kind}) ${why}`;
+    }
+    return undefined;
+  }
+
+  private async replayStep(interp: Interpreter, step: RecipeStep): Promise<string | undefined> {
+    if (!interp.accepting) return `could not run: interpreter ${interp.id} is ${interp.state.toUpperCase()}`;
+    const ids = step.registrations.map((r) => r.id);
+    if (step.kind === 'trigger' && !interp.registrations.has(step.handlerId ?? '')) {
+      return `could not run: its handler ${step.handlerId ?? ''} is not registered`;
+    }
+    const token = newToken();
+    const setup: RunSetup =
+      step.kind === 'trigger'
+        ? { start: (execId, remainingMs) => interp.sandbox.invoke(execId, step.handlerId ?? '', step.payloadJson ?? '', step.trigger ?? '', remainingMs(), ids) }
+        : {
+            token,
+            start: async (execId, remainingMs, active) => {
+              const driver = await interp.sandbox.prepare(step.source ?? '', step.modules ?? {}, token);
+              if (!active()) throw new SandboxCallError('script', { name: 'AbortError', message: 'the run ended before it started', stack: '' });
+              const kind = step.kind === 'register' ? 'register' : 'execute';
+              return interp.sandbox.load(driver, execId, token, kind, step.argsJson ?? '', step.trigger ?? '', step.description ?? '', remainingMs(), ids);
+            },
+          };
+    let why: string | undefined;
+    const label = (rs: { id: string; trigger: string }[]): string => `[${rs.map((r) => `${r.trigger} as ${r.id}`).join(', ')}]`;
+    await this.run(interp, step.kind, step.timeoutMs, performance.now(), undefined, setup, (tuple, r) => {
+      if (r.outcome !== 'succeeded' || !tuple) {
+        why = `${outcomeText(r.outcome)}: ${r.error ? `${r.error.name}: ${r.error.message}` : 'no result'}`;
+        return;
+      }
+      const got = tuple.registrations.map((x) => `${x.id}\n${x.trigger}`).join('\n');
+      const want = step.registrations.map((x) => `${x.id}\n${x.trigger}`).join('\n');
+      if (got !== want) {
+        interp.sandbox.abandon(r.executionId);
+        why = `registered ${label(tuple.registrations)} where it first registered ${label(step.registrations)}`;
+        return;
+      }
+      if (this.commit(interp, tuple, r.executionId).length !== ids.length) why = 'stopped taking registrations';
+    });
+    if (!why) this.noteStep(interp, step);
+    return why;
+  }
+
+  /** Releases, here, stored registrations the recipe marks released. */
+  private applyReleased(interp: Interpreter, released: string[]): void {
+    const known = new Set(interp.released);
+    for (const id of released) if (!known.has(id)) interp.released.push(id);
+    const gone = released.map((id) => interp.registrations.get(id)).filter((r): r is Registration => r !== undefined);
+    if (gone.length > 0) this.releaseRegistrations(interp, gone);
+  }
+
+  /** The name goes to `interp`; a holder here that the store no longer has (it was replaced elsewhere) goes. */
+  private claimName(interp: Interpreter, name: string): void {
+    const key = scoped(interp.tenant, name);
+    const old = this.names.get(key);
+    if (old === interp) return;
+    if (old) {
+      old.disposeReason = 'replaced';
+      this.dropUnstored(old);
+    }
+    interp.name = name;
+    this.names.set(key, interp);
+  }
+
+  /**
+   * A recipe that cannot be replayed: its interpreter goes FAILED (with `reason`) and lists every
+   * registration the recipe holds as broken; it stays in the store, and a Release removes it.
+   */
+  private breakInterpreter(interp: Interpreter, recipe: InterpreterRecipe, reason: string): void {
+    interp.fail(reason);
+    const released = new Set(recipe.released);
+    for (const step of recipe.steps) {
+      for (const r of step.registrations) {
+        if (released.has(r.id) || this.registrations.has(r.id)) continue;
+        const reg = new Registration(r.id, ++this.seq, r.trigger, interp.id, r.description, interp.acquire('registration'), interp.tenant);
+        interp.registrations.set(reg.id, reg);
+        this.index(reg);
+      }
+    }
+    for (const id of released) {
+      const reg = interp.registrations.get(id);
+      if (reg) this.releaseRegistrations(interp, [reg]);
+    }
+    for (const id of released) if (!interp.released.includes(id)) interp.released.push(id);
+    this.noteBroken(recipe, reason);
+  }
+
+  private noteBroken(recipe: InterpreterRecipe, reason: string): void {
+    this.broken.set(recipe.interpreterId, { interpreterId: recipe.interpreterId, tenant: recipe.tenant, name: recipe.name, reason });
+    this.options.logger?.error({ interpreterId: recipe.interpreterId, tenant: recipe.tenant, name: recipe.name, reason }, 'stored interpreter is broken: it could not be rebuilt');
+  }
+
+  /**
+   * A recipe changed in a shared store (another server, or this one, wrote it): this server's copy
+   * is made to match. New recipes are rebuilt, new steps replayed, released registrations released,
+   * removed recipes dropped. Idempotent.
+   */
+  applyStored(interpreterId: string): Promise<void> {
+    return this.serial(interpreterId, async () => {
+      const store = this.options.store;
+      if (!store || this.closed) return;
+      const recipe = await store.load(interpreterId);
+      const local = this.interpreters.get(interpreterId);
+      if (!recipe) {
+        if (local?.stored) this.dropUnstored(local);
+        return;
+      }
+      if (!local) return this.restoreOne(recipe, 'replica');
+      if (!local.stored || local.tenant !== recipe.tenant) return;
+      const hold = local.acquire('execution');
+      try {
+        if (recipe.name && local.name !== recipe.name) this.claimName(local, recipe.name);
+        if (local.state !== 'failed') {
+          const failed = await this.replaySteps(local, recipe, 0);
+          if (failed) this.breakInterpreter(local, recipe, `its copy here diverged from the stored recipe: ${failed}`);
+        }
+        this.applyReleased(local, recipe.released);
+      } finally {
+        hold.release();
+      }
+    });
+  }
+
+  /** Compares every recipe (stored, or held here) again: changes may have been missed. */
+  async resync(concurrency = 4): Promise<void> {
+    const store = this.options.store;
+    if (!store) return;
+    const ids = new Set((await store.loadAll()).map((r) => r.interpreterId));
+    for (const i of this.interpreters.values()) if (i.stored) ids.add(i.id);
+    const all = [...ids];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < all.length && !this.closed) await this.applyStored(all[next++]);
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, all.length)) }, worker));
+  }
+
   // ---------------------------------------------------------------- runs
 
   private async runHandler(
@@ -1061,15 +1488,25 @@ export class InterpreterManager implements IsolateManager {
       { start: (execId, remainingMs) => interp.sandbox.invoke(execId, reg.id, payloadJson, trigger, remainingMs()) },
       (tuple, r) => {
         if (r.outcome !== 'succeeded' || !tuple || tuple.registrations.length === 0) return;
+        const fail = (name: string, message: string): void => {
+          r.outcome = 'failed';
+          r.result = null;
+          r.error = { name, message, stack: '' };
+        };
         const over = this.registrationQuotaRefusal(interp.tenant, tuple.registrations.length);
-        if (!over) {
-          this.commit(interp, tuple, r.executionId);
+        if (over) {
+          interp.sandbox.abandon(r.executionId);
+          fail('ResourceExhaustedError', over.message);
           return;
         }
-        interp.sandbox.abandon(r.executionId);
-        r.outcome = 'failed';
-        r.result = null;
-        r.error = { name: 'ResourceExhaustedError', message: over.message, stack: '' };
+        const step = { kind: 'trigger' as const, handlerId: reg.id, trigger, payloadJson, timeoutMs };
+        const done = this.commitStep(interp, tuple, r.executionId, step);
+        if (!Array.isArray(done)) {
+          return done.then(
+            () => undefined,
+            (err: unknown) => fail('StoreError', err instanceof Error ? err.message : String(err)),
+          );
+        }
       },
       held,
       slot,
@@ -1093,7 +1530,7 @@ export class InterpreterManager implements IsolateManager {
     since: number,
     signal: AbortSignal | undefined,
     setup: RunSetup,
-    onSettled: (tuple: RunTuple | undefined, report: RunReport) => void,
+    onSettled: (tuple: RunTuple | undefined, report: RunReport) => void | Promise<void>,
     held?: Reference,
     slot?: Slot,
   ): Promise<RunReport> {
@@ -1235,11 +1672,13 @@ export class InterpreterManager implements IsolateManager {
       }
       // A run the sandbox finished but the host refused (late, invalid result) leaves nothing behind.
       if (report.outcome !== 'succeeded' && tuple?.ok) interp.sandbox.abandon(execId);
-      ended = report.outcome;
       if (report.logs.length > 0) {
         this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, logs: report.logs, truncated: report.logsTruncated }, 'script console');
       }
-      onSettled(tuple, report);
+      // A step that must be stored first is committed once it is (the references are still held).
+      const storing = onSettled(tuple, report);
+      if (storing) await storing;
+      ended = report.outcome;
       if (kind !== 'register' && report.outcome !== 'succeeded') {
         this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, outcome: report.outcome }, 'run did not succeed');
       }

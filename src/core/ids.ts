@@ -22,3 +22,5 @@ export const newExecutionId = (): string => `exe_${randomHex(10)}`;
 /** Prefix for registration ids minted inside one interpreter (`reg_<prefix><counter>`). */
 export const newRegistrationPrefix = (): string => `${randomHex(8)}_`;
 export const newToken = (): string => randomHex(16);
+/** A recipe step's id: replicas tell the steps they ran from those they have yet to replay. */
+export const newStepId = (): string => `stp_${randomHex(10)}`;

@@ -1,3 +1,4 @@
+import type { RegistrationStore } from '../store/types';
 import type { QuotaName } from './tenants';
 
 /**
@@ -190,16 +191,36 @@ export interface WarmPoolStats {
   isolatesDisposed: Map<string, number>;
 }
 
+/** A stored interpreter that could not be rebuilt here; it stays stored. */
+export interface BrokenRecipe {
+  interpreterId: string;
+  tenant: string;
+  name: string;
+  reason: string;
+}
+
+export interface RestoreStatus {
+  /** Recipes rebuilt (at start-up and from other servers' changes). */
+  restored: number;
+  broken: BrokenRecipe[];
+  /** While the start-up restore runs. */
+  restoring?: { total: number; done: number };
+  /** Changes the store refused (each answered UNAVAILABLE). */
+  storeWriteFailures: number;
+}
+
 /** The isolate manager's public surface (see InterpreterManager for the implementation). */
 export interface IsolateManager {
   execute(spec: ExecuteSpec, signal?: AbortSignal): Promise<ExecuteResult>;
   register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult>;
-  release(target: ReleaseTarget): ReleaseResult;
+  release(target: ReleaseTarget): Promise<ReleaseResult>;
   trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]>;
   getInterpreter(id: string, tenant?: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }>;
   listInterpreters(filter: InterpreterFilter): Promise<Page<InterpreterInfo>>;
   listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo>;
   counters(): ManagerCounters;
+  /** The start-up restore (while it runs) and the stored interpreters that could not be rebuilt. */
+  restoreStatus(): RestoreStatus;
   destroy(): Promise<void>;
 }
 
@@ -262,4 +283,10 @@ export interface ManagerOptions {
    * undefined, or no function: no per-tenant quota.
    */
   tenantQuotas?: (tenant: string) => Record<QuotaName, number> | undefined;
+  /**
+   * Where the recipes of interpreters that hold registrations are kept; none: nothing is durable.
+   * With one, Execute, Register and a Trigger whose handler registers answer only once the change
+   * is stored, and Release once the removal is.
+   */
+  store?: RegistrationStore;
 }

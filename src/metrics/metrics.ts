@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { IsolateKind, ManagerCounters, RunEndEvent } from '../core/types';
+import type { IsolateKind, ManagerCounters, RestoreStatus, RunEndEvent } from '../core/types';
 
 /**
  * Every metric isogear exports, with its labels, in one place. Gauges about interpreters,
@@ -41,6 +41,7 @@ export interface MetricsSource {
   disposals(): Map<string, number>;
   heapByKind(): Promise<Record<IsolateKind, number>>;
   tenantUsage(): Map<string, { interpreters: number; registrations: number }>;
+  restoreStatus(): RestoreStatus;
 }
 
 /** What the metrics read from the API keys (names and counts only: never a key or a digest). */
@@ -285,6 +286,42 @@ export class IsogearMetrics {
         }
       }
     }
+    const durability = (): RestoreStatus | undefined => this.source?.restoreStatus();
+    new Gauge({
+      name: 'isogear_stored_interpreters_broken',
+      help: 'Stored interpreters whose recipe could not be rebuilt here (listed FAILED, their registrations broken; kept in the store). The log says why.',
+      registers,
+      collect() {
+        this.set(durability()?.broken.length ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'isogear_restore_pending',
+      help: 'Stored interpreters the start-up restore has still to rebuild (the server answers UNAVAILABLE until it is 0).',
+      registers,
+      collect() {
+        const r = durability()?.restoring;
+        this.set(r ? r.total - r.done : 0);
+      },
+    });
+    const restoredTotal = new Counter({
+      name: 'isogear_restored_interpreters_total',
+      help: 'Interpreters rebuilt from their stored recipes (at start-up, and from other replicas\' changes on a shared store).',
+      registers,
+      collect() {
+        const d = durability();
+        if (d) mirror(restoredTotal, 'restored', {}, d.restored);
+      },
+    });
+    const storeFailures = new Counter({
+      name: 'isogear_store_write_failures_total',
+      help: 'Changes the store refused (the request was answered UNAVAILABLE and nothing changed).',
+      registers,
+      collect() {
+        const d = durability();
+        if (d) mirror(storeFailures, 'store:failures', {}, d.storeWriteFailures);
+      },
+    });
     const keys = (): KeysSource | undefined => this.keys;
     const reloadsTotal = new Counter({
       name: 'isogear_api_keys_reloads_total',

@@ -253,9 +253,11 @@ export class Sandbox {
     trigger: string,
     description: string,
     timeoutMs: number,
+    /** A replayed run: the ids its registrations take, in order. */
+    ids: readonly string[] = [],
   ): Promise<RunTuple> {
     const tuple = this.track(
-      this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description], {
+      this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description, ids.join(',')], {
         timeout: timeoutMs,
         result: { promise: true, copy: true },
       }),
@@ -293,11 +295,11 @@ export class Sandbox {
   }
 
   /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. */
-  async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number): Promise<RunTuple> {
+  async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number, ids: readonly string[] = []): Promise<RunTuple> {
     let raw: unknown;
     try {
       raw = await this.track(
-        this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger], {
+        this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger, ids.join(',')], {
           timeout: timeoutMs,
           result: { promise: true, copy: true },
         }),

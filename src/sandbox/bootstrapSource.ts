@@ -21,10 +21,12 @@
  * per interpreter.
  *
  * Dispatcher operations (all arguments are strings or numbers):
- * - `load(execId, token, kind, argsJson, trigger, description)` → Promise<RunTuple>: waits for the
+ * - `load(execId, token, kind, argsJson, trigger, description, idsCsv)` → Promise<RunTuple>: waits for the
  *   driver module to hand over the namespace of the main module, then runs it (kind `execute`)
  *   or registers its default export (kind `register`).
- * - `invoke(execId, registrationId, payloadJson, trigger)` → Promise<RunTuple>: one handler run.
+ * - `invoke(execId, registrationId, payloadJson, trigger, idsCsv)` → Promise<RunTuple>: one handler run.
+ *   `idsCsv` (load and invoke): '' for a new run; for a replayed one (a restore), the ids its
+ *   gears.register calls take, in order.
  * - `commit(execId)`: the host accepted a finished run: its registrations become live handlers.
  * - `abandon(execId, token)`: the host gave up on a run (timeout, cancel, a failed call) or refused
  *   its result: settle it if it still runs and drop every registration it made.
@@ -43,7 +45,7 @@ const g = globalThis;
 const apply = Reflect.apply;
 const defineProperty = Object.defineProperty, freeze = Object.freeze, keys = Object.keys;
 const getPrototypeOf = Object.getPrototypeOf, objectProto = Object.prototype, isArray = Array.isArray;
-const stringify = JSON.stringify, parse = JSON.parse;
+const stringify = JSON.stringify, parse = JSON.parse, parseIntFn = Number.parseInt;
 const StringCtor = String, isFinite = Number.isFinite, PromiseCtor = Promise;
 const promiseThen = Promise.prototype.then;
 const MapCtor = Map, SetCtor = Set;
@@ -378,8 +380,17 @@ function addRegistration(run, trigger, handler, description) {
   if (handlerCount + run.regs.length >= maxRegistrations) {
     throw new RangeErrorCtor('gears.register: this interpreter already holds ' + maxRegistrations + ' registrations, the most one interpreter may hold');
   }
-  regCounter += 1;
-  const id = 'reg_' + regPrefix + apply(numToString, regCounter, [36]);
+  let id;
+  if (run.ids !== null && run.regs.length < run.ids.length) {
+    // a replayed run: the k-th gears.register call takes the k-th id it had (the host checks the
+    // triggers); later mints continue past it, so a replayed id is never minted again
+    id = run.ids[run.regs.length];
+    const n = parseIntFn(apply(strSlice, id, [4 + regPrefix.length]), 36);
+    if (n === n && n > regCounter) regCounter = n;
+  } else {
+    regCounter += 1;
+    id = 'reg_' + regPrefix + apply(numToString, regCounter, [36]);
+  }
   append(run.regs, [id, trigger, description, handler]);
   return id;
 }
@@ -405,8 +416,10 @@ freeze(gears);
 defineProperty(g, 'gears', { value: gears, writable: false, enumerable: false, configurable: false });
 defineProperty(g, 'console', { value: consoleObject, writable: false, enumerable: false, configurable: false });
 
-function newRun(execId) {
-  const run = { id: execId, logs: [], logChars: 0, truncated: false, regs: [], done: false, settle: null };
+// idsCsv: the ids a replayed run's registrations take, in order ('' for a new run: mint them)
+function newRun(execId, idsCsv) {
+  const ids = idsCsv === undefined || idsCsv === '' ? null : splitCsv(idsCsv);
+  const run = { id: execId, logs: [], logChars: 0, truncated: false, regs: [], ids: ids, done: false, settle: null };
   apply(mapSet, runs, [execId, run]);
   return run;
 }
@@ -508,8 +521,8 @@ defineProperty(g, '__isogear_loaded__', {
   },
 });
 
-function load(execId, token, kind, argsJson, trigger, description) {
-  const run = newRun(execId);
+function load(execId, token, kind, argsJson, trigger, description, idsCsv) {
+  const run = newRun(execId, idsCsv);
   return new PromiseCtor(function (resolve) {
     run.settle = resolve;
     const pending = { run: run, kind: kind, argsJson: argsJson, trigger: trigger, description: description, resolve: resolve };
@@ -519,8 +532,8 @@ function load(execId, token, kind, argsJson, trigger, description) {
   });
 }
 
-function invoke(execId, registrationId, payloadJson, trigger) {
-  const run = newRun(execId);
+function invoke(execId, registrationId, payloadJson, trigger, idsCsv) {
+  const run = newRun(execId, idsCsv);
   const handler = apply(mapGet, handlers, [registrationId]);
   if (handler === undefined) {
     return finish(run, false, null, ['Error', 'registration ' + registrationId + ' has no handler in this interpreter', ''], 'script');
@@ -556,20 +569,27 @@ function abandon(execId, token) {
   if (settle !== null) settle(box([false, null, [], false, [], null, 'abandoned']));
 }
 
-function unregister(idsCsv) {
+function splitCsv(csv) {
+  const out = [];
   let start = 0;
-  while (start <= idsCsv.length) {
-    let end = apply(strIndexOf, idsCsv, [',', start]);
-    if (end < 0) end = idsCsv.length;
-    if (apply(mapDelete, handlers, [apply(strSlice, idsCsv, [start, end])])) handlerCount -= 1;
+  while (start <= csv.length) {
+    let end = apply(strIndexOf, csv, [',', start]);
+    if (end < 0) end = csv.length;
+    append(out, apply(strSlice, csv, [start, end]));
     start = end + 1;
   }
+  return out;
 }
 
-return function dispatch(op, a, b, c, d, e, f) {
+function unregister(idsCsv) {
+  const ids = splitCsv(idsCsv);
+  for (let i = 0; i < ids.length; i++) if (apply(mapDelete, handlers, [ids[i]])) handlerCount -= 1;
+}
+
+return function dispatch(op, a, b, c, d, e, f, h) {
   switch (op) {
-    case 'load': return load(a, b, c, d, e, f);
-    case 'invoke': return invoke(a, b, c, d);
+    case 'load': return load(a, b, c, d, e, f, h);
+    case 'invoke': return invoke(a, b, c, d, e);
     case 'commit': return commit(a);
     case 'abandon': return abandon(a, b);
     case 'unregister': return unregister(a);

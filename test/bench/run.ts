@@ -8,21 +8,25 @@
  *   BENCH_DENSITY       idle interpreters per mode for the density figures (default 2000)
  *   BENCH_CAPACITY      isolate-mode,shared-mode registrations alive together for the capacity
  *                       figure (default "5000,20000"; "0" skips it)
+ *   BENCH_RESTORE       shared-mode registrations (one interpreter each) stored, then restored by a
+ *                       restarted server, for the restore figure (default 2000; 0 skips it)
  *
  * Prints a table and writes bench-results/bench.json.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { pb, TestClient } from '../helpers/client';
-import { scrapeMetrics as scrape, spawnServer } from '../helpers/process';
+import { logLines, scrapeMetrics as scrape, spawnServer } from '../helpers/process';
 import { closedLoop, type LoopFigure } from './loop';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,16').split(',').map(Number);
 const DENSITY = Number(process.env.BENCH_DENSITY ?? 2000);
 const CAPACITY = (process.env.BENCH_CAPACITY ?? '5000,20000').split(',').map(Number);
+const RESTORE = Number(process.env.BENCH_RESTORE ?? 2000);
 const SHARED_ISOLATES = 2;
 const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
 
@@ -128,6 +132,25 @@ async function main(): Promise<void> {
   await server.exited;
 
   {
+    // The same churn on a server that stores nothing (ISOGEAR_STORE=memory): what durability costs.
+    const volatile = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_STORE: 'memory' }, false, true);
+    const c = new TestClient(volatile.grpcAddress);
+    for (const [name, mode] of [
+      ['Register + Release, shared, memory', SHARED],
+      ['Register + Release, isolate, memory', ISOLATE],
+    ] as const) {
+      await measure(name, async () => {
+        const r = await c.register({ trigger: 'bench.churn', source: 'export default (p) => p', mode });
+        await c.release({ registrationId: r.registration?.id });
+      });
+    }
+    c.close();
+    volatile.child.kill('SIGTERM');
+    await volatile.exited;
+  }
+  const restore = RESTORE > 0 ? await measureRestore(RESTORE) : undefined;
+
+  {
     const uncached = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_CODE_CACHE_BYTES: '0' }, false, true);
     const c = new TestClient(uncached.grpcAddress);
     await measure('Execute, 200 KB module, isolate, no code cache', () => c.execute({ source: big, args: 1, mode: ISOLATE }), [1]);
@@ -196,6 +219,18 @@ async function main(): Promise<void> {
       limit: at('health Check, 10 ms apart', 1)?.medianMs,
       ok: (v: number, l: number) => v <= l + 0.5,
     },
+    {
+      target: 'Register+Release shared, stored (sqlite), median at 1 ≤ memory store + 2 ms',
+      value: at('Register + Release, shared', 1)?.medianMs,
+      limit: at('Register + Release, shared, memory', 1)?.medianMs,
+      ok: (v: number, l: number) => v <= l + 2,
+    },
+    {
+      target: `restore: ${RESTORE} stored interpreters back in ≤ 10 s`,
+      value: restore?.seconds,
+      limit: restore ? 10 : undefined,
+      ok: (v: number, l: number) => v <= l,
+    },
     { target: 'Trigger, median at 1 ≤ 1.5 × no-op', value: at('Trigger, 1 warm registration', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= 1.5 * l },
     { target: `Trigger, per s at ${hi} ≥ 0.6 × no-op`, value: at('Trigger, 1 warm registration', hi)?.perSecond, limit: noopHi?.perSecond, ok: (v: number, l: number) => v / l >= 0.6 },
     { target: 'RSS per idle interpreter, isolate ≤ 1.25 × raw isolate', value: density.isolate.rssKiB, limit: raw.rssPerIsolateKiB, ok: (v: number, l: number) => v <= 1.25 * l },
@@ -217,8 +252,11 @@ async function main(): Promise<void> {
         `${capacity.succeeded} triggered successfully in ${fmt(capacity.triggerSeconds, 1)} s, RSS ${fmt(capacity.rssMiB, 0)} MiB, ${capacity.leftAfterRelease} left after releasing all`,
     );
   }
+  if (restore) {
+    console.log(`restore: ${restore.interpreters} stored shared-mode interpreters rebuilt in ${fmt(restore.seconds, 2)} s (${fmt(restore.interpreters / restore.seconds, 0)} per s, ISOGEAR_RESTORE_CONCURRENCY 4), all ${restore.triggered} triggered after`);
+  }
   mkdirSync('bench-results', { recursive: true });
-  writeFileSync('bench-results/bench.json', `${JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, sharedIsolates: SHARED_ISOLATES, raw, nodeE, rows, density, capacity, targets }, null, 2)}\n`);
+  writeFileSync('bench-results/bench.json', `${JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, sharedIsolates: SHARED_ISOLATES, raw, nodeE, rows, density, capacity, restore, targets }, null, 2)}\n`);
 }
 
 /**
@@ -282,3 +320,34 @@ main().then(
     process.exit(1);
   },
 );
+
+/**
+ * Restore: `n` shared-mode registrations stored by one server, then rebuilt by a new server on the
+ * same data directory; the figure is the restore's own time (its log line), and every handler is
+ * triggered after.
+ */
+async function measureRestore(n: number): Promise<{ interpreters: number; seconds: number; triggered: number }> {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'isogear-bench-'));
+  try {
+    const env = { ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_DATA_DIR: dataDir, ISOGEAR_MAX_INTERPRETERS: String(n + 100) };
+    let p = await spawnServer(env, false, true);
+    let c = new TestClient(p.grpcAddress);
+    console.error(`restore: storing ${n} registrations…`);
+    for (let i = 0; i < n; i += 16) {
+      await Promise.all(Array.from({ length: Math.min(16, n - i) }, (_, k) => c.register({ trigger: 'bench.restore', source: `let n = ${i + k}; export default () => n;`, mode: SHARED })));
+    }
+    c.close();
+    p.child.kill('SIGTERM');
+    await p.exited;
+    p = await spawnServer(env, true, true);
+    const line = logLines(p.output().stdout).find((l) => l.msg === 'restore: stored interpreters are back') as { ms: number; restored: number } | undefined;
+    c = new TestClient(p.grpcAddress);
+    const runs = (await c.trigger({ trigger: 'bench.restore' })).results.filter((r) => r.outcome === pb.Outcome.OUTCOME_SUCCEEDED).length;
+    c.close(); // the data directory goes with its registrations
+    p.child.kill('SIGTERM');
+    await p.exited;
+    return { interpreters: line?.restored ?? 0, seconds: (line?.ms ?? NaN) / 1000, triggered: runs };
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}

@@ -1,4 +1,6 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import http from 'node:http';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -22,14 +24,28 @@ export interface ServerProcess {
  */
 export async function spawnServer(env: Record<string, string> = {}, keepOutput = true, compiled = false): Promise<ServerProcess> {
   const entry = compiled ? [path.join(__dirname, '../../dist/main.js')] : ['--import', 'tsx', path.join(__dirname, '../../src/main.ts')];
+  // each server its own embedded store, unless the test chose one (a restart test reuses its own)
+  const dataDir = env.ISOGEAR_DATA_DIR === undefined && env.ISOGEAR_STORE === undefined ? mkdtempSync(path.join(os.tmpdir(), 'isogear-data-')) : undefined;
   const child = spawn(process.execPath, ['--no-node-snapshot', ...entry], {
-    env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ...env },
+    env: {
+      ...process.env,
+      ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0',
+      ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0',
+      ISOGEAR_SHARED_ISOLATES: '1',
+      ...(dataDir ? { ISOGEAR_DATA_DIR: dataDir } : {}),
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`code ${code} signal ${signal}`)));
+  const exited = new Promise<string>((resolve) =>
+    child.on('exit', (code, signal) => {
+      if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+      resolve(`code ${code} signal ${signal}`);
+    }),
+  );
   let collecting = true;
   const started = await new Promise<{ grpcAddress: string; metricsAddress: string }>((resolve, reject) => {
     child.stdout.on('data', (chunk: Buffer) => {
@@ -72,4 +88,16 @@ export function scrapeMetrics(address: string): Promise<Map<string, number>> {
       })
       .on('error', reject);
   });
+}
+
+const scratchDirs: string[] = [];
+process.on('exit', () => {
+  for (const d of scratchDirs) rmSync(d, { recursive: true, force: true });
+});
+
+/** A data directory of its own for a server a test starts by hand (removed when the tests end). */
+export function scratchDataDir(): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), 'isogear-data-'));
+  scratchDirs.push(d);
+  return d;
 }

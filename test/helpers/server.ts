@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import { loadConfig, type Config } from '../../src/config';
 import type { InterpreterManager } from '../../src/core/InterpreterManager';
@@ -19,7 +22,10 @@ export interface TestServer {
 
 /** Starts a real server on 127.0.0.1:0 with small limits unless overridden. */
 export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  // each server its own embedded store, unless the test chose one
+  const dataDir = env.ISOGEAR_DATA_DIR === undefined && env.ISOGEAR_STORE === undefined ? mkdtempSync(path.join(os.tmpdir(), 'isogear-data-')) : undefined;
   const config = loadConfig({
+    ...(dataDir ? { ISOGEAR_DATA_DIR: dataDir } : {}),
     ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0',
     ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0',
     ISOGEAR_SHARED_ISOLATES: '2',
@@ -51,6 +57,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
       } finally {
         client.close();
         await server.shutdown(2000);
+        if (dataDir) rmSync(dataDir, { recursive: true, force: true });
       }
     },
   };

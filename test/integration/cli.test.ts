@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { scratchDataDir } from '../helpers/process';
 import { startTestServer, type TestServer } from '../helpers/server';
 
 const CLI = path.join(__dirname, '../../src/cli/main.ts');
@@ -197,7 +198,7 @@ describe('isogear command line', function () {
   });
 
   it('serve starts the server with flags for its settings and stops on SIGTERM with exit 0', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--grpc-address=127.0.0.1:0', '--metrics-address=127.0.0.1:0', '--shared-isolates=1', '--default-mode=shared'], {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--grpc-address=127.0.0.1:0', '--metrics-address=127.0.0.1:0', '--shared-isolates=1', '--default-mode=shared', `--data-dir=${scratchDataDir()}`], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { scratchDataDir } from '../helpers/process';
 import { useTestServer } from '../helpers/fixture';
 import { ISOLATE, limits, SHARED, succeeded } from '../helpers/proto';
 import { grpc } from '../helpers/client';
@@ -71,7 +72,7 @@ describe('logs: JSON lines with what operators need', () => {
   it('the process logs its effective config at start-up and exits 0 on SIGTERM', async function () {
     this.timeout(20_000);
     const child = spawn(process.execPath, ['--no-node-snapshot', '--import', 'tsx', path.join(__dirname, '../../src/main.ts')], {
-      env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1' },
+      env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ISOGEAR_DATA_DIR: scratchDataDir() },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

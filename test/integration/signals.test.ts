@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expectStatus, grpc, TestClient } from '../helpers/client';
-import { logLines, spawnServer, type ServerProcess } from '../helpers/process';
+import { logLines, scratchDataDir, spawnServer, type ServerProcess } from '../helpers/process';
 import { SHARED, succeeded } from '../helpers/proto';
 
 const sha = (key: string): string => createHash('sha256').update(key).digest('hex');
@@ -26,7 +26,7 @@ async function until(what: string, cond: () => boolean, ms = 5000): Promise<void
 /** Runs src/main.ts to its exit; resolves with its exit code and stderr. */
 function runToExit(env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
   const child = spawn(process.execPath, ['--no-node-snapshot', '--import', 'tsx', path.join(__dirname, '../../src/main.ts')], {
-    env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ...env },
+    env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ISOGEAR_DATA_DIR: scratchDataDir(), ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { scratchDataDir } from '../helpers/process';
 import { pb, TestClient } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
 import { ISOLATE, limits, MODES, modeName, SHARED, stateName, succeeded } from '../helpers/proto';
@@ -254,7 +255,7 @@ describe('security: resource exhaustion', () => {
   it('a catastrophic out-of-memory (Map growth past the limit) makes the process exit promptly instead of hanging', async function () {
     this.timeout(40_000);
     const child = spawn(process.execPath, ['--no-node-snapshot', '--import', 'tsx', path.join(__dirname, '../../src/main.ts')], {
-      env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ISOGEAR_LOG_LEVEL: 'info' },
+      env: { ...process.env, ISOGEAR_GRPC_ADDRESS: '127.0.0.1:0', ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0', ISOGEAR_SHARED_ISOLATES: '1', ISOGEAR_DATA_DIR: scratchDataDir(), ISOGEAR_LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`code ${code} signal ${signal}`)));

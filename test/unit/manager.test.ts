@@ -107,13 +107,13 @@ describe('InterpreterManager as a library (no gRPC)', () => {
         assert.equal((await manager.trigger({ trigger: 'count.b', payload: 21 }))[0].result, 42);
         assert.equal((await manager.trigger({ trigger: 'count.c' }))[0].result, 'c');
 
-        const one = manager.release({ registrationId: res.registrations[0].id });
+        const one = await manager.release({ registrationId: res.registrations[0].id });
         assert.deepEqual(one.releasedRegistrationIds, [res.registrations[0].id]);
         assert.equal(one.interpreter.state, 'ready');
         assert.equal(one.interpreter.registrationReferences, 2);
         await rejectsWith(manager.trigger({ trigger: 'count.a' }), NotFoundError);
 
-        const rest = manager.release({ interpreterId: itp });
+        const rest = await manager.release({ interpreterId: itp });
         assert.deepEqual(rest.releasedRegistrationIds, [res.registrations[1].id, attached.registration.id]);
         assert.equal(rest.interpreter.state, 'disposed');
         assert.equal(rest.interpreter.references, 0);
@@ -134,7 +134,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
         await waitFor('one run in flight', () => manager.counters().executionsInFlight === 1);
         assert.deepEqual(manager.counters().references, { registration: 1, execution: 1 });
 
-        const rel = manager.release({ registrationId: reg.registration.id });
+        const rel = await manager.release({ registrationId: reg.registration.id });
         assert.equal(rel.interpreter.state, 'draining');
         assert.equal(rel.interpreter.executionReferences, 1);
         assert.equal(manager.counters().interpreters, 1, 'not disposed under a running script');
@@ -156,7 +156,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
         assert.equal(more.result, 'hello');
         assert.equal(more.interpreter.registrationReferences, 2);
         assert.equal((await manager.trigger({ trigger: 'more' }))[0].result, 'hello');
-        manager.release({ interpreterId: base.interpreterId });
+        await manager.release({ interpreterId: base.interpreterId });
       });
     });
   }
@@ -164,12 +164,12 @@ describe('InterpreterManager as a library (no gRPC)', () => {
   it('releasing twice is NotFoundError; the Reference double-release guard is unreachable', async () => {
     const res = await manager.execute({ source: 'gears.register("twice.a", () => 1); gears.register("twice.b", () => 2);' });
     const [a, b] = res.registrations;
-    manager.release({ registrationId: a.id });
+    await manager.release({ registrationId: a.id });
     const again = await rejectsWith(() => manager.release({ registrationId: a.id }), NotFoundError, new RegExp(a.id));
     assert.ok(!(again instanceof IllegalStateError));
     assert.deepEqual(manager.counters().references, { registration: 1, execution: 0 });
 
-    manager.release({ interpreterId: res.interpreterId });
+    await manager.release({ interpreterId: res.interpreterId });
     await rejectsWith(() => manager.release({ interpreterId: res.interpreterId }), NotFoundError);
     await rejectsWith(() => manager.release({ registrationId: b.id }), NotFoundError);
     await rejectsWith(() => manager.release({ registrationId: 'reg_unknown' }), NotFoundError);
@@ -198,7 +198,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
 
     const named = await manager.execute({ source: 'gears.register("named", () => 1);', name: 'svc' });
     await rejectsWith(manager.execute({ source: 'export default 1;', name: 'svc' }), AlreadyExistsError, /svc/);
-    manager.release({ interpreterId: named.interpreterId });
+    await manager.release({ interpreterId: named.interpreterId });
 
     const gone = await manager.execute({ source: 'export default 1;' });
     await rejectsWith(manager.execute({ source: 'export default 1;', interpreterId: gone.interpreterId }), FailedPreconditionError, /DISPOSED/);

@@ -1,0 +1,132 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { expectStatus, TestClient } from '../helpers/client';
+import { logLines, spawnServer, type ServerProcess } from '../helpers/process';
+
+/** A port free now (the OS picked it), for a server whose health must be asked before it logs its address. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+async function stop(p: ServerProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  p.child.kill(signal);
+  await p.exited;
+}
+
+describe('durable registrations: a restarted server keeps them (embedded store)', function () {
+  this.timeout(60_000);
+  let dataDir: string;
+  beforeEach(() => {
+    dataDir = mkdtempSync(path.join(os.tmpdir(), 'isogear-durable-'));
+  });
+  afterEach(() => rmSync(dataDir, { recursive: true, force: true }));
+
+  it('registrations, ids and names survive a restart; released ones stay released; the store ends empty', async () => {
+    let p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
+    let client = new TestClient(p.grpcAddress);
+    let ids: string[];
+    let itp: string;
+    try {
+      const ex = await client.execute({
+        source: 'globalThis.n = 41; gears.register("d.one", () => ++n); gears.register("d.two", () => "two");',
+        name: 'durable',
+      });
+      itp = ex.interpreter?.id ?? '';
+      const reg = await client.register({ trigger: 'd.three', source: 'export default (p) => ({ got: p });' });
+      ids = [...ex.registrations.map((r) => r.id), reg.registration?.id ?? ''];
+      await client.release({ registrationId: ex.registrations[1].id });
+    } finally {
+      client.close();
+    }
+    await stop(p);
+
+    p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
+    client = new TestClient(p.grpcAddress);
+    try {
+      const live = (await client.listRegistrations({})).registrations.map((r) => r.id).sort();
+      assert.deepEqual(live, [ids[0], ids[2]].sort());
+      assert.equal((await client.trigger({ trigger: 'd.one' })).results[0].result, 42, 'the script ran again: its globals are rebuilt, not carried over');
+      assert.deepEqual((await client.trigger({ trigger: 'd.three', payload: 'x' })).results[0].result, { got: 'x' });
+      await expectStatus(client.trigger({ trigger: 'd.two' }), grpc.status.NOT_FOUND);
+      const found = await client.listInterpreters({ name: 'durable' });
+      assert.equal(found.interpreters[0].id, itp);
+      const restored = logLines(p.output().stdout).find((l) => l.msg === 'restore: stored interpreters are back');
+      assert.equal(restored?.restored, 2);
+      assert.equal(restored?.broken, 0);
+      for (const i of (await client.listInterpreters({})).interpreters) await client.release({ interpreterId: i.id });
+    } finally {
+      client.close();
+    }
+    await stop(p);
+
+    p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
+    client = new TestClient(p.grpcAddress);
+    try {
+      assert.equal((await client.listInterpreters({})).interpreters.length, 0, 'released everything: nothing comes back');
+      assert.equal(logLines(p.output().stdout).find((l) => l.msg === 'restore: stored interpreters are back')?.restored, 0);
+    } finally {
+      client.close();
+      await stop(p);
+    }
+  });
+
+  it('health says NOT_SERVING and calls are UNAVAILABLE until the restore has finished', async () => {
+    let p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
+    let client = new TestClient(p.grpcAddress);
+    try {
+      // replaying this step takes about 1.5 s
+      await client.execute({ source: 'const t = Date.now(); while (Date.now() - t < 1500); gears.register("slow", () => "back");', limits: { timeoutMs: 5000, memoryLimitMb: 0 } });
+    } finally {
+      client.close();
+    }
+    await stop(p);
+
+    const port = await freePort();
+    const address = `127.0.0.1:${port}`;
+    const starting = spawnServer({ ISOGEAR_DATA_DIR: dataDir, ISOGEAR_GRPC_ADDRESS: address });
+    client = new TestClient(address);
+    const seen = new Set<string>();
+    let refused: grpc.ServiceError | undefined;
+    let startedAt = 0;
+    void starting.then(() => (startedAt = Date.now()));
+    try {
+      while (startedAt === 0) {
+        const status = await client.healthCheck('', { deadlineMs: 500 }).catch(() => 'UNREACHABLE');
+        seen.add(status);
+        if (status === 'NOT_SERVING' && !refused) {
+          refused = await expectStatus(client.trigger({ trigger: 'slow' }), grpc.status.UNAVAILABLE, /rebuilding its stored interpreters/);
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      p = await starting;
+      assert.ok(seen.has('NOT_SERVING'), `health answered NOT_SERVING during the restore (saw ${[...seen].join(', ')})`);
+      assert.ok(refused, 'a call during the restore was refused');
+      assert.equal(await client.healthCheck(), 'SERVING');
+      assert.equal((await client.trigger({ trigger: 'slow' })).results[0].result, 'back');
+      for (const i of (await client.listInterpreters({})).interpreters) await client.release({ interpreterId: i.id });
+    } finally {
+      client.close();
+      await stop(await starting);
+    }
+  });
+
+  it('a second server on the same data directory refuses to start, naming it', async () => {
+    const p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
+    try {
+      await assert.rejects(spawnServer({ ISOGEAR_DATA_DIR: dataDir }), /in use by another isogear process/);
+    } finally {
+      await stop(p);
+    }
+  });
+});

@@ -1,0 +1,146 @@
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { expectStatus, TestClient } from '../helpers/client';
+import { spawnServer, type ServerProcess } from '../helpers/process';
+import { requireRedis, startRedis, type TestRedis } from '../helpers/redis';
+
+/** How long a change on one replica may take to reach the others (the store feed blocks ~1 s per read). */
+const PROPAGATION_MS = 5000;
+
+/** Polls `check` until it holds; fails with `what` after PROPAGATION_MS. Returns how long it took. */
+async function eventually(what: string, check: () => Promise<boolean>): Promise<number> {
+  const since = Date.now();
+  for (;;) {
+    if (await check().catch(() => false)) return Date.now() - since;
+    if (Date.now() - since > PROPAGATION_MS) throw new Error(`not within ${PROPAGATION_MS} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function triggerResults(client: TestClient, trigger: string): Promise<unknown[] | undefined> {
+  try {
+    return (await client.trigger({ trigger })).results.map((r) => r.result);
+  } catch (err) {
+    if ((err as grpc.ServiceError).code === grpc.status.NOT_FOUND) return undefined;
+    throw err;
+  }
+}
+
+describe('scale-out: three servers on one Redis serve the same registrations', function () {
+  this.timeout(120_000);
+  let redis: TestRedis;
+  let servers: ServerProcess[] = [];
+  let clients: TestClient[] = [];
+
+  const startReplica = async (): Promise<TestClient> => {
+    const p = await spawnServer({ ISOGEAR_STORE: redis.url, ISOGEAR_DEFAULT_MODE: 'shared' });
+    servers.push(p);
+    const c = new TestClient(p.grpcAddress);
+    clients.push(c);
+    return c;
+  };
+
+  before(async function () {
+    requireRedis(this);
+    redis = await startRedis();
+    for (let i = 0; i < 3; i++) await startReplica();
+  });
+
+  after(async () => {
+    try {
+      // nothing leaked anywhere: every replica holds no interpreter once all is released
+      if (clients.length > 0) {
+        for (const i of (await clients[0].listInterpreters({})).interpreters) {
+          if (i.registrationReferences > 0) await clients[0].release({ interpreterId: i.id });
+        }
+        for (const [k, c] of clients.entries()) {
+          await eventually(`replica ${k} holds no interpreter`, async () => (await c.listInterpreters({})).interpreters.length === 0);
+        }
+      }
+    } finally {
+      for (const c of clients) c.close();
+      for (const p of servers) {
+        p.child.kill('SIGTERM');
+        await p.exited;
+      }
+      await redis?.stop();
+      servers = [];
+      clients = [];
+    }
+  });
+
+  it('a Register on one replica triggers on every replica, with the same ids; references are per replica', async () => {
+    const [a, b, c] = clients;
+    const reg = await a.register({ trigger: 'so.hello', source: 'let n = 0; export default () => ++n;' });
+    const id = reg.registration?.id;
+    const took = await eventually('b and c run so.hello', async () => (await triggerResults(b, 'so.hello')) !== undefined && (await triggerResults(c, 'so.hello')) !== undefined);
+    assert.ok(took <= PROPAGATION_MS);
+    for (const client of [a, b, c]) {
+      const regs = (await client.listRegistrations({ trigger: 'so.hello' })).registrations;
+      assert.deepEqual(regs.map((r) => r.id), [id], 'the id is global');
+      const itp = await client.getInterpreter({ interpreterId: reg.interpreter?.id });
+      assert.equal(itp.interpreter?.registrationReferences, 1, 'each replica counts its own references');
+    }
+    // each replica has its own JavaScript state: the counter is per replica
+    assert.deepEqual(await triggerResults(a, 'so.hello'), [1], 'a ran it first here');
+    const [onC] = (await triggerResults(c, 'so.hello')) as number[];
+    assert.deepEqual(await triggerResults(a, 'so.hello'), [2]);
+    assert.deepEqual(await triggerResults(c, 'so.hello'), [onC + 1], "a's runs do not move c's counter");
+  });
+
+  it('a Release on one replica takes effect on all', async () => {
+    const [a, b, c] = clients;
+    const reg = await b.register({ trigger: 'so.gone', source: 'export default () => "here";' });
+    await eventually('a and c run so.gone', async () => (await triggerResults(a, 'so.gone'))?.[0] === 'here' && (await triggerResults(c, 'so.gone'))?.[0] === 'here');
+    await c.release({ registrationId: reg.registration?.id });
+    await eventually('so.gone is gone on a and b', async () => (await triggerResults(a, 'so.gone')) === undefined && (await triggerResults(b, 'so.gone')) === undefined);
+    await expectStatus(a.release({ registrationId: reg.registration?.id }), grpc.status.NOT_FOUND);
+  });
+
+  it('an upgrade on one replica swaps the set everywhere; names are global', async () => {
+    const [a, b, c] = clients;
+    await a.execute({ source: 'gears.register("so.v", () => 1);', name: 'so-svc' });
+    await eventually('c sees v1', async () => (await triggerResults(c, 'so.v'))?.[0] === 1);
+    await expectStatus(c.execute({ source: 'gears.register("so.v", () => 9);', name: 'so-svc' }), grpc.status.ALREADY_EXISTS);
+    const v2 = await b.execute({ source: 'gears.register("so.v", () => 2);', name: 'so-svc', replace: true });
+    for (const [k, client] of [a, b, c].entries()) {
+      await eventually(`replica ${k} runs only v2`, async () => JSON.stringify(await triggerResults(client, 'so.v')) === '[2]');
+      await eventually(`replica ${k} names v2`, async () => (await client.listInterpreters({ name: 'so-svc' })).interpreters.map((i) => i.id).join() === v2.interpreter?.id);
+    }
+  });
+
+  it('handlers a handler registers, and attached steps, reach the other replicas', async () => {
+    const [a, b, c] = clients;
+    const ex = await a.execute({ source: 'globalThis.tag = "t1"; gears.register("so.spawn", (p) => { gears.register("so.child." + p, () => tag + ":" + p); });' });
+    await eventually('b has so.spawn', async () => (await triggerResults(b, 'so.spawn')) !== undefined);
+    await c.execute({ source: 'globalThis.tag = "t2";', interpreterId: ex.interpreter?.id });
+    await b.trigger({ trigger: 'so.spawn', payload: 'x' });
+    for (const [k, client] of [a, b, c].entries()) {
+      await eventually(`replica ${k} runs so.child.x with the attached step applied`, async () => (await triggerResults(client, 'so.child.x'))?.[0] === 't2:x');
+    }
+  });
+
+  it('a replica started later materialises every registration before it says SERVING', async () => {
+    const late = await startReplica();
+    assert.equal(await late.healthCheck(), 'SERVING');
+    const mine = (await late.listRegistrations({ pageSize: 1000 })).registrations.map((r) => r.id).sort();
+    const theirs = (await clients[0].listRegistrations({ pageSize: 1000 })).registrations.map((r) => r.id).sort();
+    assert.deepEqual(mine, theirs);
+    assert.deepEqual(await triggerResults(late, 'so.v'), [2]);
+  });
+
+  it('two replicas racing for one name: one holder, the other ALREADY_EXISTS, everywhere the same', async () => {
+    const [a, b] = clients;
+    const results = await Promise.allSettled([
+      a.execute({ source: 'gears.register("so.race", () => "a");', name: 'so-race' }),
+      b.execute({ source: 'gears.register("so.race", () => "b");', name: 'so-race' }),
+    ]);
+    const won = results.filter((r) => r.status === 'fulfilled');
+    assert.equal(won.length, 1, 'exactly one Execute took the name');
+    const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    assert.equal((lost.reason as grpc.ServiceError).code, grpc.status.ALREADY_EXISTS);
+    for (const [k, client] of clients.entries()) {
+      await eventually(`replica ${k} runs one so.race`, async () => (await triggerResults(client, 'so.race'))?.length === 1);
+    }
+  });
+});
