@@ -18,8 +18,8 @@ import { ENGINE_PATCH_MARKER } from '../../src/sandbox/engineCheck';
 import { SERVICE_NAME } from '../../src/server';
 import { TestPki } from '../helpers/certs';
 import { grpc, pb, TestClient } from '../helpers/client';
-import { kubectlAvailable, readText, renderOverlay, ROOT } from '../helpers/deploy';
-import { copies, execForm, imageEnv, imageUser, of, parseDockerfile, workdir, type ParsedDockerfile } from '../helpers/dockerfile';
+import { kubectlAvailable, OVERLAYS, readText, renderOverlay, ROOT } from '../helpers/deploy';
+import { copies, execForm, imageEnv, imageUser, imageVolumes, of, parseDockerfile, stageEnv, workdir, type ParsedDockerfile } from '../helpers/dockerfile';
 import { succeeded } from '../helpers/proto';
 
 const dockerignoreRules = (): string[] => readText('.dockerignore').split('\n');
@@ -41,6 +41,10 @@ function buildContext(): string[] {
 }
 
 const portOf = (address: string): number => Number(address.slice(address.lastIndexOf(':') + 1));
+
+/** The embedded store's native addon, where `bindings` looks for it, and what its build leaves beside it. */
+const SQLITE_ADDON = 'node_modules/better-sqlite3/build/Release/better_sqlite3.node';
+const SQLITE_LEFTOVERS = ['build/Release/obj', 'build/Release/obj.target', 'build/Release/sqlite3.a', 'build/Release/test_extension.node', 'deps', 'src'].map((p) => `node_modules/better-sqlite3/${p}`);
 
 describe('container image (deploy/Dockerfile)', function () {
   this.timeout(30_000);
@@ -118,12 +122,50 @@ describe('container image (deploy/Dockerfile)', function () {
     assert.deepEqual(exposed.sort(), [portOf(config.grpcAddress), portOf(config.metricsAddress)].sort());
   });
 
-  it('runs as the user the Kubernetes manifests expect', function () {
+  it('runs as the user the Kubernetes manifests expect, whose group (fsGroup) owns the volumes', function () {
     if (!kubectlAvailable()) this.skip();
-    for (const overlay of ['dev', 'production'] as const) {
-      const dep = renderOverlay(overlay).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { securityContext: { runAsUser: number; runAsGroup: number } } } } };
+    for (const overlay of OVERLAYS) {
+      const dep = renderOverlay(overlay).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { securityContext: { runAsUser: number; runAsGroup: number; fsGroup?: number } } } } };
       const sc = dep.spec.template.spec.securityContext;
       assert.equal(`${sc.runAsUser}:${sc.runAsGroup}`, imageUser(df), overlay);
+      assert.equal(sc.fsGroup, sc.runAsGroup, `${overlay}: the kubelet makes the data volume writable to the image's group`);
+    }
+  });
+
+  it('compiles better-sqlite3 from source in the build stage and ships only its addon', () => {
+    const [build] = df.stages;
+    const fromSource = (stageEnv(build).npm_config_build_from_source ?? '').split(',');
+    assert.ok(fromSource.includes('better-sqlite3') || fromSource.includes('true'), 'no prebuilt binary downloaded from GitHub: npm_config_build_from_source names better-sqlite3');
+    const runs = of(build, 'RUN').map((r) => r.getArgumentsContent() ?? '');
+    const ci = runs.findIndex((r) => /\bnpm ci\b/.test(r));
+    const envAt = build.instructions.findIndex((i) => i.getKeyword() === 'ENV' && /npm_config_build_from_source/.test(i.getArgumentsContent() ?? ''));
+    assert.ok(envAt >= 0 && envAt < build.instructions.indexOf(of(build, 'RUN')[ci]), 'set before npm ci, which compiles it');
+    assert.ok(!/npm_config_build_from_source/.test(of(df.final, 'ENV').map((e) => e.getArgumentsContent()).join('\n')), 'a build setting, not in the image');
+    // The leftovers' removal is rehearsed below; here: it happens after the prune, in the build stage.
+    const trim = runs.find((r) => r.includes('node_modules/better-sqlite3/deps'));
+    assert.ok(trim && trim.indexOf('npm prune') < trim.indexOf('rm -rf'), 'build leftovers are removed after the prune');
+    assert.ok(!trim.includes(SQLITE_ADDON) && !/better-sqlite3\/build(\s|$)|better-sqlite3\/build\/Release(\s|$)/.test(trim), 'the addon itself stays');
+  });
+
+  it('gives the service user its data directory, ISOGEAR_DATA_DIR, as a VOLUME; the manifests mount their data volume there', function () {
+    const env = imageEnv(df);
+    const dataDir = env.ISOGEAR_DATA_DIR;
+    assert.ok(dataDir?.startsWith('/'), 'the image sets an absolute ISOGEAR_DATA_DIR (the default ./data is under the read-only /app)');
+    assert.equal(loadConfig(env).dataDir, dataDir);
+    assert.deepEqual(imageVolumes(df), [dataDir], 'declared a VOLUME: `docker run` keeps it outside the container layer, writable under --read-only');
+    const [uid, gid] = imageUser(df).split(':');
+    const runs = of(df.final, 'RUN').map((r) => r.getArgumentsContent() ?? '');
+    const escaped = dataDir.replace(/[/.]/g, '\\$&');
+    assert.ok(runs.some((r) => new RegExp(`mkdir -p ${escaped}(\\s|$)`).test(r)), `${dataDir} is created`);
+    assert.ok(runs.some((r) => new RegExp(`chown ${uid}:${gid} ${escaped}(\\s|$)`).test(r)), `${dataDir} is owned by ${uid}:${gid}, the USER`);
+    const volumeAt = df.final.instructions.findIndex((i) => i.getKeyword() === 'VOLUME');
+    const chownAt = df.final.instructions.findIndex((i) => i.getKeyword() === 'RUN' && (i.getArgumentsContent() ?? '').includes(`chown ${uid}:${gid} ${dataDir}`));
+    assert.ok(chownAt < volumeAt, 'the ownership is set before VOLUME (later changes to a volume path are discarded)');
+    if (!kubectlAvailable()) this.skip();
+    for (const overlay of OVERLAYS) {
+      const dep = renderOverlay(overlay).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { volumeMounts?: { mountPath: string; readOnly?: boolean }[] }[] } } } };
+      const mounts = dep.spec.template.spec.containers[0].volumeMounts ?? [];
+      assert.ok(mounts.some((m) => m.mountPath === dataDir && !m.readOnly), `${overlay} mounts a writable volume at ${dataDir}`);
     }
   });
 
@@ -146,6 +188,8 @@ describe('container image (deploy/Dockerfile)', function () {
     this.timeout(180_000);
     let tmp: string;
     let runtimeDir: string;
+    /** Stands in for the volume at the image's ISOGEAR_DATA_DIR: outside the tree, writable. */
+    let dataDir: string;
 
     before(function () {
       tmp = mkdtempSync(path.join(os.tmpdir(), 'isogear-image-'));
@@ -191,6 +235,8 @@ describe('container image (deploy/Dockerfile)', function () {
         chmodSync(p, st.mode & ~0o222);
       };
       readOnly(runtimeDir);
+      dataDir = path.join(tmp, 'volume-data');
+      mkdirSync(dataDir, { mode: 0o750 });
     });
 
     after(() => {
@@ -216,16 +262,48 @@ describe('container image (deploy/Dockerfile)', function () {
       const addon = path.join(runtimeDir, 'node_modules/isolated-vm/out/isolated_vm.node');
       assert.ok(existsSync(addon), 'the compiled isolated-vm addon is kept');
       assert.ok(readFileSync(addon).includes(ENGINE_PATCH_MARKER), 'the addon is the one built with the module-handles patch');
+      assert.ok(existsSync(path.join(runtimeDir, SQLITE_ADDON)), 'the compiled better-sqlite3 addon is kept');
+      for (const p of SQLITE_LEFTOVERS) assert.ok(!existsSync(path.join(runtimeDir, p)), `${p} (build leftovers) is removed`);
       assert.ok(existsSync(path.join(runtimeDir, 'proto/isogear/v1/gears.proto')), 'proto/ ships: the server loads it for reflection');
       assert.ok(!existsSync(path.join(runtimeDir, 'src')), 'no TypeScript sources in the runtime');
     });
 
-    it('CMD starts the server with the production settings; health, Execute in both modes and /metrics work; SIGTERM exits 0', async function () {
-      if (!kubectlAvailable()) this.skip();
-      const cmd = execForm(of(df.final, 'CMD')[0]) ?? [];
-      assert.equal(cmd[0], 'node');
-      const settings = renderOverlay('production').find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('isogear-config')) as unknown as { data: Record<string, string> };
-      // The Secrets production mounts under /etc/isogear: made here, in a directory standing in for it.
+    it('the better-sqlite3 addon in the tree loads and keeps a database in the data directory', () => {
+      const script = [
+        "const Database = require('better-sqlite3');",
+        'const db = new Database(process.argv[1]);',
+        "db.pragma('journal_mode = WAL');",
+        "db.exec('CREATE TABLE IF NOT EXISTS t (v TEXT)');",
+        "db.prepare('INSERT INTO t VALUES (?)').run('rehearsal');",
+        "process.stdout.write(JSON.stringify(db.prepare('SELECT v, sqlite_version() AS version FROM t').get()));",
+        'db.close();',
+      ].join('\n');
+      const file = path.join(dataDir, 'addon-check.db');
+      const out = execFileSync(process.execPath, ['-e', script, file], { cwd: runtimeDir, encoding: 'utf8', env: { PATH: process.env.PATH ?? '', ...imageEnv(df) } });
+      const row = JSON.parse(out) as { v: string; version: string };
+      assert.equal(row.v, 'rehearsal');
+      assert.match(row.version, /^3\.\d+\.\d+$/);
+      rmSync(file, { force: true });
+    });
+
+    interface Started {
+      grpcAddress: string;
+      metricsAddress: string;
+      healthAddress: string;
+      config: Record<string, unknown>;
+    }
+    interface Running {
+      started: Started;
+      /** Sends SIGTERM and resolves with how the process ended, and its output. */
+      stop(): Promise<{ exit: string; out: string; err: string }>;
+    }
+
+    /**
+     * The production overlay's settings with its Secrets made here: API keys and a TLS certificate
+     * in a directory standing in for /etc/isogear, the data volume in `dataDir`.
+     */
+    function productionSetup(): { env: NodeJS.ProcessEnv; settings: Record<string, string>; apiKey: string; caCert: Buffer; close(): void } {
+      const settings = (renderOverlay('production').find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('isogear-config')) as unknown as { data: Record<string, string> }).data;
       const pki = new TestPki();
       const secrets = path.join(pki.dir, 'etc-isogear');
       mkdirSync(path.join(secrets, 'keys'), { recursive: true });
@@ -236,8 +314,11 @@ describe('container image (deploy/Dockerfile)', function () {
       const cert = pki.issue(ca, 'rehearsal-server', 'isogear', true);
       writeFileSync(path.join(secrets, 'tls/tls.crt'), cert.cert);
       writeFileSync(path.join(secrets, 'tls/tls.key'), cert.key);
-      const mounted = Object.fromEntries(Object.entries(settings.data).map(([k, v]) => [k, v.startsWith('/etc/isogear/') ? path.join(secrets, v.slice('/etc/isogear/'.length)) : v]));
-      const env = {
+      const imageDataDir = imageEnv(df).ISOGEAR_DATA_DIR;
+      const mounted = Object.fromEntries(
+        Object.entries(settings).map(([k, v]) => [k, v.startsWith('/etc/isogear/') ? path.join(secrets, v.slice('/etc/isogear/'.length)) : imageDataDir && v === imageDataDir ? dataDir : v]),
+      );
+      const env: NodeJS.ProcessEnv = {
         PATH: process.env.PATH ?? '',
         HOME: '/nonexistent',
         ...imageEnv(df),
@@ -247,30 +328,54 @@ describe('container image (deploy/Dockerfile)', function () {
         ISOGEAR_METRICS_ADDRESS: '127.0.0.1:0',
         ISOGEAR_HEALTH_ADDRESS: '127.0.0.1:0',
       };
+      assert.equal(env.ISOGEAR_DATA_DIR, dataDir, 'the store writes to the stand-in volume');
+      return { env, settings, apiKey, caCert: ca.cert, close: () => pki.close() };
+    }
+
+    /** Runs the image's CMD in the runtime tree and waits for its start line. */
+    async function startServer(env: NodeJS.ProcessEnv): Promise<Running> {
+      const cmd = execForm(of(df.final, 'CMD')[0]) ?? [];
+      assert.equal(cmd[0], 'node');
       const child = spawn(process.execPath, cmd.slice(1), { cwd: runtimeDir, env, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
       child.stderr.on('data', (c: Buffer) => (err += c.toString()));
       const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`code ${code} signal ${signal}`)));
-      const started = await new Promise<{ grpcAddress: string; metricsAddress: string; healthAddress: string; config: Record<string, unknown> }>((resolve, reject) => {
+      const started = await new Promise<Started>((resolve, reject) => {
         child.stdout.on('data', (chunk: Buffer) => {
           out += chunk.toString();
           const line = out.split('\n').find((l) => l.includes('isogear started'));
-          if (line) resolve(JSON.parse(line) as { grpcAddress: string; metricsAddress: string; healthAddress: string; config: Record<string, unknown> });
+          if (line) resolve(JSON.parse(line) as Started);
         });
         child.on('exit', (code) => reject(new Error(`exited ${code} before starting\n${out}\n${err}`)));
       });
-      assert.equal(started.config.maxInterpreters, Number(settings.data.ISOGEAR_MAX_INTERPRETERS), 'the ConfigMap settings are in effect');
+      return {
+        started,
+        stop: async () => {
+          child.kill('SIGTERM');
+          return { exit: await exited, out, err };
+        },
+      };
+    }
+
+    it('CMD starts the server with the production settings; health, Execute in both modes and /metrics work; SIGTERM exits 0', async function () {
+      if (!kubectlAvailable()) this.skip();
+      const setup = productionSetup();
+      const { settings, apiKey } = setup;
+      const server = await startServer(setup.env);
+      const { started } = server;
+      assert.equal(started.config.maxInterpreters, Number(settings.ISOGEAR_MAX_INTERPRETERS), 'the ConfigMap settings are in effect');
       // TLS with an API key, as production clients connect; probes in plaintext on the health port
-      const client = new TestClient(started.grpcAddress, apiKey, grpc.credentials.createSsl(ca.cert), { 'grpc.ssl_target_name_override': 'localhost' });
+      const client = new TestClient(started.grpcAddress, apiKey, grpc.credentials.createSsl(setup.caCert), { 'grpc.ssl_target_name_override': 'localhost' });
       const probe = new TestClient(started.healthAddress);
       const plaintext = new TestClient(started.grpcAddress, apiKey);
+      let stopped: { exit: string; out: string; err: string } | undefined;
       try {
         assert.equal(await probe.healthCheck(''), 'SERVING');
         assert.equal(await probe.healthCheck(SERVICE_NAME), 'SERVING');
         assert.equal(await client.healthCheck(SERVICE_NAME), 'SERVING');
         await assert.rejects(plaintext.healthCheck(''), (e: grpc.ServiceError) => e.code === grpc.status.UNAVAILABLE, 'production serves TLS only');
-        await assert.rejects(new TestClient(started.grpcAddress, undefined, grpc.credentials.createSsl(ca.cert), { 'grpc.ssl_target_name_override': 'localhost' }).execute({ source: 'export default 1' }), (e: grpc.ServiceError) => e.code === grpc.status.UNAUTHENTICATED);
+        await assert.rejects(new TestClient(started.grpcAddress, undefined, grpc.credentials.createSsl(setup.caCert), { 'grpc.ssl_target_name_override': 'localhost' }).execute({ source: 'export default 1' }), (e: grpc.ServiceError) => e.code === grpc.status.UNAUTHENTICATED);
         for (const mode of [pb.IsolationMode.ISOLATION_MODE_SHARED, pb.IsolationMode.ISOLATION_MODE_ISOLATE]) {
           const res = await client.execute({ source: 'import m from "m"; export default (a) => m(a.n)', modules: { m: 'export default (n) => n * 6' }, args: { n: 7 }, mode });
           succeeded(res);
@@ -290,11 +395,54 @@ describe('container image (deploy/Dockerfile)', function () {
         assert.match(metrics, /^isogear_isolates\{kind="dedicated"\} 0$/m);
       } finally {
         for (const c of [client, probe, plaintext]) c.close();
-        child.kill('SIGTERM');
-        pki.close();
+        stopped = await server.stop();
+        setup.close();
       }
-      assert.equal(await exited, 'code 0 signal null', `stdout: ${out}\nstderr: ${err}`);
-      assert.match(out, /"msg":"stopped"/);
+      assert.equal(stopped.exit, 'code 0 signal null', `stdout: ${stopped.out}\nstderr: ${stopped.err}`);
+      assert.match(stopped.out, /"msg":"stopped"/);
+    });
+
+    it('a registration survives a restart: the embedded store in the data volume restores it before health says SERVING', async function () {
+      if (!kubectlAvailable()) this.skip();
+      const setup = productionSetup();
+      const connect = (s: Started): TestClient => new TestClient(s.grpcAddress, setup.apiKey, grpc.credentials.createSsl(setup.caCert), { 'grpc.ssl_target_name_override': 'localhost' });
+      const trigger = 'rehearsal.restart';
+      let registrationId = '';
+      try {
+        const first = await startServer(setup.env);
+        const before = connect(first.started);
+        try {
+          const res = await before.register({ trigger, source: 'export default (p) => p.n * 6' });
+          registrationId = res.registration?.id ?? '';
+          assert.match(registrationId, /^reg_/);
+        } finally {
+          before.close();
+          const stopped = await first.stop();
+          assert.equal(stopped.exit, 'code 0 signal null', stopped.err);
+        }
+        assert.ok(readdirSync(dataDir).length > 0, 'the store wrote into ISOGEAR_DATA_DIR (the volume)');
+
+        const second = await startServer(setup.env);
+        const after = connect(second.started);
+        const probe = new TestClient(second.started.healthAddress);
+        try {
+          assert.equal(await probe.healthCheck(''), 'SERVING');
+          const res = await after.trigger({ trigger, payload: { n: 7 } });
+          assert.deepEqual(
+            res.results.map((r) => [r.registrationId, r.result]),
+            [[registrationId, 42]],
+            'the same registration, restored, answers',
+          );
+          await after.release({ registrationId });
+        } finally {
+          after.close();
+          probe.close();
+          const stopped = await second.stop();
+          assert.equal(stopped.exit, 'code 0 signal null', stopped.err);
+        }
+      } finally {
+        setup.close();
+      }
     });
   });
 });

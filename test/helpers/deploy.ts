@@ -4,17 +4,19 @@ import path from 'node:path';
 import { PrometheusRule } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule';
 import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
+import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler';
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { Namespace } from 'kubernetes-models/v1/Namespace';
+import { PersistentVolumeClaim } from 'kubernetes-models/v1/PersistentVolumeClaim';
 import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { parseAllDocuments } from 'yaml';
 
 export const ROOT = path.join(__dirname, '..', '..');
-export const OVERLAYS = ['dev', 'production'] as const;
+export const OVERLAYS = ['dev', 'production', 'scale-out'] as const;
 export type Overlay = (typeof OVERLAYS)[number];
 
 /** A rendered Kubernetes object; fields are read through the typed views below. */
@@ -58,7 +60,9 @@ const MODELS: Record<string, ModelClass> = {
   'v1/ConfigMap': ConfigMap as unknown as ModelClass,
   'v1/Secret': Secret as unknown as ModelClass,
   'v1/Service': Service as unknown as ModelClass,
+  'v1/PersistentVolumeClaim': PersistentVolumeClaim as unknown as ModelClass,
   'apps/v1/Deployment': Deployment as unknown as ModelClass,
+  'autoscaling/v2/HorizontalPodAutoscaler': HorizontalPodAutoscaler as unknown as ModelClass,
   'policy/v1/PodDisruptionBudget': PodDisruptionBudget as unknown as ModelClass,
   'networking.k8s.io/v1/NetworkPolicy': NetworkPolicy as unknown as ModelClass,
   'monitoring.coreos.com/v1/ServiceMonitor': ServiceMonitor as unknown as ModelClass,
@@ -123,6 +127,55 @@ export function find(objects: K8sObject[], kind: string, name?: string): K8sObje
   const hits = objects.filter((o) => o.kind === kind && (name === undefined || o.metadata.name === name || o.metadata.name.startsWith(`${name}-`)));
   if (hits.length !== 1) throw new Error(`expected one ${kind}${name ? ` named ${name}` : ''}, found ${hits.length}`);
   return hits[0];
+}
+
+/** Where one environment variable of a container comes from, as the kubelet resolves it. */
+export type EnvSource = { value: string; from: string } | { secret: string; key: string; optional: boolean };
+
+interface EnvContainer {
+  env?: { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string; optional?: boolean }; [source: string]: unknown } }[];
+  envFrom?: { configMapRef?: { name: string }; secretRef?: unknown; prefix?: string }[];
+}
+
+/**
+ * A container's environment from the rendered objects: the ConfigMaps of `envFrom` in order, then
+ * `env`, which overrides them (the kubelet's precedence). A ConfigMap the render lacks, an
+ * `envFrom` Secret or a `valueFrom` other than secretKeyRef throws: the checks would not see it.
+ */
+export function containerEnv(objects: K8sObject[], container: EnvContainer): Map<string, EnvSource> {
+  const env = new Map<string, EnvSource>();
+  for (const from of container.envFrom ?? []) {
+    const name = from.configMapRef?.name;
+    if (!name || from.secretRef || from.prefix) throw new Error(`envFrom ${JSON.stringify(from)}: only whole ConfigMaps are modelled`);
+    const cm = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name === name);
+    if (!cm) throw new Error(`envFrom names ConfigMap ${name}, which the render lacks`);
+    for (const [k, v] of Object.entries((cm.data ?? {}) as Record<string, string>)) env.set(k, { value: v, from: `ConfigMap ${name}` });
+  }
+  for (const e of container.env ?? []) {
+    if (e.valueFrom === undefined) env.set(e.name, { value: e.value ?? '', from: 'env' });
+    else if (e.valueFrom.secretKeyRef && Object.keys(e.valueFrom).length === 1) {
+      const ref = e.valueFrom.secretKeyRef;
+      env.set(e.name, { secret: ref.name, key: ref.key, optional: ref.optional === true });
+    } else throw new Error(`env ${e.name}: only secretKeyRef is modelled`);
+  }
+  return env;
+}
+
+/** A PodDisruptionBudget's spec (the integer or percentage forms). */
+export interface DisruptionBudget {
+  minAvailable?: number | string;
+  maxUnavailable?: number | string;
+}
+
+/**
+ * How many of `pods` healthy pods an eviction API call may take down at once under the budget,
+ * as the disruption controller computes it (percentages round up).
+ */
+export function allowedDisruptions(budget: DisruptionBudget, pods: number): number {
+  const count = (v: number | string): number => (typeof v === 'number' ? v : Math.ceil((Number(v.replace(/%$/, '')) / 100) * pods));
+  if (budget.maxUnavailable !== undefined) return Math.max(0, Math.min(pods, count(budget.maxUnavailable)));
+  if (budget.minAvailable !== undefined) return Math.max(0, pods - count(budget.minAvailable));
+  return pods;
 }
 
 /** Does `selector` (matchLabels) select an object carrying `labels`? */

@@ -67,13 +67,24 @@ export function copies(stage: Stage): Copy[] {
   });
 }
 
-/** The environment the final image sets (ENV), as the container starts with it. */
-export function imageEnv(parsed = parseDockerfile()): Record<string, string> {
+/** The environment a stage's ENV instructions set (for the build stage: what its RUNs see). */
+export function stageEnv(stage: Stage): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const ins of of(parsed.final, 'ENV')) {
+  for (const ins of of(stage, 'ENV')) {
     for (const p of (ins as unknown as { getProperties(): { getName(): string; getValue(): string | null }[] }).getProperties()) env[p.getName()] = p.getValue() ?? '';
   }
   return env;
+}
+
+/** The environment the final image sets (ENV), as the container starts with it. */
+export const imageEnv = (parsed = parseDockerfile()): Record<string, string> => stageEnv(parsed.final);
+
+/** The paths the final image declares as VOLUMEs (JSON or plain form). */
+export function imageVolumes(parsed = parseDockerfile()): string[] {
+  return of(parsed.final, 'VOLUME').flatMap((ins) => {
+    const content = (ins.getArgumentsContent() ?? '').trim();
+    return content.startsWith('[') ? (JSON.parse(content) as string[]) : content.split(/\s+/);
+  });
 }
 
 /** The final image's USER (`uid[:gid]`). */
