@@ -256,8 +256,8 @@ async function restoreStored(manager: InterpreterManager, store: RegistrationSto
   if (!store) return;
   const since = performance.now();
   if (store.follow) {
-    const apply = (id: string): void => {
-      manager.applyStored(id).catch((err: unknown) => logger.error({ err, interpreterId: id }, 'store: a change from another server could not be applied'));
+    const apply = (id: string, replacedBy?: string): void => {
+      manager.applyStored(id, replacedBy).catch((err: unknown) => logger.error({ err, interpreterId: id }, 'store: a change from another server could not be applied'));
     };
     const resync = (): void => {
       logger.warn({ store: store.description }, 'store: changes may have been missed; comparing every recipe again');

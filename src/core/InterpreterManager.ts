@@ -1250,11 +1250,6 @@ export class InterpreterManager implements IsolateManager {
     };
   }
 
-  /** False while the start-up restore runs: requests wait for it (UNAVAILABLE). */
-  get ready(): boolean {
-    return this.restoring === undefined;
-  }
-
   private async restoreOne(recipe: InterpreterRecipe, why: 'restore' | 'replica'): Promise<void> {
     if (this.closed || this.interpreters.has(recipe.interpreterId)) return;
     const since = performance.now();
@@ -1266,6 +1261,7 @@ export class InterpreterManager implements IsolateManager {
       });
     } catch (err) {
       // No interpreter to list it under (the server is full): it stays stored for the next start.
+      if (this.closed) return;
       const reason = `no interpreter could be created for it: ${err instanceof Error ? err.message : String(err)}`;
       this.noteBroken(recipe, reason);
       return;
@@ -1275,9 +1271,14 @@ export class InterpreterManager implements IsolateManager {
     // held through the replay: a step that registers nothing must not dispose it
     const hold = interp.acquire('execution');
     try {
-      if (recipe.name) this.claimName(interp, recipe.name);
-      const failed = await this.replaySteps(interp, recipe, 0);
+      // the name moves with the last step's commit, in one synchronous step: on a replica that
+      // follows an upgrade, a Trigger sees the old holder's handlers or the new ones, never both
+      const claim = (): void => {
+        if (recipe.name) this.claimName(interp, recipe.name);
+      };
+      const failed = await this.replaySteps(interp, recipe, 0, claim);
       if (failed) {
+        claim();
         this.breakInterpreter(interp, recipe, `restore failed: ${failed}`);
         return;
       }
@@ -1299,17 +1300,18 @@ export class InterpreterManager implements IsolateManager {
   }
 
   /** Replays the steps of `recipe` this interpreter has not run, from `from`; returns why one failed. */
-  private async replaySteps(interp: Interpreter, recipe: InterpreterRecipe, from: number): Promise<string | undefined> {
+  private async replaySteps(interp: Interpreter, recipe: InterpreterRecipe, from: number, atLast?: () => void): Promise<string | undefined> {
     for (let k = from; k < recipe.steps.length; k++) {
       const step = recipe.steps[k];
       if (interp.stepIds.has(step.id)) continue;
-      const why = await this.replayStep(interp, step);
+      const why = await this.replayStep(interp, step, k === recipe.steps.length - 1 ? atLast : undefined);
       if (why) return `step ${k + 1} of ${recipe.steps.length} (${step.kind}) ${why}`;
     }
     return undefined;
   }
 
-  private async replayStep(interp: Interpreter, step: RecipeStep): Promise<string | undefined> {
+  /** Replays one step; `onCommit` runs in the same synchronous step as its commit. */
+  private async replayStep(interp: Interpreter, step: RecipeStep, onCommit?: () => void): Promise<string | undefined> {
     if (!interp.accepting) return `could not run: interpreter ${interp.id} is ${interp.state.toUpperCase()}`;
     const ids = step.registrations.map((r) => r.id);
     if (step.kind === 'trigger' && !interp.registrations.has(step.handlerId ?? '')) {
@@ -1343,6 +1345,7 @@ export class InterpreterManager implements IsolateManager {
         return;
       }
       if (this.commit(interp, tuple, r.executionId).length !== ids.length) why = 'stopped taking registrations';
+      else onCommit?.();
     });
     if (!why) this.noteStep(interp, step);
     return why;
@@ -1400,15 +1403,19 @@ export class InterpreterManager implements IsolateManager {
   /**
    * A recipe changed in a shared store (another server, or this one, wrote it): this server's copy
    * is made to match. New recipes are rebuilt, new steps replayed, released registrations released,
-   * removed recipes dropped. Idempotent.
+   * removed recipes dropped (`replacedBy`: the recipe whose upgrade removed it). Idempotent.
    */
-  applyStored(interpreterId: string): Promise<void> {
+  applyStored(interpreterId: string, replacedBy?: string): Promise<void> {
     return this.serial(interpreterId, async () => {
       const store = this.options.store;
       if (!store || this.closed) return;
       const recipe = await store.load(interpreterId);
       const local = this.interpreters.get(interpreterId);
       if (!recipe) {
+        // An upgrade elsewhere removed it: rebuild its successor first, which takes the name and
+        // drops this one in the same step as its last commit (never both sets, nor neither).
+        // The successor's work never waits on this one's, so this cannot deadlock.
+        if (local?.stored && replacedBy && local.name) await this.applyStored(replacedBy);
         if (local?.stored) this.dropUnstored(local);
         return;
       }

@@ -33,7 +33,8 @@ const CHANGES_MAXLEN = 10000;
  *   p index             sorted set of interpreter ids, scored by creation order
  *   p names             hash "<tenant>\n<name>" -> interpreter id (named ones only)
  *   p seq               counter: one per change
- *   p changes           stream of {id, n}: n is the seq of the change, so gaps are visible
+ *   p changes           stream of {id, n[, by]}: n is the seq of the change, so gaps are
+ *                       visible; by: the recipe whose upgrade removed this one
  *
  * The scripts build keys from the prefix (a replaced recipe's keys are only known inside the
  * script), so they need one Redis (standalone or Sentinel), not a Cluster.
@@ -41,12 +42,17 @@ const CHANGES_MAXLEN = 10000;
 const PRELUDE = `
 local p = ARGV[1]
 local function meta(id) return p .. 'i:' .. id end
-local function emit(id)
+local function emit(id, by)
   local n = redis.call('INCR', p .. 'seq')
-  redis.call('XADD', p .. 'changes', 'MAXLEN', '~', ${CHANGES_MAXLEN}, '*', 'id', id, 'n', n)
+  if by then
+    redis.call('XADD', p .. 'changes', 'MAXLEN', '~', ${CHANGES_MAXLEN}, '*', 'id', id, 'n', n, 'by', by)
+  else
+    redis.call('XADD', p .. 'changes', 'MAXLEN', '~', ${CHANGES_MAXLEN}, '*', 'id', id, 'n', n)
+  end
   return n
 end
-local function drop(id)
+-- by: the recipe that replaced this one (an upgrade), so followers drop it when that one is in
+local function drop(id, by)
   local m = meta(id)
   local owner = redis.call('HMGET', m, 'tenant', 'name')
   if owner[2] and owner[2] ~= '' then
@@ -55,7 +61,7 @@ local function drop(id)
   end
   redis.call('DEL', m, m .. ':steps', m .. ':released')
   redis.call('ZREM', p .. 'index', id)
-  emit(id)
+  emit(id, by)
 end
 `;
 
@@ -74,7 +80,7 @@ if name ~= '' then
   local holder = redis.call('HGET', p .. 'names', tenant .. '\\n' .. name)
   if holder then
     if ARGV[5] ~= '1' then return {'taken', holder} end
-    drop(holder)
+    drop(holder, id)
     replaced = holder
   end
 end
@@ -279,7 +285,7 @@ export class RedisStore implements RegistrationStore {
    * changes and may repeat one: the caller reconciles by id, idempotently. `onResync` is called
    * when the feed was trimmed past our position or the connection dropped and came back.
    */
-  async follow(onChange: (interpreterId: string) => void, onResync: () => void): Promise<void> {
+  async follow(onChange: (interpreterId: string, replacedBy?: string) => void, onResync: () => void): Promise<void> {
     if (this.closed) throw new IllegalStateError(`${this.description}: follow after close`);
     if (this.reader) throw new IllegalStateError(`${this.description}: follow called twice`);
     const reader = this.redis.duplicate();
@@ -316,7 +322,7 @@ export class RedisStore implements RegistrationStore {
   private async followLoop(
     reader: Redis,
     from: { id: string; n: number },
-    onChange: (interpreterId: string) => void,
+    onChange: (interpreterId: string, replacedBy?: string) => void,
     onResync: () => void,
   ): Promise<void> {
     let { id: lastId, n: lastN } = from;
@@ -353,7 +359,7 @@ export class RedisStore implements RegistrationStore {
           }
           lastId = entryId;
           if (Number.isInteger(n)) lastN = n;
-          if (entry.id) call('onChange', () => onChange(entry.id));
+          if (entry.id) call('onChange', () => onChange(entry.id, entry.by || undefined));
         }
       } catch (err) {
         if (this.closed) break;

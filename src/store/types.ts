@@ -106,10 +106,12 @@ export interface RegistrationStore {
   remove(interpreterId: string): Promise<void>;
   /**
    * Shared stores: reports, from now on, the id of every interpreter whose recipe changed
-   * (created, appended, released, removed), by this server or another, within a bounded delay.
+   * (created, appended, released, removed), by this server or another, within a bounded delay;
+   * for a recipe an upgrade removed, `replacedBy` names the recipe that took its name. Call it
+   * before `loadAll`: no change made in between is missed.
    * `onResync` is called when changes may have been missed (the feed was trimmed past us, the
    * connection dropped): every recipe must be compared again.
    */
-  follow?(onChange: (interpreterId: string) => void, onResync: () => void): Promise<void>;
+  follow?(onChange: (interpreterId: string, replacedBy?: string) => void, onResync: () => void): Promise<void>;
   close(): Promise<void>;
 }

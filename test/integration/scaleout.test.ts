@@ -109,6 +109,25 @@ describe('scale-out: three servers on one Redis serve the same registrations', f
     }
   });
 
+  it('a replica following an upgrade never shows both sets, nor neither', async () => {
+    const [a, b] = clients;
+    await a.execute({ source: 'gears.register("so.swap", () => "old");', name: 'so-swap' });
+    await eventually('b runs old', async () => JSON.stringify(await triggerResults(b, 'so.swap')) === '["old"]');
+    const seen = new Map<string, number>();
+    let done = false;
+    const watch = (async () => {
+      while (!done) {
+        const key = JSON.stringify((await triggerResults(b, 'so.swap')) ?? null);
+        seen.set(key, (seen.get(key) ?? 0) + 1);
+      }
+    })();
+    await a.execute({ source: 'gears.register("so.swap", () => "new");', name: 'so-swap', replace: true });
+    await eventually('b runs new', async () => JSON.stringify(await triggerResults(b, 'so.swap')) === '["new"]');
+    done = true;
+    await watch;
+    assert.deepEqual([...seen.keys()].filter((k) => k !== '["old"]' && k !== '["new"]'), [], `b only ever ran one set (${JSON.stringify([...seen])})`);
+  });
+
   it('handlers a handler registers, and attached steps, reach the other replicas', async () => {
     const [a, b, c] = clients;
     const ex = await a.execute({ source: 'globalThis.tag = "t1"; gears.register("so.spawn", (p) => { gears.register("so.child." + p, () => tag + ":" + p); });' });

@@ -420,10 +420,13 @@ describe('registration stores', () => {
       return store;
     };
     /** Records what follow() reports. */
-    const follower = async (store: RedisStore): Promise<{ changed: string[]; resyncs: number }> => {
-      const seen = { changed: [] as string[], resyncs: 0 };
+    const follower = async (store: RedisStore): Promise<{ changed: string[]; replacedBy: Map<string, string>; resyncs: number }> => {
+      const seen = { changed: [] as string[], replacedBy: new Map<string, string>(), resyncs: 0 };
       await store.follow(
-        (id) => seen.changed.push(id),
+        (id, by) => {
+          seen.changed.push(id);
+          if (by) seen.replacedBy.set(id, by);
+        },
         () => seen.resyncs++,
       );
       return seen;
@@ -476,6 +479,7 @@ describe('registration stores', () => {
         await b.remove(next.interpreterId);
         await waitFor('five changes reported', () => seen.changed.length >= 5, 3000);
         assert.deepEqual(seen.changed, [old.interpreterId, next.interpreterId, next.interpreterId, next.interpreterId, next.interpreterId]);
+        assert.deepEqual([...seen.replacedBy], [[old.interpreterId, next.interpreterId]], 'the removal names its successor');
         // No-ops on a recipe that is gone report nothing.
         await b.append(next.interpreterId, step());
         await a.create(recipe(), false);
