@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TestClient } from '../helpers/client';
 import { spawnServer, type ServerProcess } from '../helpers/process';
+import { requireRedis, startRedis, type TestRedis } from '../helpers/redis';
 
 const ROUNDS = Number(process.env.CRASH_ROUNDS ?? 5);
 const WORKERS = 4;
@@ -20,7 +21,6 @@ async function liveRegistrations(client: TestClient): Promise<Map<string, string
   return out;
 }
 
-const start = (dataDir: string): Promise<ServerProcess> => spawnServer({ ISOGEAR_DATA_DIR: dataDir, ISOGEAR_DEFAULT_MODE: 'shared' });
 
 /**
  * Kills the server with SIGKILL at a random moment of a Register/Release load, restarts it on
@@ -28,13 +28,24 @@ const start = (dataDir: string): Promise<ServerProcess> => spawnServer({ ISOGEAR
  * runs), what was acknowledged released is gone. Calls the kill cut off may land either way;
  * the next round reads from the server which way they went.
  */
-describe('durable registrations survive SIGKILL under load (embedded store)', function () {
+for (const kind of ['sqlite', 'redis'] as const) describe(`durable registrations survive SIGKILL under load (${kind} store)`, function () {
   this.timeout(180_000);
   let dataDir: string;
-  before(() => {
+  let redis: TestRedis | undefined;
+  /** The server, on the same store each time (the Redis outlives every server). */
+  const start = (): Promise<ServerProcess> =>
+    spawnServer({ ISOGEAR_DATA_DIR: dataDir, ISOGEAR_DEFAULT_MODE: 'shared', ...(redis ? { ISOGEAR_STORE: redis.url } : {}) });
+  before(async function () {
     dataDir = mkdtempSync(path.join(os.tmpdir(), 'isogear-crash-'));
+    if (kind === 'redis') {
+      requireRedis(this);
+      redis = await startRedis();
+    }
   });
-  after(() => rmSync(dataDir, { recursive: true, force: true }));
+  after(async () => {
+    rmSync(dataDir, { recursive: true, force: true });
+    await redis?.stop();
+  });
 
   it(`${ROUNDS} kills at random moments: every acknowledged registration triggers, every acknowledged release stays released`, async () => {
     /** Acknowledged and not released: id → trigger. */
@@ -49,7 +60,7 @@ describe('durable registrations survive SIGKILL under load (embedded store)', fu
     let releases = 0;
 
     for (let round = 0; round <= ROUNDS; round++) {
-      const p = await start(dataDir);
+      const p = await start();
       const client = new TestClient(p.grpcAddress);
       try {
         // ---- what the last round left
@@ -125,7 +136,7 @@ describe('durable registrations survive SIGKILL under load (embedded store)', fu
     assert.ok(registers > 20 && releases > 5, `the load ran (${registers} registrations and ${releases} releases acknowledged)`);
 
     // released everything: a restart brings nothing back
-    const p = await start(dataDir);
+    const p = await start();
     const client = new TestClient(p.grpcAddress);
     try {
       assert.equal((await client.listInterpreters({})).interpreters.length, 0);
