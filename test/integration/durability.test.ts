@@ -64,6 +64,8 @@ describe('durable registrations: a restarted server keeps them (embedded store)'
       const restored = logLines(p.output().stdout).find((l) => l.msg === 'restore: stored interpreters are back');
       assert.equal(restored?.restored, 2);
       assert.equal(restored?.broken, 0);
+      const progress = logLines(p.output().stdout).filter((l) => l.msg === 'restore: rebuilding stored interpreters');
+      assert.deepEqual(progress.at(-1) && [progress.at(-1)?.done, progress.at(-1)?.total], [2, 2], 'progress is logged, up to the end');
       for (const i of (await client.listInterpreters({})).interpreters) await client.release({ interpreterId: i.id });
     } finally {
       client.close();

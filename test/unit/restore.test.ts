@@ -189,6 +189,47 @@ describe('durable registrations: restore from the store', () => {
     }
   });
 
+  it('restores with bounded concurrency and reports progress', async () => {
+    const c = new Cluster();
+    for (let i = 0; i < 8; i++) {
+      c.store.put({
+        interpreterId: `itp_0000000000000000010${i}`,
+        tenant: 'default',
+        name: '',
+        mode: 'isolate',
+        memoryMb: 32,
+        registrationPrefix: `b${i}_`,
+        createdAtMs: i,
+        released: [],
+        steps: [
+          {
+            id: `stp_${i}`,
+            kind: 'execute',
+            source: `const t = Date.now(); while (Date.now() - t < 60); gears.register("slow.${i}", () => ${i});`,
+            argsJson: '',
+            timeoutMs: 2000,
+            registrations: [{ id: `reg_b${i}_1`, trigger: `slow.${i}`, description: '' }],
+          },
+        ],
+      });
+    }
+    const m = await InterpreterManager.create({ ...MANAGER_OPTIONS, store: c.store });
+    c.manager = m;
+    try {
+      let most = 0;
+      const sampler = setInterval(() => (most = Math.max(most, m.counters().executionsInFlight)), 2);
+      const progress: [number, number][] = [];
+      const status = await m.restore(() => c.store.loadAll(), 2, (done, total) => progress.push([done, total]));
+      clearInterval(sampler);
+      assert.equal(status.restored, 8);
+      assert.ok(most >= 1 && most <= 2, `at most 2 replays ran at once (saw ${most})`);
+      assert.deepEqual(progress, Array.from({ length: 8 }, (_, k) => [k + 1, 8]));
+      assert.equal((await m.trigger({ trigger: 'slow.7' }))[0].result, 7);
+    } finally {
+      await c.end();
+    }
+  });
+
   it('a recipe whose script now throws is broken with the error', async () => {
     const c = new Cluster();
     c.store.put({
