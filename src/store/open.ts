@@ -2,7 +2,7 @@ import path from 'node:path';
 import type { Config } from '../config';
 import type { Logger } from '../logger';
 import { RedisStore } from './RedisStore';
-import { SqliteStore } from './SqliteStore';
+import { SqliteWorkerStore } from './SqliteWorkerStore';
 import type { RegistrationStore } from './types';
 
 /** A Redis URL as it may be logged: without its password. */
@@ -23,6 +23,6 @@ export async function openStore(config: Pick<Config, 'store' | 'dataDir'>, logge
     logger.warn({}, 'ISOGEAR_STORE=memory: registrations live in this process only and are lost when it ends');
     return undefined;
   }
-  if (config.store === 'sqlite') return SqliteStore.open(path.resolve(config.dataDir));
+  if (config.store === 'sqlite') return SqliteWorkerStore.open(path.resolve(config.dataDir));
   return RedisStore.open(config.store, { logger });
 }

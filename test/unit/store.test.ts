@@ -9,6 +9,7 @@ import { Redis } from 'ioredis';
 import { IllegalStateError } from '../../src/core/errors';
 import { RedisStore } from '../../src/store/RedisStore';
 import { SqliteStore } from '../../src/store/SqliteStore';
+import { SqliteWorkerStore } from '../../src/store/SqliteWorkerStore';
 import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RegistrationStore } from '../../src/store/types';
 import { waitFor } from '../helpers/proto';
 import { requireRedis, startRedis, type TestRedis } from '../helpers/redis';
@@ -294,6 +295,25 @@ describe('registration stores', () => {
     describeStore('conformance', async () => {
       const dir = path.join(tempDir(), 'data');
       return { open: async () => SqliteStore.open(dir), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+    });
+
+    // what the server runs: the same store on a worker thread of its own
+    describeStore('conformance, on its worker thread (SqliteWorkerStore)', async () => {
+      const dir = path.join(tempDir(), 'data');
+      return { open: () => SqliteWorkerStore.open(dir), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+    });
+
+    it('on its worker thread: a second opener is refused (StoreError), a taken name is NameTakenError, use after close IllegalStateError', async () => {
+      const dir = path.join(tempDir(), 'w');
+      const first = await SqliteWorkerStore.open(dir);
+      try {
+        await rejectsWith(SqliteWorkerStore.open(dir), StoreError, /in use by another isogear process/);
+        await first.create(recipe({ name: 'n' }), false);
+        await rejectsWith(first.create(recipe({ name: 'n' }), false), NameTakenError, /"n" already exists/);
+      } finally {
+        await first.close();
+      }
+      await rejectsWith(first.load('x'), IllegalStateError, /after close/);
     });
 
     describe('on its own', () => {
