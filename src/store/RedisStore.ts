@@ -139,7 +139,7 @@ function connectionOptions(): RedisOptions {
 }
 
 /** The URL without its password, for logs and messages. */
-function redact(url: string): string {
+export function redactRedisUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
@@ -211,7 +211,7 @@ export class RedisStore implements RegistrationStore {
 
   /** Connects to `url` (redis:// or rediss://); rejects with StoreError when it does not answer. */
   static async open(url: string, options: RedisStoreOptions = {}): Promise<RedisStore> {
-    const where = redact(url);
+    const where = redactRedisUrl(url);
     let redis: Redis;
     try {
       redis = new Redis(url, connectionOptions());

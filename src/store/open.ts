@@ -1,20 +1,13 @@
 import path from 'node:path';
 import type { Config } from '../config';
 import type { Logger } from '../logger';
-import { RedisStore } from './RedisStore';
+import { RedisStore, redactRedisUrl } from './RedisStore';
 import { SqliteWorkerStore } from './SqliteWorkerStore';
 import type { RegistrationStore } from './types';
 
-/** A Redis URL as it may be logged: without its password. */
+/** ISOGEAR_STORE as it may be logged: a Redis URL without its password. */
 export function redactStoreUrl(store: string): string {
-  if (!/^rediss?:\/\//i.test(store)) return store;
-  try {
-    const url = new URL(store);
-    if (url.password) url.password = '***';
-    return url.toString();
-  } catch {
-    return 'redis://(unparsable)';
-  }
+  return /^rediss?:\/\//i.test(store) ? redactRedisUrl(store) : store;
 }
 
 /** The store ISOGEAR_STORE names, open; undefined for `memory` (nothing durable). Rejects with StoreError. */

@@ -2,6 +2,7 @@ import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 
@@ -100,4 +101,16 @@ export function scratchDataDir(): string {
   const d = mkdtempSync(path.join(os.tmpdir(), 'isogear-data-'));
   scratchDirs.push(d);
   return d;
+}
+
+/** A loopback port free now (the OS picked it), for a server that must be reached before it logs its address. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

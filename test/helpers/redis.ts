@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePort } from './process';
 
 /** True when Debian's `redis-server` is on PATH. */
 export const HAVE_REDIS: boolean = spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
@@ -30,17 +31,6 @@ export function requireRedis(ctx: Mocha.Context): void {
   if (process.env.CI) throw new Error("redis-server is not installed: .ci/run must install Debian's redis-server package");
   console.warn('\n    !!! redis-server is not installed (apt-get install redis-server): SKIPPING the Redis store tests !!!\n');
   ctx.skip();
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** Sends PING on a fresh socket; true when +PONG comes back. */

@@ -1,23 +1,10 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { expectStatus, TestClient } from '../helpers/client';
-import { logLines, spawnServer, type ServerProcess } from '../helpers/process';
-
-/** A port free now (the OS picked it), for a server whose health must be asked before it logs its address. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
+import { freePort, logLines, spawnServer, type ServerProcess } from '../helpers/process';
 
 async function stop(p: ServerProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   p.child.kill(signal);

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { pb } from '../helpers/client';
+import { freePort } from '../helpers/process';
 import { ISOLATE, limits, SHARED } from '../helpers/proto';
 import { releaseAll, sleep, startTestServer, type TestServer } from '../helpers/server';
 
@@ -28,17 +28,6 @@ interface RuleGroup {
 
 function havePrometheus(): boolean {
   return spawnSync('prometheus', ['--version'], { stdio: 'ignore' }).status === 0;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
 }
 
 /** Every `expr` in the dashboard's panels (rows included), with Grafana's variables filled in. */

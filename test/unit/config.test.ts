@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import os from 'node:os';
 import { ConfigError, loadConfig } from '../../src/config';
+import { redactStoreUrl } from '../../src/store/open';
 
 /** Asserts that loading fails with a ConfigError whose message matches every pattern. */
 function expectConfigError(env: Record<string, string>, argv: string[], ...patterns: RegExp[]): ConfigError {
@@ -156,6 +157,28 @@ describe('config: loadConfig', () => {
       expectConfigError({}, ['--max-interpreter=5'], /max-interpreter/);
       expectConfigError({}, ['--max-interpreters'], /max-interpreters/);
       expectConfigError({}, ['serve'], /serve/);
+    });
+  });
+
+  describe('the store settings', () => {
+    it('defaults to the embedded store in ./data, restoring 4 at once', () => {
+      const c = loadConfig({});
+      assert.deepEqual([c.store, c.dataDir, c.restoreConcurrency], ['sqlite', './data', 4]);
+    });
+
+    it('takes sqlite, memory and Redis URLs, and never echoes a rejected value (it may hold a password)', () => {
+      assert.equal(loadConfig({ ISOGEAR_STORE: 'memory' }).store, 'memory');
+      assert.equal(loadConfig({ ISOGEAR_STORE: 'rediss://:pw@redis.example:6380/2' }).store, 'rediss://:pw@redis.example:6380/2');
+      const err = expectConfigError({ ISOGEAR_STORE: 'postgres://:hunter2@db/x' }, [], /ISOGEAR_STORE must be sqlite, memory, or a redis:\/\/ or rediss:\/\/ URL/);
+      assert.doesNotMatch(err.message, /hunter2/);
+      expectConfigError({ ISOGEAR_STORE: 'redis://:pw@h:6379/abc' }, [], /database number/);
+      expectConfigError({ ISOGEAR_RESTORE_CONCURRENCY: '0' }, [], /ISOGEAR_RESTORE_CONCURRENCY must be between 1 and 256/);
+    });
+
+    it('logs a Redis URL without its password', () => {
+      assert.equal(redactStoreUrl('redis://:s3cret@redis.example:6379/0'), 'redis://:***@redis.example:6379/0');
+      assert.equal(redactStoreUrl('rediss://user:s3cret@r:6380'), 'rediss://user:***@r:6380');
+      assert.equal(redactStoreUrl('sqlite'), 'sqlite');
     });
   });
 });
