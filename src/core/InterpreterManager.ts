@@ -428,7 +428,15 @@ export class InterpreterManager implements IsolateManager {
         const step = { kind: 'register' as const, source: spec.source, modules, trigger: spec.trigger, description, timeoutMs: limits.timeoutMs };
         const done = this.commitStep(interp, tuple, r.executionId, step);
         if (Array.isArray(done)) registration = done[0];
-        else return done.then((regs) => void (registration = regs[0]), (err: unknown) => void (notStored = err));
+        else {
+          return done.then(
+            (regs) => {
+              registration = regs[0];
+              if (!registration) refused = `interpreter ${interp.id} was released while the handler loaded`;
+            },
+            (err: unknown) => void (notStored = err),
+          );
+        }
       },
       undefined,
       slot,
@@ -449,10 +457,19 @@ export class InterpreterManager implements IsolateManager {
     const store = this.options.store;
     if (!store || !interp.stored) return this.releaseNow(interp, regs);
     // Stored first, then gone here: a crash between the two leaves it released after the restore.
+    const byInterpreter = 'interpreterId' in target;
     return this.serial(interp.id, async () => {
-      // the registrations may have gone while this waited its turn (another Release, an upgrade)
-      const live = regs.filter((r) => interp.registrations.get(r.id) === r);
-      if (live.length > 0 && interp.stored) {
+      // The registrations may have gone while this waited its turn (another Release, an
+      // upgrade): it releases what is there then, and answers as if it had come after the other.
+      const live = byInterpreter ? [...interp.registrations.values()] : regs.filter((r) => interp.registrations.get(r.id) === r);
+      if (live.length === 0) {
+        throw new NotFoundError(
+          byInterpreter
+            ? `interpreter ${interp.id} holds no registrations to release`
+            : `registration ${regs[0].id} not found (unknown or already released)`,
+        );
+      }
+      if (interp.stored) {
         const all = live.length === interp.registrations.size;
         try {
           if (all) await store.remove(interp.id);
@@ -465,8 +482,7 @@ export class InterpreterManager implements IsolateManager {
           this.broken.delete(interp.id); // a broken one released: nothing of it is left to rebuild
         } else interp.released.push(...live.map((r) => r.id));
       }
-      this.releaseNow(interp, live);
-      return { releasedRegistrationIds: regs.map((r) => r.id), interpreter: interp.infoWithHeap(0) };
+      return this.releaseNow(interp, live);
     });
   }
 
@@ -1111,6 +1127,13 @@ export class InterpreterManager implements IsolateManager {
     const u = this.use(interp.tenant);
     u.registrations += n; // held for the step while it is written, so a concurrent request sees the quota used
     return this.serial(interp.id, async () => {
+      if (!interp.accepting) {
+        // released (or failed) while this waited its turn: nothing of it is kept, nor stored
+        u.registrations -= n;
+        const out = this.commit(interp, tuple, execId);
+        after?.();
+        return out;
+      }
       let created = false;
       let replaced: string | undefined;
       try {

@@ -43,6 +43,24 @@ describe('refcount model: regressions', function () {
   );
 
   it(
+    'an attached Register and a Release by interpreter released first, on a stored interpreter, is refused as released',
+    // catches: a step queued behind a stored release re-creating the recipe of a DRAINING interpreter
+    replay([
+      { op: 'register', mode: 'shared', trigger: 0, bad: false },
+      { op: 'mix', ops: [{ op: 'releaseItp', pick: 0 }, { op: 'registerIn', pick: 0, trigger: 0 }, { op: 'executeIn', pick: 0, triggers: [] }] },
+    ]),
+  );
+
+  it(
+    'a Release by registration and by interpreter at once: each answers only what it released',
+    // catches: a stored release answering with registrations another release took while it waited
+    replay([
+      { op: 'mix', ops: [{ op: 'register', mode: 'shared', trigger: 0 }, { op: 'executeIn', pick: 0, triggers: [] }] },
+      { op: 'mix', ops: [{ op: 'releaseReg', pick: 0 }, { op: 'releaseItp', pick: 0 }] },
+    ]),
+  );
+
+  it(
     'two concurrent upgrades of a free name leave one holder and dispose the replaced dedicated isolate',
     // catches: a replaced interpreter keeping its registrations or its dedicated isolate
     replay([{ op: 'upgradeRace', name: 0, a: { mode: 'shared', triggers: [1] }, b: { mode: 'isolate', triggers: [0, 0] } }]),
