@@ -15,7 +15,7 @@ import type { InterpreterInfo, InterpreterState, IsolationMode, OwnerKind } from
 export class Interpreter implements ReferenceCounted {
   createdAt = new Date();
   readonly registrations = new Map<string, Registration>();
-  /** Its recipe as far as it ran here (with a store): the steps replayed to rebuild it. */
+  /** With a store: the steps it ran before its recipe was stored (then the store has them), and the ids of all. */
   readonly steps: RecipeStep[] = [];
   readonly stepIds = new Set<string>();
   /** Registrations released since their step ran (the store keeps them so, too). */

@@ -1142,6 +1142,7 @@ export class InterpreterManager implements IsolateManager {
           replaced = (await store.create(this.recipeOf(interp, step, replaceName ?? interp.name), replaceName !== undefined)).replaced;
           created = true;
           interp.stored = true;
+          interp.steps.length = 0;
         } else if (oldHolder?.stored) {
           // an upgrade that registers nothing: the old holder of the name goes, and nothing replaces it
           await store.remove(oldHolder.id);
@@ -1190,8 +1191,9 @@ export class InterpreterManager implements IsolateManager {
     if (interp.registrations.size > 0) this.releaseRegistrations(interp, [...interp.registrations.values()]);
   }
 
+  /** Once the recipe is stored, the store has the steps: only their ids stay here (sources can be large). */
   private noteStep(interp: Interpreter, step: RecipeStep): void {
-    interp.steps.push(step);
+    if (!interp.stored) interp.steps.push(step);
     interp.stepIds.add(step.id);
   }
 
