@@ -198,7 +198,7 @@ export class GearsService {
         .then(() => {
           // Credentials first: an unauthenticated call learns nothing about its request.
           tenant = this.auth.authenticate(call.metadata.get('authorization'), call.getAuthContext()?.sslPeerCertificate).name;
-          const restoring = this.manager.restoreStatus().restoring;
+          const restoring = this.manager.restoreProgress();
           if (restoring) {
             throw new UnavailableError(`the server is rebuilding its stored interpreters (${restoring.done} of ${restoring.total} done); retry shortly`);
           }

@@ -18,8 +18,6 @@ export class Interpreter implements ReferenceCounted {
   /** With a store: the steps it ran before its recipe was stored (then the store has them), and the ids of all. */
   readonly steps: RecipeStep[] = [];
   readonly stepIds = new Set<string>();
-  /** Registrations released since their step ran (the store keeps them so, too). */
-  readonly released: string[] = [];
   /** Its recipe is in the store (it holds, or held, registrations there). */
   stored = false;
   state: InterpreterState = 'ready';

@@ -174,7 +174,7 @@ export class InterpreterManager implements IsolateManager {
   /** Store work per interpreter, in order (see serial). */
   private readonly chains = new Map<string, Promise<void>>();
   private restoring: { total: number; done: number } | undefined;
-  private readonly restored = { restored: 0 };
+  private restoredCount = 0;
   private readonly broken = new Map<string, BrokenRecipe>();
   private storeFailures = 0;
   private creating = 0;
@@ -480,7 +480,7 @@ export class InterpreterManager implements IsolateManager {
         if (all) {
           interp.stored = false;
           this.broken.delete(interp.id); // a broken one released: nothing of it is left to rebuild
-        } else interp.released.push(...live.map((r) => r.id));
+        }
       }
       return this.releaseNow(interp, live);
     });
@@ -1175,7 +1175,6 @@ export class InterpreterManager implements IsolateManager {
     if (!store) return;
     const undo = created ? store.remove(interp.id) : store.release(interp.id, ids);
     if (created) interp.stored = false;
-    else interp.released.push(...ids);
     undo.catch((err: unknown) => this.options.logger?.error({ err, interpreterId: interp.id }, 'store: could not undo a step whose registrations were not kept'));
   }
 
@@ -1207,7 +1206,8 @@ export class InterpreterManager implements IsolateManager {
       registrationPrefix: interp.registrationPrefix,
       createdAtMs: interp.createdAt.getTime(),
       steps: [...interp.steps, step],
-      released: [...interp.released],
+      // registrations exist only once their step is stored: an interpreter not stored yet has released none
+      released: [],
     };
   }
 
@@ -1265,10 +1265,15 @@ export class InterpreterManager implements IsolateManager {
     return this.restoreStatus();
   }
 
+  /** While the start-up restore runs, how far it is (cheap: asked by every request). */
+  restoreProgress(): { total: number; done: number } | undefined {
+    return this.restoring;
+  }
+
   /** Restored and broken recipes so far (restore and replicas' changes), for status and metrics. */
   restoreStatus(): RestoreStatus {
     return {
-      ...this.restored,
+      restored: this.restoredCount,
       broken: [...this.broken.values()],
       restoring: this.restoring ? { ...this.restoring } : undefined,
       storeWriteFailures: this.storeFailures,
@@ -1301,14 +1306,14 @@ export class InterpreterManager implements IsolateManager {
       const claim = (): void => {
         if (recipe.name) this.claimName(interp, recipe.name);
       };
-      const failed = await this.replaySteps(interp, recipe, 0, claim);
+      const failed = await this.replaySteps(interp, recipe, claim);
       if (failed) {
         claim();
         this.breakInterpreter(interp, recipe, `restore failed: ${failed}`);
         return;
       }
       this.applyReleased(interp, recipe.released);
-      this.restored.restored += 1;
+      this.restoredCount += 1;
       this.broken.delete(recipe.interpreterId);
       this.options.logger?.debug(
         { interpreterId: interp.id, tenant: interp.tenant, steps: recipe.steps.length, registrations: interp.registrations.size, ms: Math.round(performance.now() - since), why },
@@ -1319,14 +1324,14 @@ export class InterpreterManager implements IsolateManager {
       if (interp.registrations.size === 0 && interp.stored && this.options.store) {
         // every registration of it was released: nothing to keep
         interp.stored = false;
-        void this.options.store.remove(interp.id).catch(() => undefined);
+        this.options.store.remove(interp.id).catch((err: unknown) => this.options.logger?.warn({ err, interpreterId: interp.id }, 'store: could not remove a recipe whose registrations were all released'));
       }
     }
   }
 
-  /** Replays the steps of `recipe` this interpreter has not run, from `from`; returns why one failed. */
-  private async replaySteps(interp: Interpreter, recipe: InterpreterRecipe, from: number, atLast?: () => void): Promise<string | undefined> {
-    for (let k = from; k < recipe.steps.length; k++) {
+  /** Replays the steps of `recipe` this interpreter has not run, in order; returns why one failed. */
+  private async replaySteps(interp: Interpreter, recipe: InterpreterRecipe, atLast?: () => void): Promise<string | undefined> {
+    for (let k = 0; k < recipe.steps.length; k++) {
       const step = recipe.steps[k];
       if (interp.stepIds.has(step.id)) continue;
       const why = await this.replayStep(interp, step, k === recipe.steps.length - 1 ? atLast : undefined);
@@ -1378,8 +1383,6 @@ export class InterpreterManager implements IsolateManager {
 
   /** Releases, here, stored registrations the recipe marks released. */
   private applyReleased(interp: Interpreter, released: string[]): void {
-    const known = new Set(interp.released);
-    for (const id of released) if (!known.has(id)) interp.released.push(id);
     const gone = released.map((id) => interp.registrations.get(id)).filter((r): r is Registration => r !== undefined);
     if (gone.length > 0) this.releaseRegistrations(interp, gone);
   }
@@ -1412,11 +1415,7 @@ export class InterpreterManager implements IsolateManager {
         this.index(reg);
       }
     }
-    for (const id of released) {
-      const reg = interp.registrations.get(id);
-      if (reg) this.releaseRegistrations(interp, [reg]);
-    }
-    for (const id of released) if (!interp.released.includes(id)) interp.released.push(id);
+    this.applyReleased(interp, recipe.released);
     this.noteBroken(recipe, reason);
   }
 
@@ -1450,7 +1449,7 @@ export class InterpreterManager implements IsolateManager {
       try {
         if (recipe.name && local.name !== recipe.name) this.claimName(local, recipe.name);
         if (local.state !== 'failed') {
-          const failed = await this.replaySteps(local, recipe, 0);
+          const failed = await this.replaySteps(local, recipe);
           if (failed) this.breakInterpreter(local, recipe, `its copy here diverged from the stored recipe: ${failed}`);
         }
         this.applyReleased(local, recipe.released);

@@ -221,6 +221,8 @@ export interface IsolateManager {
   counters(): ManagerCounters;
   /** The start-up restore (while it runs) and the stored interpreters that could not be rebuilt. */
   restoreStatus(): RestoreStatus;
+  /** How far the start-up restore is while it runs, else undefined (asked by every request). */
+  restoreProgress(): { total: number; done: number } | undefined;
   destroy(): Promise<void>;
 }
 

@@ -11,6 +11,18 @@ async function stop(p: ServerProcess, signal: NodeJS.Signals = 'SIGTERM'): Promi
   await p.exited;
 }
 
+/** Starts a server on `dataDir`, runs `fn` with a client, then stops it (SIGTERM) whatever happened. */
+async function withServer<T>(dataDir: string, fn: (client: TestClient, p: ServerProcess) => Promise<T>): Promise<T> {
+  const p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
+  const client = new TestClient(p.grpcAddress);
+  try {
+    return await fn(client, p);
+  } finally {
+    client.close();
+    await stop(p);
+  }
+}
+
 describe('durable registrations: a restarted server keeps them (embedded store)', function () {
   this.timeout(60_000);
   let dataDir: string;
@@ -20,27 +32,17 @@ describe('durable registrations: a restarted server keeps them (embedded store)'
   afterEach(() => rmSync(dataDir, { recursive: true, force: true }));
 
   it('registrations, ids and names survive a restart; released ones stay released; the store ends empty', async () => {
-    let p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
-    let client = new TestClient(p.grpcAddress);
-    let ids: string[];
-    let itp: string;
-    try {
+    const { ids, itp } = await withServer(dataDir, async (client) => {
       const ex = await client.execute({
         source: 'globalThis.n = 41; gears.register("d.one", () => ++n); gears.register("d.two", () => "two");',
         name: 'durable',
       });
-      itp = ex.interpreter?.id ?? '';
       const reg = await client.register({ trigger: 'd.three', source: 'export default (p) => ({ got: p });' });
-      ids = [...ex.registrations.map((r) => r.id), reg.registration?.id ?? ''];
       await client.release({ registrationId: ex.registrations[1].id });
-    } finally {
-      client.close();
-    }
-    await stop(p);
+      return { ids: [...ex.registrations.map((r) => r.id), reg.registration?.id ?? ''], itp: ex.interpreter?.id ?? '' };
+    });
 
-    p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
-    client = new TestClient(p.grpcAddress);
-    try {
+    await withServer(dataDir, async (client, p) => {
       const live = (await client.listRegistrations({})).registrations.map((r) => r.id).sort();
       assert.deepEqual(live, [ids[0], ids[2]].sort());
       assert.equal((await client.trigger({ trigger: 'd.one' })).results[0].result, 42, 'the script ran again: its globals are rebuilt, not carried over');
@@ -54,37 +56,24 @@ describe('durable registrations: a restarted server keeps them (embedded store)'
       const progress = logLines(p.output().stdout).filter((l) => l.msg === 'restore: rebuilding stored interpreters');
       assert.deepEqual(progress.at(-1) && [progress.at(-1)?.done, progress.at(-1)?.total], [2, 2], 'progress is logged, up to the end');
       for (const i of (await client.listInterpreters({})).interpreters) await client.release({ interpreterId: i.id });
-    } finally {
-      client.close();
-    }
-    await stop(p);
+    });
 
-    p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
-    client = new TestClient(p.grpcAddress);
-    try {
+    await withServer(dataDir, async (client, p) => {
       assert.equal((await client.listInterpreters({})).interpreters.length, 0, 'released everything: nothing comes back');
       assert.equal(logLines(p.output().stdout).find((l) => l.msg === 'restore: stored interpreters are back')?.restored, 0);
-    } finally {
-      client.close();
-      await stop(p);
-    }
+    });
   });
 
   it('health says NOT_SERVING and calls are UNAVAILABLE until the restore has finished', async () => {
-    let p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir });
-    let client = new TestClient(p.grpcAddress);
-    try {
+    await withServer(dataDir, async (client) => {
       // replaying this step takes about 1.5 s
       await client.execute({ source: 'const t = Date.now(); while (Date.now() - t < 1500); gears.register("slow", () => "back");', limits: { timeoutMs: 5000, memoryLimitMb: 0 } });
-    } finally {
-      client.close();
-    }
-    await stop(p);
+    });
 
     const port = await freePort();
     const address = `127.0.0.1:${port}`;
     const starting = spawnServer({ ISOGEAR_DATA_DIR: dataDir, ISOGEAR_GRPC_ADDRESS: address });
-    client = new TestClient(address);
+    const client = new TestClient(address);
     const seen = new Set<string>();
     let refused: grpc.ServiceError | undefined;
     let startedAt = 0;
@@ -98,7 +87,7 @@ describe('durable registrations: a restarted server keeps them (embedded store)'
         }
         await new Promise((r) => setTimeout(r, 50));
       }
-      p = await starting;
+      await starting;
       assert.ok(seen.has('NOT_SERVING'), `health answered NOT_SERVING during the restore (saw ${[...seen].join(', ')})`);
       assert.ok(refused, 'a call during the restore was refused');
       assert.equal(await client.healthCheck(), 'SERVING');
