@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { readFileSync, statSync, unwatchFile, watchFile } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { PeerCertificate } from 'node:tls';
 import { UnauthenticatedError } from '../core/errors';
@@ -128,6 +128,9 @@ export class ApiKeys implements Authenticator {
   /** Each tenant's quotas, by name (also the set of tenants): rebuilt with the entries. */
   private byName: Map<string, TenantQuotas>;
   private watching = false;
+  private firstLook: NodeJS.Timeout | undefined;
+  /** The stat of the file as last read (inode, size, mtime), to tell whether it changed before the watch began. */
+  private readStat: string;
   /** Reloads run one after another, each reading the file after it was asked for. */
   private queue: Promise<unknown> = Promise.resolve();
   /** Reloads that put a file in force, and that kept the previous keys (for metrics). */
@@ -140,6 +143,7 @@ export class ApiKeys implements Authenticator {
   ) {
     this.entries = entries;
     this.byName = indexByName(entries);
+    this.readStat = statOf(path);
   }
 
   /** Loads the file at start-up (a bad file stops start-up). */
@@ -209,18 +213,29 @@ export class ApiKeys implements Authenticator {
     this.watching = true;
     // called only when the file's stat changed (content, inode, or the file came or went)
     watchFile(this.path, { interval: intervalMs, persistent: false }, () => void this.reload());
+    // The poller compares each stat with its first one, taken asynchronously after this call: a
+    // change made since the file was last read (a Secret swapped while the server restored its
+    // interpreters, or right after watch()) would be its baseline and never be noticed. One look
+    // after the first poll catches it.
+    this.firstLook = setTimeout(() => {
+      if (this.watching && statOf(this.path) !== this.readStat) void this.reload();
+    }, intervalMs);
+    this.firstLook.unref();
   }
 
   close(): void {
     if (!this.watching) return;
     this.watching = false;
+    clearTimeout(this.firstLook);
     unwatchFile(this.path);
   }
 
   private async readAgain(): Promise<boolean> {
     let entries: KeyEntry[];
     try {
+      const stat = statOf(this.path);
       entries = parseKeysFile(await readFile(this.path, 'utf8'));
+      this.readStat = stat;
     } catch (err) {
       const why = err instanceof KeysFileError ? err.message : `cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
       this.logger?.error({ path: this.path, reason: why, tenants: this.tenantNames.length }, 'API keys file rejected: the previous keys stay in force');
@@ -232,6 +247,16 @@ export class ApiKeys implements Authenticator {
     this.reloads.applied += 1;
     this.logger?.info({ path: this.path, tenants: this.tenantNames.length, keys: entries.length }, 'API keys reloaded');
     return true;
+  }
+}
+
+/** What identifies a version of the file (following symlinks): inode, size and mtime; '' when it cannot be read. */
+function statOf(path: string): string {
+  try {
+    const s = statSync(path, { throwIfNoEntry: false });
+    return s ? `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}` : '';
+  } catch {
+    return '';
   }
 }
 
