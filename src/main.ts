@@ -4,7 +4,7 @@ import { createLogger } from './logger';
 import { engineProblem } from './sandbox/engineCheck';
 import { startServer, TlsFileError, type RunningServer } from './server';
 import { redactStoreUrl } from './store/open';
-import { StoreError } from './store/types';
+import { StoreError } from './core/durability/RecipeStore';
 
 /** After a graceful shutdown, how long the event loop may take to end by itself. */
 const EXIT_WAIT_MS = 5000;

@@ -13,7 +13,7 @@ import { metricsInterceptor } from './metrics/grpcInterceptor';
 import { IsogearMetrics } from './metrics/metrics';
 import { MetricsServer } from './metrics/MetricsServer';
 import { openStore } from './store/open';
-import type { RegistrationStore } from './store/types';
+import type { RecipeStore } from './core/durability/RecipeStore';
 
 /** proto/ sits beside src/ and dist/ alike. */
 const PROTO_DIR = path.join(__dirname, '..', 'proto');
@@ -209,7 +209,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   return { grpcAddress, metricsAddress: metricsServer.address, healthAddress, metrics, manager, reloadKeys, shutdown };
 }
 
-function createManager(config: Config, logger: Logger, metrics: IsogearMetrics, keys: ApiKeys | undefined, store: RegistrationStore | undefined): Promise<InterpreterManager> {
+function createManager(config: Config, logger: Logger, metrics: IsogearMetrics, keys: ApiKeys | undefined, store: RecipeStore | undefined): Promise<InterpreterManager> {
   return InterpreterManager.create({
     onRunEnd: metrics.recordRun,
     defaultMode: config.defaultMode,
@@ -252,7 +252,7 @@ const PROGRESS_LOG_MS = 2000;
  * Rebuilds the stored interpreters. A shared store is followed first (so no change made while
  * the restore reads is missed), then every recipe is replayed, ISOGEAR_RESTORE_CONCURRENCY at once.
  */
-async function restoreStored(manager: InterpreterManager, store: RegistrationStore | undefined, config: Config, logger: Logger): Promise<void> {
+async function restoreStored(manager: InterpreterManager, store: RecipeStore | undefined, config: Config, logger: Logger): Promise<void> {
   if (!store) return;
   const since = performance.now();
   if (store.follow) {

@@ -1,44 +1,68 @@
 import type { Sandbox } from '../sandbox/Sandbox';
-import type { RecipeStep } from '../store/types';
 import { IllegalStateError } from './errors';
 import type { IsolateHost } from './IsolateHost';
 import { Reference, type ReferenceCounted } from './Reference';
 import type { Registration } from './Registration';
 import type { InterpreterInfo, InterpreterState, IsolationMode, OwnerKind } from './types';
 
+/** What an interpreter is made of, decided when it is created. */
+export interface InterpreterInit {
+  id: string;
+  /** Creation order, for paging. */
+  seq: number;
+  mode: IsolationMode;
+  name: string;
+  host: IsolateHost;
+  sandbox: Sandbox;
+  /** The prefix of the registration ids its sandbox mints. */
+  registrationPrefix: string;
+  /** The tenant that created it: only that tenant's requests can reach it. */
+  tenant: string;
+  /** The heap limit it charges against its tenant's dedicated-memory quota (0 in a shared isolate). */
+  dedicatedMemoryMb: number;
+}
+
 /**
  * The reference-counted unit scripts run in: one V8 context (its Sandbox) on a dedicated or a
- * shared isolate. It counts references by owner kind and calls `onUnreferenced` the moment the
- * last one goes; the manager then disposes it. State moves READY → DRAINING → DISPOSED, or to
- * FAILED when its isolate dies.
+ * shared isolate. This file is where references are counted: it counts them by owner kind and
+ * calls `onUnreferenced` the moment the last one goes (the interpreter table then disposes it).
+ * State moves READY → DRAINING → DISPOSED, or to FAILED when its isolate dies; its sandbox is
+ * released exactly once, on the first of FAILED or DISPOSED.
  */
 export class Interpreter implements ReferenceCounted {
+  readonly id: string;
+  readonly seq: number;
+  readonly mode: IsolationMode;
+  name: string;
+  readonly host: IsolateHost;
+  readonly registrationPrefix: string;
+  readonly tenant: string;
+  readonly dedicatedMemoryMb: number;
   createdAt = new Date();
   readonly registrations = new Map<string, Registration>();
-  /** With a store: the steps it ran before its recipe was stored (then the store has them), and the ids of all. */
-  readonly steps: RecipeStep[] = [];
-  readonly stepIds = new Set<string>();
-  /** Its recipe is in the store (it holds, or held, registrations there). */
-  stored = false;
   state: InterpreterState = 'ready';
   failureReason = '';
   cpuTimeMs = 0;
   /** Why its dedicated isolate goes when the last reference does: 'replaced' after an upgrade. */
   disposeReason: 'released' | 'replaced' = 'released';
   private readonly refs: Record<OwnerKind, number> = { registration: 0, execution: 0 };
+  private readonly box: Sandbox;
+  private sandboxReleased = false;
 
   constructor(
-    readonly id: string,
-    readonly seq: number,
-    readonly mode: IsolationMode,
-    public name: string,
-    readonly host: IsolateHost,
-    readonly sandbox: Sandbox,
-    readonly registrationPrefix: string,
+    init: InterpreterInit,
     private readonly onUnreferenced: (interpreter: Interpreter) => void,
-    /** The tenant that created it: only that tenant's requests can reach it. */
-    readonly tenant: string,
-  ) {}
+  ) {
+    this.id = init.id;
+    this.seq = init.seq;
+    this.mode = init.mode;
+    this.name = init.name;
+    this.host = init.host;
+    this.box = init.sandbox;
+    this.registrationPrefix = init.registrationPrefix;
+    this.tenant = init.tenant;
+    this.dedicatedMemoryMb = init.dedicatedMemoryMb;
+  }
 
   get references(): number {
     return this.refs.registration + this.refs.execution;
@@ -51,6 +75,33 @@ export class Interpreter implements ReferenceCounted {
   /** True while new owners (runs, registrations) may be added. */
   get accepting(): boolean {
     return this.state === 'ready';
+  }
+
+  /** True while its context exists (READY or DRAINING): code can run in it. */
+  get live(): boolean {
+    return this.state === 'ready' || this.state === 'draining';
+  }
+
+  /** Its context. Asking for it once it is gone (FAILED, DISPOSED) is a bug. */
+  get sandbox(): Sandbox {
+    if (this.sandboxReleased) throw new IllegalStateError(`the sandbox of interpreter ${this.id} was used after it was released (${this.state})`);
+    return this.box;
+  }
+
+  /**
+   * Tidy-up calls into its context (commit, abandon, unregister): they have nothing left to tidy
+   * once the context is gone with a FAILED or DISPOSED interpreter, so they are skipped then.
+   */
+  commitRun(execId: string): void {
+    if (!this.sandboxReleased) this.box.commit(execId);
+  }
+
+  abandonRun(execId: string, token?: string): void {
+    if (!this.sandboxReleased) this.box.abandon(execId, token);
+  }
+
+  unregister(ids: string[]): void {
+    if (!this.sandboxReleased) this.box.unregister(ids);
   }
 
   /** Adds an owner. Executions may still run on a DRAINING interpreter's existing handlers. */
@@ -79,12 +130,18 @@ export class Interpreter implements ReferenceCounted {
     if (this.state === 'disposed') return;
     this.state = 'failed';
     this.failureReason = reason;
-    this.sandbox.release();
+    this.releaseSandbox();
   }
 
   markDisposed(): void {
     if (this.state !== 'failed') this.state = 'disposed';
-    this.sandbox.release();
+    this.releaseSandbox();
+  }
+
+  private releaseSandbox(): void {
+    if (this.sandboxReleased) return;
+    this.sandboxReleased = true;
+    this.box.release();
   }
 
   infoWithHeap(heapUsedBytes: number): InterpreterInfo {
@@ -97,14 +154,13 @@ export class Interpreter implements ReferenceCounted {
       registrationReferences: this.refs.registration,
       executionReferences: this.refs.execution,
       createdAt: this.createdAt,
-      heapUsedBytes: this.state === 'ready' || this.state === 'draining' ? heapUsedBytes : 0,
+      heapUsedBytes: this.live ? heapUsedBytes : 0,
       cpuTimeMs: this.cpuTimeMs,
       failureReason: this.failureReason,
     };
   }
 
   async info(): Promise<InterpreterInfo> {
-    const live = this.state === 'ready' || this.state === 'draining';
-    return this.infoWithHeap(live ? await this.host.heapUsedBytes() : 0);
+    return this.infoWithHeap(this.live ? await this.host.heapUsedBytes() : 0);
   }
 }

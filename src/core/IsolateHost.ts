@@ -1,5 +1,6 @@
 import ivm from 'isolated-vm';
 import { compileBootstrap } from '../sandbox/bootstrapScript';
+import { IllegalStateError } from './errors';
 import type { IsolateKind } from './types';
 
 /** How long a heap sample may wait for a busy isolate before the last sample is used instead. */
@@ -20,11 +21,11 @@ export type IsolateDisposeReason = 'released' | 'replaced' | 'memory_limit' | 'f
 /**
  * Owns one V8 isolate: a dedicated one (one interpreter) or a shared one (many interpreters,
  * one context each). It knows how busy it is (for placement) and tells its listener once when
- * the isolate dies, whatever killed it.
+ * the isolate dies, whatever killed it. Using it after its owner let it go (a new interpreter on
+ * it, a new call into it, a new owner) is a bug and throws IllegalStateError.
  */
 export class IsolateHost {
-  /** Interpreters living on this isolate (ids); for a dedicated isolate at most one. */
-  readonly interpreterIds = new Set<string>();
+  private readonly residents = new Set<string>();
   inFlight = 0;
   private disposedReason: IsolateDisposeReason | undefined;
   private heapCache: { at: number; bytes: number } | undefined;
@@ -41,9 +42,33 @@ export class IsolateHost {
     private onDeath: (host: IsolateHost, reason: IsolateDisposeReason) => void,
   ) {}
 
+  /** Interpreters living on this isolate (ids); for a dedicated isolate at most one. */
+  get interpreterIds(): ReadonlySet<string> {
+    return this.residents;
+  }
+
+  /** A new interpreter lives here from now on. */
+  admit(interpreterId: string): void {
+    this.assertUsable(`placing interpreter ${interpreterId}`);
+    this.residents.add(interpreterId);
+  }
+
+  /** An interpreter no longer lives here (gone, or its creation was abandoned). */
+  vacate(interpreterId: string): void {
+    this.residents.delete(interpreterId);
+  }
+
   /** Hands the isolate to a new owner, who hears of its death from now on (a warm pool's take). */
   adopt(onDeath: (host: IsolateHost, reason: IsolateDisposeReason) => void): void {
+    this.assertUsable('handing it to a new owner');
     this.onDeath = onDeath;
+  }
+
+  /** Throws when the isolate is known to be gone: whoever still uses it holds a stale host. */
+  private assertUsable(what: string): void {
+    if (this.disposedReason !== undefined) {
+      throw new IllegalStateError(`${this.kind} isolate used after it was disposed (${this.disposedReason}): ${what}`);
+    }
   }
 
   /**
@@ -71,6 +96,12 @@ export class IsolateHost {
    * Wraps every call into the isolate (see Sandbox's CallTracker). A call settling is progress.
    */
   readonly track = <T>(call: Promise<T>, timeoutMs: number): Promise<T> => {
+    // Its owner let it go (no interpreter is left on it): nothing may call into it any more. A
+    // call racing an isolate that died on its own (memory) is no bug: isolated-vm rejects it.
+    if (this.disposedReason === 'released' || this.disposedReason === 'replaced') {
+      call.catch(() => undefined); // it fails on the disposed isolate; the misuse is what is reported
+      this.assertUsable('a call into it');
+    }
     const id = ++this.callSeq;
     if (this.outstanding.size === 0) this.lastProgressAt = performance.now();
     this.outstanding.set(id, timeoutMs);
@@ -140,6 +171,7 @@ export class IsolateHost {
    */
   bootstrapScript(): Promise<ivm.Script> | undefined {
     if (this.kind !== 'shared') return undefined;
+    this.assertUsable('compiling the bootstrap');
     if (!this.bootstrap) {
       const compiling = compileBootstrap(this.isolate);
       this.bootstrap = compiling;

@@ -1,10 +1,11 @@
-import { CancelledError, ResourceExhaustedError } from './errors';
+import { CancelledError, IllegalStateError, ResourceExhaustedError } from './errors';
 
-/** A held run slot; `release` is idempotent. */
+/** A held run slot, released exactly once. */
 export interface Slot {
   /**
    * Frees the slot, or, after `holdUntil`, frees it once that promise settles: a run whose
-   * caller gave up may still occupy its isolate until its own timeout stops it.
+   * caller gave up may still occupy its isolate until its own timeout stops it. A second
+   * release is a bug and throws IllegalStateError.
    */
   release(): void;
   holdUntil(work: Promise<unknown>): void;
@@ -126,16 +127,16 @@ export class RunSlots {
 
   private take(): Slot {
     this.active += 1;
-    let held = true;
+    let released = false;
     let work: Promise<unknown> | undefined;
     const free = (): void => {
-      if (!held) return;
-      held = false;
       this.active -= 1;
       this.next();
     };
     return {
       release: () => {
+        if (released) throw new IllegalStateError('a run slot was released twice');
+        released = true;
         if (work) work.then(free, free);
         else free();
       },

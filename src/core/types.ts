@@ -1,6 +1,3 @@
-import type { RegistrationStore } from '../store/types';
-import type { QuotaName } from './tenants';
-
 /**
  * The core's contracts: what a caller of the isolate manager passes in and gets back. Plain
  * data, no gRPC or proto types, so the core is usable as a library.
@@ -241,54 +238,4 @@ export interface CoreLogger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
-}
-
-export interface ManagerOptions {
-  defaultMode: IsolationMode;
-  defaultTimeoutMs: number;
-  maxTimeoutMs: number;
-  defaultMemoryMb: number;
-  maxMemoryMb: number;
-  /** How many shared isolates host shared-mode interpreters. */
-  sharedIsolates: number;
-  /** Heap limit of each shared isolate. */
-  sharedIsolateMemoryMb: number;
-  maxInterpreters: number;
-  /** Cap on source plus every module source of one request, in bytes (UTF-8). */
-  maxSourceBytes: number;
-  /** Console output kept per run, in characters. */
-  maxLogBytes: number;
-  /** Cap on args, payload and result, in bytes of JSON. */
-  maxValueBytes: number;
-  maxRegistrationsPerInterpreter: number;
-  /** Runs executing at once; more wait for a slot (default 64). */
-  maxConcurrentRuns?: number;
-  /** Requests waiting for a run slot; more are refused with RESOURCE_EXHAUSTED (default 256). */
-  maxQueuedRuns?: number;
-  /** How long a request waits for a run slot before RESOURCE_EXHAUSTED (default 5000 ms). */
-  maxQueueWaitMs?: number;
-  /** Results and logs one Trigger response may carry; beyond it they are withheld (default 16 MiB). */
-  maxResponseBytes?: number;
-  /** Warm dedicated isolates (with the default heap limit) kept ready for isolate mode (default 16). */
-  warmIsolates?: number;
-  /** Warm contexts kept ready on each shared isolate for shared mode (default 16). */
-  warmContextsPerShared?: number;
-  /** Bytes of V8 code cache kept for module sources compiled more than once (default 32 MiB; 0: off). */
-  codeCacheBytes?: number;
-  logger?: CoreLogger;
-  /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
-  onRunEnd?: (event: RunEndEvent) => void;
-  /** Called when V8 lost control of an isolate; the process must exit. */
-  onCatastrophicError?: (message: string) => void;
-  /**
-   * The quotas of a tenant, asked at every check (they may change while the server runs);
-   * undefined, or no function: no per-tenant quota.
-   */
-  tenantQuotas?: (tenant: string) => Record<QuotaName, number> | undefined;
-  /**
-   * Where the recipes of interpreters that hold registrations are kept; none: nothing is durable.
-   * With one, Execute, Register and a Trigger whose handler registers answer only once the change
-   * is stored, and Release once the removal is.
-   */
-  store?: RegistrationStore;
 }

@@ -35,6 +35,17 @@ export class SandboxCallError extends Error {
   }
 }
 
+/**
+ * A Sandbox was used after it was released: a bug in its owner (the API reports it as INTERNAL).
+ * The message names the call that was misused and the interpreter.
+ */
+export class SandboxReleasedError extends Error {
+  constructor(call: string, interpreterId: string) {
+    super(`sandbox of interpreter ${interpreterId} used after it was released: ${call}`);
+    this.name = 'SandboxReleasedError';
+  }
+}
+
 export interface SandboxOptions {
   track?: CallTracker;
   interpreterId: string;
@@ -233,6 +244,7 @@ export class Sandbox {
 
   /** Compiles and links a main module; see ModuleLoader.prepare. Throws SandboxCallError. */
   async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
+    this.assertUsable('prepare');
     try {
       return await this.loader.prepare(source, modules, token);
     } catch (err) {
@@ -256,6 +268,7 @@ export class Sandbox {
     /** A replayed run: the ids its registrations take, in order. */
     ids: readonly string[] = [],
   ): Promise<RunTuple> {
+    this.assertUsable('load');
     const tuple = this.track(
       this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description, ids.join(',')], {
         timeout: timeoutMs,
@@ -296,6 +309,7 @@ export class Sandbox {
 
   /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. */
   async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number, ids: readonly string[] = []): Promise<RunTuple> {
+    this.assertUsable('invoke');
     let raw: unknown;
     try {
       raw = await this.track(
@@ -313,21 +327,29 @@ export class Sandbox {
 
   /** The host accepted the run: its registrations become callable. Fire and forget. */
   commit(execId: string): void {
+    this.assertUsable('commit');
     this.fireAndForget(['commit', execId]);
   }
 
   /** The host gave up on, or refused, a run: settle it and drop what it registered. */
   abandon(execId: string, token = ''): void {
+    this.assertUsable('abandon');
     this.fireAndForget(['abandon', execId, token]);
   }
 
   /** Forget handlers of released registrations. */
   unregister(ids: string[]): void {
+    this.assertUsable('unregister');
     if (ids.length > 0) this.fireAndForget(['unregister', ids.join(',')]);
   }
 
+  /** Calls after release are bugs, and loud; an isolate that died under a live sandbox is not. */
+  private assertUsable(call: string): void {
+    if (this.released) throw new SandboxReleasedError(call, this.options.interpreterId);
+  }
+
   private fireAndForget(args: (string | number)[]): void {
-    if (this.released || this.isolate.isDisposed) return;
+    if (this.isolate.isDisposed) return;
     try {
       this.dispatch.applyIgnored(undefined, args, { timeout: 1000 });
     } catch {
@@ -335,9 +357,9 @@ export class Sandbox {
     }
   }
 
-  /** Drops the context (its globals, modules and handlers). Idempotent. */
+  /** Drops the context (its globals, modules and handlers). A second release is a bug and throws. */
   release(): void {
-    if (this.released) return;
+    this.assertUsable('release');
     this.released = true;
     this.loader.release();
     if (this.isolate.isDisposed) return;

@@ -1,7 +1,7 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { IllegalStateError } from '../core/errors';
 import type { IsolationMode } from '../core/types';
-import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RegistrationStore } from './types';
+import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../core/durability/RecipeStore';
 
 export interface RedisStoreLogger {
   warn(obj: object, msg: string): void;
@@ -191,7 +191,7 @@ type Call = (...args: (string | number)[]) => Promise<unknown>;
  * without it, a restarted Redis comes back empty. A change that rejects (timeout, connection lost)
  * may still have been applied: the followers' reports are what tell.
  */
-export class RedisStore implements RegistrationStore {
+export class RedisStore implements RecipeStore {
   readonly shared = true;
   readonly description: string;
   private closed = false;

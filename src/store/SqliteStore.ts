@@ -3,7 +3,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { IllegalStateError } from '../core/errors';
 import type { IsolationMode } from '../core/types';
-import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RegistrationStore } from './types';
+import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../core/durability/RecipeStore';
 
 /** The schema this code writes; PRAGMA user_version holds the one a file was written with. */
 const SCHEMA_VERSION = 1;
@@ -69,7 +69,7 @@ const isSqliteError = (err: unknown): err is Error & { code: string } =>
  * The file is held with an exclusive lock for as long as the store is open, so a second server
  * pointed at the same directory fails at open instead of writing beside the first.
  */
-export class SqliteStore implements RegistrationStore {
+export class SqliteStore implements RecipeStore {
   readonly shared = false;
   readonly description: string;
   private closed = false;

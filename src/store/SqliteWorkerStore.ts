@@ -2,7 +2,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { IllegalStateError } from '../core/errors';
 import type { WireError } from './sqliteWorker';
-import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RegistrationStore } from './types';
+import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../core/durability/RecipeStore';
 
 /** The worker entry beside this file: .ts under tsx (tests), .js in dist. */
 const WORKER_FILE = path.join(__dirname, `sqliteWorker${path.extname(__filename)}`);
@@ -24,7 +24,7 @@ function unwire(e: WireError): Error {
  * load); on the server's thread that wait would stall every call in flight. Calls are answered in
  * the order they were made, as SQLite runs them one at a time.
  */
-export class SqliteWorkerStore implements RegistrationStore {
+export class SqliteWorkerStore implements RecipeStore {
   readonly shared = false;
   private seq = 0;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();

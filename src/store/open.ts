@@ -3,7 +3,7 @@ import type { Config } from '../config';
 import type { Logger } from '../logger';
 import { RedisStore, redactRedisUrl } from './RedisStore';
 import { SqliteWorkerStore } from './SqliteWorkerStore';
-import type { RegistrationStore } from './types';
+import type { RecipeStore } from '../core/durability/RecipeStore';
 
 /** ISOGEAR_STORE as it may be logged: a Redis URL without its password. */
 export function redactStoreUrl(store: string): string {
@@ -11,7 +11,7 @@ export function redactStoreUrl(store: string): string {
 }
 
 /** The store ISOGEAR_STORE names, open; undefined for `memory` (nothing durable). Rejects with StoreError. */
-export async function openStore(config: Pick<Config, 'store' | 'dataDir'>, logger: Logger): Promise<RegistrationStore | undefined> {
+export async function openStore(config: Pick<Config, 'store' | 'dataDir'>, logger: Logger): Promise<RecipeStore | undefined> {
   if (config.store === 'memory') {
     logger.warn({}, 'ISOGEAR_STORE=memory: registrations live in this process only and are lost when it ends');
     return undefined;

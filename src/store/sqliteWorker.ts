@@ -7,7 +7,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { SqliteStore } from './SqliteStore';
-import { NameTakenError } from './types';
+import { NameTakenError } from '../core/durability/RecipeStore';
 
 interface Call {
   seq: number;

@@ -1,4 +1,4 @@
-import type { ManagerOptions } from '../../src/core/types';
+import type { ManagerOptions } from '../../src/core/options';
 
 /** Options for an InterpreterManager used as a library in unit tests; spread and override. */
 export const MANAGER_OPTIONS: ManagerOptions = {

@@ -1,11 +1,11 @@
-import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RegistrationStore } from '../../src/store/types';
+import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../../src/core/durability/RecipeStore';
 
 /**
  * A store in this process's memory, for manager tests: it outlives a manager (so a second one
  * restores from it) and can be told to refuse writes. Recipes are copied in and out, as a real
  * store serialises them.
  */
-export class MemoryStore implements RegistrationStore {
+export class MemoryStore implements RecipeStore {
   readonly description = 'memory (test)';
   readonly shared = false;
   /** The next writes fail with StoreError while this is set. */

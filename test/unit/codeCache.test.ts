@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import ivm from 'isolated-vm';
 import { InterpreterManager } from '../../src/core/InterpreterManager';
-import type { ManagerOptions } from '../../src/core/types';
+import type { ManagerOptions } from '../../src/core/options';
 import { CodeCache } from '../../src/sandbox/CodeCache';
 import { MANAGER_OPTIONS } from '../helpers/managerOptions';
 import { assertNoLeaks } from '../helpers/server';

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { AlreadyExistsError, UnavailableError } from '../../src/core/errors';
 import { InterpreterManager } from '../../src/core/InterpreterManager';
-import type { IsolationMode, ManagerOptions } from '../../src/core/types';
-import type { InterpreterRecipe } from '../../src/store/types';
+import type { ManagerOptions } from '../../src/core/options';
+import type { IsolationMode } from '../../src/core/types';
+import type { InterpreterRecipe } from '../../src/core/durability/RecipeStore';
 import { MANAGER_OPTIONS } from '../helpers/managerOptions';
 import { MemoryStore } from '../helpers/memoryStore';
 import { assertNoLeaks } from '../helpers/server';

@@ -10,7 +10,7 @@ import { IllegalStateError } from '../../src/core/errors';
 import { RedisStore } from '../../src/store/RedisStore';
 import { SqliteStore } from '../../src/store/SqliteStore';
 import { SqliteWorkerStore } from '../../src/store/SqliteWorkerStore';
-import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RegistrationStore } from '../../src/store/types';
+import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../../src/core/durability/RecipeStore';
 import { waitFor } from '../helpers/proto';
 import { requireRedis, startRedis, type TestRedis } from '../helpers/redis';
 
@@ -68,20 +68,20 @@ const ids = (recipes: InterpreterRecipe[]): string[] => recipes.map((r) => r.int
 
 /** One store's backing data for one test: `open` gives a new store on it, each closed after the test. */
 interface Target {
-  open(): Promise<RegistrationStore>;
+  open(): Promise<RecipeStore>;
   cleanup(): Promise<void>;
 }
 
 /**
- * The conformance suite: what every RegistrationStore must do, through the interface only.
+ * The conformance suite: what every RecipeStore must do, through the interface only.
  * `make` gives each test fresh, empty backing data.
  */
 function describeStore(name: string, make: () => Promise<Target>): void {
   describe(name, () => {
     let target: Target | undefined;
-    let opened: RegistrationStore[] = [];
+    let opened: RecipeStore[] = [];
     /** A store on the test's data; `open()` again after close() is a restart. */
-    const open = async (): Promise<RegistrationStore> => {
+    const open = async (): Promise<RecipeStore> => {
       const store = await target!.open();
       opened.push(store);
       return store;
@@ -322,7 +322,7 @@ describe('registration stores', () => {
         const store = SqliteStore.open(dir);
         try {
           assert.equal(store.shared, false);
-          assert.equal((store as RegistrationStore).follow, undefined);
+          assert.equal((store as RecipeStore).follow, undefined);
           assert.equal(store.description, `sqlite ${path.join(dir, 'isogear.db')}`);
           await store.create(recipe(), false);
           assert.deepEqual(readdirSync(dir).sort(), ['isogear.db', 'isogear.db-wal']);
@@ -418,7 +418,7 @@ describe('registration stores', () => {
   describe('RedisStore', function () {
     let redis: TestRedis | undefined;
     const extra: TestRedis[] = [];
-    const stores: RegistrationStore[] = [];
+    const stores: RecipeStore[] = [];
     let prefixes = 0;
     before(async function () {
       requireRedis(this);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { InterpreterManager } from '../../src/core/InterpreterManager';
-import type { ManagerOptions } from '../../src/core/types';
+import type { ManagerOptions } from '../../src/core/options';
 import { waitFor } from '../helpers/proto';
 import { assertNoLeaks } from '../helpers/server';
 import { MANAGER_OPTIONS } from '../helpers/managerOptions';

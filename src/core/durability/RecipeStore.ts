@@ -1,6 +1,9 @@
-import type { IsolationMode } from '../core/types';
+import type { IsolationMode } from '../types';
 
 /**
+ * The recipe-store contract: what the core asks of a place that keeps recipes. The core owns it;
+ * the adapters in src/store implement it (store → core, never the other way round).
+ *
  * What is durable about an interpreter: the recipe that rebuilds it. Its JavaScript state (globals,
  * closures, counters) is not stored; replaying the recipe in a fresh interpreter rebuilds what the
  * steps build, and the registrations get the ids they had.
@@ -83,7 +86,7 @@ export class StoreError extends Error {
  * atomic. Methods on an interpreter that is not stored are no-ops, never errors: a release may
  * race a removal.
  */
-export interface RegistrationStore {
+export interface RecipeStore {
   /** For logs: which store, where. */
   readonly description: string;
   /** True when several servers share it (and `follow` reports the others' changes). */

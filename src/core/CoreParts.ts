@@ -1,0 +1,97 @@
+import { CodeCache } from '../sandbox/CodeCache';
+import { Admission } from './Admission';
+import { Recorder } from './durability/Recorder';
+import { ReplicaFollower } from './durability/ReplicaFollower';
+import { Restorer } from './durability/Restorer';
+import { Interpreters } from './Interpreters';
+import { IsolateHost, type IsolateDisposeReason } from './IsolateHost';
+import { NameTable } from './NameTable';
+import { resolveOptions, type ManagerOptions, type ResolvedOptions } from './options';
+import { DedicatedPlacement } from './placement/DedicatedPlacement';
+import type { Placement } from './placement/Placement';
+import { SharedPlacement } from './placement/SharedPlacement';
+import { RegistrationIndex } from './RegistrationIndex';
+import { Runner } from './Runner';
+import { SandboxMaker } from './SandboxMaker';
+import { TenantLedger } from './TenantLedger';
+import { TriggerFanOut } from './TriggerFanOut';
+import type { IsolationMode } from './types';
+import { WarmPool } from './WarmPool';
+
+/**
+ * The core's parts, wired together once: the facade (InterpreterManager) holds them, and unit
+ * tests compose them the same way to test a part without a server. Arrows point one way:
+ * bookkeeping (ledger, admission, index, names) ← placement ← interpreters ← runner ←
+ * durability (recorder, restorer, follower) and the Trigger fan-out.
+ */
+export interface CoreParts {
+  readonly options: ResolvedOptions;
+  readonly codeCache: CodeCache;
+  readonly ledger: TenantLedger;
+  readonly admission: Admission;
+  readonly index: RegistrationIndex;
+  readonly names: NameTable;
+  readonly pool: WarmPool;
+  readonly dedicated: DedicatedPlacement;
+  readonly shared: SharedPlacement;
+  readonly interpreters: Interpreters;
+  readonly runner: Runner;
+  readonly recorder: Recorder;
+  readonly restorer: Restorer;
+  readonly follower: ReplicaFollower;
+  readonly fanOut: TriggerFanOut;
+}
+
+/**
+ * Validates `options` (RangeError naming the option), fills in the defaults and wires the parts.
+ * `closed()` turns true when shutdown begins (closeCore follows).
+ */
+export function composeCore(options: ManagerOptions, closed: () => boolean): CoreParts {
+  const o = resolveOptions(options);
+  const codeCache = new CodeCache(o.codeCacheBytes);
+  const ledger = new TenantLedger(o.tenantQuotas, o.maxInterpreters);
+  const admission = new Admission(o, ledger);
+  const index = new RegistrationIndex(ledger, o.maxRegistrationsPerInterpreter);
+  const names = new NameTable(index, o.logger);
+  const maker = new SandboxMaker(o, codeCache);
+  // The pool, the placements and the interpreter table refer to each other through these late-bound closures.
+  const late: { shared?: SharedPlacement; interpreters?: Interpreters; runner?: Runner } = {};
+  const pool = new WarmPool({
+    isolates: o.warmIsolates,
+    contextsPerShared: o.warmContextsPerShared,
+    memoryMb: o.defaultMemoryMb,
+    newIsolate: (onDeath) => IsolateHost.create('dedicated', o.defaultMemoryMb, onDeath, o.onCatastrophicError),
+    newSandbox: (host, id, prefix) => maker.makeWarm(host, id, prefix),
+    sharedHosts: () => late.shared?.hosts() ?? [],
+    idle: () => late.runner?.inFlight === 0 && late.interpreters?.creating === 0,
+    hasRoomFor: (host, warm) => late.shared?.hasRoomFor(host, warm) ?? false,
+    onError: (err) => o.logger?.warn({ err }, 'warm pool: could not create an interpreter ahead of time'),
+  });
+  const onHostDeath = (host: IsolateHost, reason: IsolateDisposeReason): void => late.interpreters?.onHostDeath(host, reason);
+  const dedicated = new DedicatedPlacement(pool, maker, onHostDeath, o.onCatastrophicError);
+  const shared = new SharedPlacement({ isolates: o.sharedIsolates, memoryMb: o.sharedIsolateMemoryMb, onCatastrophicError: o.onCatastrophicError, closed }, pool, maker, onHostDeath);
+  const placements: Record<IsolationMode, Placement> = { isolate: dedicated, shared };
+  const interpreters = new Interpreters({ maxInterpreters: o.maxInterpreters, logger: o.logger, closed }, placements, ledger, names);
+  const runner = new Runner({ maxValueBytes: o.maxValueBytes, logger: o.logger, onRunEnd: o.onRunEnd, afterRun: () => pool.refill(true), closed }, index);
+  Object.assign(late, { shared, interpreters, runner });
+  const recorder = new Recorder({ store: o.store, interpreters, index, names, ledger, logger: o.logger });
+  const restorer = new Restorer({ interpreters, index, names, runner, recorder, defaultMemoryMb: o.defaultMemoryMb, logger: o.logger, closed });
+  const follower = new ReplicaFollower(interpreters, recorder, restorer, closed);
+  const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, ledger, maxResponseBytes: o.maxResponseBytes });
+  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut };
+}
+
+/**
+ * Shuts the parts down in order (call once `closed()` is true): no more warm-ups or watchdog
+ * rounds, every isolate disposed (runs still in flight end ABORTED), those runs waited for,
+ * then every interpreter failed and forgotten.
+ */
+export async function closeCore(core: CoreParts): Promise<void> {
+  core.interpreters.stopWatchdog();
+  core.pool.destroy();
+  core.dedicated.destroy();
+  core.shared.destroy();
+  await core.runner.settled();
+  core.interpreters.closeAll('the server shut down', (interp) => core.index.forgetAll(interp));
+  core.names.clear();
+}

@@ -1,0 +1,152 @@
+import type { RunTuple } from '../sandbox/Sandbox';
+import { ResourceExhaustedError } from './errors';
+import type { Interpreter } from './Interpreter';
+import { isValidTrigger } from './names';
+import { Registration } from './Registration';
+import type { TenantLedger } from './TenantLedger';
+
+/** Triggers are per tenant: the index keys on tenant and trigger together (a newline occurs in neither). */
+const scoped = (tenant: string, trigger: string): string => `${tenant}\n${trigger}`;
+
+/** What a registration is before it is live: its id, trigger and description. */
+export interface RegistrationSpec {
+  id: string;
+  trigger: string;
+  description: string;
+}
+
+/**
+ * Every live registration, by id and by (tenant, trigger), and the two ways they change: a
+ * successful run's registrations are committed, and registrations are released. Each change is
+ * one synchronous step, so a Trigger, which snapshots its registrations synchronously, sees the
+ * set before or after it, never a mix. Each registration holds one registration reference on
+ * its interpreter from commit to release.
+ */
+export class RegistrationIndex {
+  private readonly byId = new Map<string, Registration>();
+  private readonly byTrigger = new Map<string, Registration[]>();
+  private seq = 0;
+
+  constructor(
+    private readonly ledger: TenantLedger,
+    private readonly maxPerInterpreter: number,
+  ) {}
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  get(id: string): Registration | undefined {
+    return this.byId.get(id);
+  }
+
+  has(id: string): boolean {
+    return this.byId.has(id);
+  }
+
+  values(): IterableIterator<Registration> {
+    return this.byId.values();
+  }
+
+  /** The registrations bound to `trigger` of `tenant`, in registration order (the live list: copy it to keep it). */
+  bound(tenant: string, trigger: string): readonly Registration[] | undefined {
+    return this.byTrigger.get(scoped(tenant, trigger));
+  }
+
+  /**
+   * Makes a successful run's registrations live, in one synchronous step. An interpreter that
+   * stopped accepting (released, failed) keeps none of them.
+   */
+  commit(interp: Interpreter, tuple: RunTuple, execId: string): Registration[] {
+    if (!interp.accepting) {
+      interp.abandonRun(execId);
+      return [];
+    }
+    interp.commitRun(execId);
+    return tuple.registrations.map((r) => this.add(interp, r));
+  }
+
+  /** Lists registrations of a FAILED interpreter (a recipe that could not be rebuilt): they are broken until released. */
+  addBroken(interp: Interpreter, specs: readonly RegistrationSpec[]): void {
+    for (const r of specs) if (!this.byId.has(r.id)) this.add(interp, r);
+  }
+
+  /** Refuses (RESOURCE_EXHAUSTED) a Register attached to an interpreter that holds its maximum of registrations. */
+  refuseWhenFull(interp: Interpreter): void {
+    if (interp.registrations.size >= this.maxPerInterpreter) {
+      throw new ResourceExhaustedError(
+        'max_registrations_per_interpreter',
+        `interpreter ${interp.id} holds its maximum of ${this.maxPerInterpreter} registrations (ISOGEAR_MAX_REGISTRATIONS_PER_INTERPRETER); release some first`,
+      );
+    }
+  }
+
+  /**
+   * The sandbox shares its context with user code, so what it reports is checked: registration
+   * ids minted by this interpreter, unique, valid triggers, within the per-interpreter cap.
+   * Returns why a run's registrations are refused, or undefined.
+   */
+  invalid(interp: Interpreter, tuple: RunTuple): string | undefined {
+    if (tuple.registrations.length === 0) return undefined;
+    const prefix = `reg_${interp.registrationPrefix}`;
+    const seen = new Set<string>();
+    for (const r of tuple.registrations) {
+      if (!r.id.startsWith(prefix) || seen.has(r.id) || this.byId.has(r.id)) {
+        return 'the interpreter reported a registration it did not create (the script tampered with the sandbox)';
+      }
+      if (!isValidTrigger(r.trigger)) return `gears.register: trigger ${JSON.stringify(r.trigger.slice(0, 64))} is not a valid trigger name`;
+      seen.add(r.id);
+    }
+    if (interp.registrations.size + tuple.registrations.length > this.maxPerInterpreter) {
+      return `the run registered more handlers than the ${this.maxPerInterpreter} one interpreter may hold`;
+    }
+    return undefined;
+  }
+
+  /**
+   * Drops registrations of one interpreter: unindexes them all first, then releases their
+   * references (the last one disposes the interpreter, or it drains while runs are left).
+   */
+  release(interp: Interpreter, regs: readonly Registration[]): void {
+    for (const reg of regs) {
+      this.unindex(reg);
+      interp.registrations.delete(reg.id);
+    }
+    if (interp.live) interp.unregister(regs.map((r) => r.id));
+    if (interp.registrations.size === 0 && interp.referencesOf('execution') > 0) interp.beginDraining();
+    for (const reg of regs) reg.reference.release();
+  }
+
+  /** Drops every registration of `interp`. */
+  releaseAll(interp: Interpreter): void {
+    if (interp.registrations.size > 0) this.release(interp, [...interp.registrations.values()]);
+  }
+
+  /** Unindexes every registration of `interp` without releasing references (shutdown: the interpreter goes anyway). */
+  forgetAll(interp: Interpreter): void {
+    for (const reg of interp.registrations.values()) this.unindex(reg);
+    interp.registrations.clear();
+  }
+
+  private add(interp: Interpreter, r: RegistrationSpec): Registration {
+    const reg = new Registration(r.id, ++this.seq, r.trigger, interp.id, r.description, interp.acquire('registration'), interp.tenant);
+    interp.registrations.set(reg.id, reg);
+    this.byId.set(reg.id, reg);
+    const key = scoped(reg.tenant, reg.trigger);
+    const list = this.byTrigger.get(key);
+    if (list) list.push(reg);
+    else this.byTrigger.set(key, [reg]);
+    this.ledger.countRegistrations(reg.tenant, 1);
+    return reg;
+  }
+
+  private unindex(reg: Registration): void {
+    if (this.byId.delete(reg.id)) this.ledger.countRegistrations(reg.tenant, -1);
+    const key = scoped(reg.tenant, reg.trigger);
+    const list = this.byTrigger.get(key);
+    if (!list) return;
+    const i = list.indexOf(reg);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) this.byTrigger.delete(key);
+  }
+}

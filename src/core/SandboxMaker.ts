@@ -1,0 +1,63 @@
+import type { CodeCache } from '../sandbox/CodeCache';
+import { Sandbox } from '../sandbox/Sandbox';
+import { newExecutionId, newToken } from './ids';
+import type { IsolateHost } from './IsolateHost';
+import { TRIGGER_PATTERN } from './names';
+
+/** A warm sandbox's internal load runs under this timeout. */
+const WARM_UP_TIMEOUT_MS = 1000;
+
+export interface SandboxLimits {
+  maxLogBytes: number;
+  maxValueBytes: number;
+  maxRegistrationsPerInterpreter: number;
+}
+
+/**
+ * Makes interpreters' contexts: a V8 context on a host with the bootstrap installed, set up with
+ * the server's limits and code cache. Both placements and the warm pool make them here.
+ */
+export class SandboxMaker {
+  constructor(
+    private readonly limits: SandboxLimits,
+    private readonly codeCache: CodeCache,
+  ) {}
+
+  /** A context with the bootstrap installed, for interpreter `id` on `host`. */
+  make(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
+    return Sandbox.create(
+      host.isolate,
+      {
+        track: host.track,
+        interpreterId: id,
+        registrationPrefix,
+        maxLogChars: this.limits.maxLogBytes,
+        triggerPattern: TRIGGER_PATTERN,
+        maxResultChars: this.limits.maxValueBytes,
+        maxRegistrations: this.limits.maxRegistrationsPerInterpreter,
+        codeCache: this.codeCache,
+      },
+      host.bootstrapScript(),
+    );
+  }
+
+  /**
+   * A sandbox for the warm pool, with one internal load run through it: the first load in a fresh
+   * isolate compiles the bootstrap's functions and warms V8's caches (about 0.6 ms of a first
+   * request's time); here it is spent before anyone waits. The run leaves nothing behind: no
+   * registrations, no pending run, nothing a script can reach.
+   */
+  async makeWarm(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
+    const sandbox = await this.make(host, id, registrationPrefix);
+    try {
+      const token = newToken();
+      const driver = await sandbox.prepare('export default 0;', {}, token);
+      const tuple = await sandbox.load(driver, newExecutionId(), token, 'execute', '', '', '', WARM_UP_TIMEOUT_MS);
+      if (!tuple.ok) throw new Error(`the warm-up run failed: ${tuple.error?.message ?? tuple.code}`);
+      return sandbox;
+    } catch (err) {
+      sandbox.release();
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,259 @@
+import type { RunTuple } from '../../sandbox/Sandbox';
+import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors';
+import { newStepId } from '../ids';
+import type { Interpreter } from '../Interpreter';
+import type { Interpreters } from '../Interpreters';
+import type { NameTable } from '../NameTable';
+import type { Registration } from '../Registration';
+import type { RegistrationIndex } from '../RegistrationIndex';
+import type { TenantLedger } from '../TenantLedger';
+import type { BrokenRecipe, CoreLogger, ReleaseResult } from '../types';
+import { NameTakenError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from './RecipeStore';
+
+/** What the recorder knows of one interpreter's recipe. */
+interface RecipeState {
+  /** Its recipe is in the store (it holds, or held, registrations there). */
+  stored: boolean;
+  /** The steps it ran before its recipe was stored (then the store has them). */
+  steps: RecipeStep[];
+  /** The ids of every step it ran (replayed or live), so a replica replays only the others. */
+  stepIds: Set<string>;
+}
+
+/** A step as the caller knows it: the recorder gives it its id and what the run registered. */
+export type StepBase = Omit<RecipeStep, 'id' | 'registrations'>;
+
+export interface RecorderDeps {
+  store?: RecipeStore;
+  interpreters: Interpreters;
+  index: RegistrationIndex;
+  names: NameTable;
+  ledger: TenantLedger;
+  logger?: CoreLogger;
+}
+
+/**
+ * Durability's write side, a layer above the core: it commits a run's registrations once their
+ * step is stored (the recipe is created with the first registration, appended to after), stores
+ * releases before they happen here, and runs the store work of each interpreter in order. It
+ * keeps what it knows of each interpreter's recipe beside the interpreter, never in it. Without
+ * a store it commits at once and stores nothing.
+ */
+export class Recorder {
+  private readonly recipes = new WeakMap<Interpreter, RecipeState>();
+  /** Store work per interpreter, in order (see serial). */
+  private readonly chains = new Map<string, Promise<void>>();
+  private readonly brokenRecipes = new Map<string, BrokenRecipe>();
+  private failures = 0;
+
+  constructor(private readonly deps: RecorderDeps) {}
+
+  get store(): RecipeStore | undefined {
+    return this.deps.store;
+  }
+
+  /** Changes the store refused (each answered UNAVAILABLE). */
+  get storeWriteFailures(): number {
+    return this.failures;
+  }
+
+  isStored(interp: Interpreter): boolean {
+    return this.recipes.get(interp)?.stored ?? false;
+  }
+
+  setStored(interp: Interpreter, stored: boolean): void {
+    this.state(interp).stored = stored;
+  }
+
+  /** Whether `interp` ran (or replayed) step `stepId` already. */
+  ran(interp: Interpreter, stepId: string): boolean {
+    return this.recipes.get(interp)?.stepIds.has(stepId) ?? false;
+  }
+
+  /** Once the recipe is stored, the store has the steps: only their ids stay here (sources can be large). */
+  noteStep(interp: Interpreter, step: RecipeStep): void {
+    const s = this.state(interp);
+    if (!s.stored) s.steps.push(step);
+    s.stepIds.add(step.id);
+  }
+
+  /** Stored interpreters that could not be rebuilt here (they stay stored). */
+  broken(): BrokenRecipe[] {
+    return [...this.brokenRecipes.values()];
+  }
+
+  noteBroken(recipe: InterpreterRecipe, reason: string): void {
+    this.brokenRecipes.set(recipe.interpreterId, { interpreterId: recipe.interpreterId, tenant: recipe.tenant, name: recipe.name, reason });
+    this.deps.logger?.error({ interpreterId: recipe.interpreterId, tenant: recipe.tenant, name: recipe.name, reason }, 'stored interpreter is broken: it could not be rebuilt');
+  }
+
+  clearBroken(interpreterId: string): void {
+    this.brokenRecipes.delete(interpreterId);
+  }
+
+  /**
+   * Commits a finished run's registrations (RegistrationIndex.commit); with a store, once its
+   * step is stored (the step is created with the interpreter's recipe, or appended to it). When
+   * nothing durable changes the commit happens before this returns, in the caller's synchronous
+   * step; otherwise once the store has it. Rejects, with nothing kept, when the store refuses.
+   * `replaceName`: an upgrade taking that name; `after` runs in the same synchronous step as the
+   * commit (the upgrade's swap).
+   */
+  async commitStep(interp: Interpreter, tuple: RunTuple, execId: string, base: StepBase, replaceName?: string, after?: () => void): Promise<Registration[]> {
+    const { store, index, names, ledger } = this.deps;
+    const step: RecipeStep = {
+      ...base,
+      id: newStepId(),
+      registrations: tuple.registrations.map((r) => ({ id: r.id, trigger: r.trigger, description: r.description })),
+    };
+    const n = step.registrations.length;
+    const oldHolder = replaceName ? names.holder(interp.tenant, replaceName) : undefined;
+    const oldStored = oldHolder !== undefined && this.isStored(oldHolder);
+    if (!store || (!this.isStored(interp) && n === 0 && !oldStored)) {
+      const out = index.commit(interp, tuple, execId);
+      if (store && interp.accepting) this.noteStep(interp, step);
+      after?.();
+      return out;
+    }
+    ledger.countRegistrations(interp.tenant, n); // held while the step is written, so a concurrent request sees the quota used
+    return this.serial(interp.id, async () => {
+      if (!interp.accepting) {
+        // released (or failed) while this waited its turn: nothing of it is kept, nor stored
+        ledger.countRegistrations(interp.tenant, -n);
+        const out = index.commit(interp, tuple, execId);
+        after?.();
+        return out;
+      }
+      let created = false;
+      let replaced: string | undefined;
+      try {
+        if (this.isStored(interp)) await store.append(interp.id, step);
+        else if (n > 0) {
+          replaced = (await store.create(this.recipeOf(interp, step, replaceName ?? interp.name), replaceName !== undefined)).replaced;
+          created = true;
+          const s = this.state(interp);
+          s.stored = true;
+          s.steps.length = 0;
+        } else if (oldHolder && this.isStored(oldHolder)) {
+          // an upgrade that registers nothing: the old holder of the name goes, and nothing replaces it
+          await store.remove(oldHolder.id);
+          this.setStored(oldHolder, false);
+        }
+      } catch (err) {
+        ledger.countRegistrations(interp.tenant, -n);
+        interp.abandonRun(execId);
+        throw err instanceof NameTakenError
+          ? new AlreadyExistsError(`an interpreter named "${err.interpreterName}" already exists; set replace to upgrade it`)
+          : this.storeFailure(err, 'the registrations');
+      }
+      ledger.countRegistrations(interp.tenant, -n);
+      const out = index.commit(interp, tuple, execId);
+      if (out.length < n) {
+        // stored, but the interpreter stopped taking registrations meanwhile (its isolate died)
+        this.unstore(interp, created, step.registrations.map((r) => r.id));
+      } else this.noteStep(interp, step);
+      after?.();
+      // another server's interpreter held the name: it went from the store with this step
+      const other = replaced && replaced !== oldHolder?.id ? this.deps.interpreters.get(replaced) : undefined;
+      if (other) this.dropUnstored(other);
+      return out;
+    });
+  }
+
+  /**
+   * Releases registrations of a stored interpreter: stored first, then gone here (a crash between
+   * the two leaves them released after the restore). The registrations may have gone while this
+   * waited its turn (another Release, an upgrade): it releases what is there then, and answers as
+   * if it had come after the other.
+   */
+  release(interp: Interpreter, regs: readonly Registration[], byInterpreter: boolean): Promise<ReleaseResult> {
+    const store = this.deps.store;
+    return this.serial(interp.id, async () => {
+      const live = byInterpreter ? [...interp.registrations.values()] : regs.filter((r) => interp.registrations.get(r.id) === r);
+      if (live.length === 0) {
+        throw new NotFoundError(
+          byInterpreter ? `interpreter ${interp.id} holds no registrations to release` : `registration ${regs[0].id} not found (unknown or already released)`,
+        );
+      }
+      if (store && this.isStored(interp)) {
+        const all = live.length === interp.registrations.size;
+        try {
+          if (all) await store.remove(interp.id);
+          else await store.release(interp.id, live.map((r) => r.id));
+        } catch (err) {
+          throw this.storeFailure(err, 'the release');
+        }
+        if (all) {
+          this.setStored(interp, false);
+          this.clearBroken(interp.id); // a broken one released: nothing of it is left to rebuild
+        }
+      }
+      this.deps.index.release(interp, live);
+      return { releasedRegistrationIds: live.map((r) => r.id), interpreter: interp.infoWithHeap(0) };
+    });
+  }
+
+  /** Its recipe left the store (another server released or replaced it): it goes here too. */
+  dropUnstored(interp: Interpreter): void {
+    this.setStored(interp, false);
+    this.clearBroken(interp.id);
+    this.deps.names.unname(interp);
+    this.deps.index.releaseAll(interp);
+  }
+
+  /** Runs store work of one interpreter in order: its writes, releases and replays never interleave. */
+  serial<T>(interpreterId: string, work: () => Promise<T>): Promise<T> {
+    const before = this.chains.get(interpreterId) ?? Promise.resolve();
+    const next = before.then(work);
+    const tail = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.chains.set(interpreterId, tail);
+    void tail.then(() => {
+      if (this.chains.get(interpreterId) === tail) this.chains.delete(interpreterId);
+    });
+    return next;
+  }
+
+  /** An UNAVAILABLE for a change the store refused (logged and counted). */
+  storeFailure(err: unknown, what: string): UnavailableError {
+    const why = err instanceof Error ? err.message : String(err);
+    this.deps.logger?.error({ err, store: this.deps.store?.description }, `store: ${what} could not be stored`);
+    this.failures += 1;
+    return new UnavailableError(`${what} could not be stored, so nothing changed: ${why}; retry when the store is back`, { cause: err });
+  }
+
+  /** Undoes a stored step whose registrations could not be kept (best effort, logged). */
+  private unstore(interp: Interpreter, created: boolean, ids: string[]): void {
+    const store = this.deps.store;
+    if (!store) return;
+    const undo = created ? store.remove(interp.id) : store.release(interp.id, ids);
+    if (created) this.setStored(interp, false);
+    undo.catch((err: unknown) => this.deps.logger?.error({ err, interpreterId: interp.id }, 'store: could not undo a step whose registrations were not kept'));
+  }
+
+  private recipeOf(interp: Interpreter, step: RecipeStep, name: string): InterpreterRecipe {
+    return {
+      interpreterId: interp.id,
+      tenant: interp.tenant,
+      name,
+      mode: interp.mode,
+      memoryMb: interp.dedicatedMemoryMb,
+      registrationPrefix: interp.registrationPrefix,
+      createdAtMs: interp.createdAt.getTime(),
+      steps: [...this.state(interp).steps, step],
+      // registrations exist only once their step is stored: an interpreter not stored yet has released none
+      released: [],
+    };
+  }
+
+  private state(interp: Interpreter): RecipeState {
+    let s = this.recipes.get(interp);
+    if (!s) {
+      s = { stored: false, steps: [], stepIds: new Set() };
+      this.recipes.set(interp, s);
+    }
+    return s;
+  }
+}
