@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { pb } from './client';
+import { pb, type TestClient } from './client';
 import { sleep, type TestServer } from './server';
 
 export const SHARED = pb.IsolationMode.ISOLATION_MODE_SHARED;
@@ -40,4 +40,27 @@ export async function waitFor(what: string, cond: () => boolean, ms = 5000): Pro
 /** Waits until the server has at least `n` runs in flight (a call that was sent has started). */
 export function runsInFlight(t: TestServer, n = 1): Promise<void> {
   return waitFor(`${n} run(s) in flight`, () => t.manager.counters().executionsInFlight >= n);
+}
+
+const GONE: readonly pb.InterpreterState[] = [pb.InterpreterState.INTERPRETER_STATE_DISPOSED, pb.InterpreterState.INTERPRETER_STATE_FAILED];
+
+/**
+ * Releases every registration of each interpreter (ReleaseRequest.interpreter_id) and asserts each
+ * is then gone (DISPOSED, or FAILED with no reference left): how a test hands back what it
+ * registered, checked like any other call (the server fixture fails a test that leaves
+ * registrations). Returns the released registration ids, in order.
+ */
+export async function releaseInterpreters(client: TestClient, ...interpreterIds: (string | undefined)[]): Promise<string[]> {
+  const released: string[] = [];
+  for (const id of interpreterIds) {
+    assert.ok(id, 'an interpreter id to release');
+    const rel = await client.release({ interpreterId: id });
+    assert.ok(rel.releasedRegistrationIds.length > 0, `releasing ${id} released something`);
+    assert.equal(rel.interpreter?.id, id);
+    assert.equal(rel.interpreter?.references, 0, `${id} holds no reference once released`);
+    // a FAILED interpreter is freed with its last registration but keeps answering FAILED
+    assert.ok(GONE.includes(rel.interpreter?.state as pb.InterpreterState), `${id} is disposed once released, got ${stateName(rel.interpreter?.state)}`);
+    released.push(...rel.releasedRegistrationIds);
+  }
+  return released;
 }

@@ -90,16 +90,6 @@ export async function waitIdle(manager: InterpreterManager, ms: number): Promise
   while (manager.counters().executionsInFlight > 0 && Date.now() < until) await sleep(10);
 }
 
-/** Releases every registration the server holds (cleanup for tests that fail midway). */
-export async function releaseAll(t: TestServer, client: TestClient = t.client): Promise<void> {
-  for (;;) {
-    const page = await client.listInterpreters({ pageSize: 1000 });
-    const withRegs = page.interpreters.filter((i) => i.registrationReferences > 0);
-    if (withRegs.length === 0) return;
-    for (const i of withRegs) await client.release({ interpreterId: i.id }).catch(() => undefined);
-  }
-}
-
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A promise with its resolve exposed. */

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { assertNoHostPaths, limits, MODES, modeName, outcomeName, SHARED, succeeded } from '../helpers/proto';
+import { assertNoHostPaths, limits, MODES, modeName, outcomeName, releaseInterpreters, SHARED, succeeded } from '../helpers/proto';
 import type { TestServer } from '../helpers/server';
 
 /** Runs `source` and requires it to succeed; returns the response. */
@@ -127,6 +127,7 @@ describe('escape attempts', () => {
         const trig = await t.client.trigger({ trigger: 'sloppy.caller' });
         succeeded(trig.results[0]);
         assert.equal(trig.results[0].result, 'null');
+        await releaseInterpreters(t.client, res.interpreterId);
       });
 
       it('Error.prepareStackTrace is inert: no CallSite ever reaches a script (in Execute, in handlers, inside result copying and console)', async () => {
@@ -165,6 +166,7 @@ describe('escape attempts', () => {
 
         const fresh = await succeed(t, { mode, source: 'export default new Error("plain").stack.split("\\n")[0];' });
         assert.equal(fresh.result, 'Error: plain', 'the server is fine afterwards');
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
 
       it('Error.captureStackTrace and stack tricks reveal no host frames', async () => {
@@ -190,6 +192,7 @@ describe('escape attempts', () => {
         const trig = await t.client.trigger({ trigger: 'capture.t' });
         assert.equal(typeof trig.results[0].result, 'string');
         assertNoHostPaths(trig.results[0].result, 'handler stack');
+        await releaseInterpreters(t.client, res.interpreterId);
       });
 
       it('a hostile Error.prepareStackTrace (throws, returns non-strings) cannot break error reporting', async () => {
@@ -270,6 +273,7 @@ describe('escape attempts', () => {
         });
         assert.deepEqual(later.logs, [{ level: 'log', message: 'later' }]);
         assert.equal(later.registrations.length, 1);
+        assert.deepEqual(await releaseInterpreters(t.client, res.interpreterId), [res.registrations[0].id, later.registrations[0].id]);
       });
 
       it('calling the loader hook with a guessed token changes nothing', async () => {
@@ -342,7 +346,7 @@ describe('escape attempts', () => {
 
       it('an uncopyable handler result is OUTCOME_FAILED naming where, and the registration keeps working', async () => {
         const t = server();
-        await succeed(t, {
+        const setup = await succeed(t, {
           mode,
           source: 'gears.register("bad.result", (p) => (p === "fn" ? { deep: [{ f() {} }] } : { ok: p }));',
         });
@@ -351,6 +355,7 @@ describe('escape attempts', () => {
         assert.match(bad.results[0].error?.message ?? '', /result\.deep\[0\]\.f is a function/);
         const good = await t.client.trigger({ trigger: 'bad.result', payload: 'fine' });
         assert.deepEqual(good.results[0].result, { ok: 'fine' });
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
     });
   }
@@ -405,11 +410,12 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
         });
         assert.deepEqual(clean.result, [null, 'function', true, '{"a":1}', ['b'], true, 'bc'], `pollution reached a ${modeName(other)} interpreter`);
       }
+      await releaseInterpreters(t.client, res.interpreterId);
     });
 
     it(`a handler that pollutes affects only its own interpreter (${modeName(mode)})`, async () => {
       const t = server();
-      await succeed(t, {
+      const polluter = await succeed(t, {
         mode,
         source: `gears.register('pollute.now', () => { ${POLLUTE} return 'done'; });`,
       });
@@ -419,6 +425,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
       const probe = await t.client.trigger({ trigger: 'probe.other' });
       assert.deepEqual(probe.results[0].result, [null, '[1]']);
       assert.equal(probe.results[0].interpreterId, other.interpreterId);
+      await releaseInterpreters(t.client, polluter.interpreterId, other.interpreterId);
     });
 
     it(`index setters on Array.prototype do not swallow the script's logs or registrations (${modeName(mode)})`, async () => {
@@ -438,6 +445,7 @@ describe('escape attempts: prototype pollution stays inside its interpreter', ()
       assert.equal((res.result as { id: string }).id, res.registrations[0]?.id);
       const trig = await t.client.trigger({ trigger: 'setter.t' });
       assert.equal(trig.results[0].result, 'handled');
+      assert.deepEqual(await releaseInterpreters(t.client, res.interpreterId), [res.registrations[0].id]);
     });
 
     it(`replacing Promise.prototype.then does not change how the default export is awaited (${modeName(mode)})`, async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, limits, MODES, modeName, runsInFlight, SHARED, succeeded } from '../helpers/proto';
+import { ISOLATE, limits, MODES, modeName, releaseInterpreters, runsInFlight, SHARED, succeeded } from '../helpers/proto';
 import type { TestServer } from '../helpers/server';
 
 const { INTERPRETER_STATE_READY, INTERPRETER_STATE_DISPOSED } = pb.InterpreterState;
@@ -116,7 +116,7 @@ describe('Isolation between interpreters', () => {
         const counts = runs.flatMap((r) => (r.result as number[]).slice(1)).sort((a, b) => a - b);
         assert.deepEqual(counts, Array.from({ length: 32 }, (_, i) => i + 1), 'one instance of "shared" per source, shared by every load');
       }
-      await t.client.release({ interpreterId });
+      await releaseInterpreters(t.client, interpreterId);
     });
 
     it(`module state is per interpreter (${modeName(mode)})`, async () => {
@@ -147,6 +147,7 @@ describe('Isolation between interpreters', () => {
       const c = await t.client.execute({ mode, modules, source: "import { next } from 'counter'; export default next();" });
       succeeded(c);
       assert.equal(c.result, 1, 'a new interpreter gets a fresh instance');
+      await releaseInterpreters(t.client, a.interpreterId, b.interpreterId);
     });
   }
 
@@ -224,5 +225,6 @@ describe('Isolation between interpreters on one shared isolate', () => {
       succeeded(r);
       assert.deepEqual(r.result, [`impl-${byInterpreter.get(r.interpreterId)}`, 2], 'each handler calls its own module instance');
     }
+    await releaseInterpreters(t.client, ...runs.map((r) => r.interpreterId));
   });
 });

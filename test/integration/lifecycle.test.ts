@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, MODES, modeName, runsInFlight, SHARED, succeeded } from '../helpers/proto';
+import { ISOLATE, MODES, modeName, releaseInterpreters, runsInFlight, SHARED, succeeded } from '../helpers/proto';
 
 const { OUTCOME_SUCCEEDED, OUTCOME_FAILED } = pb.Outcome;
 const { INTERPRETER_STATE_READY, INTERPRETER_STATE_DRAINING, INTERPRETER_STATE_DISPOSED } = pb.InterpreterState;
@@ -219,6 +219,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
     assert.equal(res.interpreter?.references, 1);
     await expectStatus(t.client.trigger({ trigger: 'lc.doomed' }), grpc.status.NOT_FOUND);
     assert.deepEqual((await t.client.listRegistrations({ interpreterId: itp })).registrations.map((r) => r.id), [reg.registration?.id]);
+    assert.deepEqual(await releaseInterpreters(t.client, itp), [reg.registration?.id], 'only the base registration was ever held');
   });
 
   it('a double release is NOT_FOUND, by registration and by interpreter', async () => {
@@ -269,6 +270,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
       ],
     );
     assert.equal(new Set(res.results.map((r) => r.executionId)).size, 3, 'each handler run is its own execution');
+    await releaseInterpreters(t.client, slow.interpreter?.id, mid.interpreter?.id, fast.interpreter?.id);
   });
 
   it('GetInterpreter describes live and disposed interpreters', async () => {
@@ -366,6 +368,9 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
     await expectStatus(t.client.listInterpreters({ pageSize: -1 }), grpc.status.INVALID_ARGUMENT, /page_size/);
     await expectStatus(t.client.listInterpreters({ pageSize: 1001 }), grpc.status.INVALID_ARGUMENT, /page_size/);
     await expectStatus(t.client.listInterpreters({ mode: 99 as pb.IsolationMode }), grpc.status.INVALID_ARGUMENT);
+
+    await releaseInterpreters(t.client, ...ids);
+    assert.deepEqual((await t.client.listInterpreters({})).interpreters, [], 'released interpreters are not listed');
   });
 
   it('ListRegistrations pages in creation order and filters by trigger and interpreter', async () => {
@@ -413,6 +418,9 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
     await t.client.release({ registrationId: ids[2] });
     const afterRelease = await t.client.listRegistrations({});
     assert.deepEqual(afterRelease.registrations.map((r) => r.id), [ids[0], ids[1], ids[3]], 'released registrations are not listed');
+
+    assert.deepEqual(await releaseInterpreters(t.client, a.interpreterId, b.interpreter?.id), [ids[0], ids[1], ids[3]]);
+    assert.deepEqual((await t.client.listRegistrations({})).registrations, []);
   });
 
   it('keeps run statistics per registration: runs, failures and the last error', async () => {
@@ -451,6 +459,7 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
     assert.equal(viaGet.registrations[0].stats?.runs, 3);
     assert.equal(viaGet.registrations[0].stats?.failures, 2);
     assert.equal(viaGet.registrations[0].stats?.lastError?.message, 'bad 3');
+    assert.deepEqual(await releaseInterpreters(t.client, reg.interpreter?.id), [id]);
   });
 
   it('a handler that registers during a Trigger run adds registrations to its own interpreter', async () => {
@@ -536,5 +545,6 @@ describe('Interpreter lifecycle: references, release and introspection', () => {
       });
     }
     assert.notEqual(one.results[0].executionId, two.results[0].executionId, 'every handler run is a new execution');
+    await releaseInterpreters(t.client, reg.interpreter?.id);
   });
 });

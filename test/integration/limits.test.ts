@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, limits, MODES, modeName, outcomeName, SHARED, stateName, succeeded } from '../helpers/proto';
+import { ISOLATE, limits, MODES, modeName, outcomeName, releaseInterpreters, SHARED, stateName, succeeded } from '../helpers/proto';
 
 const TIMEOUT_MS = 250;
 
@@ -90,6 +90,7 @@ describe('limits: timeout_ms stops runaway scripts', () => {
         const again = await t.client.execute({ source: 'export default globalThis.count;', interpreterId: id });
         succeeded(again);
         assert.equal(again.result, expected);
+        assert.deepEqual(await releaseInterpreters(t.client, id), [setup.registrations[0].id]);
       });
 
       it('Trigger: each runaway handler run ends OUTCOME_TIMED_OUT; the other handlers of its interpreter keep working', async () => {
@@ -132,6 +133,7 @@ describe('limits: timeout_ms stops runaway scripts', () => {
             assert.equal(reg.stats?.lastError?.name, 'TimeoutError', reg.trigger);
           }
         }
+        assert.deepEqual(await releaseInterpreters(t.client, id), setup.registrations.map((r) => r.id));
       });
     });
   }
@@ -268,6 +270,7 @@ describe('limits: server defaults and maxima from the configuration', () => {
       succeeded(setup);
       const trig = await t.client.trigger({ trigger: 'dflt.loop' });
       assertTimedOut(trig.results[0].outcome, trig.results[0].error, 200);
+      await releaseInterpreters(t.client, setup.interpreterId);
     });
   }
 
@@ -384,6 +387,7 @@ describe('limits: console output is bounded', () => {
       const quiet = await t.client.execute({ source: 'console.log("short"); export default 1;' });
       assert.equal(quiet.logsTruncated, false, 'each run has its own budget');
       assert.deepEqual(quiet.logs, [{ level: 'log', message: 'short' }]);
+      await releaseInterpreters(t.client, setup.interpreterId);
     });
   });
 

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { scratchDataDir } from '../helpers/process';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, limits, SHARED, succeeded } from '../helpers/proto';
+import { ISOLATE, limits, releaseInterpreters, SHARED, succeeded } from '../helpers/proto';
 import { grpc } from '../helpers/client';
 import { service } from 'grpc-health-check';
 import { startTestServer, type TestServer } from '../helpers/server';
@@ -55,6 +55,7 @@ describe('logs: JSON lines with what operators need', () => {
       const up = t.logs.find((l) => l.msg === 'interpreter upgraded: the old one is released');
       assert.equal(up?.level, 'warn');
       assert.deepEqual([up?.name, up?.from, up?.to], ['log.up', v1.interpreterId, v2.interpreterId]);
+      await releaseInterpreters(t.client, v2.interpreterId);
     });
   });
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
 import { delta, scrape, value } from '../helpers/metrics';
-import { ISOLATE, limits, MODES, modeName, SHARED, succeeded, waitFor } from '../helpers/proto';
+import { ISOLATE, limits, MODES, modeName, releaseInterpreters, SHARED, succeeded, waitFor } from '../helpers/proto';
 
 const GEARS = { grpc_service: 'isogear.v1.GearsService', grpc_type: 'unary' };
 
@@ -72,10 +72,16 @@ describe('metrics: /metrics follows the lifecycle exactly', () => {
     const t = server();
     const s0 = await scrape(t);
     succeeded(await t.client.execute({ mode: ISOLATE, name: 'm.up', source: 'gears.register("m.up", () => 1);' }));
-    succeeded(await t.client.execute({ mode: ISOLATE, name: 'm.up', replace: true, source: 'gears.register("m.up", () => 2);' }));
+    const v2 = await t.client.execute({ mode: ISOLATE, name: 'm.up', replace: true, source: 'gears.register("m.up", () => 2);' });
+    succeeded(v2);
     const s1 = await scrape(t);
     assert.equal(delta(s0, s1, 'isogear_isolates_disposed_total', { kind: 'dedicated', reason: 'replaced' }), 1);
     assert.equal(value(s1, 'isogear_isolates', { kind: 'dedicated' }), 1);
+
+    await releaseInterpreters(t.client, v2.interpreterId);
+    const s2 = await scrape(t);
+    assert.equal(delta(s1, s2, 'isogear_isolates_disposed_total', { kind: 'dedicated', reason: 'released' }), 1, 'the successor goes as any released one');
+    assert.equal(value(s2, 'isogear_isolates', { kind: 'dedicated' }), 0);
   });
 
   it('grpc_server_handled_total counts an INVALID_ARGUMENT and a cancelled call', async () => {
@@ -105,7 +111,8 @@ describe('metrics: /metrics follows the lifecycle exactly', () => {
 
   it('serves only GET /metrics: anything else is 404; process metrics are there; no label carries an id', async () => {
     const t = server();
-    succeeded(await t.client.execute({ source: 'gears.register("m.ids", () => 1);' }));
+    const holder = await t.client.execute({ source: 'gears.register("m.ids", () => 1);' });
+    succeeded(holder);
     const base = `http://${t.server.metricsAddress}`;
     assert.equal((await fetch(`${base}/`)).status, 404);
     assert.equal((await fetch(`${base}/metrics/x`)).status, 404);
@@ -114,6 +121,7 @@ describe('metrics: /metrics follows the lifecycle exactly', () => {
     assert.match(text, /^process_cpu_user_seconds_total /m);
     assert.match(text, /^nodejs_eventloop_lag_seconds /m);
     assert.doesNotMatch(text, /(itp|exe|reg)_[0-9a-f]{8}/, 'no interpreter, execution or registration id in any label');
+    await releaseInterpreters(t.client, holder.interpreterId);
   });
 });
 

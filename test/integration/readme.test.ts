@@ -54,6 +54,7 @@ describe('README client examples', function () {
     }
     assert.ok(steps.length >= 5);
     const cli = path.join(ROOT, 'src/cli/main.ts');
+    const printedRegistrations: string[] = [];
     for (const step of steps) {
       // the session runs in a scratch directory, where `--import tsx` would not resolve: name tsx's loader by path
       const tsx = pathToFileURL(path.join(ROOT, 'node_modules/tsx/dist/loader.mjs')).href;
@@ -63,7 +64,14 @@ describe('README client examples', function () {
       const pattern = (l: string): RegExp => new RegExp(`^${l.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/reg_…/g, 'reg_\\w+')}$`);
       assert.equal(got.length, step.expected.length, `${step.command}\n${stdout}`);
       step.expected.forEach((l, i) => assert.match(got[i], pattern(l), step.command));
+      if (/^isogear register /.test(step.command)) printedRegistrations.push(...got);
     }
+
+    // the session leaves its handler registered; hand it back by the id it printed
+    assert.equal(printedRegistrations.length, 1, 'the session registers one handler');
+    const [id] = printedRegistrations;
+    const rel = await server().client.release({ registrationId: id });
+    assert.deepEqual(rel.releasedRegistrationIds, [id]);
   });
 
   it('every Python block is an excerpt of the interop client CI runs', () => {

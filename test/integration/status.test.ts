@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { assertNoHostPaths, ISOLATE, limits, MODES, modeName, outcomeName, runsInFlight, SHARED, stateName, succeeded } from '../helpers/proto';
+import { assertNoHostPaths, ISOLATE, limits, MODES, modeName, outcomeName, releaseInterpreters, runsInFlight, SHARED, stateName, succeeded } from '../helpers/proto';
 import { assertNoLeaks, startTestServer, waitIdle } from '../helpers/server';
 
 const MEMORY_BOMB = 'const hoard = []; for (;;) hoard.push(new Array(10000).fill(Math.random()));';
@@ -67,6 +67,7 @@ describe('status codes', () => {
       }
       const info = await t.client.getInterpreter({ interpreterId: live.interpreterId });
       assert.equal(info.interpreter?.registrationReferences, 1, 'nothing was attached');
+      assert.deepEqual(await releaseInterpreters(t.client, live.interpreterId), [live.registrations[0].id]);
     });
 
     it('name or replace together with interpreter_id, replace without name, a malformed name', async () => {
@@ -80,6 +81,7 @@ describe('status codes', () => {
       await expectStatus(t.client.execute({ source: 'export default 1;', replace: true }), grpc.status.INVALID_ARGUMENT, /name/);
       await expectStatus(t.client.execute({ source: 'export default 1;', name: 'has space' }), grpc.status.INVALID_ARGUMENT, /name/);
       await expectStatus(t.client.execute({ source: 'export default 1;', name: 'n'.repeat(129) }), grpc.status.INVALID_ARGUMENT, /name/);
+      assert.deepEqual(await releaseInterpreters(t.client, live.interpreterId), [live.registrations[0].id], 'nothing was attached');
     });
 
     it('sizes over a limit: source plus modules, args, payload, description', async () => {
@@ -91,13 +93,14 @@ describe('status codes', () => {
         /4096|ISOGEAR_MAX_SOURCE_BYTES/,
       );
       await expectStatus(t.client.execute({ source: 'export default (a) => a;', args: { blob: 'x'.repeat(2000) } }), grpc.status.INVALID_ARGUMENT, /args/);
-      await liveInterpreter(SHARED, 'big.payload');
+      const payloadTarget = await liveInterpreter(SHARED, 'big.payload');
       await expectStatus(t.client.trigger({ trigger: 'big.payload', payload: ['x'.repeat(2000)] }), grpc.status.INVALID_ARGUMENT, /payload/);
       await expectStatus(
         t.client.register({ trigger: 'big.t', source: 'export default () => 1;', description: 'd'.repeat(1025) }),
         grpc.status.INVALID_ARGUMENT,
         /description/,
       );
+      await releaseInterpreters(t.client, payloadTarget.interpreterId);
     });
 
     it('limits over the server maximum', async () => {
@@ -109,8 +112,9 @@ describe('status codes', () => {
         grpc.status.INVALID_ARGUMENT,
         /timeout_ms/,
       );
-      await liveInterpreter(SHARED, 'lim.t');
+      const target = await liveInterpreter(SHARED, 'lim.t');
       await expectStatus(t.client.trigger({ trigger: 'lim.t', limits: limits(0, 257) }), grpc.status.INVALID_ARGUMENT, /memory_limit_mb/);
+      await releaseInterpreters(t.client, target.interpreterId);
     });
 
     const NOT_A_HANDLER: { what: string; source: string; modules?: Record<string, string>; why: RegExp[] }[] = [
@@ -144,6 +148,7 @@ describe('status codes', () => {
         const info = await t.client.getInterpreter({ interpreterId: live.interpreterId });
         assert.equal(stateName(info.interpreter?.state), 'INTERPRETER_STATE_READY');
         assert.equal(info.interpreter?.registrationReferences, 1, 'nothing was attached');
+        assert.deepEqual(await releaseInterpreters(t.client, live.interpreterId), [live.registrations[0].id]);
       });
     }
 
@@ -284,6 +289,7 @@ describe('status codes', () => {
       );
       const info = await t.client.getInterpreter({ interpreterId: holder.interpreterId });
       assert.equal(info.interpreter?.registrationReferences, 1, 'a refused attach adds no owner');
+      assert.deepEqual(await releaseInterpreters(t.client, holder.interpreterId), [holder.registrations[0].id], 'a FAILED interpreter goes with its last registration');
     });
 
     it('interpreter_id of a DRAINING interpreter', async () => {
@@ -356,6 +362,7 @@ describe('status codes', () => {
       assert.equal(res.results[1].result, 2);
       assert.equal(res.results[2].error?.name, 'TypeError', 'gears.register rejects a malformed trigger');
       for (const r of res.results) assertNoHostPaths(r.error?.stack, 'TriggerResult.error.stack', TOOL_NAMES);
+      assert.deepEqual(await releaseInterpreters(t.client, setup.interpreterId), setup.registrations.map((r) => r.id), 'the failed runs registered nothing');
     });
   });
 
@@ -410,6 +417,7 @@ describe('status codes', () => {
         assert.equal(stateName(info.interpreter?.state), 'INTERPRETER_STATE_READY');
         const fast = await t.client.trigger({ trigger: 'fast', limits: limits(2000) });
         succeeded(fast.results[0]);
+        assert.deepEqual(await releaseInterpreters(t.client, setup.interpreterId), setup.registrations.map((r) => r.id));
       });
     }
   });
@@ -439,6 +447,7 @@ describe('status codes: RESOURCE_EXHAUSTED', () => {
     const ok = await t.client.execute({ source: 'export default "room again";' });
     succeeded(ok);
     assert.equal(ok.result, 'room again');
+    await releaseInterpreters(t.client, a.interpreter?.id);
   });
 });
 

@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expectStatus, grpc, pb, TestClient } from '../helpers/client';
-import { ISOLATE, MODES, modeName, SHARED, succeeded } from '../helpers/proto';
+import { ISOLATE, MODES, modeName, releaseInterpreters, SHARED, succeeded } from '../helpers/proto';
 import { scrape, value } from '../helpers/metrics';
-import { releaseAll, startTestServer, type TestServer } from '../helpers/server';
+import { startTestServer, type TestServer } from '../helpers/server';
 
 const sha = (key: string): string => createHash('sha256').update(key).digest('hex');
 const KEYS = { alpha: 'alpha-secret-key', beta: 'beta-secret-key' };
@@ -27,13 +27,14 @@ describe('Tenants: API keys and scoping', () => {
     beta = new TestClient(t.server.grpcAddress, KEYS.beta);
   });
 
+  // close() asserts nothing leaked: each test releases, as its tenant, what it registered
   afterEach(async () => {
-    for (const c of [alpha, beta]) {
-      await releaseAll(t, c);
-      c.close();
+    for (const c of [alpha, beta]) c.close();
+    try {
+      await t.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
-    await t.close();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   describe('authentication', () => {
@@ -149,6 +150,9 @@ describe('Tenants: API keys and scoping', () => {
       assert.deepEqual((await alpha.trigger({ trigger: 't.named' })).results.map((r) => r.result), ['a2']);
       assert.deepEqual((await beta.trigger({ trigger: 't.named' })).results.map((r) => r.result), ['b1'], "alpha's upgrade left beta's alone");
       assert.deepEqual((await beta.listInterpreters({ name: 'svc' })).interpreters.map((i) => i.id), [b1.interpreterId]);
+      await expectStatus(beta.release({ interpreterId: a2.interpreterId }), grpc.status.NOT_FOUND);
+      await releaseInterpreters(alpha, a2.interpreterId);
+      await releaseInterpreters(beta, b1.interpreterId);
     });
   });
 
@@ -174,23 +178,26 @@ describe('Tenants: API keys and scoping', () => {
 
     it('holds a tenant to its interpreters quota, leaves the others alone, and takes a reloaded quota at once', async () => {
       const handler = { source: 'export default () => 1', mode: SHARED };
-      await alpha.register({ ...handler, trigger: 'q.one' });
+      const first = await alpha.register({ ...handler, trigger: 'q.one' });
       const second = await alpha.register({ ...handler, trigger: 'q.two' });
       const refused = await expectStatus(alpha.register({ ...handler, trigger: 'q.three' }), grpc.status.RESOURCE_EXHAUSTED, /tenant "alpha" holds its quota of 2 interpreters/);
       assert.equal(limitOf(refused), 'tenant_interpreters');
       // every new interpreter counts, even one an Execute would drop at its end
       await expectStatus(alpha.execute({ source: 'export default 1' }), grpc.status.RESOURCE_EXHAUSTED, /quota interpreters/);
       // beta has the config default (50)
-      for (let i = 0; i < 3; i++) await beta.register({ ...handler, trigger: `q.b${i}` });
+      const betas: string[] = [];
+      for (let i = 0; i < 3; i++) betas.push((await beta.register({ ...handler, trigger: `q.b${i}` })).interpreter?.id ?? '');
 
       await alpha.release({ registrationId: second.registration?.id });
       succeeded(await alpha.execute({ source: 'export default 1', mode: SHARED }));
 
       writeFileSync(keysPath, quotaKeys({ interpreters: 3, registrations: 10, concurrentRuns: 2, dedicatedMemoryMb: 96 }));
       assert.equal(await t.server.reloadKeys(), true);
-      await alpha.register({ ...handler, trigger: 'q.two' });
-      await alpha.register({ ...handler, trigger: 'q.three' });
+      const two = await alpha.register({ ...handler, trigger: 'q.two' });
+      const three = await alpha.register({ ...handler, trigger: 'q.three' });
       await expectStatus(alpha.register({ ...handler, trigger: 'q.four' }), grpc.status.RESOURCE_EXHAUSTED, /quota of 3 interpreters/);
+      await releaseInterpreters(alpha, first.interpreter?.id, two.interpreter?.id, three.interpreter?.id);
+      await releaseInterpreters(beta, ...betas);
     });
 
     it('holds a tenant to its registrations quota, keeping nothing of a run that would pass it', async () => {
@@ -218,10 +225,12 @@ describe('Tenants: API keys and scoping', () => {
       assert.equal(fired.results[0].outcome, pb.Outcome.OUTCOME_FAILED);
       assert.match(fired.results[0].error?.message ?? '', /quota of 3 \(quota registrations\)/);
       assert.equal((await alpha.listRegistrations({})).registrations.length, 1);
+      assert.equal((await releaseInterpreters(alpha, alphaGrower.interpreterId)).length, 1);
+      assert.equal((await releaseInterpreters(beta, grower.interpreterId)).length, 2, "beta's handler registered one more");
     });
 
     it('holds a tenant to its dedicated-isolate memory quota; shared mode does not count', async () => {
-      await alpha.register({ mode: ISOLATE, trigger: 'q.m', source: 'export default () => 1', limits: { timeoutMs: 0, memoryLimitMb: 64 } });
+      const big = await alpha.register({ mode: ISOLATE, trigger: 'q.m', source: 'export default () => 1', limits: { timeoutMs: 0, memoryLimitMb: 64 } });
       const refused = await expectStatus(
         alpha.register({ mode: ISOLATE, trigger: 'q.m', source: 'export default () => 1', limits: { timeoutMs: 0, memoryLimitMb: 64 } }),
         grpc.status.RESOURCE_EXHAUSTED,
@@ -235,6 +244,7 @@ describe('Tenants: API keys and scoping', () => {
       await expectStatus(alpha.execute({ mode: ISOLATE, source: 'export default 1', limits: { timeoutMs: 0, memoryLimitMb: 40 } }), grpc.status.RESOURCE_EXHAUSTED, /quota of 96 MB/);
       succeeded(await alpha.execute({ mode: ISOLATE, source: 'export default 1', limits: { timeoutMs: 0, memoryLimitMb: 32 } }));
       succeeded(await alpha.execute({ mode: SHARED, source: 'export default 1' }));
+      await releaseInterpreters(alpha, big.interpreter?.id);
     });
 
     it('holds a tenant at its concurrent-runs quota without slowing another tenant', async () => {
@@ -304,6 +314,8 @@ describe('Tenants: API keys and scoping', () => {
       assert.equal(value(s, 'isogear_tenant_interpreters', { tenant: 'beta' }), 0);
       const text = await metricsText();
       for (const secret of [KEYS.alpha, KEYS.beta, sha(KEYS.alpha), sha(KEYS.beta)]) assert.ok(!text.includes(secret));
+      await releaseInterpreters(alpha, kept.interpreterId);
+      assert.equal(value(await scrape(t), 'isogear_tenant_registrations', { tenant: 'alpha' }), 0);
     });
   });
 });

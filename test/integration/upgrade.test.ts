@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb, type TestClient } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, limits, MODES, modeName, outcomeName, succeeded, waitFor } from '../helpers/proto';
+import { ISOLATE, limits, MODES, modeName, outcomeName, releaseInterpreters, succeeded, waitFor } from '../helpers/proto';
 
 const { OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_TIMED_OUT } = pb.Outcome;
 const { INTERPRETER_STATE_READY, INTERPRETER_STATE_DISPOSED } = pb.InterpreterState;
@@ -69,6 +69,7 @@ describe('Named interpreters and upgrade', () => {
     assert.deepEqual(found.interpreters.map((i) => [i.id, i.name]), [[named.interpreterId, 'upg-alpha']]);
     assert.deepEqual((await t.client.listInterpreters({ name: 'upg-alph' })).interpreters, [], 'names compare exactly');
     assert.equal((await t.client.getInterpreter({ interpreterId: named.interpreterId })).interpreter?.name, 'upg-alpha');
+    await releaseInterpreters(t.client, other.interpreterId, named.interpreterId);
   });
 
   it('a live name without replace is ALREADY_EXISTS and creates nothing', async () => {
@@ -91,6 +92,7 @@ describe('Named interpreters and upgrade', () => {
       t.client.execute({ name: 'upg-taken', interpreterId: first.interpreterId, source: 'export default 1;' }),
       grpc.status.INVALID_ARGUMENT,
     );
+    assert.deepEqual(await releaseInterpreters(t.client, first.interpreterId), first.registrations.map((r) => r.id), 'the refused calls attached nothing');
   });
 
   it('a name is free again once its interpreter is disposed', async () => {
@@ -105,6 +107,7 @@ describe('Named interpreters and upgrade', () => {
     const third = await t.client.execute({ name: 'upg-once', source: versioned('upg.once', 'v2', 1) });
     succeeded(third);
     assert.equal(third.interpreter?.name, 'upg-once');
+    await releaseInterpreters(t.client, third.interpreterId);
   });
 
   it('a named Execute that fails leaves the name free', async () => {
@@ -116,6 +119,7 @@ describe('Named interpreters and upgrade', () => {
     const ok = await t.client.execute({ name: 'upg-doomed', source: versioned('upg.doomed', 'v2', 1) });
     succeeded(ok);
     assert.equal(ok.interpreter?.name, 'upg-doomed');
+    await releaseInterpreters(t.client, ok.interpreterId);
   });
 
   it('two concurrent replaces of one name leave exactly one holder and one set of registrations', async () => {
@@ -135,6 +139,7 @@ describe('Named interpreters and upgrade', () => {
     assert.deepEqual(live.map((i) => i.id), [holders[0].id], 'the replaced interpreters are gone');
     const fired = await t.client.trigger({ trigger: 'upg.twice' });
     assert.equal(versionOf(fired, 2), holders[0].id === a.interpreterId ? 'a' : 'b');
+    assert.equal((await releaseInterpreters(t.client, holders[0].id)).length, 2, 'one set of registrations');
   });
 
   it('two concurrent Executes with one name: exactly one gets it, the other is ALREADY_EXISTS', async () => {
@@ -144,12 +149,13 @@ describe('Named interpreters and upgrade', () => {
       t.client.execute({ name: 'upg-race', source: spinThenRegister }),
       t.client.execute({ name: 'upg-race', source: spinThenRegister }),
     ]);
-    const won = settled.filter((s) => s.status === 'fulfilled');
+    const won = settled.filter((s): s is PromiseFulfilledResult<pb.ExecuteResponse> => s.status === 'fulfilled');
     const lost = settled.filter((s): s is PromiseRejectedResult => s.status === 'rejected');
     assert.equal(won.length, 1);
     assert.equal(lost.length, 1);
     assert.equal((lost[0].reason as grpc.ServiceError).code, grpc.status.ALREADY_EXISTS);
-    assert.equal((await t.client.listInterpreters({ name: 'upg-race' })).interpreters.length, 1);
+    assert.deepEqual((await t.client.listInterpreters({ name: 'upg-race' })).interpreters.map((i) => i.id), [won[0].value.interpreterId]);
+    await releaseInterpreters(t.client, won[0].value.interpreterId);
   });
 
   for (const mode of MODES) {
@@ -185,6 +191,7 @@ describe('Named interpreters and upgrade', () => {
         (await t.client.listRegistrations({})).registrations.map((r) => r.id),
         v2.registrations.map((r) => r.id),
       );
+      assert.deepEqual(await releaseInterpreters(t.client, v2.interpreterId), v2.registrations.map((r) => r.id));
     });
 
     it(`replace while an old handler runs: the old interpreter drains and finishes the run (${modeName(mode)})`, async () => {
@@ -215,6 +222,7 @@ describe('Named interpreters and upgrade', () => {
       assert.equal(after.interpreter?.references, 0);
       const fired = await t.client.trigger({ trigger: 'upg.busy' });
       assert.deepEqual(fired.results.map((r) => [r.interpreterId, r.result]), [[v2.interpreterId, 'v2']]);
+      await releaseInterpreters(t.client, v2.interpreterId);
     });
 
     it(`upgrades under a concurrent Trigger loop are atomic: every Trigger sees all of one version, never a mix or none (${modeName(mode)})`, async () => {
@@ -263,6 +271,7 @@ describe('Named interpreters and upgrade', () => {
       }
       const live = await t.client.listInterpreters({});
       assert.deepEqual(live.interpreters.map((i) => [i.id, i.name]), [[last.interpreterId, 'upg-atomic']]);
+      assert.deepEqual(await releaseInterpreters(t.client, last.interpreterId), last.registrations.map((r) => r.id));
     });
   }
 
@@ -323,6 +332,7 @@ describe('Named interpreters and upgrade', () => {
       assert.equal(c.interpreters, 1, 'no extra interpreter is left');
       assert.equal(c.dedicatedIsolates, 1, 'no extra isolate is left');
       assert.equal(c.registrations, 3);
+      assert.deepEqual(await releaseInterpreters(t.client, v1.interpreterId), v1.registrations.map((r) => r.id));
     });
   }
 
@@ -339,6 +349,7 @@ describe('Named interpreters and upgrade', () => {
     const again = await t.client.execute({ name: 'upg-empty', source: versioned('upg.e', 'v3', 1) });
     succeeded(again);
     assert.equal(again.interpreter?.name, 'upg-empty');
+    await releaseInterpreters(t.client, again.interpreterId);
   });
 
   it('replace with a free name behaves as a plain named Execute', async () => {
@@ -348,5 +359,6 @@ describe('Named interpreters and upgrade', () => {
     assert.equal(res.interpreter?.name, 'upg-fresh');
     assert.deepEqual((await t.client.listInterpreters({ name: 'upg-fresh' })).interpreters.map((i) => i.id), [res.interpreterId]);
     await expectStatus(t.client.execute({ name: 'upg-fresh', source: 'export default 1;' }), grpc.status.ALREADY_EXISTS);
+    await releaseInterpreters(t.client, res.interpreterId);
   });
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, limits, SHARED, succeeded } from '../helpers/proto';
+import { ISOLATE, limits, releaseInterpreters, SHARED, succeeded } from '../helpers/proto';
 
 /**
  * isolated-vm copies an error thrown out of module evaluation after the call's timeout stopped
@@ -37,6 +37,8 @@ describe('watchdog: an isolate stuck where no timeout reaches', function () {
     assert.ok(t.logs.some((l) => l.msg === 'isolate stopped responding; disposing it'), 'the disposal is logged');
     const c = t.manager.counters();
     assert.equal(c.sharedIsolates, 1, 'a fresh shared isolate took the slot');
+    // the broken registration is still held until released, and releasing it frees the FAILED interpreter
+    assert.deepEqual(await releaseInterpreters(t.client, bystander.interpreter?.id), [bystander.registration?.id]);
   });
 
   it('a dedicated isolate wedged the same way is disposed with its interpreter', async () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { useTestServer } from '../helpers/fixture';
-import { assertNoHostPaths, limits, MODES, modeName, succeeded } from '../helpers/proto';
+import { assertNoHostPaths, limits, MODES, modeName, releaseInterpreters, succeeded } from '../helpers/proto';
 import { assertRun, assertServing, assertSandboxStack } from './harness';
 
 /**
@@ -57,20 +57,20 @@ describe('security: escapes', () => {
 
       it('the handler event object and a sloppy handler `this` lead back to the sandbox global, not the host', async () => {
         const t = server();
-        succeeded(
-          await t.client.execute({
-            mode,
-            source: `
-              gears.register('esc.event', (payload, event) => event.constructor.constructor('return process')());
-              gears.register('esc.this', Function('return [this === globalThis, typeof this.process, typeof this.require, Object.getPrototypeOf(this) === Object.getPrototypeOf(globalThis)]'));`,
-          }),
-        );
+        const setup = await t.client.execute({
+          mode,
+          source: `
+            gears.register('esc.event', (payload, event) => event.constructor.constructor('return process')());
+            gears.register('esc.this', Function('return [this === globalThis, typeof this.process, typeof this.require, Object.getPrototypeOf(this) === Object.getPrototypeOf(globalThis)]'));`,
+        });
+        succeeded(setup);
         const event = await t.client.trigger({ trigger: 'esc.event', payload: { x: 1 } });
         assertRun(event.results[0], NO_PROCESS, 'handler via event');
         const self = await t.client.trigger({ trigger: 'esc.this' });
         succeeded(self.results[0]);
         assert.deepEqual(self.results[0].result, [true, 'undefined', 'undefined', true]);
         await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
 
       it('sloppy functions the bootstrap calls (handler, result getter, toJSON in console.log, Proxy trap) see caller null', async () => {
@@ -98,6 +98,7 @@ describe('security: escapes', () => {
         succeeded(trig.results[0]);
         assert.equal(trig.results[0].result, 'null');
         await assertServing(t);
+        await releaseInterpreters(t.client, res.interpreterId);
       });
 
       it('Error.prepareStackTrace cannot be installed: assignment ignored, defineProperty refused, a Proxy on Error’s prototype never consulted', async () => {
@@ -130,6 +131,7 @@ describe('security: escapes', () => {
         assert.match(String(trig.results[0].result), /^Error: h\n/, 'a string, never CallSite file names');
         assertSandboxStack(trig.results[0].result, 'handler stack');
         await assertServing(t);
+        await releaseInterpreters(t.client, res.interpreterId);
       });
 
       it('Error.captureStackTrace (unlimited depth, bootstrap functions as the cut-off, frozen and Proxy targets) reveals no host frame', async () => {
@@ -167,6 +169,7 @@ describe('security: escapes', () => {
         assert.match(stack, /at invoke \(isogear:bootstrap:/, 'the frames end at the bootstrap');
         assertSandboxStack(stack, 'deep handler stack');
         await assertServing(t);
+        await releaseInterpreters(t.client, res.interpreterId);
       });
 
       it('errors raised by the engine and the host (timeouts, uncaught throws at depth) carry only sandbox frames', async () => {
@@ -273,6 +276,7 @@ describe('security: escapes', () => {
         const again = await t.client.trigger({ trigger: 'prx.apply', payload: 'q' });
         succeeded(again.results[0]);
         await assertServing(t);
+        assert.deepEqual(await releaseInterpreters(t.client, setup.interpreterId), setup.registrations.map((r) => r.id), 'a revoked handler is released like any other');
       });
 
       it('registration options that are Proxies or change between reads: the trap’s error fails the run, the description is read once', async () => {
@@ -295,6 +299,7 @@ describe('security: escapes', () => {
         const boxedTrigger = await t.client.execute({ mode, source: "gears.register(new String('opt.w'), () => 1);" });
         assertRun(boxedTrigger, { outcome: 'OUTCOME_FAILED', name: 'TypeError', message: /^gears\.register: trigger must be a string matching/ });
         await assertServing(t);
+        assert.deepEqual(await releaseInterpreters(t.client, shifting.interpreterId), [shifting.registrations[0].id], 'only the one valid registration was kept');
       });
 
       it('import.meta and the module namespace expose nothing of the host', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { limits, MODES, modeName, succeeded } from '../helpers/proto';
+import { limits, MODES, modeName, releaseInterpreters, succeeded } from '../helpers/proto';
 import type { TestServer } from '../helpers/server';
 import { assertRun, assertServing } from './harness';
 
@@ -285,7 +285,8 @@ describe('security: malformed requests', () => {
 
     it('NaN and ±Infinity in args and payloads are INVALID_ARGUMENT naming where', async () => {
       const t = server();
-      succeeded(await t.client.execute({ source: "gears.register('nan.t', (p) => p);" }));
+      const target = await t.client.execute({ source: "gears.register('nan.t', (p) => p);" });
+      succeeded(target);
       await expectStatus(t.client.execute({ source: 'export default 1;', args: Number.NaN }), grpc.status.INVALID_ARGUMENT, /^args is NaN; only finite numbers are JSON values$/);
       await expectStatus(
         t.client.execute({ source: 'export default 1;', args: { a: [1, Number.POSITIVE_INFINITY] } }),
@@ -294,6 +295,7 @@ describe('security: malformed requests', () => {
       );
       await expectStatus(t.client.trigger({ trigger: 'nan.t', payload: { deep: { x: Number.NEGATIVE_INFINITY } } }), grpc.status.INVALID_ARGUMENT, /^payload\.deep\.x is -Infinity/);
       await assertServing(t);
+      await releaseInterpreters(t.client, target.interpreterId);
     });
   });
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, MODES, modeName, SHARED, succeeded } from '../helpers/proto';
+import { ISOLATE, MODES, modeName, releaseInterpreters, SHARED, succeeded } from '../helpers/proto';
 import type { TestServer } from '../helpers/server';
 import { assertServing, hostBuiltins } from './harness';
 
@@ -181,6 +181,7 @@ describe('security: prototype pollution across interpreters', () => {
       assert.deepEqual(trig.results[0].result, [['a', 'constructor'], true, true]);
       assert.equal((({}) as Record<string, unknown>).polluted, undefined, 'the host’s Object.prototype is clean');
       await assertServing(t);
+      await releaseInterpreters(t.client, res.interpreterId);
     });
 
     it(`tampering with gears and console is refused, and neighbours on the same isolate and in the other mode keep intact ones (${modeName(mode)})`, async () => {
@@ -221,6 +222,7 @@ describe('security: prototype pollution across interpreters', () => {
       }
       assert.deepEqual(hostBuiltins(), host);
       await assertServing(t);
+      await releaseInterpreters(t.client, attack.interpreterId, ...neighbours.map((n) => n.interpreterId));
     });
 
     it(`a module-scoped fake gears shadows only that module; the real registrations and console are what the host sees (${modeName(mode)})`, async () => {
@@ -246,6 +248,7 @@ describe('security: prototype pollution across interpreters', () => {
       assert.deepEqual(res.logs, [{ level: 'log', message: 'kept' }]);
       await expectStatus(t.client.trigger({ trigger: 'shadow.fake' }), grpc.status.NOT_FOUND, /shadow\.fake/);
       await assertServing(t);
+      assert.deepEqual(await releaseInterpreters(t.client, res.interpreterId), [res.registrations[0].id]);
     });
 
     it(`freezing or sealing the global object and the built-in prototypes does not break the bootstrap (${modeName(mode)})`, async () => {
@@ -272,6 +275,7 @@ describe('security: prototype pollution across interpreters', () => {
       succeeded(fresh);
       assert.equal(fresh.result, false);
       await assertServing(t);
+      await releaseInterpreters(t.client, res.interpreterId);
     });
 
     it(`a polluted Object.prototype.then does not hijack how runs settle (${modeName(mode)})`, async () => {
@@ -297,6 +301,7 @@ describe('security: prototype pollution across interpreters', () => {
       succeeded(elsewhere);
       assert.equal(elsewhere.result, true, 'a new interpreter has no Object.prototype.then');
       await assertServing(t);
+      await releaseInterpreters(t.client, res.interpreterId);
     });
   }
 });

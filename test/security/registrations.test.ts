@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { expectStatus, grpc } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { limits, MODES, modeName, runsInFlight, stateName, succeeded } from '../helpers/proto';
+import { limits, MODES, modeName, releaseInterpreters, runsInFlight, stateName, succeeded } from '../helpers/proto';
 import { assertNoLeaks, type TestServer } from '../helpers/server';
 import { assertRun, assertServing } from './harness';
 
@@ -92,7 +92,7 @@ describe('security: registration floods and reference counts', () => {
         const fits = await t.client.trigger({ trigger: 'grow.t', payload: 9 });
         succeeded(fits.results[0]);
         assert.deepEqual(await counts(t, id), { state: 'INTERPRETER_STATE_READY', registrations: CAP, executions: 0, listed: CAP });
-        await t.client.release({ interpreterId: id });
+        assert.equal((await releaseInterpreters(t.client, id)).length, CAP, 'releasing gives back exactly the cap');
         await assertServing(t);
       });
 
@@ -118,6 +118,7 @@ describe('security: registration floods and reference counts', () => {
         }
         await expectStatus(t.client.trigger({ trigger: 'ghost.t' }), grpc.status.NOT_FOUND);
         await assertServing(t);
+        assert.deepEqual(await releaseInterpreters(t.client, base.interpreterId), base.registrations.map((r) => r.id), 'no ghost registration is released either');
       });
 
       it('scripts cannot release registrations (gears has no unregister); a Release while the handler runs and registers more drains the interpreter with exact counts', async () => {
@@ -176,6 +177,7 @@ describe('security: registration floods and reference counts', () => {
         );
         assert.deepEqual(await counts(t, full.interpreterId), { state: 'INTERPRETER_STATE_READY', registrations: CAP, executions: 0, listed: CAP });
         await assertServing(t);
+        assert.deepEqual(await releaseInterpreters(t.client, full.interpreterId), full.registrations.map((r) => r.id));
       });
     });
   }

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { scratchDataDir } from '../helpers/process';
 import { pb, TestClient } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
-import { ISOLATE, limits, MODES, modeName, SHARED, stateName, succeeded } from '../helpers/proto';
+import { ISOLATE, limits, MODES, modeName, releaseInterpreters, SHARED, stateName, succeeded } from '../helpers/proto';
 import { assertRun, assertServing, WASM_ADD, WASM_IMPORTS_MEMORY, WASM_INFINITE_LOOP, wasmBytes, wasmWithMemory } from './harness';
 
 /**
@@ -33,12 +33,14 @@ describe('security: resource exhaustion', () => {
         for (const source of ['const f = () => f(); f();', 'const f = () => f(); export default () => f();', 'async function f() { await f(); } export default () => f();']) {
           assertRun(await t.client.execute({ mode, source }), STACK_OVERFLOW, source);
         }
-        succeeded(await t.client.execute({ mode, source: "const f = (n) => f(n + 1); gears.register('deep.t', () => f(0)); gears.register('deep.ok', () => 'ok');" }));
+        const setup = await t.client.execute({ mode, source: "const f = (n) => f(n + 1); gears.register('deep.t', () => f(0)); gears.register('deep.ok', () => 'ok');" });
+        succeeded(setup);
         const trig = await t.client.trigger({ trigger: 'deep.t' });
         assertRun(trig.results[0], STACK_OVERFLOW, 'handler');
         const ok = await t.client.trigger({ trigger: 'deep.ok' });
         succeeded(ok.results[0]);
         await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
 
       it('recursion caught inside the script is just a RangeError it handled; recursing again inside every catch runs out the timeout', async () => {
@@ -103,6 +105,7 @@ describe('security: resource exhaustion', () => {
         succeeded(short.results[0]);
         assert.equal(short.results[0].result, 'timed-out', 'a bounded wait is fine');
         await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
 
       it('Atomics.waitAsync is absent: with a timeout it used to abort the whole server process', async () => {
@@ -140,6 +143,7 @@ describe('security: resource exhaustion', () => {
         succeeded(add.results[0]);
         assert.equal(add.results[0].result, 5);
         await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
 
       it('WebAssembly memories are refused with a clear error (they bypass memory_limit_mb: a 16 MB isolate committed 1 GiB)', async () => {
@@ -193,16 +197,16 @@ describe('security: resource exhaustion', () => {
         assert.equal(alive.results[0].result, 'alive');
         assert.equal(t.manager.counters().isolatesDisposed.shared, 0, 'no shared isolate was wedged and disposed');
         await assertServing(t);
+        await releaseInterpreters(t.client, neighbour.interpreterId, setup.interpreterId);
       });
 
       it('endless microtask chains: a handler that starts one ends OUTCOME_TIMED_OUT; one left behind by a finished Execute is cut off at its timeout', async () => {
         const t = server();
-        succeeded(
-          await t.client.execute({
-            mode,
-            source: "gears.register('micro.t', () => { const f = () => { Promise.resolve().then(f); }; f(); return 'returned'; }); gears.register('micro.ok', () => 'ok');",
-          }),
-        );
+        const setup = await t.client.execute({
+          mode,
+          source: "gears.register('micro.t', () => { const f = () => { Promise.resolve().then(f); }; f(); return 'returned'; }); gears.register('micro.ok', () => 'ok');",
+        });
+        succeeded(setup);
         const trig = await t.client.trigger({ trigger: 'micro.t', limits: limits(TIMEOUT_MS) });
         assertRun(trig.results[0], timedOut());
         const ok = await t.client.trigger({ trigger: 'micro.ok' });
@@ -220,6 +224,7 @@ describe('security: resource exhaustion', () => {
         succeeded(after.results[0]);
         assert.deepEqual(after.results[0].result, [true, 'after']);
         await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId, started.interpreterId);
       });
     });
   }
@@ -242,6 +247,7 @@ describe('security: resource exhaustion', () => {
     succeeded(trig.results[0]);
     assert.equal(t.manager.counters().dedicatedIsolates, 1, 'only the bystander’s isolate is left');
     await assertServing(t);
+    await releaseInterpreters(t.client, bystander.interpreterId);
   });
 
   /**
@@ -317,7 +323,7 @@ describe('security: a memory bomb in shared mode', () => {
       listed.registrations.map((r) => r.broken),
       [true],
     );
-    await t.client.release({ interpreterId: sharedNeighbour.interpreterId });
+    await releaseInterpreters(t.client, sharedNeighbour.interpreterId, isolateNeighbour.interpreterId);
     await assertServing(t);
   });
 });
@@ -375,7 +381,8 @@ describe('security: console floods', () => {
 
       it('a handler run has its own bounded budget; the interpreter’s next run starts fresh', async () => {
         const t = server();
-        succeeded(await t.client.execute({ mode, source: "gears.register('flood.t', (n) => { for (let i = 0; i < n; i++) console.info('x'.repeat(100)); return n; });" }));
+        const setup = await t.client.execute({ mode, source: "gears.register('flood.t', (n) => { for (let i = 0; i < n; i++) console.info('x'.repeat(100)); return n; });" });
+        succeeded(setup);
         const flood = await t.client.trigger({ trigger: 'flood.t', payload: 100000 });
         succeeded(flood.results[0]);
         assert.equal(flood.results[0].logsTruncated, true);
@@ -384,6 +391,7 @@ describe('security: console floods', () => {
         assert.equal(quiet.results[0].logsTruncated, false);
         assert.equal(quiet.results[0].logs.length, 2);
         await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
     });
   }

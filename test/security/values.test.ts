@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { useTestServer } from '../helpers/fixture';
-import { limits, MODES, modeName, succeeded } from '../helpers/proto';
+import { limits, MODES, modeName, releaseInterpreters, succeeded } from '../helpers/proto';
 import { assertRun, assertServing } from './harness';
 
 /**
@@ -103,17 +103,16 @@ describe('security: values crossing the boundary', () => {
 
       it('handler results get the same checks, and the registration keeps working after a refused one', async () => {
         const t = server();
-        succeeded(
-          await t.client.execute({
-            mode,
-            source: `gears.register('val.t', (kind) => {
-              if (kind === 'huge') return 'y'.repeat(${MAX});
-              if (kind === 'cycle') { const o = {}; o.self = o; return { o }; }
-              if (kind === 'bigint') return { n: 1n };
-              return { ok: kind };
-            });`,
-          }),
-        );
+        const setup = await t.client.execute({
+          mode,
+          source: `gears.register('val.t', (kind) => {
+            if (kind === 'huge') return 'y'.repeat(${MAX});
+            if (kind === 'cycle') { const o = {}; o.self = o; return { o }; }
+            if (kind === 'bigint') return { n: 1n };
+            return { ok: kind };
+          });`,
+        });
+        succeeded(setup);
         const expected: Record<string, [string, string]> = {
           huge: ['RangeError', TOO_LARGE_CHARS],
           cycle: ['TypeError', 'result.o.self is a circular reference'],
@@ -127,6 +126,7 @@ describe('security: values crossing the boundary', () => {
           assert.deepEqual(ok.results[0].result, { ok: 'fine' });
         }
         await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
       });
 
       it('values the host cannot tell apart from JSON come back as JSON: -0, symbol keys, undefined members', async () => {
