@@ -77,7 +77,7 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   const recorder = new Recorder({ store: o.store, interpreters, index, names, ledger, logger: o.logger });
   const restorer = new Restorer({ interpreters, index, names, runner, recorder, defaultMemoryMb: o.defaultMemoryMb, logger: o.logger, closed });
   const follower = new ReplicaFollower(interpreters, recorder, restorer, closed);
-  const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, ledger, maxResponseBytes: o.maxResponseBytes });
+  const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, maxResponseBytes: o.maxResponseBytes });
   return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut };
 }
 

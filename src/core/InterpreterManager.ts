@@ -93,15 +93,10 @@ export class InterpreterManager implements IsolateManager {
       try {
         const { report, tuple } = run;
         if (report.outcome === 'succeeded' && tuple) {
-          // The script ran, but what it registered would pass the tenant's quota: none of it is kept.
-          const overQuota = tuple.registrations.length > 0 ? this.core.ledger.registrationRefusal(interp.tenant, tuple.registrations.length) : undefined;
-          if (overQuota) {
-            interp.abandonRun(report.executionId);
-            throw overQuota;
-          }
           const step = { kind: 'execute' as const, source: spec.source, modules, argsJson, timeoutMs: limits.timeoutMs };
           const upgrade = spec.replace ? name : undefined;
-          // The script ran, but its step could not be stored: none of it is kept (this throws).
+          // The script ran, but what it registered passes the tenant's quota, or its step could not
+          // be stored: none of it is kept (this throws).
           committed = await this.core.recorder.commitStep(interp, tuple, report.executionId, step, upgrade, upgrade ? () => this.core.names.swap(upgrade, interp) : undefined);
         }
       } finally {
@@ -178,11 +173,6 @@ export class InterpreterManager implements IsolateManager {
       refuse('the handler module registered other handlers while loading; use Execute for scripts that call gears.register');
     }
     if (!interp.accepting) refuse(`interpreter ${interp.id} was released while the handler loaded`);
-    const overQuota = this.core.ledger.registrationRefusal(interp.tenant, 1);
-    if (overQuota) {
-      interp.abandonRun(report.executionId);
-      throw overQuota;
-    }
     const [registration] = await this.core.recorder.commitStep(interp, tuple, report.executionId, step);
     if (!registration) throw new FailedPreconditionError(`interpreter ${interp.id} was released while the handler loaded`);
     return registration;
@@ -190,7 +180,7 @@ export class InterpreterManager implements IsolateManager {
 
   async release(target: ReleaseTarget): Promise<ReleaseResult> {
     const { interp, regs } = this.releaseTarget(target);
-    if (this.core.recorder.store && this.core.recorder.isStored(interp)) return this.core.recorder.release(interp, regs, 'interpreterId' in target);
+    if (this.core.recorder.isStored(interp)) return this.core.recorder.release(interp, regs, 'interpreterId' in target);
     this.core.index.release(interp, regs);
     return { releasedRegistrationIds: regs.map((r) => r.id), interpreter: interp.infoWithHeap(0) };
   }

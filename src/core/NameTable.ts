@@ -49,8 +49,9 @@ export class NameTable {
 
   /** Like drop, and `interp` is unnamed from now on. */
   unname(interp: Interpreter): void {
-    if (interp.name && this.holders.get(scoped(interp.tenant, interp.name)) === interp) {
-      this.drop(interp);
+    const key = scoped(interp.tenant, interp.name);
+    if (interp.name && this.holders.get(key) === interp) {
+      this.holders.delete(key);
       interp.name = '';
     }
   }

@@ -1,5 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import type { Admission } from './Admission';
+import { ResourceExhaustedError } from './errors';
 import type { Recorder } from './durability/Recorder';
 import type { Interpreters } from './Interpreters';
 import type { Reference } from './Reference';
@@ -7,7 +8,6 @@ import type { Registration } from './Registration';
 import type { RegistrationIndex } from './RegistrationIndex';
 import { invokeWork, type Runner } from './Runner';
 import type { Slot } from './RunSlots';
-import type { TenantLedger } from './TenantLedger';
 import type { ScriptError, TriggerRunResult } from './types';
 
 /** What a TriggerResult costs beyond its result, logs and error: ids, outcome, times. */
@@ -19,7 +19,6 @@ export interface FanOutDeps {
   admission: Admission;
   runner: Runner;
   recorder: Recorder;
-  ledger: TenantLedger;
   /** Results and logs one Trigger response may carry (ISOGEAR_MAX_RESPONSE_BYTES). */
   maxResponseBytes: number;
 }
@@ -88,7 +87,7 @@ export class TriggerFanOut {
   }
 
   private async runHandler(reg: Registration, req: FanOut, signal: AbortSignal, held: Reference | undefined, slot: Slot): Promise<TriggerRunResult> {
-    const { interpreters, index, runner, recorder, ledger } = this.deps;
+    const { interpreters, index, runner, recorder } = this.deps;
     const interp = interpreters.get(reg.interpreterId);
     const released = !index.has(reg.id);
     if (!held || !interp || interp.state === 'failed' || released) {
@@ -135,14 +134,11 @@ export class TriggerFanOut {
           r.result = null;
           r.error = { name, message, stack: '' };
         };
-        const over = ledger.registrationRefusal(interp.tenant, tuple.registrations.length);
-        if (over) {
-          interp.abandonRun(r.executionId);
-          fail('ResourceExhaustedError', over.message);
-        } else {
-          const step = { kind: 'trigger' as const, handlerId: reg.id, trigger: req.trigger, payloadJson: req.payloadJson, timeoutMs: req.timeoutMs };
-          await recorder.commitStep(interp, tuple, r.executionId, step).catch((err: unknown) => fail('StoreError', err instanceof Error ? err.message : String(err)));
-        }
+        const step = { kind: 'trigger' as const, handlerId: reg.id, trigger: req.trigger, payloadJson: req.payloadJson, timeoutMs: req.timeoutMs };
+        await recorder.commitStep(interp, tuple, r.executionId, step).catch((err: unknown) => {
+          const message = err instanceof Error ? err.message : String(err);
+          fail(err instanceof ResourceExhaustedError ? 'ResourceExhaustedError' : 'StoreError', message);
+        });
       }
     } finally {
       run.end();

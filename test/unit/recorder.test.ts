@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { closeCore, composeCore, type CoreParts } from '../../src/core/CoreParts';
 import type { InterpreterRecipe, RecipeStep } from '../../src/core/durability/RecipeStore';
-import { UnavailableError } from '../../src/core/errors';
+import { ResourceExhaustedError, UnavailableError } from '../../src/core/errors';
 import { newToken } from '../../src/core/ids';
 import type { Interpreter } from '../../src/core/Interpreter';
 import { loadWork, type Run } from '../../src/core/Runner';
@@ -107,6 +107,26 @@ describe('Recorder: steps are committed once stored, releases stored first (agai
     assert.equal(core.recorder.isStored(interp), false);
     hold.release();
     assert.equal(interp.state, 'disposed');
+  });
+
+  it('a step whose registrations would pass the tenant quota is refused before anything is stored or kept', async () => {
+    closed = true;
+    await closeCore(core);
+    closed = false;
+    core = composeCore(
+      { ...MANAGER_OPTIONS, warmIsolates: 0, warmContextsPerShared: 0, store, tenantQuotas: () => ({ interpreters: 10, registrations: 1, concurrentRuns: 4, dedicatedMemoryMb: 1000 }) },
+      () => closed,
+    );
+    const interp = await core.interpreters.create('shared', 64, '', 'default');
+    const hold = interp.acquire('execution');
+    await assert.rejects(commit(interp, 'gears.register("a", () => 1); gears.register("b", () => 2)'), (err: unknown) => err instanceof ResourceExhaustedError && err.limit === 'tenant_registrations');
+    assert.equal(store.writes, 0);
+    assert.equal(core.index.size, 0);
+    const [kept] = await commit(interp, 'gears.register("a", () => 1)');
+    assert.equal(core.index.size, 1);
+    hold.release();
+    const released = await core.recorder.release(interp, [], true);
+    assert.deepEqual(released.releasedRegistrationIds, [kept]);
   });
 
   it('store work of one interpreter runs in order: a step stored while the recipe is created waits for it', async () => {

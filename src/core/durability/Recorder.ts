@@ -93,7 +93,8 @@ export class Recorder {
 
   /**
    * Commits a finished run's registrations (RegistrationIndex.commit); with a store, once its
-   * step is stored (the step is created with the interpreter's recipe, or appended to it). When
+   * step is stored. What would pass the tenant's registrations quota is refused
+   * (ResourceExhaustedError) and none of it kept. The step is stored (the step is created with the interpreter's recipe, or appended to it). When
    * nothing durable changes the commit happens before this returns, in the caller's synchronous
    * step; otherwise once the store has it. Rejects, with nothing kept, when the store refuses.
    * `replaceName`: an upgrade taking that name; `after` runs in the same synchronous step as the
@@ -101,6 +102,11 @@ export class Recorder {
    */
   async commitStep(interp: Interpreter, tuple: RunTuple, execId: string, base: StepBase, replaceName?: string, after?: () => void): Promise<Registration[]> {
     const { store, index, names, ledger } = this.deps;
+    const overQuota = tuple.registrations.length > 0 ? ledger.registrationRefusal(interp.tenant, tuple.registrations.length) : undefined;
+    if (overQuota) {
+      interp.abandonRun(execId);
+      throw overQuota;
+    }
     const step: RecipeStep = {
       ...base,
       id: newStepId(),
