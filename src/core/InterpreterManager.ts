@@ -82,6 +82,7 @@ export class InterpreterManager implements IsolateManager {
     checkName(spec.name);
     const limits = resolveLimits(spec.limits, this.options);
     const tenant = tenantOf(spec);
+    if (attach) await this.catchUp(spec.interpreterId as string);
     const slot = await this.core.admission.acquire(tenant, signal);
     try {
       this.assertOpen();
@@ -136,6 +137,7 @@ export class InterpreterManager implements IsolateManager {
     const tenant = tenantOf(spec);
     const full = this.core.ledger.registrationRefusal(tenant, 1);
     if (full) throw full;
+    if (attach) await this.catchUp(spec.interpreterId as string);
     const slot = await this.core.admission.acquire(tenant, signal);
     try {
       this.assertOpen();
@@ -179,10 +181,25 @@ export class InterpreterManager implements IsolateManager {
   }
 
   async release(target: ReleaseTarget): Promise<ReleaseResult> {
+    if ('interpreterId' in target) await this.catchUp(target.interpreterId);
     const { interp, regs } = this.releaseTarget(target);
     if (this.core.recorder.isStored(interp)) return this.core.recorder.release(interp, regs, 'interpreterId' in target);
     this.core.index.release(interp, regs);
     return { releasedRegistrationIds: regs.map((r) => r.id), interpreter: interp.infoWithHeap(0) };
+  }
+
+  /**
+   * On a shared store, an interpreter made on another replica reaches this one through the
+   * changes feed, about a second later. A client behind a balancer may name it here before that:
+   * an id unknown here is looked up in the store first (and built here if it is there), so a
+   * client's next call sees what its last one did, whichever replica answers it.
+   */
+  private async catchUp(id: string): Promise<void> {
+    checkIdLength(id, 'interpreter_id');
+    if (!id || !this.core.recorder.store?.shared || this.core.interpreters.has(id)) return;
+    // A store that cannot answer now leaves the answer to what this replica knows (the feed
+    // brings the change when the store is back); the request's own store work reports the outage.
+    await this.core.follower.apply(id).catch(() => undefined);
   }
 
   /** What a Release names: the registrations to drop and their interpreter (the caller's tenant's only). */
@@ -217,7 +234,7 @@ export class InterpreterManager implements IsolateManager {
   }
 
   async getInterpreter(id: string, tenant: string = DEFAULT_TENANT): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }> {
-    checkIdLength(id, 'interpreter_id');
+    await this.catchUp(id);
     const interp = this.core.interpreters.own(id, tenant);
     if (interp) {
       const broken = interp.state === 'failed';

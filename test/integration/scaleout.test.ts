@@ -88,6 +88,31 @@ describe('scale-out: three servers on one Redis serve the same registrations', f
     assert.deepEqual(await triggerResults(c, 'so.hello'), [onC + 1], "a's runs do not move c's counter");
   });
 
+  it("an interpreter made on one replica answers at once on another: a client's next call may land anywhere", async () => {
+    const [a, b, c] = clients;
+    for (let k = 0; k < 5; k++) {
+      const made = await a.execute({ source: `globalThis.k = ${k}; gears.register("so.ryw.${k}", () => k);` });
+      const id = made.interpreter?.id;
+      // no waiting for the changes feed: each call goes straight to another replica
+      const seen = await c.getInterpreter({ interpreterId: id });
+      assert.equal(seen.interpreter?.registrationReferences, 1, `c knows ${id} at once`);
+      assert.deepEqual(seen.registrations.map((r) => r.trigger), [`so.ryw.${k}`]);
+      const attached = await b.execute({ source: 'export default () => k * 10;', interpreterId: id });
+      assert.equal(attached.result, k * 10, `b attaches to ${id} at once`);
+      const released = await c.release({ interpreterId: id });
+      assert.equal(released.releasedRegistrationIds.length, 1, `c releases ${id} at once`);
+    }
+    // an id no replica ever made is still NOT_FOUND, on every path
+    const unknown = 'itp_00000000000000000000';
+    await expectStatus(c.getInterpreter({ interpreterId: unknown }), grpc.status.NOT_FOUND);
+    await expectStatus(b.execute({ source: '1', interpreterId: unknown }), grpc.status.NOT_FOUND);
+    await expectStatus(b.register({ trigger: 'so.ryw.none', source: 'export default () => 1;', interpreterId: unknown }), grpc.status.NOT_FOUND);
+    await expectStatus(c.release({ interpreterId: unknown }), grpc.status.NOT_FOUND);
+    for (const [k, client] of [a, b, c].entries()) {
+      await eventually(`replica ${k} holds no so.ryw interpreter`, async () => (await client.listRegistrations({ pageSize: 1000 })).registrations.every((r) => !r.trigger.startsWith('so.ryw.')));
+    }
+  });
+
   it('a Release on one replica takes effect on all', async () => {
     const [a, b, c] = clients;
     const reg = await b.register({ trigger: 'so.gone', source: 'export default () => "here";' });
