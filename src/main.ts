@@ -1,109 +1,24 @@
-import { KeysFileError } from './auth/ApiKeys';
-import { ConfigError, loadConfig } from './config';
-import { createLogger } from './logger';
-import { engineProblem } from './sandbox/engineCheck';
-import { startServer, TlsFileError, type RunningServer } from './server';
-import { redactStoreUrl } from './store/open';
-import { StoreError } from './core/durability/RecipeStore';
+/**
+ * Process entry. Before anything loads isolated-vm it checks what the server runs on, and refuses
+ * with one line and exit code 2: a Node.js older than the supported one, a Node.js started without
+ * `--no-node-snapshot`, an isolated-vm addon without isogear's patch or built for another Node.js.
+ * Only these modules load first (node: built-ins), so the line comes out on any Node.js.
+ */
+import { engineProblem, nodeProblem } from './sandbox/engineCheck';
 
-/** After a graceful shutdown, how long the event loop may take to end by itself. */
-const EXIT_WAIT_MS = 5000;
-
-/** Process entry: config → start → signals. SIGTERM/SIGINT drain; a second signal exits at once. */
-async function main(): Promise<void> {
+function preflight(): string | undefined {
+  const node = nodeProblem();
+  if (node) return node;
   // isolated-vm crashes Node >= 20 unless the startup snapshot is off; refuse to run without it.
   const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
-  if (!flags.includes('--no-node-snapshot')) {
-    process.stderr.write('isogear: run Node with --no-node-snapshot (isolated-vm requires it); `npm start` does\n');
-    process.exit(2);
-  }
-  const problem = engineProblem();
-  if (problem) {
-    process.stderr.write(`isogear: ${problem}\n`);
-    process.exit(2);
-  }
-  let config;
-  try {
-    config = loadConfig(process.env, process.argv.slice(2));
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`isogear: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
-  }
-  const logger = createLogger(config.logLevel);
-
-  // Handlers go in before anything is announced: a supervisor may signal the moment it reads the
-  // start-up line. A signal during start-up is honoured once the server is up.
-  const started: { server?: RunningServer } = {};
-  let pending: NodeJS.Signals | undefined;
-  let signals = 0;
-  const stop = (running: RunningServer, signal: NodeJS.Signals): void => {
-    logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down');
-    running.shutdown().then(
-      () => {
-        logger.info({}, 'stopped');
-        // Let the event loop end instead of calling process.exit: Node then runs its environment
-        // cleanup, where isolated-vm joins the threads still tearing down disposed isolates.
-        // process.exit skips that and runs C++ static destructors under them (a SIGSEGV at exit
-        // about once in 30 shutdowns after load). If something still holds the loop, exit anyway.
-        process.exitCode = 0;
-        setTimeout(() => {
-          logger.warn({ afterMs: EXIT_WAIT_MS }, 'the event loop did not end after shutdown: exiting');
-          process.exit(0);
-        }, EXIT_WAIT_MS).unref();
-      },
-      (err: unknown) => {
-        logger.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  const onSignal = (signal: NodeJS.Signals): void => {
-    signals += 1;
-    if (signals > 1) {
-      logger.warn({ signal }, 'second signal: exiting now');
-      process.exit(1);
-    }
-    if (started.server) stop(started.server, signal);
-    else pending = signal;
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  // SIGHUP re-reads the API keys file (it is also polled for changes).
-  process.on('SIGHUP', () => void started.server?.reloadKeys());
-
-  let server: RunningServer;
-  try {
-    server = await startServer(config, logger);
-  } catch (err) {
-    if (err instanceof KeysFileError) {
-      process.stderr.write(`isogear: ISOGEAR_API_KEYS_FILE: ${err.message}\n`);
-      process.exit(2);
-    }
-    if (err instanceof TlsFileError) {
-      process.stderr.write(`isogear: ${err.message}\n`);
-      process.exit(2);
-    }
-    if (err instanceof StoreError) {
-      process.stderr.write(`isogear: ISOGEAR_STORE: ${err.message}\n`);
-      // isolates may exist already (the restore read failed): let the event loop end, as below
-      process.exitCode = 2;
-      setTimeout(() => process.exit(2), EXIT_WAIT_MS).unref();
-      return;
-    }
-    throw err;
-  }
-  started.server = server;
-  logger.info({ config: { ...config, store: redactStoreUrl(config.store) }, grpcAddress: server.grpcAddress, metricsAddress: server.metricsAddress, healthAddress: server.healthAddress }, 'isogear started');
-  if (pending) stop(server, pending);
+  if (!flags.includes('--no-node-snapshot')) return 'run Node with --no-node-snapshot (isolated-vm requires it); `npm start` does';
+  return engineProblem();
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`isogear: failed to start: ${err instanceof Error ? err.stack : String(err)}\n`);
-  // A start that failed late (a port taken) has created and disposed isolates already: let the
-  // event loop end rather than exit under isolated-vm's teardown (see the shutdown path above).
-  process.exitCode = 1;
-  setTimeout(() => process.exit(1), EXIT_WAIT_MS).unref();
-});
+const problem = preflight();
+if (problem) {
+  process.stderr.write(`isogear: ${problem}\n`);
+  process.exitCode = 2;
+} else {
+  void import('./serve.js').then((m) => m.serveOrExit());
+}

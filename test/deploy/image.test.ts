@@ -19,7 +19,7 @@ import { SERVICE_NAME } from '../../src/server';
 import { TestPki } from '../helpers/certs';
 import { grpc, pb, TestClient } from '../helpers/client';
 import { kubectlAvailable, OVERLAYS, readText, renderOverlay, ROOT } from '../helpers/deploy';
-import { copies, execForm, imageEnv, imageUser, imageVolumes, of, parseDockerfile, stageEnv, workdir, type ParsedDockerfile } from '../helpers/dockerfile';
+import { copies, execForm, imageEnv, imageUser, imageVolumes, of, parseDockerfile, workdir, type ParsedDockerfile } from '../helpers/dockerfile';
 import { succeeded } from '../helpers/proto';
 
 const dockerignoreRules = (): string[] => readText('.dockerignore').split('\n');
@@ -43,8 +43,12 @@ function buildContext(): string[] {
 const portOf = (address: string): number => Number(address.slice(address.lastIndexOf(':') + 1));
 
 /** The embedded store's native addon, where `bindings` looks for it, and what its build leaves beside it. */
-const SQLITE_ADDON = 'node_modules/better-sqlite3/build/Release/better_sqlite3.node';
-const SQLITE_LEFTOVERS = ['build/Release/obj', 'build/Release/obj.target', 'build/Release/sqlite3.a', 'build/Release/test_extension.node', 'deps', 'src'].map((p) => `node_modules/better-sqlite3/${p}`);
+/** better-sqlite3 13's own Node-API binary for the image's system (in its npm tarball, under the lockfile's hash). */
+const SQLITE_ADDON = `node_modules/better-sqlite3/prebuilds/linux-${process.arch}.node`;
+const SQLITE_LEFTOVERS = ['deps', 'src', 'prebuilds/darwin-arm64.node', 'prebuilds/win32-x64.node', 'prebuilds/linuxmusl-x64.node'].map((p) => `node_modules/better-sqlite3/${p}`);
+/** The patched addon the build stage compiles; isolated-vm's own prebuilt binaries are unpatched and removed. */
+const IVM_ADDON = 'node_modules/isolated-vm/build/Release/isolated_vm.node';
+const IVM_LEFTOVERS = ['prebuilds', 'src', 'vendor'].map((p) => `node_modules/isolated-vm/${p}`);
 
 describe('container image (deploy/Dockerfile)', function () {
   this.timeout(30_000);
@@ -66,12 +70,12 @@ describe('container image (deploy/Dockerfile)', function () {
     assert.ok(lintDockerfile(broken, {}).length >= 2);
   });
 
-  it('builds on the official Node 22 image and runs on its slim variant, same Node and Debian release', () => {
+  it('builds on the official Node 24 image and runs on its slim variant, same Node and Debian release', () => {
     assert.equal(df.stages.length, 2);
     const [build, runtime] = df.stages;
-    assert.match(build.image, /^node:22-([a-z]+)$/);
-    const release = /^node:22-([a-z]+)$/.exec(build.image)?.[1];
-    assert.equal(runtime.image, `node:22-${release}-slim`, 'the addon compiled in the build stage needs the same ABI and glibc');
+    assert.match(build.image, /^node:24-(bookworm|trixie)$/);
+    const release = /^node:24-([a-z]+)$/.exec(build.image)?.[1];
+    assert.equal(runtime.image, `node:24-${release}-slim`, 'the addon compiled in the build stage needs the same ABI and glibc');
     assert.ok(of(build, 'RUN').some((r) => /\bnpm ci\b/.test(r.getArgumentsContent() ?? '')), 'dependencies come from the lockfile (npm ci)');
     assert.ok(of(build, 'RUN').some((r) => /npm prune --omit=dev/.test(r.getArgumentsContent() ?? '')), 'dev dependencies are dropped');
     assert.equal(of(runtime, 'RUN').filter((r) => /\bnpm\b/.test(r.getArgumentsContent() ?? '')).length, 0, 'no npm install in the runtime stage');
@@ -132,19 +136,14 @@ describe('container image (deploy/Dockerfile)', function () {
     }
   });
 
-  it('compiles better-sqlite3 from source in the build stage and ships only its addon', () => {
+  it('compiles nothing for better-sqlite3 (its binary is in the npm tarball) and ships only what runs', () => {
     const [build] = df.stages;
-    const fromSource = (stageEnv(build).npm_config_build_from_source ?? '').split(',');
-    assert.ok(fromSource.includes('better-sqlite3') || fromSource.includes('true'), 'no prebuilt binary downloaded from GitHub: npm_config_build_from_source names better-sqlite3');
+    assert.ok(!/npm_config_build_from_source/.test(df.stages.flatMap((st) => of(st, 'ENV')).map((e) => e.getArgumentsContent()).join('\n')), 'no source build is asked for');
     const runs = of(build, 'RUN').map((r) => r.getArgumentsContent() ?? '');
-    const ci = runs.findIndex((r) => /\bnpm ci\b/.test(r));
-    const envAt = build.instructions.findIndex((i) => i.getKeyword() === 'ENV' && /npm_config_build_from_source/.test(i.getArgumentsContent() ?? ''));
-    assert.ok(envAt >= 0 && envAt < build.instructions.indexOf(of(build, 'RUN')[ci]), 'set before npm ci, which compiles it');
-    assert.ok(!/npm_config_build_from_source/.test(of(df.final, 'ENV').map((e) => e.getArgumentsContent()).join('\n')), 'a build setting, not in the image');
     // The leftovers' removal is rehearsed below; here: it happens after the prune, in the build stage.
-    const trim = runs.find((r) => r.includes('node_modules/better-sqlite3/deps'));
-    assert.ok(trim && trim.indexOf('npm prune') < trim.indexOf('rm -rf'), 'build leftovers are removed after the prune');
-    assert.ok(!trim.includes(SQLITE_ADDON) && !/better-sqlite3\/build(\s|$)|better-sqlite3\/build\/Release(\s|$)/.test(trim), 'the addon itself stays');
+    const trim = runs.find((r) => r.includes('node_modules/isolated-vm/prebuilds'));
+    assert.ok(trim && trim.indexOf('npm prune') < trim.indexOf('rm -rf'), 'leftovers are removed after the prune');
+    assert.ok(!trim.includes(SQLITE_ADDON) && !trim.includes('build/Release') && !/prebuilds\/linux-/.test(trim), 'the addons themselves stay');
   });
 
   it('gives the service user its data directory, ISOGEAR_DATA_DIR, as a VOLUME; the manifests mount their data volume there', function () {
@@ -259,11 +258,12 @@ describe('container image (deploy/Dockerfile)', function () {
       assert.ok(dev.length > 50 && prod.length > 10);
       for (const p of dev) assert.ok(!existsSync(path.join(runtimeDir, p)), `${p} (dev only) is absent`);
       for (const p of prod) assert.ok(existsSync(path.join(runtimeDir, p)), `${p} is present`);
-      const addon = path.join(runtimeDir, 'node_modules/isolated-vm/out/isolated_vm.node');
+      const addon = path.join(runtimeDir, IVM_ADDON);
       assert.ok(existsSync(addon), 'the compiled isolated-vm addon is kept');
       assert.ok(readFileSync(addon).includes(ENGINE_PATCH_MARKER), 'the addon is the one built with the module-handles patch');
-      assert.ok(existsSync(path.join(runtimeDir, SQLITE_ADDON)), 'the compiled better-sqlite3 addon is kept');
-      for (const p of SQLITE_LEFTOVERS) assert.ok(!existsSync(path.join(runtimeDir, p)), `${p} (build leftovers) is removed`);
+      for (const p of IVM_LEFTOVERS) assert.ok(!existsSync(path.join(runtimeDir, p)), `${p} (unpatched binaries, sources) is removed`);
+      assert.ok(existsSync(path.join(runtimeDir, SQLITE_ADDON)), "better-sqlite3's binary for this system is kept");
+      for (const p of SQLITE_LEFTOVERS) assert.ok(!existsSync(path.join(runtimeDir, p)), `${p} (sources, other systems) is removed`);
       assert.ok(existsSync(path.join(runtimeDir, 'proto/isogear/v1/gears.proto')), 'proto/ ships: the server loads it for reflection');
       assert.ok(!existsSync(path.join(runtimeDir, 'src')), 'no TypeScript sources in the runtime');
     });

@@ -70,6 +70,8 @@ describe('escape attempts', () => {
           ...'ReferenceError Reflect RegExp Set SharedArrayBuffer String Symbol SyntaxError TypeError URIError Uint16Array Uint32Array Uint8Array'.split(' '),
           ...'Uint8ClampedArray WeakMap WeakRef WeakSet WebAssembly decodeURI decodeURIComponent encodeURI encodeURIComponent escape eval globalThis'.split(' '),
           ...'isFinite isNaN parseFloat parseInt undefined unescape Iterator'.split(' '),
+          // ES2025 and ES2026, in V8 since Node 24
+          ...'Float16Array DisposableStack AsyncDisposableStack SuppressedError'.split(' '),
         ]);
         const extra = names.filter((n) => !standard.has(n)).sort();
         assert.deepEqual(extra, ['__isogear_loaded__', 'console', 'gears']);
