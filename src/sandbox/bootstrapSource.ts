@@ -91,9 +91,10 @@ defineProperty(ErrorCtor, 'prepareStackTrace', {
 // timeout, after the host's call returned, so user code in one could spin forever outside every
 // run: the isolate (and in shared mode every interpreter on it) would sit wedged until the
 // watchdog disposed it. No user callback may be reachable from such a task:
-// - Atomics.waitAsync with a finite timeout posts a non-nestable delayed task, which isolated-vm
-//   5 does not implement: it calls std::terminate and the whole server process aborts. Without a
-//   timeout its promise is settled from a posted task. It is removed.
+// - Atomics.waitAsync with a finite timeout posts a non-nestable delayed task: isolated-vm 5
+//   called std::terminate for one (the whole server process aborted); 7.0.2 drops it, so the
+//   promise would never settle. Without a timeout its promise is settled from a posted task. It is
+//   removed.
 // - FinalizationRegistry cleanup callbacks run from a posted task. The language lets an engine
 //   never call them; here they never are (the constructor still checks its argument).
 // - WebAssembly.compile/instantiate settle their promise from a posted task (in a shared isolate

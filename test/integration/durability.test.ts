@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -21,6 +22,18 @@ async function withServer<T>(dataDir: string, fn: (client: TestClient, p: Server
     client.close();
     await stop(p);
   }
+}
+
+/** Whether something listens on 127.0.0.1:`port`. */
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
 }
 
 describe('durable registrations: a restarted server keeps them (embedded store)', function () {
@@ -73,11 +86,14 @@ describe('durable registrations: a restarted server keeps them (embedded store)'
     const port = await freePort();
     const address = `127.0.0.1:${port}`;
     const starting = spawnServer({ ISOGEAR_DATA_DIR: dataDir, ISOGEAR_GRPC_ADDRESS: address });
+    let startedAt = 0;
+    void starting.then(() => (startedAt = Date.now()));
+    // The client connects once the port is open: a channel that failed to connect before backs
+    // off for a second or more, and could sleep through the whole restore.
+    while (startedAt === 0 && !(await accepts(port))) await new Promise((r) => setTimeout(r, 20));
     const client = new TestClient(address);
     const seen = new Set<string>();
     let refused: grpc.ServiceError | undefined;
-    let startedAt = 0;
-    void starting.then(() => (startedAt = Date.now()));
     try {
       while (startedAt === 0) {
         const status = await client.healthCheck('', { deadlineMs: 500 }).catch(() => 'UNREACHABLE');
