@@ -2,7 +2,9 @@
  * `npm run stress`: rounds of concurrent module loading against a fresh server process each, the
  * load under which isolated-vm's unpatched module bookkeeping aborted the process (see
  * scripts/patch-isolated-vm.js). Each round drives STRESS_CLIENTS loops of: shared- and
- * isolate-mode Executes with and without imports, modules that fail to link (a missing export),
+ * isolate-mode Executes with and without imports, shared-mode Executes importing 24 fresh modules
+ * each (their bookkeeping dropped on the Node.js thread while other loads compile: an unpatched
+ * isolated-vm 7.0.2 aborted in round 3), modules that fail to link (a missing export),
  * top-level await and `import.meta`, attached Executes into long-lived interpreters of both kinds,
  * and Register/Trigger/Release churn. Then it releases everything, checks that nothing is left,
  * sends SIGTERM and requires exit code 0. Exits 1 on the first round that fails.
@@ -22,6 +24,8 @@ const CLIENTS = Number(process.env.STRESS_CLIENTS ?? 16);
 const { ISOLATION_MODE_SHARED: SHARED, ISOLATION_MODE_ISOLATE: ISOLATE } = pb.IsolationMode;
 const { OUTCOME_SUCCEEDED: SUCCEEDED, OUTCOME_FAILED: FAILED } = pb.Outcome;
 
+/** Modules per load in the many-modules call. */
+const MANY = 24;
 const modules = { m: 'export default (x) => x + 1;', n: 'import m from "m"; export const twice = (x) => m(m(x));' };
 
 /** Each kind of call, with what its response must say. */
@@ -42,6 +46,21 @@ const calls: { name: string; weight: number; run: (c: TestClient, ctx: RoundCont
       const res = await c.execute({ source: 'import { twice } from "n"; export default (a) => twice(a)', modules, args: 1, mode: mode() });
       assert.equal(res.outcome, SUCCEEDED, res.error?.message);
       assert.equal(res.result, 3);
+    },
+  },
+  {
+    // Many module bookkeeping entries made on a shared isolate's thread while a finished
+    // interpreter's (24 at once) are dropped on the Node.js thread: the race the patch closes.
+    name: 'execute with many modules',
+    weight: 2,
+    run: async (c) => {
+      const nonce = Math.random().toString(36).slice(2);
+      const many: Record<string, string> = {};
+      for (let k = 0; k < MANY; k++) many[`m${k}`] = `export const v = ${k}; // ${nonce}`;
+      const source = `${Object.keys(many).map((s, k) => `import { v as v${k} } from "${s}";`).join('\n')}\nexport default ${Object.keys(many).map((_, k) => `v${k}`).join(' + ')};`;
+      const res = await c.execute({ source, modules: many, mode: SHARED });
+      assert.equal(res.outcome, SUCCEEDED, res.error?.message);
+      assert.equal(res.result, (MANY * (MANY - 1)) / 2);
     },
   },
   {
