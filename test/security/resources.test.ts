@@ -90,6 +90,52 @@ describe('security: resource exhaustion', () => {
         await assertServing(t);
       });
 
+      it('endless loops and a catastrophically backtracking regular expression end OUTCOME_TIMED_OUT, in Execute and in a handler; the interpreter keeps serving', async () => {
+        const t = server();
+        const spinners = {
+          'a for loop': 'for (;;) {}',
+          'a while loop with work': 'let n = 0; while (true) n = (n + 1) % 7;',
+          'a loop in a microtask': 'await Promise.resolve(); for (;;) {}',
+          'a regular expression backtracking over 40 characters': "/^(a+)+$/.test('a'.repeat(40) + 'b');",
+          'a regular expression with nested alternatives': "/^(a|a|ab)*c$/.test('a'.repeat(64));",
+        };
+        for (const [what, source] of Object.entries(spinners)) assertRun(await t.client.execute({ mode, limits: limits(TIMEOUT_MS), source }), timedOut(), what);
+        const setup = await t.client.execute({
+          mode,
+          source: "gears.register('spin.regex', (s) => /^(a+)+$/.test(s)); gears.register('spin.loop', () => { for (;;) {} }); gears.register('spin.ok', () => 'ok');",
+        });
+        succeeded(setup);
+        const regex = await t.client.trigger({ trigger: 'spin.regex', payload: `${'a'.repeat(40)}b`, limits: limits(TIMEOUT_MS) });
+        assertRun(regex.results[0], timedOut(), 'handler regex');
+        const loop = await t.client.trigger({ trigger: 'spin.loop', limits: limits(TIMEOUT_MS) });
+        assertRun(loop.results[0], timedOut(), 'handler loop');
+        const fine = await t.client.trigger({ trigger: 'spin.regex', payload: 'aaa' });
+        assert.equal(fine.results[0].result, true, 'the same handler answers a harmless input');
+        const ok = await t.client.trigger({ trigger: 'spin.ok' });
+        assert.equal(ok.results[0].result, 'ok', 'the interpreter keeps serving');
+        await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
+      });
+
+      it('a result with a toJSON (spinning, throwing, or returning a BigInt) is refused without running it', async () => {
+        const t = server();
+        const TOJSON = { outcome: 'OUTCOME_FAILED', name: 'TypeError', message: 'result.toJSON is a function, which JSON cannot represent' } as const;
+        for (const body of ['for (;;) {}', "throw new TypeError('no JSON for you');", 'return 10n;']) {
+          assertRun(await t.client.execute({ mode, limits: limits(TIMEOUT_MS), source: `export default { toJSON() { ${body} } };` }), TOJSON, body);
+        }
+        const setup = await t.client.execute({
+          mode,
+          source: "let calls = 0; gears.register('tojson.t', () => ({ toJSON() { calls += 1; for (;;) {} } })); gears.register('tojson.calls', () => calls);",
+        });
+        succeeded(setup);
+        const refused = await t.client.trigger({ trigger: 'tojson.t', limits: limits(TIMEOUT_MS) });
+        assertRun(refused.results[0], TOJSON, 'handler');
+        const calls = await t.client.trigger({ trigger: 'tojson.calls' });
+        assert.equal(calls.results[0].result, 0, 'the toJSON never ran');
+        await assertServing(t);
+        await releaseInterpreters(t.client, setup.interpreterId);
+      });
+
       it('Atomics.wait on a SharedArrayBuffer nobody notifies ends OUTCOME_TIMED_OUT; the interpreter keeps serving', async () => {
         const t = server();
         const blocked = await t.client.execute({ mode, limits: limits(TIMEOUT_MS), source: 'Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);' });
