@@ -299,7 +299,7 @@ describe('security: resource exhaustion', () => {
   /**
    * Growing a Map or a dictionary-mode object past the heap limit (`const m = new Map(); for (let
    * i = 0;; i++) m.set(i, {i});` with memory_limit_mb 16 or 64) is a *catastrophic* OOM in
-   * isolated-vm 5.0.4, not a memory kill: the isolate thread calls onCatastrophicError and then
+   * isolated-vm 7.0.2 (as in 5.0.4), not a memory kill: the isolate thread calls onCatastrophicError and then
    * sleeps forever. process.exit() would wait for that thread for good (the process neither
    * served nor exited), so the handler logs at fatal and aborts: the process ends at once and
    * its supervisor restarts it. This is the one script that takes the server down with it.
