@@ -72,6 +72,8 @@ describe('escape attempts', () => {
           ...'isFinite isNaN parseFloat parseInt undefined unescape Iterator'.split(' '),
           // ES2025 and ES2026, in V8 since Node 24
           ...'Float16Array DisposableStack AsyncDisposableStack SuppressedError'.split(' '),
+          // ES2026, in V8 since Node 26 (reads the clock and time zones, as Date does)
+          'Temporal',
         ]);
         const extra = names.filter((n) => !standard.has(n)).sort();
         assert.deepEqual(extra, ['__isogear_loaded__', 'console', 'gears']);
