@@ -196,7 +196,12 @@ export class InterpreterManager implements IsolateManager {
    */
   private async catchUp(id: string): Promise<void> {
     checkIdLength(id, 'interpreter_id');
-    if (!id || !this.core.recorder.store?.shared || this.core.interpreters.has(id)) return;
+    const { recorder } = this.core;
+    if (!id || !recorder.store?.shared) return;
+    const local = this.core.interpreters.get(id);
+    // Here already: the changes feed may be building or updating it right now (it is in the table
+    // before its steps are replayed): wait for the store work queued for it, not a half-built copy.
+    if (local) return recorder.settled(id);
     // A store that cannot answer now leaves the answer to what this replica knows (the feed
     // brings the change when the store is back); the request's own store work reports the outage.
     await this.core.follower.apply(id).catch(() => undefined);

@@ -208,6 +208,11 @@ export class Recorder {
   }
 
   /** Runs store work of one interpreter in order: its writes, releases and replays never interleave. */
+  /** Resolves once the store work queued for `interpreterId` so far has finished. */
+  settled(interpreterId: string): Promise<void> {
+    return this.chains.get(interpreterId) ?? Promise.resolve();
+  }
+
   serial<T>(interpreterId: string, work: () => Promise<T>): Promise<T> {
     const before = this.chains.get(interpreterId) ?? Promise.resolve();
     const next = before.then(work);
