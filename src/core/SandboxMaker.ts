@@ -1,3 +1,4 @@
+import { BootstrapCompiler } from '../sandbox/bootstrapScript';
 import type { CodeCache } from '../sandbox/CodeCache';
 import { Sandbox } from '../sandbox/Sandbox';
 import { newExecutionId, newToken } from './ids';
@@ -18,6 +19,9 @@ export interface SandboxLimits {
  * the server's limits and code cache. Both placements and the warm pool make them here.
  */
 export class SandboxMaker {
+  /** The bootstrap's V8 code cache, for every isolate this server makes. */
+  private readonly bootstrap = new BootstrapCompiler();
+
   constructor(
     private readonly limits: SandboxLimits,
     private readonly codeCache: CodeCache,
@@ -37,7 +41,7 @@ export class SandboxMaker {
         maxRegistrations: this.limits.maxRegistrationsPerInterpreter,
         codeCache: this.codeCache,
       },
-      host.bootstrapScript(),
+      host.bootstrapScript(this.bootstrap.compile),
     );
   }
 

@@ -1,5 +1,4 @@
 import ivm from 'isolated-vm';
-import { BOOTSTRAP_SOURCE } from './bootstrapSource';
 import type { CodeCache } from './CodeCache';
 import { ModuleLoader, ModuleNotFoundError } from './ModuleLoader';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
@@ -204,37 +203,25 @@ export class Sandbox {
   ) {}
 
   /**
-   * Creates a context and runs the bootstrap in it: from `bootstrap`, the isolate's compiled
-   * bootstrap Script when the caller keeps one (shared isolates), else compiled as a closure.
+   * Creates a context and runs the bootstrap in it: `bootstrap` is the isolate's compiled
+   * bootstrap Script (IsolateHost.bootstrapScript), whose completion value is the dispatcher.
+   * Two calls are waited for: creating the context (queued with the compile when the isolate is
+   * new) and running the script. The interpreter's settings follow as `init`, not waited for:
+   * isolated-vm runs an isolate's calls in the order they were made, so it has run before any
+   * later call reaches the context, and it cannot fail but with the isolate, which every later
+   * call reports.
    */
-  static async create(isolate: ivm.Isolate, options: SandboxOptions, bootstrap?: Promise<ivm.Script>): Promise<Sandbox> {
+  static async create(isolate: ivm.Isolate, options: SandboxOptions, bootstrap: Promise<ivm.Script>): Promise<Sandbox> {
     const track: CallTracker = options.track ?? ((p) => p);
-    const args = [
-      options.interpreterId,
-      options.registrationPrefix,
-      options.maxLogChars,
-      options.triggerPattern,
-      options.maxResultChars,
-      options.maxRegistrations,
-    ];
     const context = await track(isolate.createContext(), HOUSEKEEPING_TIMEOUT_MS);
     try {
-      let dispatch: ivm.Reference<(...args: unknown[]) => unknown>;
-      if (bootstrap) {
-        const script = await track(bootstrap, HOUSEKEEPING_TIMEOUT_MS);
-        const setup = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<
-          (...args: unknown[]) => unknown
-        >;
-        dispatch = (await track(setup.apply(undefined, args, { result: { reference: true }, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<
-          (...args: unknown[]) => unknown
-        >;
-        setup.release();
-      } else {
-        dispatch = (await track(
-          context.evalClosure(BOOTSTRAP_SOURCE, args, { result: { reference: true }, timeout: 1000, filename: 'isogear:bootstrap' }),
-          HOUSEKEEPING_TIMEOUT_MS,
-        )) as ivm.Reference<(...args: unknown[]) => unknown>;
-      }
+      const script = await track(bootstrap, HOUSEKEEPING_TIMEOUT_MS);
+      const dispatch = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<(...args: unknown[]) => unknown>;
+      dispatch.applyIgnored(
+        undefined,
+        ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations],
+        { timeout: 1000 },
+      );
       return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache), options, track);
     } catch (err) {
       context.release();
