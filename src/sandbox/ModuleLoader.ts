@@ -4,8 +4,6 @@ import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
 /** Specifier the per-load driver module imports the user's main module by. */
 export const MAIN_SPECIFIER = 'isogear:main';
-/** Specifier of the per-load module that marks the load's run current before any user module evaluates. */
-export const ENTER_SPECIFIER = 'isogear:enter';
 
 /** A module could not be resolved: a script failure, reported with this name. */
 export class ModuleNotFoundError extends Error {
@@ -23,7 +21,7 @@ export class ModuleNotFoundError extends Error {
  * A specifier a request does not supply falls back to the latest source this interpreter loaded
  * under that name.
  *
- * Every module handle is released explicitly: a load's own three when it is done with them, the
+ * Every module handle is released explicitly: a load's own two when it is done with them, the
  * imported ones with the interpreter. Until a handle is released its module stays alive in the
  * isolate, and through it the context it was linked in, whatever the isolate's own collector
  * decides; left to the Node.js collector (which sees only a small wrapper), a shared isolate
@@ -33,7 +31,7 @@ export class ModuleNotFoundError extends Error {
 export class ModuleLoader {
   private readonly instances = new Map<string, Map<string, ivm.Module>>();
   private readonly latest = new Map<string, ivm.Module>();
-  /** Main, enter and driver modules of loads still in progress. */
+  /** Main and driver modules of loads still in progress. */
   private readonly loading = new Set<ivm.Module>();
   private released = false;
   /**
@@ -53,26 +51,27 @@ export class ModuleLoader {
   /**
    * Compiles `source` as the main module, links it and its imports against `modules`, and
    * returns a driver module that imports the main module and hands its namespace to the sandbox
-   * under `token` once evaluation (top-level await included) has finished. The driver first
-   * imports an "enter" module: imports evaluate in order, so the load's run is current (for
-   * `gears.register` and `console`) before any user module's top-level code runs.
+   * under `token` once evaluation (top-level await included) has finished. The load's run is
+   * made current by the sandbox's `load` call, which the host sends right before evaluating the
+   * driver (isolated-vm runs an isolate's calls in order, and nothing runs between two calls), so
+   * it is current before any user module's top-level code runs; a per-load "enter" module that
+   * the driver imported first used to do this, at the cost of a third compile per load.
    */
   async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
     const tokenLiteral = JSON.stringify(token);
     const compiled = await Promise.allSettled([
       this.compileUser(source, 'main.js'),
-      this.isolate.compileModule(`__isogear_loaded__(${tokenLiteral});\n`, { filename: ENTER_SPECIFIER }),
-      this.isolate.compileModule(
-        `import ${JSON.stringify(ENTER_SPECIFIER)};\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`,
-        { filename: 'isogear:driver' },
-      ),
+      // The hand-over stays on line 3: it is the bottom frame of stacks thrown in a default export.
+      this.isolate.compileModule(`// isogear: the load's driver\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`, {
+        filename: 'isogear:driver',
+      }),
     ].map((p) => this.housekeeping(p)));
     const ok = compiled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     if (ok.length < compiled.length) {
       for (const m of ok) m.release();
       throw (compiled.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason;
     }
-    const [main, enter, driver] = ok;
+    const [main, driver] = ok;
     if (this.released) {
       for (const m of ok) m.release();
       throw new Error('the interpreter was disposed');
@@ -80,15 +79,10 @@ export class ModuleLoader {
     for (const m of ok) this.loading.add(m);
     const pending = new Map<string, Promise<ivm.Module>>();
     let usedMain = false;
-    let usedEnter = false;
     const resolver = (specifier: string): ivm.Module | Promise<ivm.Module> => {
       if (specifier === MAIN_SPECIFIER && !usedMain) {
         usedMain = true;
         return main;
-      }
-      if (specifier === ENTER_SPECIFIER && !usedEnter) {
-        usedEnter = true;
-        return enter;
       }
       let p = pending.get(specifier);
       if (!p) {
@@ -105,9 +99,8 @@ export class ModuleLoader {
       for (const m of ok) this.drop(m);
       throw err;
     }
-    // Linked: the driver's module holds main and enter in the isolate now.
+    // Linked: the driver's module holds main in the isolate now.
     this.drop(main);
-    this.drop(enter);
     return driver;
   }
 

@@ -256,6 +256,9 @@ export class Sandbox {
     ids: readonly string[] = [],
   ): Promise<RunTuple> {
     this.assertUsable('load');
+    // Order matters: `load` makes the run current, and the driver's evaluation must be the very
+    // next call into the isolate (isolated-vm runs them in order; nothing runs in between), so
+    // the two are sent back to back, with nothing awaited between them.
     const tuple = this.track(
       this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description, ids.join(',')], {
         timeout: timeoutMs,

@@ -29,9 +29,10 @@
  *   maxRegistrations)`: the first call, exactly once: the interpreter id, its registration id
  *   prefix, the most log characters per run, the trigger-name pattern (RegExp source, for
  *   messages), the most result characters, the most registrations per interpreter.
- * - `load(execId, token, kind, argsJson, trigger, description, idsCsv)` → Promise<RunTuple>: waits for the
- *   driver module to hand over the namespace of the main module, then runs it (kind `execute`)
- *   or registers its default export (kind `register`).
+ * - `load(execId, token, kind, argsJson, trigger, description, idsCsv)` → Promise<RunTuple>: makes
+ *   the run current (the host evaluates the load's driver module next), waits for the driver to
+ *   hand over the namespace of the main module, then runs it (kind `execute`) or registers its
+ *   default export (kind `register`).
  * - `invoke(execId, registrationId, payloadJson, trigger, idsCsv)` → Promise<RunTuple>: one handler run.
  *   `idsCsv` (load and invoke): '' for a new run; for a replayed one (a restore), the ids its
  *   gears.register calls take, in order.
@@ -529,7 +530,8 @@ function init(id, prefix, logChars, pattern, resultChars, registrations) {
     enumerable: false, writable: false, configurable: false,
     value: function (token, ns) {
       if (arguments.length === 1) {
-        // the "enter" module: the load's run becomes current before user modules evaluate
+        // the form an "enter" module used (load makes its run current now): a run already
+        // current stays current, and nothing is stored
         const p = apply(mapGet, loads, [token]);
         if (p !== undefined && p.run !== undefined && !p.run.done) current = p.run;
         return;
@@ -542,8 +544,11 @@ function init(id, prefix, logChars, pattern, resultChars, registrations) {
   });
 }
 
+// The host evaluates the load's driver module right after this call, and no code runs between
+// two calls: the run is current when the load's user modules start evaluating.
 function load(execId, token, kind, argsJson, trigger, description, idsCsv) {
   const run = newRun(execId, idsCsv);
+  current = run;
   return new PromiseCtor(function (resolve) {
     run.settle = resolve;
     const pending = { run: run, kind: kind, argsJson: argsJson, trigger: trigger, description: description, resolve: resolve };
