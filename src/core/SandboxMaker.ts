@@ -55,8 +55,8 @@ export class SandboxMaker {
     const sandbox = await this.make(host, id, registrationPrefix);
     try {
       const token = newToken();
-      const driver = await sandbox.prepare('export default 0;', {}, token);
-      const tuple = await sandbox.load(driver, newExecutionId(), token, 'execute', '', '', '', WARM_UP_TIMEOUT_MS);
+      const prepared = await sandbox.prepare('export default 0;', {}, token);
+      const tuple = await sandbox.load(prepared, newExecutionId(), token, 'execute', '', '', '', WARM_UP_TIMEOUT_MS);
       if (!tuple.ok) throw new Error(`the warm-up run failed: ${tuple.error?.message ?? tuple.code}`);
       return sandbox;
     } catch (err) {

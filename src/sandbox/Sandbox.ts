@@ -1,6 +1,6 @@
 import ivm from 'isolated-vm';
 import type { CodeCache } from './CodeCache';
-import { ModuleLoader, ModuleNotFoundError } from './ModuleLoader';
+import { ModuleLoader, ModuleNotFoundError, UNINSTANTIATED, type PreparedLoad } from './ModuleLoader';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
 export type { CallTracker } from './tracking';
@@ -230,7 +230,7 @@ export class Sandbox {
   }
 
   /** Compiles and links a main module; see ModuleLoader.prepare. Throws SandboxCallError. */
-  async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
+  async prepare(source: string, modules: Record<string, string>, token: string): Promise<PreparedLoad> {
     this.assertUsable('prepare');
     try {
       return await this.loader.prepare(source, modules, token);
@@ -244,7 +244,7 @@ export class Sandbox {
    * tuple; rejects with SandboxCallError when evaluation throws, times out or the isolate dies.
    */
   load(
-    driver: ivm.Module,
+    prepared: PreparedLoad,
     execId: string,
     token: string,
     kind: 'execute' | 'register',
@@ -266,7 +266,8 @@ export class Sandbox {
       }),
       timeoutMs,
     );
-    const evaluated = this.track(driver.evaluate({ timeout: timeoutMs }), timeoutMs);
+    const { driver } = prepared;
+    const evaluated = this.evaluate(prepared, token, timeoutMs);
     return new Promise<RunTuple>((resolve, reject) => {
       let done = false;
       evaluated.then(
@@ -295,6 +296,25 @@ export class Sandbox {
         },
       );
     });
+  }
+
+  /**
+   * Evaluates a prepared load's driver; the first evaluation is sent at once (see load). A link
+   * still running (ModuleLoader's fast path) has run before it; if it failed, its error is the
+   * load's, as when loads waited for their link. Should isolated-vm ever queue that link after
+   * the evaluation, the evaluation is refused as uninstantiated and sent again once it is done.
+   */
+  private async evaluate(prepared: PreparedLoad, token: string, timeoutMs: number): Promise<unknown> {
+    const first = this.track(prepared.driver.evaluate({ timeout: timeoutMs }), timeoutMs);
+    try {
+      return await first;
+    } catch (err) {
+      await prepared.linked;
+      if (!(err instanceof Error && err.message === UNINSTANTIATED)) throw err;
+      // other calls may have run meanwhile: the run is made current again, right before
+      this.fireAndForget(['enter', token]);
+      return await this.track(prepared.driver.evaluate({ timeout: timeoutMs }), timeoutMs);
+    }
   }
 
   /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. */

@@ -33,6 +33,8 @@
  *   the run current (the host evaluates the load's driver module next), waits for the driver to
  *   hand over the namespace of the main module, then runs it (kind `execute`) or registers its
  *   default export (kind `register`).
+ * - `enter(token)`: the pending load's run becomes current again, right before the host evaluates
+ *   its driver a second time (see Sandbox.evaluate).
  * - `invoke(execId, registrationId, payloadJson, trigger, idsCsv)` → Promise<RunTuple>: one handler run.
  *   `idsCsv` (load and invoke): '' for a new run; for a replayed one (a restore), the ids its
  *   gears.register calls take, in order.
@@ -530,10 +532,8 @@ function init(id, prefix, logChars, pattern, resultChars, registrations) {
     enumerable: false, writable: false, configurable: false,
     value: function (token, ns) {
       if (arguments.length === 1) {
-        // the form an "enter" module used (load makes its run current now): a run already
-        // current stays current, and nothing is stored
-        const p = apply(mapGet, loads, [token]);
-        if (p !== undefined && p.run !== undefined && !p.run.done) current = p.run;
+        // the form a per-load "enter" module used: nothing is stored
+        enter(token);
         return;
       }
       const pending = apply(mapGet, loads, [token]);
@@ -542,6 +542,12 @@ function init(id, prefix, logChars, pattern, resultChars, registrations) {
       if (pending.run !== undefined) startLoad(pending, ns);
     },
   });
+}
+
+// The pending load's run becomes current (the host's 'enter', right before it evaluates a driver again).
+function enter(token) {
+  const p = apply(mapGet, loads, [token]);
+  if (p !== undefined && p.run !== undefined && !p.run.done) current = p.run;
 }
 
 // The host evaluates the load's driver module right after this call, and no code runs between
@@ -616,6 +622,7 @@ return function dispatch(op, a, b, c, d, e, f, h) {
   switch (op) {
     case 'init': return init(a, b, c, d, e, f);
     case 'load': return load(a, b, c, d, e, f, h);
+    case 'enter': return enter(a);
     case 'invoke': return invoke(a, b, c, d, e);
     case 'commit': return commit(a);
     case 'abandon': return abandon(a, b);
