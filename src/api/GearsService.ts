@@ -187,12 +187,12 @@ export class GearsService {
         } catch {
           // a log field is never worth failing a call for
         }
-        this.logger.info(
-          { method, code: status[err?.code ?? status.OK], durationMs: Math.round((performance.now() - started) * 1000) / 1000, tenant, ...ids },
-          'rpc',
-        );
+        const line = { method, code: status[err?.code ?? status.OK], durationMs: Math.round((performance.now() - started) * 1000) / 1000, tenant, ...ids };
+        // The response goes first: the line is a synchronous write to stdout, which the client
+        // would otherwise wait for (about 0.04 ms of a 0.2 ms Trigger in the server's profile).
         if (err) callback(err, null);
         else callback(null, res);
+        this.logger.info(line, 'rpc');
       };
       Promise.resolve()
         .then(() => {

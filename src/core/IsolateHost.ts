@@ -166,14 +166,13 @@ export class IsolateHost {
   private bootstrap: Promise<ivm.Script> | undefined;
 
   /**
-   * The compiled bootstrap, kept for the isolate's life when it is shared (many contexts), so
-   * each new shared-mode interpreter only runs it.
+   * The bootstrap compiled in this isolate (by `compile`, the server's BootstrapCompiler with its
+   * code cache), kept for the isolate's life: a shared isolate runs it in each new context.
    */
-  bootstrapScript(): Promise<ivm.Script> | undefined {
-    if (this.kind !== 'shared') return undefined;
+  bootstrapScript(compile: (isolate: ivm.Isolate) => Promise<ivm.Script> = compileBootstrap): Promise<ivm.Script> {
     this.assertUsable('compiling the bootstrap');
     if (!this.bootstrap) {
-      const compiling = compileBootstrap(this.isolate);
+      const compiling = compile(this.isolate);
       this.bootstrap = compiling;
       compiling.catch(() => {
         if (this.bootstrap === compiling) this.bootstrap = undefined;

@@ -50,10 +50,10 @@ export function loadWork(interp: Interpreter, spec: LoadSpec, token: string): Ru
     token,
     start: async (execId, remainingMs, active) => {
       if (!interp.live) throw gone(interp);
-      const driver = await interp.sandbox.prepare(spec.source, spec.modules, token);
+      const prepared = await interp.sandbox.prepare(spec.source, spec.modules, token);
       if (!active()) throw new SandboxCallError('script', { name: 'AbortError', message: 'the run ended before it started', stack: '' });
       if (!interp.live) throw gone(interp);
-      return interp.sandbox.load(driver, execId, token, spec.kind, spec.argsJson ?? '', spec.trigger ?? '', spec.description ?? '', remainingMs(), spec.ids);
+      return interp.sandbox.load(prepared, execId, token, spec.kind, spec.argsJson ?? '', spec.trigger ?? '', spec.description ?? '', remainingMs(), spec.ids);
     },
   };
 }

@@ -1,3 +1,4 @@
+import { BootstrapCompiler } from '../sandbox/bootstrapScript';
 import type { CodeCache } from '../sandbox/CodeCache';
 import { Sandbox } from '../sandbox/Sandbox';
 import { newExecutionId, newToken } from './ids';
@@ -18,6 +19,9 @@ export interface SandboxLimits {
  * the server's limits and code cache. Both placements and the warm pool make them here.
  */
 export class SandboxMaker {
+  /** The bootstrap's V8 code cache, for every isolate this server makes. */
+  private readonly bootstrap = new BootstrapCompiler();
+
   constructor(
     private readonly limits: SandboxLimits,
     private readonly codeCache: CodeCache,
@@ -37,7 +41,7 @@ export class SandboxMaker {
         maxRegistrations: this.limits.maxRegistrationsPerInterpreter,
         codeCache: this.codeCache,
       },
-      host.bootstrapScript(),
+      host.bootstrapScript(this.bootstrap.compile),
     );
   }
 
@@ -51,8 +55,8 @@ export class SandboxMaker {
     const sandbox = await this.make(host, id, registrationPrefix);
     try {
       const token = newToken();
-      const driver = await sandbox.prepare('export default 0;', {}, token);
-      const tuple = await sandbox.load(driver, newExecutionId(), token, 'execute', '', '', '', WARM_UP_TIMEOUT_MS);
+      const prepared = await sandbox.prepare('export default 0;', {}, token);
+      const tuple = await sandbox.load(prepared, newExecutionId(), token, 'execute', '', '', '', WARM_UP_TIMEOUT_MS);
       if (!tuple.ok) throw new Error(`the warm-up run failed: ${tuple.error?.message ?? tuple.code}`);
       return sandbox;
     } catch (err) {

@@ -4,8 +4,19 @@ import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
 /** Specifier the per-load driver module imports the user's main module by. */
 export const MAIN_SPECIFIER = 'isogear:main';
-/** Specifier of the per-load module that marks the load's run current before any user module evaluates. */
-export const ENTER_SPECIFIER = 'isogear:enter';
+
+/**
+ * A load ready to evaluate: its driver module, and its link. A main module without imports is
+ * linked while the host already sends the run (see ModuleLoader.prepare); `linked` settles when
+ * that link is done, and rejects with its error.
+ */
+export interface PreparedLoad {
+  driver: ivm.Module;
+  linked: Promise<void>;
+}
+
+/** isolated-vm's error for evaluating a module whose link has not run yet. */
+export const UNINSTANTIATED = 'Module is uninstantiated';
 
 /** A module could not be resolved: a script failure, reported with this name. */
 export class ModuleNotFoundError extends Error {
@@ -23,7 +34,7 @@ export class ModuleNotFoundError extends Error {
  * A specifier a request does not supply falls back to the latest source this interpreter loaded
  * under that name.
  *
- * Every module handle is released explicitly: a load's own three when it is done with them, the
+ * Every module handle is released explicitly: a load's own two when it is done with them, the
  * imported ones with the interpreter. Until a handle is released its module stays alive in the
  * isolate, and through it the context it was linked in, whatever the isolate's own collector
  * decides; left to the Node.js collector (which sees only a small wrapper), a shared isolate
@@ -33,7 +44,7 @@ export class ModuleNotFoundError extends Error {
 export class ModuleLoader {
   private readonly instances = new Map<string, Map<string, ivm.Module>>();
   private readonly latest = new Map<string, ivm.Module>();
-  /** Main, enter and driver modules of loads still in progress. */
+  /** Main and driver modules of loads still in progress. */
   private readonly loading = new Set<ivm.Module>();
   private released = false;
   /**
@@ -53,26 +64,34 @@ export class ModuleLoader {
   /**
    * Compiles `source` as the main module, links it and its imports against `modules`, and
    * returns a driver module that imports the main module and hands its namespace to the sandbox
-   * under `token` once evaluation (top-level await included) has finished. The driver first
-   * imports an "enter" module: imports evaluate in order, so the load's run is current (for
-   * `gears.register` and `console`) before any user module's top-level code runs.
+   * under `token` once evaluation (top-level await included) has finished. The load's run is
+   * made current by the sandbox's `load` call, which the host sends right before evaluating the
+   * driver (isolated-vm runs an isolate's calls in order, and nothing runs between two calls), so
+   * it is current before any user module's top-level code runs; a per-load "enter" module that
+   * the driver imported first used to do this, at the cost of a third compile per load.
+   *
+   * Fast path: a main module without imports (V8's own list of its module requests, so the test
+   * is exact) needs nothing resolved but itself. Its link is started and not waited for: with
+   * only modules the resolver returns at once, isolated-vm queues the link's call one microtask
+   * after `instantiate` is called, before the caller can send the run, so the link, `load` and
+   * the driver's evaluation go to the isolate together: one wait for the isolate less per load.
+   * (Sandbox.load evaluates again after the link if isolated-vm ever queued it later.)
    */
-  async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
+  async prepare(source: string, modules: Record<string, string>, token: string): Promise<PreparedLoad> {
     const tokenLiteral = JSON.stringify(token);
     const compiled = await Promise.allSettled([
       this.compileUser(source, 'main.js'),
-      this.isolate.compileModule(`__isogear_loaded__(${tokenLiteral});\n`, { filename: ENTER_SPECIFIER }),
-      this.isolate.compileModule(
-        `import ${JSON.stringify(ENTER_SPECIFIER)};\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`,
-        { filename: 'isogear:driver' },
-      ),
+      // The hand-over stays on line 3: it is the bottom frame of stacks thrown in a default export.
+      this.isolate.compileModule(`// isogear: the load's driver\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`, {
+        filename: 'isogear:driver',
+      }),
     ].map((p) => this.housekeeping(p)));
     const ok = compiled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     if (ok.length < compiled.length) {
       for (const m of ok) m.release();
       throw (compiled.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason;
     }
-    const [main, enter, driver] = ok;
+    const [main, driver] = ok;
     if (this.released) {
       for (const m of ok) m.release();
       throw new Error('the interpreter was disposed');
@@ -80,15 +99,10 @@ export class ModuleLoader {
     for (const m of ok) this.loading.add(m);
     const pending = new Map<string, Promise<ivm.Module>>();
     let usedMain = false;
-    let usedEnter = false;
     const resolver = (specifier: string): ivm.Module | Promise<ivm.Module> => {
       if (specifier === MAIN_SPECIFIER && !usedMain) {
         usedMain = true;
         return main;
-      }
-      if (specifier === ENTER_SPECIFIER && !usedEnter) {
-        usedEnter = true;
-        return enter;
       }
       let p = pending.get(specifier);
       if (!p) {
@@ -97,6 +111,18 @@ export class ModuleLoader {
       }
       return p;
     };
+    if (main.dependencySpecifiers.length === 0) {
+      // Nothing else is linked, so no other load's link can conflict: no place in `linking`.
+      const linked = this.housekeeping(driver.instantiate(this.context, resolver)).then(
+        () => this.drop(main),
+        (err: unknown) => {
+          this.drop(main);
+          throw err;
+        },
+      );
+      linked.catch(() => undefined); // the load reports it (Sandbox.load)
+      return { driver, linked };
+    }
     const linked = this.linking.then(() => this.housekeeping(driver.instantiate(this.context, resolver)));
     this.linking = linked.catch(() => undefined);
     try {
@@ -105,10 +131,9 @@ export class ModuleLoader {
       for (const m of ok) this.drop(m);
       throw err;
     }
-    // Linked: the driver's module holds main and enter in the isolate now.
+    // Linked: the driver's module holds main in the isolate now.
     this.drop(main);
-    this.drop(enter);
-    return driver;
+    return { driver, linked: Promise.resolve() };
   }
 
   /** The load that `driver` came from has finished evaluating: release its handle. */

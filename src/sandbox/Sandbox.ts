@@ -1,7 +1,6 @@
 import ivm from 'isolated-vm';
-import { BOOTSTRAP_SOURCE } from './bootstrapSource';
 import type { CodeCache } from './CodeCache';
-import { ModuleLoader, ModuleNotFoundError } from './ModuleLoader';
+import { ModuleLoader, ModuleNotFoundError, UNINSTANTIATED, type PreparedLoad } from './ModuleLoader';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
 export type { CallTracker } from './tracking';
@@ -204,37 +203,25 @@ export class Sandbox {
   ) {}
 
   /**
-   * Creates a context and runs the bootstrap in it: from `bootstrap`, the isolate's compiled
-   * bootstrap Script when the caller keeps one (shared isolates), else compiled as a closure.
+   * Creates a context and runs the bootstrap in it: `bootstrap` is the isolate's compiled
+   * bootstrap Script (IsolateHost.bootstrapScript), whose completion value is the dispatcher.
+   * Two calls are waited for: creating the context (queued with the compile when the isolate is
+   * new) and running the script. The interpreter's settings follow as `init`, not waited for:
+   * isolated-vm runs an isolate's calls in the order they were made, so it has run before any
+   * later call reaches the context, and it cannot fail but with the isolate, which every later
+   * call reports.
    */
-  static async create(isolate: ivm.Isolate, options: SandboxOptions, bootstrap?: Promise<ivm.Script>): Promise<Sandbox> {
+  static async create(isolate: ivm.Isolate, options: SandboxOptions, bootstrap: Promise<ivm.Script>): Promise<Sandbox> {
     const track: CallTracker = options.track ?? ((p) => p);
-    const args = [
-      options.interpreterId,
-      options.registrationPrefix,
-      options.maxLogChars,
-      options.triggerPattern,
-      options.maxResultChars,
-      options.maxRegistrations,
-    ];
     const context = await track(isolate.createContext(), HOUSEKEEPING_TIMEOUT_MS);
     try {
-      let dispatch: ivm.Reference<(...args: unknown[]) => unknown>;
-      if (bootstrap) {
-        const script = await track(bootstrap, HOUSEKEEPING_TIMEOUT_MS);
-        const setup = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<
-          (...args: unknown[]) => unknown
-        >;
-        dispatch = (await track(setup.apply(undefined, args, { result: { reference: true }, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<
-          (...args: unknown[]) => unknown
-        >;
-        setup.release();
-      } else {
-        dispatch = (await track(
-          context.evalClosure(BOOTSTRAP_SOURCE, args, { result: { reference: true }, timeout: 1000, filename: 'isogear:bootstrap' }),
-          HOUSEKEEPING_TIMEOUT_MS,
-        )) as ivm.Reference<(...args: unknown[]) => unknown>;
-      }
+      const script = await track(bootstrap, HOUSEKEEPING_TIMEOUT_MS);
+      const dispatch = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<(...args: unknown[]) => unknown>;
+      dispatch.applyIgnored(
+        undefined,
+        ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations],
+        { timeout: 1000 },
+      );
       return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache), options, track);
     } catch (err) {
       context.release();
@@ -243,7 +230,7 @@ export class Sandbox {
   }
 
   /** Compiles and links a main module; see ModuleLoader.prepare. Throws SandboxCallError. */
-  async prepare(source: string, modules: Record<string, string>, token: string): Promise<ivm.Module> {
+  async prepare(source: string, modules: Record<string, string>, token: string): Promise<PreparedLoad> {
     this.assertUsable('prepare');
     try {
       return await this.loader.prepare(source, modules, token);
@@ -257,7 +244,7 @@ export class Sandbox {
    * tuple; rejects with SandboxCallError when evaluation throws, times out or the isolate dies.
    */
   load(
-    driver: ivm.Module,
+    prepared: PreparedLoad,
     execId: string,
     token: string,
     kind: 'execute' | 'register',
@@ -269,6 +256,9 @@ export class Sandbox {
     ids: readonly string[] = [],
   ): Promise<RunTuple> {
     this.assertUsable('load');
+    // Order matters: `load` makes the run current, and the driver's evaluation must be the very
+    // next call into the isolate (isolated-vm runs them in order; nothing runs in between), so
+    // the two are sent back to back, with nothing awaited between them.
     const tuple = this.track(
       this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description, ids.join(',')], {
         timeout: timeoutMs,
@@ -276,7 +266,8 @@ export class Sandbox {
       }),
       timeoutMs,
     );
-    const evaluated = this.track(driver.evaluate({ timeout: timeoutMs }), timeoutMs);
+    const { driver } = prepared;
+    const evaluated = this.evaluate(prepared, token, timeoutMs);
     return new Promise<RunTuple>((resolve, reject) => {
       let done = false;
       evaluated.then(
@@ -305,6 +296,25 @@ export class Sandbox {
         },
       );
     });
+  }
+
+  /**
+   * Evaluates a prepared load's driver; the first evaluation is sent at once (see load). A link
+   * still running (ModuleLoader's fast path) has run before it; if it failed, its error is the
+   * load's, as when loads waited for their link. Should isolated-vm ever queue that link after
+   * the evaluation, the evaluation is refused as uninstantiated and sent again once it is done.
+   */
+  private async evaluate(prepared: PreparedLoad, token: string, timeoutMs: number): Promise<unknown> {
+    const first = this.track(prepared.driver.evaluate({ timeout: timeoutMs }), timeoutMs);
+    try {
+      return await first;
+    } catch (err) {
+      await prepared.linked;
+      if (!(err instanceof Error && err.message === UNINSTANTIATED)) throw err;
+      // other calls may have run meanwhile: the run is made current again, right before
+      this.fireAndForget(['enter', token]);
+      return await this.track(prepared.driver.evaluate({ timeout: timeoutMs }), timeoutMs);
+    }
   }
 
   /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. */

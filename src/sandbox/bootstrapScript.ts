@@ -1,15 +1,31 @@
 import type ivm from 'isolated-vm';
 import { BOOTSTRAP_SOURCE } from './bootstrapSource';
 
-/** The bootstrap as a script whose completion value is the setup function (closure args $0…$5). */
-const BOOTSTRAP_SCRIPT = `(function ($0, $1, $2, $3, $4, $5) {\n${BOOTSTRAP_SOURCE}\n})`;
+const FILENAME = 'isogear:bootstrap';
+
+/** Compiles the bootstrap (a script whose completion value is the dispatcher) in `isolate`, without a code cache. */
+export function compileBootstrap(isolate: ivm.Isolate): Promise<ivm.Script> {
+  return isolate.compileScript(BOOTSTRAP_SOURCE, { filename: FILENAME });
+}
+
+type CompiledScript = ivm.Script & { cachedData?: ivm.ExternalCopy<ArrayBuffer>; cachedDataRejected?: boolean };
 
 /**
- * Compiles the bootstrap once for an isolate that will host many contexts (a shared isolate):
- * each new context then only runs it, which saves about a third of a millisecond per
- * shared-mode interpreter. (A dedicated isolate runs it once; compiling it as a closure there is
- * as fast, measured with and without a V8 code cache.)
+ * Compiles the bootstrap for each new isolate with a V8 code cache: the first compile produces
+ * it, later ones (every new dedicated isolate) consume it. Parsing the 24 KB source was most of
+ * what a bootstrap cost in a fresh isolate (0.5 of 0.7 ms compiled as a closure, 0.1 ms from
+ * the cache, measured here). The data is the server's own, made from a constant source; V8
+ * checks it against the source and its flags, and a rejected cache is produced again.
  */
-export function compileBootstrap(isolate: ivm.Isolate): Promise<ivm.Script> {
-  return isolate.compileScript(BOOTSTRAP_SCRIPT, { filename: 'isogear:bootstrap' });
+export class BootstrapCompiler {
+  private cachedData: ivm.ExternalCopy<ArrayBuffer> | undefined;
+
+  readonly compile = async (isolate: ivm.Isolate): Promise<ivm.Script> => {
+    const cachedData = this.cachedData;
+    const options: ivm.ScriptInfo = cachedData ? { filename: FILENAME, cachedData } : { filename: FILENAME, produceCachedData: true };
+    const script = (await isolate.compileScript(BOOTSTRAP_SOURCE, options)) as CompiledScript;
+    if (cachedData && script.cachedDataRejected && this.cachedData === cachedData) this.cachedData = undefined;
+    else if (!cachedData && script.cachedData) this.cachedData ??= script.cachedData;
+    return script;
+  };
 }

@@ -1,7 +1,15 @@
 /**
- * The code that runs first in every interpreter's context, before any user code, as the body of
- * `context.evalClosure`. It installs the frozen `gears` and `console` globals and returns one
- * dispatcher function the host calls through a `Reference`.
+ * The code that runs first in every interpreter's context, before any user code: a script whose
+ * completion value is the one dispatcher function the host calls through a `Reference`. Running
+ * it replaces or removes the built-ins that would let code run outside a run; the host's first
+ * call, `init`, then hands over the interpreter's settings and installs the frozen `gears` and
+ * `console` globals and the driver's hook. isolated-vm runs an isolate's calls in the order they
+ * were made, so `init`, sent without waiting for it, has run before any call that runs user code.
+ *
+ * One script for every interpreter of a server, compiled once per isolate (a shared isolate runs
+ * it in each new context) with a V8 code cache (see BootstrapCompiler): the settings arrive with
+ * `init` instead of being compiled in, and the host waits for two calls per new context (create
+ * the context, run this) instead of three.
  *
  * It is a string, not a TypeScript function turned into source, because the TypeScript and tsx
  * toolchains may inject helpers (`__name`, down-levelled syntax) that do not exist in the isolate.
@@ -16,14 +24,17 @@
  *   and the token-guarded `__isogear_loaded__` hook used by the per-load driver module;
  * - what it hands the host is still treated as untrusted: the host validates every field.
  *
- * Closure arguments: $0 interpreter id, $1 registration id prefix, $2 max log characters per
- * run, $3 trigger-name pattern (RegExp source), $4 max result characters, $5 max registrations
- * per interpreter.
- *
  * Dispatcher operations (all arguments are strings or numbers):
- * - `load(execId, token, kind, argsJson, trigger, description, idsCsv)` → Promise<RunTuple>: waits for the
- *   driver module to hand over the namespace of the main module, then runs it (kind `execute`)
- *   or registers its default export (kind `register`).
+ * - `init(interpreterId, registrationPrefix, maxLogChars, triggerPattern, maxResultChars,
+ *   maxRegistrations)`: the first call, exactly once: the interpreter id, its registration id
+ *   prefix, the most log characters per run, the trigger-name pattern (RegExp source, for
+ *   messages), the most result characters, the most registrations per interpreter.
+ * - `load(execId, token, kind, argsJson, trigger, description, idsCsv)` → Promise<RunTuple>: makes
+ *   the run current (the host evaluates the load's driver module next), waits for the driver to
+ *   hand over the namespace of the main module, then runs it (kind `execute`) or registers its
+ *   default export (kind `register`).
+ * - `enter(token)`: the pending load's run becomes current again, right before the host evaluates
+ *   its driver a second time (see Sandbox.evaluate).
  * - `invoke(execId, registrationId, payloadJson, trigger, idsCsv)` → Promise<RunTuple>: one handler run.
  *   `idsCsv` (load and invoke): '' for a new run; for a replayed one (a restore), the ids its
  *   gears.register calls take, in order.
@@ -38,9 +49,11 @@
  * where code is '' on success, 'script' for a throw, 'handler' when Register's default export
  * is not a function, 'result' when the result cannot be copied, 'abandoned' after `abandon`.
  */
-export const BOOTSTRAP_SOURCE = String.raw`
+export const BOOTSTRAP_SOURCE = String.raw`(function () {
 'use strict';
-const interpreterId = $0, regPrefix = $1, maxLogChars = $2, maxResultChars = $4, maxRegistrations = $5;
+// Set once by init, the host's first call.
+let initialized = false;
+let interpreterId = '', regPrefix = '', maxLogChars = 0, triggerPattern = '', maxResultChars = 0, maxRegistrations = 0;
 const g = globalThis;
 const apply = Reflect.apply;
 const defineProperty = Object.defineProperty, freeze = Object.freeze, keys = Object.keys;
@@ -371,7 +384,7 @@ const consoleObject = freeze({
 
 function addRegistration(run, trigger, handler, description) {
   if (!isValidTrigger(trigger)) {
-    throw new TypeErrorCtor('gears.register: trigger must be a string matching /' + $3 + '/, got ' + clip(formatLogArg(trigger), 100));
+    throw new TypeErrorCtor('gears.register: trigger must be a string matching /' + triggerPattern + '/, got ' + clip(formatLogArg(trigger), 100));
   }
   if (typeof handler !== 'function') {
     throw new TypeErrorCtor('gears.register: handler must be a function, got ' + (handler === null ? 'null' : typeof handler));
@@ -395,27 +408,6 @@ function addRegistration(run, trigger, handler, description) {
   append(run.regs, [id, trigger, description, handler]);
   return id;
 }
-
-const gears = {};
-defineProperty(gears, 'register', {
-  enumerable: true,
-  value: function register(trigger, handler, options) {
-    const run = current;
-    if (run === null || run.done) throw new ErrorCtor('gears.register can only be called while a run of this interpreter is in progress');
-    let description = '';
-    if (options !== undefined && options !== null) {
-      if (typeof options !== 'object') throw new TypeErrorCtor('gears.register: options must be an object like {description: "…"}');
-      const d = options.description;
-      if (d !== undefined) description = d;
-    }
-    return addRegistration(run, trigger, handler, description);
-  },
-});
-defineProperty(gears, 'interpreterId', { enumerable: true, value: interpreterId });
-defineProperty(gears, 'executionId', { enumerable: true, get: function () { return current === null ? null : current.id; } });
-freeze(gears);
-defineProperty(g, 'gears', { value: gears, writable: false, enumerable: false, configurable: false });
-defineProperty(g, 'console', { value: consoleObject, writable: false, enumerable: false, configurable: false });
 
 // idsCsv: the ids a replayed run's registrations take, in order ('' for a new run: mint them)
 function newRun(execId, idsCsv) {
@@ -506,24 +498,64 @@ function startLoad(pending, ns) {
   apply(promiseThen, settleRun(run, value, resultOf(run)), [pending.resolve]);
 }
 
-defineProperty(g, '__isogear_loaded__', {
-  enumerable: false, writable: false, configurable: false,
-  value: function (token, ns) {
-    if (arguments.length === 1) {
-      // the "enter" module: the load's run becomes current before user modules evaluate
-      const p = apply(mapGet, loads, [token]);
-      if (p !== undefined && p.run !== undefined && !p.run.done) current = p.run;
-      return;
-    }
-    const pending = apply(mapGet, loads, [token]);
-    if (pending === undefined) { apply(mapSet, loads, [token, { ns: ns }]); return; }
-    apply(mapDelete, loads, [token]);
-    if (pending.run !== undefined) startLoad(pending, ns);
-  },
-});
+// The interpreter's settings, then the globals user code sees (in this order: gears, console, the
+// driver's hook). Called once, before any call that runs user code.
+function init(id, prefix, logChars, pattern, resultChars, registrations) {
+  if (initialized) throw new TypeErrorCtor('the sandbox is initialized already');
+  initialized = true;
+  interpreterId = id;
+  regPrefix = prefix;
+  maxLogChars = logChars;
+  triggerPattern = pattern;
+  maxResultChars = resultChars;
+  maxRegistrations = registrations;
+  const gears = {};
+  defineProperty(gears, 'register', {
+    enumerable: true,
+    value: function register(trigger, handler, options) {
+      const run = current;
+      if (run === null || run.done) throw new ErrorCtor('gears.register can only be called while a run of this interpreter is in progress');
+      let description = '';
+      if (options !== undefined && options !== null) {
+        if (typeof options !== 'object') throw new TypeErrorCtor('gears.register: options must be an object like {description: "…"}');
+        const d = options.description;
+        if (d !== undefined) description = d;
+      }
+      return addRegistration(run, trigger, handler, description);
+    },
+  });
+  defineProperty(gears, 'interpreterId', { enumerable: true, value: interpreterId });
+  defineProperty(gears, 'executionId', { enumerable: true, get: function () { return current === null ? null : current.id; } });
+  freeze(gears);
+  defineProperty(g, 'gears', { value: gears, writable: false, enumerable: false, configurable: false });
+  defineProperty(g, 'console', { value: consoleObject, writable: false, enumerable: false, configurable: false });
+  defineProperty(g, '__isogear_loaded__', {
+    enumerable: false, writable: false, configurable: false,
+    value: function (token, ns) {
+      if (arguments.length === 1) {
+        // the form a per-load "enter" module used: nothing is stored
+        enter(token);
+        return;
+      }
+      const pending = apply(mapGet, loads, [token]);
+      if (pending === undefined) { apply(mapSet, loads, [token, { ns: ns }]); return; }
+      apply(mapDelete, loads, [token]);
+      if (pending.run !== undefined) startLoad(pending, ns);
+    },
+  });
+}
 
+// The pending load's run becomes current (the host's 'enter', right before it evaluates a driver again).
+function enter(token) {
+  const p = apply(mapGet, loads, [token]);
+  if (p !== undefined && p.run !== undefined && !p.run.done) current = p.run;
+}
+
+// The host evaluates the load's driver module right after this call, and no code runs between
+// two calls: the run is current when the load's user modules start evaluating.
 function load(execId, token, kind, argsJson, trigger, description, idsCsv) {
   const run = newRun(execId, idsCsv);
+  current = run;
   return new PromiseCtor(function (resolve) {
     run.settle = resolve;
     const pending = { run: run, kind: kind, argsJson: argsJson, trigger: trigger, description: description, resolve: resolve };
@@ -589,7 +621,9 @@ function unregister(idsCsv) {
 
 return function dispatch(op, a, b, c, d, e, f, h) {
   switch (op) {
+    case 'init': return init(a, b, c, d, e, f);
     case 'load': return load(a, b, c, d, e, f, h);
+    case 'enter': return enter(a);
     case 'invoke': return invoke(a, b, c, d, e);
     case 'commit': return commit(a);
     case 'abandon': return abandon(a, b);
@@ -597,4 +631,5 @@ return function dispatch(op, a, b, c, d, e, f, h) {
   }
   throw new TypeErrorCtor('unknown operation ' + op);
 };
+})()
 `;

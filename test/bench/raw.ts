@@ -1,6 +1,8 @@
 /**
  * The engine's own limits, measured in a process of their own (spawned by `npm run bench`):
  * raw isolated-vm 5.0.4 with nothing of isogear around it. Prints one JSON object on stdout.
+ * One figure is isogear's own: its sandbox bootstrap per new context (SandboxMaker.make, the
+ * server's code path) against the context alone, in a fresh isolate and in a shared one.
  *
  *   argv[2]  seconds per figure
  *   argv[3]  comma-separated concurrencies (e.g. "1,16")
@@ -8,6 +10,9 @@
  *   argv[5]  isolates and contexts to hold for the density figures
  */
 import ivm from 'isolated-vm';
+import { IsolateHost } from '../../src/core/IsolateHost';
+import { SandboxMaker } from '../../src/core/SandboxMaker';
+import { CodeCache } from '../../src/sandbox/CodeCache';
 import { closedLoop, type LoopFigure } from './loop';
 
 const seconds = Number(process.argv[2] ?? 2);
@@ -41,6 +46,37 @@ async function main(): Promise<void> {
       }),
     );
   }
+
+  // The bootstrap per new context: the context alone, then the context with isogear's bootstrap
+  // (the server's limits and code path), each at 1 in flight; the difference is the bootstrap.
+  const maker = new SandboxMaker({ maxLogBytes: 64 * 1024, maxValueBytes: 1024 * 1024, maxRegistrationsPerInterpreter: 10_000 }, new CodeCache(32 * 1024 * 1024));
+  const noDeath = (): void => undefined;
+  out.isolateContext = [
+    await closedLoop(1, seconds, async () => {
+      const isolate = new ivm.Isolate({ memoryLimit: 64 });
+      (await isolate.createContext()).release();
+      isolate.dispose();
+    }),
+  ];
+  out.isolateBootstrap = [
+    await closedLoop(1, seconds, async () => {
+      const host = IsolateHost.create('dedicated', 64, noDeath);
+      (await maker.make(host, 'itp_bench', 'b')).release();
+      host.isolate.dispose();
+    }),
+  ];
+  const sharedHosts = Array.from({ length: sharedCount }, () => IsolateHost.create('shared', 128, noDeath));
+  out.sharedContext = [
+    await closedLoop(1, seconds, async () => {
+      (await sharedHosts[next++ % sharedHosts.length].isolate.createContext()).release();
+    }),
+  ];
+  out.sharedBootstrap = [
+    await closedLoop(1, seconds, async () => {
+      (await maker.make(sharedHosts[next++ % sharedHosts.length], 'itp_bench', 'b')).release();
+    }),
+  ];
+  for (const h of sharedHosts) h.isolate.dispose();
 
   const warmIsolate = new ivm.Isolate({ memoryLimit: 64 });
   const warmContext = await warmIsolate.createContext();

@@ -34,6 +34,11 @@ interface RawLimits {
   newIsolate: LoopFigure[];
   newContext: LoopFigure[];
   warmCall: LoopFigure[];
+  /** At 1 in flight: a context alone, and with the sandbox bootstrap, in a fresh isolate and in a shared one. */
+  isolateContext: LoopFigure[];
+  isolateBootstrap: LoopFigure[];
+  sharedContext: LoopFigure[];
+  sharedBootstrap: LoopFigure[];
   rssPerIsolateKiB: number;
   rssPerContextKiB: number;
   heapPerContextKiB: number;
@@ -201,6 +206,10 @@ async function main(): Promise<void> {
     ['raw: new isolate+context+run+dispose', raw.newIsolate],
     ['raw: new context in shared isolate', raw.newContext],
     ['raw: warm function call', raw.warmCall],
+    ['raw: fresh isolate, context alone', raw.isolateContext],
+    ['raw: fresh isolate, context+bootstrap', raw.isolateBootstrap],
+    ['raw: shared isolate, context alone', raw.sharedContext],
+    ['raw: shared isolate, context+bootstrap', raw.sharedBootstrap],
     ['node -e per run (a process each)', nodeE],
   ];
   for (const [name, figs] of limitRows) for (const f of figs) console.log(`${name.padEnd(32).slice(0, 32)}${String(f.concurrency).padStart(10)}${fmt(f.medianMs).padStart(11)}${fmt(f.p99Ms).padStart(9)}${fmt(f.perSecond, 0).padStart(9)}`);
@@ -209,15 +218,36 @@ async function main(): Promise<void> {
   const hi = Math.max(...CONCURRENCY);
   const noop1 = at('health Check (no-op call)', 1);
   const noopHi = at('health Check (no-op call)', hi);
+  const bootstrapMs = (alone: LoopFigure[], withIt: LoopFigure[]): number | undefined => (alone[0] && withIt[0] ? withIt[0].medianMs - alone[0].medianMs : undefined);
   const targets = [
     { target: `Execute isolate, per s at ${hi} ≥ 0.8 × raw new isolate`, value: at('Execute, isolate', hi)?.perSecond, limit: rawAt(raw.newIsolate, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
     { target: `Execute shared, per s at ${hi} ≥ 0.8 × raw new context`, value: at('Execute, shared', hi)?.perSecond, limit: rawAt(raw.newContext, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.8 },
+    { target: `Execute shared, per s at ${hi} ≥ 0.5 × raw new context`, value: at('Execute, shared', hi)?.perSecond, limit: rawAt(raw.newContext, hi)?.perSecond, ok: (v: number, l: number) => v / l >= 0.5 },
     { target: 'Execute isolate, median at 1 ≤ no-op + 0.5 ms', value: at('Execute, isolate', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= l + 0.5 },
     {
       target: 'Execute isolate, 10 ms apart (pool hits), median ≤ no-op 10 ms apart + 0.5 ms',
       value: at('Execute, isolate, 10 ms apart', 1)?.medianMs,
       limit: at('health Check, 10 ms apart', 1)?.medianMs,
       ok: (v: number, l: number) => v <= l + 0.5,
+    },
+    {
+      target: 'Execute isolate, 10 ms apart, median ≤ no-op 10 ms apart + 1.0 ms',
+      value: at('Execute, isolate, 10 ms apart', 1)?.medianMs,
+      limit: at('health Check, 10 ms apart', 1)?.medianMs,
+      ok: (v: number, l: number) => v <= l + 1.0,
+    },
+    {
+      // median(context + bootstrap) − median(context alone), at 1 in flight, in a fresh isolate
+      target: 'bootstrap per new context (fresh isolate) ≤ 0.4 ms',
+      value: bootstrapMs(raw.isolateContext, raw.isolateBootstrap),
+      limit: 0.4,
+      ok: (v: number, l: number) => v <= l,
+    },
+    {
+      target: 'bootstrap per new context (shared isolate) ≤ 0.4 ms',
+      value: bootstrapMs(raw.sharedContext, raw.sharedBootstrap),
+      limit: 0.4,
+      ok: (v: number, l: number) => v <= l,
     },
     {
       target: 'Register+Release shared, stored (sqlite), median at 1 ≤ memory store + 2 ms',
