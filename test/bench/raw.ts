@@ -1,6 +1,6 @@
 /**
  * The engine's own limits, measured in a process of their own (spawned by `npm run bench`):
- * raw isolated-vm 5.0.4 with nothing of isogear around it. Prints one JSON object on stdout.
+ * raw isolated-vm with nothing of isogear around it. Prints one JSON object on stdout.
  * One figure is isogear's own: its sandbox bootstrap per new context (SandboxMaker.make, the
  * server's code path) against the context alone, in a fresh isolate and in a shared one.
  *
