@@ -9,7 +9,7 @@ import { StoreError } from './core/durability/RecipeStore';
 const EXIT_WAIT_MS = 5000;
 
 /** Serves until a signal: config → start → signals. SIGTERM/SIGINT drain; a second signal exits at once. src/main.ts calls it once its checks pass. */
-export async function serve(): Promise<void> {
+async function serve(): Promise<void> {
   let config;
   try {
     config = loadConfig(process.env, process.argv.slice(2));

@@ -1,5 +1,4 @@
 import ivm from 'isolated-vm';
-import { compileBootstrap } from '../sandbox/bootstrapScript';
 import { IllegalStateError } from './errors';
 import type { IsolateKind } from './types';
 
@@ -169,7 +168,7 @@ export class IsolateHost {
    * The bootstrap compiled in this isolate (by `compile`, the server's BootstrapCompiler with its
    * code cache), kept for the isolate's life: a shared isolate runs it in each new context.
    */
-  bootstrapScript(compile: (isolate: ivm.Isolate) => Promise<ivm.Script> = compileBootstrap): Promise<ivm.Script> {
+  bootstrapScript(compile: (isolate: ivm.Isolate) => Promise<ivm.Script>): Promise<ivm.Script> {
     this.assertUsable('compiling the bootstrap');
     if (!this.bootstrap) {
       const compiling = compile(this.isolate);

@@ -51,7 +51,11 @@ export function loadWork(interp: Interpreter, spec: LoadSpec, token: string): Ru
     start: async (execId, remainingMs, active) => {
       if (!interp.live) throw gone(interp);
       const prepared = await interp.sandbox.prepare(spec.source, spec.modules, token);
-      if (!active()) throw new SandboxCallError('script', { name: 'AbortError', message: 'the run ended before it started', stack: '' });
+      if (!active()) {
+        // (a sandbox released meanwhile released its loads' modules with it)
+        if (interp.live) interp.sandbox.discard(prepared);
+        throw new SandboxCallError('script', { name: 'AbortError', message: 'the run ended before it started', stack: '' });
+      }
       if (!interp.live) throw gone(interp);
       return interp.sandbox.load(prepared, execId, token, spec.kind, spec.argsJson ?? '', spec.trigger ?? '', spec.description ?? '', remainingMs(), spec.ids);
     },

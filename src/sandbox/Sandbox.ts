@@ -214,9 +214,10 @@ export class Sandbox {
   static async create(isolate: ivm.Isolate, options: SandboxOptions, bootstrap: Promise<ivm.Script>): Promise<Sandbox> {
     const track: CallTracker = options.track ?? ((p) => p);
     const context = await track(isolate.createContext(), HOUSEKEEPING_TIMEOUT_MS);
+    let dispatch: ivm.Reference<(...args: unknown[]) => unknown> | undefined;
     try {
       const script = await track(bootstrap, HOUSEKEEPING_TIMEOUT_MS);
-      const dispatch = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<(...args: unknown[]) => unknown>;
+      dispatch = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<(...args: unknown[]) => unknown>;
       dispatch.applyIgnored(
         undefined,
         ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations],
@@ -224,6 +225,7 @@ export class Sandbox {
       );
       return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache), options, track);
     } catch (err) {
+      dispatch?.release();
       context.release();
       throw err;
     }
@@ -315,6 +317,16 @@ export class Sandbox {
       this.fireAndForget(['enter', token]);
       return await this.track(prepared.driver.evaluate({ timeout: timeoutMs }), timeoutMs);
     }
+  }
+
+  /**
+   * A prepared load that will not be run (its run ended before it started): its driver's handle
+   * is released once its link, if still running, has settled.
+   */
+  discard(prepared: PreparedLoad): void {
+    this.assertUsable('discard');
+    const done = (): void => this.loader.finish(prepared.driver);
+    prepared.linked.then(done, done);
   }
 
   /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. */

@@ -3,11 +3,6 @@ import { BOOTSTRAP_SOURCE } from './bootstrapSource';
 
 const FILENAME = 'isogear:bootstrap';
 
-/** Compiles the bootstrap (a script whose completion value is the dispatcher) in `isolate`, without a code cache. */
-export function compileBootstrap(isolate: ivm.Isolate): Promise<ivm.Script> {
-  return isolate.compileScript(BOOTSTRAP_SOURCE, { filename: FILENAME });
-}
-
 type CompiledScript = ivm.Script & { cachedData?: ivm.ExternalCopy<ArrayBuffer>; cachedDataRejected?: boolean };
 
 /**

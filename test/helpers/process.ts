@@ -114,3 +114,15 @@ export function freePort(): Promise<number> {
     });
   });
 }
+
+/** Whether something accepts connections on 127.0.0.1:`port` now. */
+export function portAccepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}

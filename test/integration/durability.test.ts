@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { expectStatus, TestClient } from '../helpers/client';
-import { freePort, logLines, spawnServer, type ServerProcess } from '../helpers/process';
+import { freePort, logLines, portAccepts, spawnServer, type ServerProcess } from '../helpers/process';
 
 async function stop(p: ServerProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   p.child.kill(signal);
@@ -22,18 +21,6 @@ async function withServer<T>(dataDir: string, fn: (client: TestClient, p: Server
     client.close();
     await stop(p);
   }
-}
-
-/** Whether something listens on 127.0.0.1:`port`. */
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
 }
 
 describe('durable registrations: a restarted server keeps them (embedded store)', function () {
@@ -90,7 +77,7 @@ describe('durable registrations: a restarted server keeps them (embedded store)'
     void starting.then(() => (startedAt = Date.now()));
     // The client connects once the port is open: a channel that failed to connect before backs
     // off for a second or more, and could sleep through the whole restore.
-    while (startedAt === 0 && !(await accepts(port))) await new Promise((r) => setTimeout(r, 20));
+    while (startedAt === 0 && !(await portAccepts(port))) await new Promise((r) => setTimeout(r, 20));
     const client = new TestClient(address);
     const seen = new Set<string>();
     let refused: grpc.ServiceError | undefined;

@@ -3,6 +3,7 @@ import { IllegalStateError } from '../../src/core/errors';
 import { Interpreter } from '../../src/core/Interpreter';
 import { IsolateHost } from '../../src/core/IsolateHost';
 import { SandboxMaker } from '../../src/core/SandboxMaker';
+import { BootstrapCompiler } from '../../src/sandbox/bootstrapScript';
 import { CodeCache } from '../../src/sandbox/CodeCache';
 import { SandboxReleasedError } from '../../src/sandbox/Sandbox';
 
@@ -33,7 +34,7 @@ describe('misuse is loud: handles used after release or dispose throw, naming wh
     assert.throws(() => host.track(Promise.resolve(1), 100), /disposed \(released\): a call into it/);
     const shared = IsolateHost.create('shared', 32, noDeath);
     shared.dispose('shutdown');
-    assert.throws(() => shared.bootstrapScript(), /shared isolate used after it was disposed \(shutdown\): compiling the bootstrap/);
+    assert.throws(() => shared.bootstrapScript(new BootstrapCompiler().compile), /shared isolate used after it was disposed \(shutdown\): compiling the bootstrap/);
     assert.throws(() => shared.admit('itp_y'), IllegalStateError);
   });
 
