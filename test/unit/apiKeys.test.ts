@@ -142,20 +142,22 @@ describe('API keys file', () => {
       writeFileSync(keysPath, file([{ name: 'alpha', keySha256: sha('k1') }]));
       const { logger, lines } = recorder();
       const keys = ApiKeys.load(keysPath, logger);
-      writeFileSync(keysPath, file([{ name: 'alpha', keySha256: sha('k2') }, { name: 'beta', keySha256: sha('k3') }]));
+      writeFileSync(keysPath, file([{ name: 'alpha', keySha256: sha('k2') }, { name: 'beta', keySha256: sha('beta-secret-3') }]));
       assert.equal(await keys.reload(), true);
       assert.throws(() => keys.authenticate(['Bearer k1']), UnauthenticatedError);
       assert.equal(keys.authenticate(['Bearer k2']).name, 'alpha');
       assert.deepEqual(keys.tenantNames, ['alpha', 'beta']);
       assert.equal(lines.at(-1)?.msg, 'API keys reloaded');
 
-      writeFileSync(keysPath, '{"tenants": [{"name": "alpha", "keySha256": "k4"}]}');
+      // Values long enough that a random temporary directory name in the logged path cannot
+      // contain them by chance (it once held "k3").
+      writeFileSync(keysPath, '{"tenants": [{"name": "alpha", "keySha256": "not-a-digest-4"}]}');
       assert.equal(await keys.reload(), false);
-      assert.equal(keys.authenticate(['Bearer k3']).name, 'beta', 'the previous keys stay in force');
+      assert.equal(keys.authenticate(['Bearer beta-secret-3']).name, 'beta', 'the previous keys stay in force');
       const rejected = lines.at(-1);
       assert.equal(rejected?.level, 'error');
       assert.match(String(rejected?.obj.reason), /tenants\[0\]\.keySha256/);
-      assert.doesNotMatch(JSON.stringify(rejected), /k4|k3/);
+      assert.doesNotMatch(JSON.stringify(rejected), /not-a-digest-4|beta-secret-3/);
 
       rmSync(keysPath);
       assert.equal(await keys.reload(), false);
