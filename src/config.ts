@@ -38,6 +38,10 @@ export interface Config {
   tenantMaxRegistrations: number;
   tenantMaxConcurrentRuns: number;
   tenantMaxDedicatedMemoryMb: number;
+  tenantMaxBackgroundExecutions: number;
+  executionRetentionMs: number;
+  executionRetentionBytes: number;
+  extraSharedIsolates: number;
   /** PEM certificate chain and key: gRPC over TLS ('' for both: plaintext). */
   tlsCertFile: string;
   tlsKeyFile: string;
@@ -178,6 +182,10 @@ const SETTINGS = [
   setting('store', 'ISOGEAR_STORE', storeSetting, () => 'sqlite'),
   setting('dataDir', 'ISOGEAR_DATA_DIR', optionalPath, () => './data'),
   setting('restoreConcurrency', 'ISOGEAR_RESTORE_CONCURRENCY', int(1, 256), () => 4),
+  setting('tenantMaxBackgroundExecutions', 'ISOGEAR_TENANT_MAX_BACKGROUND_EXECUTIONS', int(0, 1e9), () => DEFAULTS.tenantMaxBackgroundExecutions),
+  setting('executionRetentionMs', 'ISOGEAR_EXECUTION_RETENTION_MS', int(0, 7 * 24 * 3_600_000), () => DEFAULTS.executionRetentionMs),
+  setting('executionRetentionBytes', 'ISOGEAR_EXECUTION_RETENTION_BYTES', int(0, 64 * 1024 * MiB), () => DEFAULTS.executionRetentionBytes),
+  setting('extraSharedIsolates', 'ISOGEAR_EXTRA_SHARED_ISOLATES', int(0, 1024), (p) => p.sharedIsolates ?? Math.max(1, os.availableParallelism())),
   setting('tenantMaxDedicatedMemoryMb', 'ISOGEAR_TENANT_MAX_DEDICATED_MEMORY_MB', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? DEFAULTS.maxInterpreters) * (p.maxMemoryMb ?? DEFAULTS.maxMemoryMb))),
 ] as Setting<keyof Config>[];
 

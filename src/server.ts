@@ -182,12 +182,14 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
       keys?.close();
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      // Background executions already accepted may finish within the grace period, like calls in flight.
+      manager.stopAccepting();
       const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), graceMs);
       });
-      const first = await Promise.race([drained, timedOut]);
+      const first = await Promise.race([Promise.all([drained, manager.backgroundSettled()]), timedOut]);
       clearTimeout(timer);
       // Disposing the isolates ends runs still in flight (OUTCOME_ABORTED); give their calls a
       // moment to deliver that answer before cutting connections.
@@ -231,6 +233,9 @@ function createManager(config: Config, logger: Logger, metrics: IsogearMetrics, 
     warmIsolates: config.warmIsolates,
     warmContextsPerShared: config.warmContexts,
     codeCacheBytes: config.codeCacheBytes,
+    executionRetentionMs: config.executionRetentionMs,
+    executionRetentionBytes: config.executionRetentionBytes,
+    extraSharedIsolates: config.extraSharedIsolates,
     // Defaults from the config, overridden per tenant by its keys-file entry (read at each check,
     // so a reloaded file's quotas apply at once).
     tenantQuotas: (tenant) => ({
@@ -238,6 +243,7 @@ function createManager(config: Config, logger: Logger, metrics: IsogearMetrics, 
       registrations: config.tenantMaxRegistrations,
       concurrentRuns: config.tenantMaxConcurrentRuns,
       dedicatedMemoryMb: config.tenantMaxDedicatedMemoryMb,
+      backgroundExecutions: config.tenantMaxBackgroundExecutions,
       ...keys?.quotasOf(tenant),
     }),
     store,

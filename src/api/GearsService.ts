@@ -1,10 +1,12 @@
 import { status, type sendUnaryData, type Server, type ServerUnaryCall, type ServiceError } from '@grpc/grpc-js';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
 import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError } from '../core/errors';
-import type { IsolateManager, JsonValue } from '../core/types';
+import type { ExecuteSpec, IsolateManager, JsonValue, TriggerSpec } from '../core/types';
 import * as pb from '../gen/isogear/v1/gears';
 import {
   executeResponseToProto,
+  executionStateFromProto,
+  executionToProto,
   interpreterToProto,
   limitsFromProto,
   modeFromProto,
@@ -17,7 +19,8 @@ export interface ServiceLogger extends ErrorLogger {
   info(obj: object, msg?: string): void;
 }
 
-type Handler<Req, Res> = (request: Req, signal: AbortSignal, tenant: string) => Promise<Res> | Res;
+/** `deadline`: when the client's deadline passes (ms since the epoch), if it set one. */
+type Handler<Req, Res> = (request: Req, signal: AbortSignal, tenant: string, deadline: number | undefined) => Promise<Res> | Res;
 /** Ids (never payloads) an RPC's log line carries, from its request and, when it succeeded, its response. */
 type LogFields<Req, Res> = (request: Req, response: Res | undefined) => Record<string, unknown>;
 
@@ -78,26 +81,68 @@ export class GearsService {
       ),
       listInterpreters: this.unary('ListInterpreters', (req: pb.ListInterpretersRequest, _signal, tenant) => this.listInterpreters(req, tenant)),
       listRegistrations: this.unary('ListRegistrations', (req: pb.ListRegistrationsRequest, _signal, tenant) => this.listRegistrations(req, tenant)),
+      startExecute: this.unary(
+        'StartExecute',
+        async (req: pb.ExecuteRequest, _signal, tenant) => executionToProto(await this.manager.startExecute(this.executeSpec(req, tenant))),
+        (req, res) => ({ executionId: res?.id, interpreterId: req.interpreterId || undefined, name: req.name || undefined }),
+      ),
+      startTrigger: this.unary(
+        'StartTrigger',
+        async (req: pb.TriggerRequest, _signal, tenant) => executionToProto(await this.manager.startTrigger(this.triggerSpec(req, tenant))),
+        (req, res) => ({ trigger: req.trigger, executionId: res?.id }),
+      ),
+      getExecution: this.unary(
+        'GetExecution',
+        (req: pb.GetExecutionRequest, _signal, tenant) => executionToProto(this.manager.getExecution(req.executionId, tenant)),
+        (req) => ({ executionId: req.executionId }),
+      ),
+      waitExecution: this.unary(
+        'WaitExecution',
+        async (req: pb.WaitExecutionRequest, signal, tenant, deadline) =>
+          executionToProto(await this.manager.waitExecution(req.executionId, req.timeoutMs, { tenant, signal, capMs: answerBefore(deadline) })),
+        (req, res) => ({ executionId: req.executionId, state: res ? pb.executionStateToJSON(res.state) : undefined }),
+      ),
+      listExecutions: this.unary('ListExecutions', (req: pb.ListExecutionsRequest, _signal, tenant) => this.listExecutions(req, tenant)),
+      cancelExecution: this.unary(
+        'CancelExecution',
+        async (req: pb.CancelExecutionRequest, _signal, tenant) => executionToProto(await this.manager.cancelExecution(req.executionId, tenant)),
+        (req, res) => ({ executionId: req.executionId, state: res ? pb.executionStateToJSON(res.state) : undefined }),
+      ),
     };
     server.addService(pb.GearsServiceService, implementation);
   }
 
   private async execute(req: pb.ExecuteRequest, signal: AbortSignal, tenant: string): Promise<pb.ExecuteResponse> {
-    const result = await this.manager.execute(
-      {
-        tenant,
-        source: req.source,
-        args: jsonValue(req.args, 'args'),
-        mode: modeFromProto(req.mode),
-        limits: limitsFromProto(req.limits),
-        modules: req.modules,
-        interpreterId: req.interpreterId || undefined,
-        name: req.name || undefined,
-        replace: req.replace,
-      },
-      signal,
-    );
-    return executeResponseToProto(result);
+    return executeResponseToProto(await this.manager.execute(this.executeSpec(req, tenant), signal));
+  }
+
+  private executeSpec(req: pb.ExecuteRequest, tenant: string): ExecuteSpec {
+    return {
+      tenant,
+      source: req.source,
+      args: jsonValue(req.args, 'args'),
+      mode: modeFromProto(req.mode),
+      limits: limitsFromProto(req.limits),
+      modules: req.modules,
+      interpreterId: req.interpreterId || undefined,
+      name: req.name || undefined,
+      replace: req.replace,
+    };
+  }
+
+  private triggerSpec(req: pb.TriggerRequest, tenant: string): TriggerSpec {
+    return { tenant, trigger: req.trigger, payload: jsonValue(req.payload, 'payload'), limits: limitsFromProto(req.limits) };
+  }
+
+  private listExecutions(req: pb.ListExecutionsRequest, tenant: string): pb.ListExecutionsResponse {
+    const page = this.manager.listExecutions({
+      tenant,
+      pageSize: req.pageSize,
+      pageToken: req.pageToken,
+      state: executionStateFromProto(req.state),
+      interpreterId: req.interpreterId || undefined,
+    });
+    return { executions: page.items.map(executionToProto), nextPageToken: page.nextPageToken };
   }
 
   private async register(req: pb.RegisterRequest, signal: AbortSignal, tenant: string): Promise<pb.RegisterResponse> {
@@ -130,10 +175,7 @@ export class GearsService {
   }
 
   private async trigger(req: pb.TriggerRequest, signal: AbortSignal, tenant: string): Promise<pb.TriggerResponse> {
-    const results = await this.manager.trigger(
-      { tenant, trigger: req.trigger, payload: jsonValue(req.payload, 'payload'), limits: limitsFromProto(req.limits) },
-      signal,
-    );
+    const results = await this.manager.trigger(this.triggerSpec(req, tenant), signal);
     return { results: results.map(triggerResultToProto) };
   }
 
@@ -202,7 +244,7 @@ export class GearsService {
           if (restoring) {
             throw new UnavailableError(`the server is rebuilding its stored interpreters (${restoring.done} of ${restoring.total} done); retry shortly`);
           }
-          return handler(call.request, controller.signal, tenant);
+          return handler(call.request, controller.signal, tenant, deadlineMs(call));
         })
         .then(
           (res) => {
@@ -213,6 +255,23 @@ export class GearsService {
         );
     };
   }
+}
+
+/** The call's deadline in ms since the epoch, or undefined when it has none. */
+function deadlineMs(call: ServerUnaryCall<unknown, unknown>): number | undefined {
+  const deadline = call.getDeadline();
+  const ms = deadline instanceof Date ? deadline.getTime() : Number(deadline);
+  return Number.isFinite(ms) ? ms : undefined;
+}
+
+/**
+ * How long a wait may last so its answer reaches the client before its deadline: the time left,
+ * less a margin for the answer's way back (a tenth of it, 10 to 250 ms).
+ */
+function answerBefore(deadline: number | undefined): number | undefined {
+  if (deadline === undefined) return undefined;
+  const left = deadline - Date.now();
+  return Math.max(0, left - Math.min(250, Math.max(10, left / 10)));
 }
 
 /** The error for a call the client gave up on: its deadline passed, or it cancelled. */

@@ -98,7 +98,7 @@ export function executeResponseToProto(r: core.ExecuteResult): pb.ExecuteRespons
     registrations: r.registrations.map(registrationToProto),
     wallTime: durationFromMs(r.wallTimeMs),
     cpuTime: durationFromMs(r.cpuTimeMs),
-    interpreter: interpreterToProto(r.interpreter),
+    interpreter: r.interpreter ? interpreterToProto(r.interpreter) : undefined,
   };
 }
 
@@ -114,5 +114,49 @@ export function triggerResultToProto(r: core.TriggerRunResult): pb.TriggerResult
     wallTime: durationFromMs(r.wallTimeMs),
     logsTruncated: r.logsTruncated,
     cpuTime: durationFromMs(r.cpuTimeMs),
+  };
+}
+
+const EXECUTION_STATES: Record<core.ExecutionState, pb.ExecutionState> = {
+  queued: pb.ExecutionState.EXECUTION_STATE_QUEUED,
+  running: pb.ExecutionState.EXECUTION_STATE_RUNNING,
+  done: pb.ExecutionState.EXECUTION_STATE_DONE,
+};
+
+const EXECUTION_KINDS: Record<core.ExecutionKind, pb.ExecutionKind> = {
+  execute: pb.ExecutionKind.EXECUTION_KIND_EXECUTE,
+  trigger: pb.ExecutionKind.EXECUTION_KIND_TRIGGER,
+  handler: pb.ExecutionKind.EXECUTION_KIND_HANDLER,
+};
+
+export function executionStateFromProto(state: pb.ExecutionState, field = 'state'): core.ExecutionState | undefined {
+  switch (state) {
+    case pb.ExecutionState.EXECUTION_STATE_UNSPECIFIED:
+      return undefined;
+    case pb.ExecutionState.EXECUTION_STATE_QUEUED:
+      return 'queued';
+    case pb.ExecutionState.EXECUTION_STATE_RUNNING:
+      return 'running';
+    case pb.ExecutionState.EXECUTION_STATE_DONE:
+      return 'done';
+    default:
+      throw new InvalidArgumentError(`${field} ${String(state)} is not a known ExecutionState`);
+  }
+}
+
+export function executionToProto(e: core.ExecutionInfo): pb.Execution {
+  return {
+    id: e.id,
+    state: EXECUTION_STATES[e.state],
+    kind: EXECUTION_KINDS[e.kind],
+    interpreterId: e.interpreterId,
+    registrationId: e.registrationId,
+    trigger: e.trigger,
+    createdAt: e.createdAt,
+    startedAt: e.startedAt,
+    endedAt: e.endedAt,
+    executeResponse: e.executeResult ? executeResponseToProto(e.executeResult) : undefined,
+    triggerResponse: e.triggerResults ? { results: e.triggerResults.map(triggerResultToProto) } : undefined,
+    background: e.background,
   };
 }

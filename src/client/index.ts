@@ -77,6 +77,23 @@ export interface ListRegistrationsInit {
   interpreterId?: string;
 }
 
+/** An execution state, as a name or the proto enum (a ListExecutions filter). */
+export type ExecutionStateName = 'queued' | 'running' | 'done' | pb.ExecutionState;
+
+export interface ListExecutionsInit {
+  pageSize?: number;
+  pageToken?: string;
+  /** Only executions in this state (default: all). */
+  state?: ExecutionStateName;
+  /** Only executions running in this interpreter. */
+  interpreterId?: string;
+}
+
+export interface WaitExecutionInit {
+  /** Longest wait in ms (0 or unset: the server's maximum, ISOGEAR_MAX_TIMEOUT_MS). */
+  timeoutMs?: number;
+}
+
 /**
  * Every failed call rejects with this: the gRPC status code (and its name), the server's
  * message, and, for RESOURCE_EXHAUSTED, the limit that was full and how long to back off.
@@ -115,6 +132,19 @@ export interface IsogearClient {
   getInterpreter(interpreterId: string, opts?: CallOptions): Promise<pb.GetInterpreterResponse>;
   listInterpreters(req?: ListInterpretersInit, opts?: CallOptions): Promise<pb.ListInterpretersResponse>;
   listRegistrations(req?: ListRegistrationsInit, opts?: CallOptions): Promise<pb.ListRegistrationsResponse>;
+  /** Queues an Execute and answers at once (QUEUED or RUNNING); the run goes on if the client goes away. */
+  startExecute(req: ExecuteInit, opts?: CallOptions): Promise<pb.Execution>;
+  /** Starts a Trigger's fan-out in the background and answers at once. */
+  startTrigger(req: TriggerInit, opts?: CallOptions): Promise<pb.Execution>;
+  getExecution(executionId: string, opts?: CallOptions): Promise<pb.Execution>;
+  /**
+   * Waits until the execution is DONE, `timeoutMs` passes or the call's deadline nears; answers
+   * its state either way (check `state`).
+   */
+  waitExecution(executionId: string, req?: WaitExecutionInit, opts?: CallOptions): Promise<pb.Execution>;
+  listExecutions(req?: ListExecutionsInit, opts?: CallOptions): Promise<pb.ListExecutionsResponse>;
+  /** Cancels a queued or running execution (its run ends OUTCOME_ABORTED); a DONE one is returned unchanged. */
+  cancelExecution(executionId: string, opts?: CallOptions): Promise<pb.Execution>;
   /** grpc.health.v1 Check: 'SERVING', 'NOT_SERVING', … ('' asks about the server as a whole). */
   health(service?: string, opts?: CallOptions): Promise<string>;
   /** Closes the channel; calls after it fail. Idempotent. */
@@ -132,6 +162,20 @@ function toMode(mode: Mode | undefined): pb.IsolationMode {
   const m = MODES[mode];
   if (m === undefined) throw new TypeError(`mode must be "shared" or "isolate", got ${JSON.stringify(mode)}`);
   return m;
+}
+
+const EXECUTION_STATES: Record<string, pb.ExecutionState> = {
+  queued: pb.ExecutionState.EXECUTION_STATE_QUEUED,
+  running: pb.ExecutionState.EXECUTION_STATE_RUNNING,
+  done: pb.ExecutionState.EXECUTION_STATE_DONE,
+};
+
+function toExecutionState(state: ExecutionStateName | undefined): pb.ExecutionState {
+  if (state === undefined) return pb.ExecutionState.EXECUTION_STATE_UNSPECIFIED;
+  if (typeof state === 'number') return state;
+  const s = EXECUTION_STATES[state];
+  if (s === undefined) throw new TypeError(`state must be "queued", "running" or "done", got ${JSON.stringify(state)}`);
+  return s;
 }
 
 const toLimits = (l: LimitsInit | undefined): pb.Limits | undefined => (l ? { timeoutMs: l.timeoutMs ?? 0, memoryLimitMb: l.memoryLimitMb ?? 0 } : undefined);
@@ -175,23 +219,21 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
       else opts.signal?.addEventListener('abort', onAbort, { once: true });
     });
 
+  const executeRequest = (req: ExecuteInit): pb.ExecuteRequest =>
+    pb.ExecuteRequest.fromPartial({
+      source: req.source,
+      args: req.args,
+      mode: toMode(req.mode),
+      limits: toLimits(req.limits),
+      modules: req.modules ?? {},
+      interpreterId: req.interpreterId ?? '',
+      name: req.name ?? '',
+      replace: req.replace ?? false,
+    });
+  const triggerRequest = (req: TriggerInit): pb.TriggerRequest => pb.TriggerRequest.fromPartial({ trigger: req.trigger, payload: req.payload, limits: toLimits(req.limits) });
+
   return {
-    execute: async (req, opts) =>
-      call(
-        gears,
-        'execute',
-        pb.ExecuteRequest.fromPartial({
-          source: req.source,
-          args: req.args,
-          mode: toMode(req.mode),
-          limits: toLimits(req.limits),
-          modules: req.modules ?? {},
-          interpreterId: req.interpreterId ?? '',
-          name: req.name ?? '',
-          replace: req.replace ?? false,
-        }),
-        opts,
-      ),
+    execute: async (req, opts) => call(gears, 'execute', executeRequest(req), opts),
     register: async (req, opts) =>
       call(
         gears,
@@ -208,11 +250,23 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
         opts,
       ),
     release: async (req, opts) => call(gears, 'release', pb.ReleaseRequest.fromPartial(req), opts),
-    trigger: async (req, opts) => call(gears, 'trigger', pb.TriggerRequest.fromPartial({ trigger: req.trigger, payload: req.payload, limits: toLimits(req.limits) }), opts),
+    trigger: async (req, opts) => call(gears, 'trigger', triggerRequest(req), opts),
     getInterpreter: async (interpreterId, opts) => call(gears, 'getInterpreter', pb.GetInterpreterRequest.fromPartial({ interpreterId }), opts),
     listInterpreters: async (req = {}, opts) =>
       call(gears, 'listInterpreters', pb.ListInterpretersRequest.fromPartial({ pageSize: req.pageSize, pageToken: req.pageToken, name: req.name, mode: toMode(req.mode) }), opts),
     listRegistrations: async (req = {}, opts) => call(gears, 'listRegistrations', pb.ListRegistrationsRequest.fromPartial(req), opts),
+    startExecute: async (req, opts) => call(gears, 'startExecute', executeRequest(req), opts),
+    startTrigger: async (req, opts) => call(gears, 'startTrigger', triggerRequest(req), opts),
+    getExecution: async (executionId, opts) => call(gears, 'getExecution', pb.GetExecutionRequest.fromPartial({ executionId }), opts),
+    waitExecution: async (executionId, req = {}, opts) => call(gears, 'waitExecution', pb.WaitExecutionRequest.fromPartial({ executionId, timeoutMs: req.timeoutMs ?? 0 }), opts),
+    listExecutions: async (req = {}, opts) =>
+      call(
+        gears,
+        'listExecutions',
+        pb.ListExecutionsRequest.fromPartial({ pageSize: req.pageSize, pageToken: req.pageToken, state: toExecutionState(req.state), interpreterId: req.interpreterId }),
+        opts,
+      ),
+    cancelExecution: async (executionId, opts) => call(gears, 'cancelExecution', pb.CancelExecutionRequest.fromPartial({ executionId }), opts),
     health: async (service = '', opts) => {
       const res = await call<object, { status: string | number }>(health, 'check', { service }, opts, false);
       return String(res.status);

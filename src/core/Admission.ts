@@ -1,5 +1,5 @@
 import { ResourceExhaustedError } from './errors';
-import { RunSlots, type RunSlotsRefusals, type Slot } from './RunSlots';
+import { RunSlots, type RunSlotsRefusals, type Slot, type WaitKind } from './RunSlots';
 import type { TenantLedger } from './TenantLedger';
 
 /** Refusals of a tenant's run admission name the quota, never the server-wide settings. */
@@ -59,12 +59,12 @@ export class Admission {
   }
 
   /**
-   * A run slot for `tenant`: first one of its own, then one of the server's. `admitted`: the
-   * caller holds its place already (a Trigger's later handlers), see RunSlots.acquire.
+   * A run slot for `tenant`: first one of its own, then one of the server's. `kind`: how the
+   * caller waits (see WaitKind).
    */
-  async acquire(tenant: string, signal?: AbortSignal, admitted = false): Promise<Slot> {
+  async acquire(tenant: string, signal?: AbortSignal, kind: WaitKind = 'request'): Promise<Slot> {
     const limit = this.ledger.quotas(tenant)?.concurrentRuns;
-    if (limit === undefined || limit >= this.options.maxConcurrentRuns) return this.server.acquire(signal, admitted);
+    if (limit === undefined || limit >= this.options.maxConcurrentRuns) return this.server.acquire(signal, kind);
     if (limit === 0) throw new ResourceExhaustedError('tenant_concurrent_runs', `tenant "${tenant}" may not run anything (its concurrentRuns quota is 0)`);
     let gate = this.gates.get(tenant);
     if (!gate) {
@@ -72,9 +72,9 @@ export class Admission {
       this.gates.set(tenant, gate);
     }
     gate.setMaxConcurrent(limit);
-    const own = await gate.acquire(signal, admitted);
+    const own = await gate.acquire(signal, kind);
     try {
-      return bothSlots(own, await this.server.acquire(signal, admitted));
+      return bothSlots(own, await this.server.acquire(signal, kind));
     } catch (err) {
       own.release();
       throw err;

@@ -6,7 +6,7 @@ import { Restorer } from './durability/Restorer';
 import { Interpreters } from './Interpreters';
 import { IsolateHost, type IsolateDisposeReason } from './IsolateHost';
 import { NameTable } from './NameTable';
-import { resolveOptions, type ManagerOptions, type ResolvedOptions } from './options';
+import { DEFAULTS, resolveOptions, type ManagerOptions, type ResolvedOptions } from './options';
 import { DedicatedPlacement } from './placement/DedicatedPlacement';
 import type { Placement } from './placement/Placement';
 import { SharedPlacement } from './placement/SharedPlacement';
@@ -14,6 +14,7 @@ import { RegistrationIndex } from './RegistrationIndex';
 import { Runner } from './Runner';
 import { SandboxMaker } from './SandboxMaker';
 import { TenantLedger } from './TenantLedger';
+import { ExecutionTable } from './ExecutionTable';
 import { TriggerFanOut } from './TriggerFanOut';
 import type { IsolationMode } from './types';
 import { WarmPool } from './WarmPool';
@@ -40,6 +41,7 @@ export interface CoreParts {
   readonly restorer: Restorer;
   readonly follower: ReplicaFollower;
   readonly fanOut: TriggerFanOut;
+  readonly executions: ExecutionTable;
 }
 
 /**
@@ -62,14 +64,19 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
     memoryMb: o.defaultMemoryMb,
     newIsolate: (onDeath) => IsolateHost.create('dedicated', o.defaultMemoryMb, onDeath, o.onCatastrophicError),
     newSandbox: (host, id, prefix) => maker.makeWarm(host, id, prefix),
-    sharedHosts: () => late.shared?.hosts() ?? [],
+    sharedHosts: () => late.shared?.regularHosts() ?? [],
     idle: () => late.runner?.inFlight === 0 && late.interpreters?.creating === 0,
     hasRoomFor: (host, warm) => late.shared?.hasRoomFor(host, warm) ?? false,
     onError: (err) => o.logger?.warn({ err }, 'warm pool: could not create an interpreter ahead of time'),
   });
   const onHostDeath = (host: IsolateHost, reason: IsolateDisposeReason): void => late.interpreters?.onHostDeath(host, reason);
   const dedicated = new DedicatedPlacement(pool, maker, onHostDeath, o.onCatastrophicError);
-  const shared = new SharedPlacement({ isolates: o.sharedIsolates, memoryMb: o.sharedIsolateMemoryMb, onCatastrophicError: o.onCatastrophicError, closed }, pool, maker, onHostDeath);
+  const shared = new SharedPlacement(
+    { isolates: o.sharedIsolates, memoryMb: o.sharedIsolateMemoryMb, onCatastrophicError: o.onCatastrophicError, closed, maxExtra: o.extraSharedIsolates, logger: o.logger },
+    pool,
+    maker,
+    onHostDeath,
+  );
   const placements: Record<IsolationMode, Placement> = { isolate: dedicated, shared };
   const interpreters = new Interpreters({ maxInterpreters: o.maxInterpreters, logger: o.logger, closed }, placements, ledger, names);
   const runner = new Runner({ maxValueBytes: o.maxValueBytes, logger: o.logger, onRunEnd: o.onRunEnd, afterRun: () => pool.refill(true), closed }, index);
@@ -77,8 +84,13 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   const recorder = new Recorder({ store: o.store, interpreters, index, names, ledger, logger: o.logger });
   const restorer = new Restorer({ interpreters, index, names, runner, recorder, defaultMemoryMb: o.defaultMemoryMb, logger: o.logger, closed });
   const follower = new ReplicaFollower(interpreters, recorder, restorer, closed);
-  const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, maxResponseBytes: o.maxResponseBytes });
-  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut };
+  const executions = new ExecutionTable({
+    retentionMs: o.executionRetentionMs,
+    retentionBytes: o.executionRetentionBytes,
+    backgroundQuota: (tenant) => ledger.quotas(tenant)?.backgroundExecutions ?? DEFAULTS.tenantMaxBackgroundExecutions,
+  });
+  const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, executions, maxResponseBytes: o.maxResponseBytes });
+  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions };
 }
 
 /**

@@ -1,4 +1,7 @@
 import { closeCore, composeCore, type CoreParts } from './CoreParts';
+import { ExecuteCommand } from './ExecuteCommand';
+import { CancelReason, type Execution } from './Execution';
+import type { FanOut } from './TriggerFanOut';
 import type { InterpreterRecipe } from './durability/RecipeStore';
 import type { Recorder } from './durability/Recorder';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from './errors';
@@ -12,6 +15,8 @@ import { DEFAULT_TENANT } from './tenants';
 import type {
   ExecuteResult,
   ExecuteSpec,
+  ExecutionFilter,
+  ExecutionInfo,
   InterpreterFilter,
   InterpreterInfo,
   IsolateKind,
@@ -44,6 +49,18 @@ import {
 
 const tenantOf = (t: { tenant?: string }): string => t.tenant || DEFAULT_TENANT;
 
+/** How long CancelExecution waits for the cancelled execution to be DONE before it answers. */
+const CANCEL_SETTLE_MS = 2000;
+
+/**
+ * A background execution as accepted: QUEUED, or RUNNING when a run slot was free (the grant
+ * arrives within the current turn's promise jobs, so one macrotask later it has been given).
+ */
+async function started(execution: Execution): Promise<ExecutionInfo> {
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  return execution.info();
+}
+
 /**
  * The isolate manager: the facade that composes the core's parts and answers the API's calls.
  * It checks a request, admits it to a run slot, finds or creates its interpreter (Interpreters,
@@ -53,12 +70,26 @@ const tenantOf = (t: { tenant?: string }): string => t.tenant || DEFAULT_TENANT;
  */
 export class InterpreterManager implements IsolateManager {
   private closed = false;
+  private accepting = true;
   private readonly core: CoreParts;
   private readonly options: ResolvedOptions;
+  private readonly executes: ExecuteCommand;
 
   private constructor(options: ManagerOptions) {
     this.core = composeCore(options, () => this.closed);
     this.options = this.core.options;
+    const { admission, interpreters, names, runner, recorder } = this.core;
+    this.executes = new ExecuteCommand({
+      options: this.options,
+      admission,
+      interpreters,
+      names,
+      runner,
+      recorder,
+      catchUp: (id) => this.catchUp(id),
+      assertOpen: () => this.assertOpen(),
+      logger: this.options.logger,
+    });
   }
 
   static async create(options: ManagerOptions): Promise<InterpreterManager> {
@@ -68,59 +99,18 @@ export class InterpreterManager implements IsolateManager {
   }
 
   async execute(spec: ExecuteSpec, signal?: AbortSignal): Promise<ExecuteResult> {
-    const since = performance.now();
-    this.assertOpen();
-    requireSource(spec.source, 'source');
-    const modules = checkModules(spec.source, spec.modules, this.options.maxSourceBytes);
-    const argsJson = encodeValue(spec.args, 'args', this.options.maxValueBytes);
-    const attach = spec.interpreterId !== undefined && spec.interpreterId !== '';
-    checkAttach(attach, spec.mode);
-    if (attach && (spec.name || spec.replace)) {
-      throw new InvalidArgumentError('name and replace apply to a new interpreter; they cannot be combined with interpreter_id');
-    }
-    if (spec.replace && !spec.name) throw new InvalidArgumentError('replace needs a name: it upgrades the interpreter with that name');
-    checkName(spec.name);
-    const limits = resolveLimits(spec.limits, this.options);
-    const tenant = tenantOf(spec);
-    if (attach) await this.catchUp(spec.interpreterId as string);
-    const slot = await this.core.admission.acquire(tenant, signal);
-    try {
-      this.assertOpen();
-      const name = spec.name ?? '';
-      const interp = attach ? this.core.interpreters.attachable(spec.interpreterId as string, tenant) : await this.newNamedInterpreter(spec, name, limits, tenant);
-      const load: LoadSpec = { kind: 'execute', source: spec.source, modules, argsJson };
-      const run = await this.core.runner.run({ interp, kind: 'execute', timeoutMs: limits.timeoutMs, since, signal, work: loadWork(interp, load, newToken()), slot });
-      let committed: Registration[] = [];
-      try {
-        const { report, tuple } = run;
-        if (report.outcome === 'succeeded' && tuple) {
-          const step = { kind: 'execute' as const, source: spec.source, modules, argsJson, timeoutMs: limits.timeoutMs };
-          const upgrade = spec.replace ? name : undefined;
-          // The script ran, but what it registered passes the tenant's quota, or its step could not
-          // be stored: none of it is kept (this throws).
-          committed = await this.core.recorder.commitStep(interp, tuple, report.executionId, step, upgrade, upgrade ? () => this.core.names.swap(upgrade, interp) : undefined);
-        }
-      } finally {
-        run.end();
-      }
-      return { ...run.report, registrations: committed.map((r) => r.info(false)), interpreter: await interp.info() };
-    } finally {
-      slot.release();
-    }
+    const plan = await this.executes.check(spec);
+    const execution = this.core.executions.open({ tenant: plan.tenant, kind: 'execute', background: false, interpreterId: plan.attachId });
+    return this.executes.run(plan, execution, signal);
   }
 
-  /** A new interpreter for an Execute: a plain name is reserved while it is created; an upgrade's name moves only when it succeeds. */
-  private async newNamedInterpreter(spec: ExecuteSpec, name: string, limits: ResolvedLimits, tenant: string): Promise<Interpreter> {
-    const mode = spec.mode ?? this.options.defaultMode;
-    if (!name || spec.replace) return this.core.interpreters.create(mode, limits.memoryMb, '', tenant);
-    this.core.names.reserve(tenant, name);
-    let interp: Interpreter | undefined;
-    try {
-      interp = await this.core.interpreters.create(mode, limits.memoryMb, name, tenant);
-      return interp;
-    } finally {
-      this.core.names.settle(tenant, name, interp);
-    }
+  async startExecute(spec: ExecuteSpec): Promise<ExecutionInfo> {
+    this.assertAccepting();
+    const plan = await this.executes.check(spec);
+    this.executes.precheck(plan);
+    const execution = this.core.executions.open({ tenant: plan.tenant, kind: 'execute', background: true, interpreterId: plan.attachId });
+    this.core.executions.track(this.executes.run(plan, execution));
+    return started(execution);
   }
 
   async register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult> {
@@ -228,6 +218,20 @@ export class InterpreterManager implements IsolateManager {
   }
 
   async trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]> {
+    const { req, bound } = this.checkTrigger(spec);
+    const execution = this.core.executions.open({ tenant: req.tenant, kind: 'trigger', background: false, trigger: req.trigger });
+    return this.core.fanOut.run(req, bound, execution, signal);
+  }
+
+  async startTrigger(spec: TriggerSpec): Promise<ExecutionInfo> {
+    this.assertAccepting();
+    const { req, bound } = this.checkTrigger(spec);
+    const execution = this.core.executions.open({ tenant: req.tenant, kind: 'trigger', background: true, trigger: req.trigger });
+    this.core.executions.track(this.core.fanOut.run(req, bound, execution));
+    return started(execution);
+  }
+
+  private checkTrigger(spec: TriggerSpec): { req: FanOut; bound: readonly Registration[] } {
     this.assertOpen();
     requireTrigger(spec.trigger);
     const payloadJson = encodeValue(spec.payload, 'payload', this.options.maxValueBytes);
@@ -235,7 +239,36 @@ export class InterpreterManager implements IsolateManager {
     const tenant = tenantOf(spec);
     const bound = this.core.fanOut.bound(tenant, spec.trigger);
     if (!bound) throw new NotFoundError(`no registration is bound to trigger "${spec.trigger}"`);
-    return this.core.fanOut.run({ tenant, trigger: spec.trigger, payloadJson, timeoutMs: limits.timeoutMs }, bound, signal);
+    return { req: { tenant, trigger: spec.trigger, payloadJson, timeoutMs: limits.timeoutMs }, bound };
+  }
+
+  getExecution(id: string, tenant: string = DEFAULT_TENANT): ExecutionInfo {
+    return this.core.executions.find(id, tenant).info();
+  }
+
+  waitExecution(id: string, timeoutMs: number, options: { tenant?: string; capMs?: number; signal?: AbortSignal } = {}): Promise<ExecutionInfo> {
+    const execution = this.core.executions.find(id, options.tenant || DEFAULT_TENANT);
+    const max = this.options.maxTimeoutMs;
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > max) {
+      throw new InvalidArgumentError(`timeout_ms ${timeoutMs} is over the maximum of ${max} ms (ISOGEAR_MAX_TIMEOUT_MS)`);
+    }
+    const ms = Math.min(timeoutMs || max, options.capMs ?? Infinity);
+    return this.core.executions.wait(execution, ms, options.signal);
+  }
+
+  listExecutions(filter: ExecutionFilter): Page<ExecutionInfo> {
+    if (filter.interpreterId) checkIdLength(filter.interpreterId, 'interpreter_id');
+    return this.core.executions.list({ ...filter, tenant: tenantOf(filter) });
+  }
+
+  /**
+   * Cancels the execution (see Execution.cancel) and answers it once it is DONE, or as it is
+   * after CANCEL_SETTLE_MS (a cancelled run still storing what it registered, say).
+   */
+  async cancelExecution(id: string, tenant: string = DEFAULT_TENANT): Promise<ExecutionInfo> {
+    const execution = this.core.executions.find(id, tenant);
+    execution.cancel(new CancelReason('request', 'cancelled by CancelExecution'));
+    return this.core.executions.wait(execution, CANCEL_SETTLE_MS);
   }
 
   async getInterpreter(id: string, tenant: string = DEFAULT_TENANT): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }> {
@@ -307,6 +340,8 @@ export class InterpreterManager implements IsolateManager {
       isolatesDisposed: { dedicated: this.core.dedicated.tally.disposed, shared: this.core.shared.tally.disposed },
       warm: this.core.pool.stats(),
       codeCache: { entries: this.core.codeCache.size, bytes: this.core.codeCache.sizeBytes, hits: this.core.codeCache.hits, misses: this.core.codeCache.misses, rejected: this.core.codeCache.rejected },
+      executions: this.core.executions.counters(),
+      extraSharedIsolates: this.core.shared.extra,
     };
   }
 
@@ -369,8 +404,23 @@ export class InterpreterManager implements IsolateManager {
    */
   async destroy(): Promise<void> {
     if (this.closed) return;
+    this.accepting = false;
     this.closed = true;
+    // Queued background runs end now; running ones end as their isolates are disposed.
+    this.core.executions.cancelBackground(new CancelReason('shutdown', 'the server shut down'));
     await closeCore(this.core);
+    await this.core.executions.settled();
+    this.core.executions.destroy();
+  }
+
+  /** Shutdown begins: background runs are refused (UNAVAILABLE) while those accepted may finish. */
+  stopAccepting(): void {
+    this.accepting = false;
+  }
+
+  /** Resolves once every background run accepted so far has ended. */
+  backgroundSettled(): Promise<void> {
+    return this.core.executions.settled();
   }
 
   get isClosed(): boolean {
@@ -379,5 +429,9 @@ export class InterpreterManager implements IsolateManager {
 
   private assertOpen(): void {
     if (this.closed) throw new UnavailableError('the server is shutting down');
+  }
+
+  private assertAccepting(): void {
+    if (this.closed || !this.accepting) throw new UnavailableError('the server is shutting down: it takes no new background executions');
   }
 }

@@ -117,13 +117,25 @@ export class Interpreters {
     }
   }
 
+  /**
+   * What would refuse a new interpreter of `tenant` in `mode` now (a quota, the server's limit),
+   * if anything: a background run checks this before it is accepted.
+   */
+  creationRefusal(mode: IsolationMode, memoryMb: number, tenant: string): ResourceExhaustedError | undefined {
+    return this.ledger.interpreterRefusal(tenant, this.placements[mode].chargeMb(memoryMb)) ?? this.capacityRefusal();
+  }
+
+  private capacityRefusal(): ResourceExhaustedError | undefined {
+    if (this.table.size + this.pending < this.options.maxInterpreters) return undefined;
+    return new ResourceExhaustedError(
+      'max_interpreters',
+      `the server holds its maximum of ${this.options.maxInterpreters} interpreters (ISOGEAR_MAX_INTERPRETERS); release registrations to free some`,
+    );
+  }
+
   private async createOn(placement: Placement, memoryMb: number, name: string, tenant: string, fixed?: FixedIds): Promise<Interpreter> {
-    if (this.table.size + this.pending >= this.options.maxInterpreters) {
-      throw new ResourceExhaustedError(
-        'max_interpreters',
-        `the server holds its maximum of ${this.options.maxInterpreters} interpreters (ISOGEAR_MAX_INTERPRETERS); release registrations to free some`,
-      );
-    }
+    const full = this.capacityRefusal();
+    if (full) throw full;
     this.pending += 1;
     try {
       const placed = await placement.place(memoryMb, fixed);

@@ -25,12 +25,18 @@ export class NameTable {
     return this.holders.get(scoped(tenant, name));
   }
 
-  /** Holds `name` for a new interpreter being created; ALREADY_EXISTS when it is held or reserved. */
-  reserve(tenant: string, name: string): void {
+  /** ALREADY_EXISTS when `name` is held or reserved (a background run checks this before it is accepted). */
+  checkFree(tenant: string, name: string): void {
     const key = scoped(tenant, name);
     if (this.holders.has(key) || this.reserved.has(key)) {
       throw new AlreadyExistsError(`an interpreter named "${name}" already exists; set replace to upgrade it`);
     }
+  }
+
+  /** Holds `name` for a new interpreter being created; ALREADY_EXISTS when it is held or reserved. */
+  reserve(tenant: string, name: string): void {
+    this.checkFree(tenant, name);
+    const key = scoped(tenant, name);
     this.reserved.add(key);
   }
 

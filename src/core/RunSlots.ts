@@ -18,6 +18,14 @@ interface Waiter {
   counted: boolean;
 }
 
+/**
+ * How a caller waits: `request`, a request's first wait (bounded queue, wait limit); `admitted`,
+ * a caller that holds its place already (a Trigger's next handler: no bound, no limit);
+ * `background`, a background execution's run (no bound, no limit, served only when no request
+ * waits: a backlog of background work never stalls the calls clients wait on).
+ */
+export type WaitKind = 'request' | 'admitted' | 'background';
+
 export interface RunSlotsOptions {
   /** Runs executing at once (Execute, Register loads and handler runs). */
   maxConcurrent: number;
@@ -57,6 +65,8 @@ const SERVER_REFUSALS: RunSlotsRefusals = {
 export class RunSlots {
   private active = 0;
   private readonly queue: Waiter[] = [];
+  /** Background runs: granted only when `queue` is empty. */
+  private readonly low: Waiter[] = [];
   private countedWaiting = 0;
 
   constructor(private readonly options: RunSlotsOptions) {}
@@ -73,16 +83,18 @@ export class RunSlots {
   }
 
   get queued(): number {
-    return this.queue.length;
+    return this.queue.length + this.low.length;
   }
 
   /**
-   * Waits for a slot. `admitted` marks a caller that already holds its place (a Trigger's second
-   * and later handlers): no queue bound, no wait limit, only cancellation ends its wait.
+   * Waits for a slot (see WaitKind). Cancellation ends any wait; the rejection's message is the
+   * signal's reason when that has one (a CancelExecution), else the caller's cancel.
    */
-  acquire(signal?: AbortSignal, admitted = false): Promise<Slot> {
-    if (signal?.aborted) return Promise.reject(new CancelledError('cancelled while waiting for a run slot'));
-    if (this.active < this.options.maxConcurrent && this.queue.length === 0) return Promise.resolve(this.take());
+  acquire(signal?: AbortSignal, kind: WaitKind = 'request'): Promise<Slot> {
+    const cancelled = (): CancelledError => new CancelledError(reasonText(signal?.reason) ?? 'cancelled while waiting for a run slot', { cause: signal?.reason });
+    if (signal?.aborted) return Promise.reject(cancelled());
+    if (this.active < this.options.maxConcurrent && this.queue.length === 0 && (kind !== 'background' || this.low.length === 0)) return Promise.resolve(this.take());
+    const admitted = kind !== 'request';
     const { maxConcurrent, maxQueued, maxWaitMs } = this.options;
     const refusals = this.options.refusals ?? SERVER_REFUSALS;
     if (!admitted && this.countedWaiting >= maxQueued) {
@@ -96,8 +108,9 @@ export class RunSlots {
         settled = true;
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
-        const i = this.queue.indexOf(waiter);
-        if (i >= 0) this.queue.splice(i, 1);
+        const line = kind === 'background' ? this.low : this.queue;
+        const i = line.indexOf(waiter);
+        if (i >= 0) line.splice(i, 1);
         if (waiter.counted) this.countedWaiting -= 1;
         return true;
       };
@@ -111,7 +124,7 @@ export class RunSlots {
           if (done()) reject(err);
         },
       };
-      const onAbort = (): void => waiter.fail(new CancelledError('cancelled while waiting for a run slot'));
+      const onAbort = (): void => waiter.fail(cancelled());
       signal?.addEventListener('abort', onAbort, { once: true });
       if (!admitted) {
         this.countedWaiting += 1;
@@ -121,7 +134,7 @@ export class RunSlots {
           maxWaitMs,
         );
       }
-      this.queue.push(waiter);
+      (kind === 'background' ? this.low : this.queue).push(waiter);
     });
   }
 
@@ -147,11 +160,17 @@ export class RunSlots {
   }
 
   private next(): void {
-    while (this.active < this.options.maxConcurrent && this.queue.length > 0) {
-      const waiter = this.queue[0];
+    while (this.active < this.options.maxConcurrent && this.queue.length + this.low.length > 0) {
+      const waiter = this.queue.length > 0 ? this.queue[0] : this.low[0];
       waiter.grant(this.take());
     }
   }
+}
+
+/** The message a cancel's reason carries (a CancelReason, an Error), if any. */
+function reasonText(reason: unknown): string | undefined {
+  if (reason && typeof reason === 'object' && 'message' in reason && typeof reason.message === 'string') return reason.message;
+  return undefined;
 }
 
 /** A client's back-off: longer the more requests are ahead of it per slot. */

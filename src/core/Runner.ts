@@ -1,5 +1,6 @@
 import { SandboxCallError, type RunTuple } from '../sandbox/Sandbox';
 import { IllegalStateError } from './errors';
+import { CancelReason } from './Execution';
 import { newExecutionId } from './ids';
 import type { Interpreter } from './Interpreter';
 import type { Reference } from './Reference';
@@ -85,6 +86,8 @@ export interface RunRequest {
   held?: Reference;
   /** The run slot, held until the isolate call really returns. */
   slot?: Slot;
+  /** The run's id when it was given out before the run began (its Execution's); otherwise a new one. */
+  execId?: string;
 }
 
 /**
@@ -99,7 +102,7 @@ export interface Run {
   end(): void;
 }
 
-type Settled = { kind: 'tuple'; tuple: RunTuple } | { kind: 'error'; error: unknown } | { kind: 'timeout' } | { kind: 'aborted' };
+type Settled = { kind: 'tuple'; tuple: RunTuple } | { kind: 'error'; error: unknown } | { kind: 'timeout' } | { kind: 'aborted'; why?: string };
 
 export interface RunnerOptions {
   maxValueBytes: number;
@@ -145,7 +148,7 @@ export class Runner {
 
   async run(req: RunRequest): Promise<Run> {
     const { interp, kind, timeoutMs, since, signal, work, slot } = req;
-    const execId = newExecutionId();
+    const execId = req.execId ?? newExecutionId();
     const ref = req.held ?? interp.acquire('execution');
     const host = interp.host;
     this.running += 1;
@@ -175,8 +178,9 @@ export class Runner {
       };
       timer = setTimeout(() => settle({ kind: 'timeout' }), timeoutMs + HOST_TIMER_SLACK_MS);
       if (signal) {
-        if (signal.aborted) settle({ kind: 'aborted' });
-        onAbort = () => settle({ kind: 'aborted' });
+        const aborted = (): Settled => ({ kind: 'aborted', why: signal.reason instanceof CancelReason ? signal.reason.message : undefined });
+        if (signal.aborted) settle(aborted());
+        onAbort = () => settle(aborted());
         signal.addEventListener('abort', onAbort, { once: true });
       }
       if (!active) return;
@@ -310,7 +314,7 @@ export class Runner {
         return;
       case 'aborted':
         report.outcome = 'aborted';
-        report.error = { name: 'AbortError', message: 'the caller cancelled the run', stack: '' };
+        report.error = { name: 'AbortError', message: settled.why ?? 'the caller cancelled the run', stack: '' };
         interp.abandonRun(execId, token);
         return;
     }

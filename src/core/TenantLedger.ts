@@ -40,22 +40,30 @@ export class TenantLedger {
    * quota it would pass. `enforce` false: a rebuilt interpreter, admitted when first created.
    */
   admitInterpreter(tenant: string, dedicatedMemoryMb: number, enforce = true): void {
-    const q = enforce ? this.quotas(tenant) : undefined;
+    const refusal = enforce ? this.interpreterRefusal(tenant, dedicatedMemoryMb) : undefined;
+    if (refusal) throw refusal;
+    const u = this.use(tenant);
+    u.interpreters += 1;
+    u.dedicatedMemoryMb += dedicatedMemoryMb;
+  }
+
+  /** The refusal for one more interpreter of `tenant` (with a dedicated isolate of `dedicatedMemoryMb`), if its quotas are full. */
+  interpreterRefusal(tenant: string, dedicatedMemoryMb: number): ResourceExhaustedError | undefined {
+    const q = this.quotas(tenant);
     const u = this.use(tenant);
     if (q && q.interpreters < this.maxInterpreters && u.interpreters >= q.interpreters) {
-      throw new ResourceExhaustedError(
+      return new ResourceExhaustedError(
         'tenant_interpreters',
         `tenant "${tenant}" holds its quota of ${q.interpreters} interpreters (quota interpreters); release registrations to free some`,
       );
     }
     if (q && dedicatedMemoryMb > 0 && u.dedicatedMemoryMb + dedicatedMemoryMb > q.dedicatedMemoryMb) {
-      throw new ResourceExhaustedError(
+      return new ResourceExhaustedError(
         'tenant_dedicated_memory_mb',
         `tenant "${tenant}" holds dedicated isolates with ${u.dedicatedMemoryMb} MB of heap limits; ${dedicatedMemoryMb} MB more would pass its quota of ${q.dedicatedMemoryMb} MB (quota dedicatedMemoryMb): release registrations, ask for a smaller memory_limit_mb or use shared mode`,
       );
     }
-    u.interpreters += 1;
-    u.dedicatedMemoryMb += dedicatedMemoryMb;
+    return undefined;
   }
 
   /** An interpreter counted by admitInterpreter is gone (or was never made). */

@@ -1,6 +1,8 @@
-import { setMaxListeners } from 'node:events';
 import type { Admission } from './Admission';
-import { ResourceExhaustedError } from './errors';
+import { CancelledError, IsogearError, ResourceExhaustedError } from './errors';
+import { CancelReason, type Execution } from './Execution';
+import type { ExecutionTable } from './ExecutionTable';
+import type { Interpreter } from './Interpreter';
 import type { Recorder } from './durability/Recorder';
 import type { Interpreters } from './Interpreters';
 import type { Reference } from './Reference';
@@ -19,6 +21,7 @@ export interface FanOutDeps {
   admission: Admission;
   runner: Runner;
   recorder: Recorder;
+  executions: ExecutionTable;
   /** Results and logs one Trigger response may carry (ISOGEAR_MAX_RESPONSE_BYTES). */
   maxResponseBytes: number;
 }
@@ -46,7 +49,34 @@ export class TriggerFanOut {
     return bound && bound.length > 0 ? bound : undefined;
   }
 
-  async run(req: FanOut, bound: readonly Registration[], signal?: AbortSignal): Promise<TriggerRunResult[]> {
+  /**
+   * Runs the fan-out as `execution` (a TRIGGER) and ends it DONE. `caller`: a synchronous caller's
+   * signal (its cancel or deadline cancels the execution, and this rejects as before). A
+   * cancelled fan-out answers ABORTED for every handler it did not run; a background fan-out
+   * always resolves (a refusal becomes every handler's OUTCOME_FAILED).
+   */
+  async run(req: FanOut, bound: readonly Registration[], execution: Execution, caller?: AbortSignal): Promise<TriggerRunResult[]> {
+    const forward = (): void => void execution.cancel(new CancelReason('client', 'the caller cancelled the run'));
+    if (caller?.aborted) forward();
+    else caller?.addEventListener('abort', forward, { once: true });
+    let results: TriggerRunResult[];
+    try {
+      results = await this.fanOut(req, bound, execution);
+    } catch (err) {
+      const failed = bound.map((reg) => notRun(reg, 'failed', err instanceof IsogearError ? { name: err.name, message: err.message, stack: '' } : { name: 'InternalError', message: 'internal error', stack: '' }));
+      execution.finish({ kind: 'trigger', results: failed });
+      if (!execution.background) throw err;
+      return failed;
+    } finally {
+      caller?.removeEventListener('abort', forward);
+    }
+    execution.finish({ kind: 'trigger', results });
+    const reason = execution.cancelReason;
+    if (reason?.cause === 'client' && !execution.background) throw new CancelledError(reason.message);
+    return results;
+  }
+
+  private async fanOut(req: FanOut, bound: readonly Registration[], execution: Execution): Promise<TriggerRunResult[]> {
     // The snapshot and every run's execution reference are taken in this synchronous step; the
     // runs then start as run slots come free (ISOGEAR_MAX_CONCURRENT_RUNS).
     const snapshot = bound.slice();
@@ -54,40 +84,49 @@ export class TriggerFanOut {
       const interp = this.deps.interpreters.get(reg.interpreterId);
       return interp && interp.state !== 'failed' ? interp.acquire('execution') : undefined;
     });
-    // One listener on the caller's signal, fanned out through our own: a trigger may run
-    // thousands of handlers, each listening for the abort.
-    const fanOut = new AbortController();
-    setMaxListeners(0, fanOut.signal);
-    const forward = (): void => fanOut.abort();
-    if (signal?.aborted) fanOut.abort();
-    else signal?.addEventListener('abort', forward, { once: true });
+    const signal = execution.signal;
     const runs: Promise<TriggerRunResult>[] = [];
     const budget = new ResponseBudget(this.deps.maxResponseBytes);
     try {
       for (let i = 0; i < snapshot.length; i++) {
         // The first slot is admitted like any request's; the rest wait behind it, one at a time.
-        const slot = await this.deps.admission.acquire(req.tenant, fanOut.signal, i > 0);
+        // A background fan-out waits behind every request, without a wait limit.
+        let slot: Slot;
+        try {
+          slot = await this.deps.admission.acquire(req.tenant, signal, execution.background ? 'background' : i > 0 ? 'admitted' : 'request');
+        } catch (err) {
+          if (!(err instanceof CancelledError) || !signal.aborted) throw err;
+          // Cancelled: the handlers not started yet are not run.
+          const why = execution.cancelReason?.message ?? 'the run was cancelled';
+          for (let j = i; j < snapshot.length; j++) {
+            held[j]?.release();
+            held[j] = undefined;
+            runs.push(Promise.resolve(notRun(snapshot[j], 'aborted', { name: 'AbortError', message: `${why} before this handler ran`, stack: '' })));
+          }
+          break;
+        }
+        if (i === 0) execution.start();
         const ref = held[i];
         held[i] = undefined;
         runs.push(
-          this.runHandler(snapshot[i], req, fanOut.signal, ref, slot)
+          this.runHandler(snapshot[i], req, execution, ref, slot)
             .then((r) => budget.fit(r))
             .finally(() => slot.release()),
         );
       }
       return await Promise.all(runs);
     } catch (err) {
-      fanOut.abort();
+      // (only a first slot can be refused: no handler runs yet, or those started are stopped)
+      if (runs.length > 0) execution.cancel(new CancelReason('client', 'the fan-out failed'));
       await Promise.allSettled(runs);
       throw err;
     } finally {
-      signal?.removeEventListener('abort', forward);
       for (const ref of held) ref?.release();
     }
   }
 
-  private async runHandler(reg: Registration, req: FanOut, signal: AbortSignal, held: Reference | undefined, slot: Slot): Promise<TriggerRunResult> {
-    const { interpreters, index, runner, recorder } = this.deps;
+  private async runHandler(reg: Registration, req: FanOut, fanOut: Execution, held: Reference | undefined, slot: Slot): Promise<TriggerRunResult> {
+    const { interpreters, index, runner, recorder, executions } = this.deps;
     const interp = interpreters.get(reg.interpreterId);
     const released = !index.has(reg.id);
     if (!held || !interp || interp.state === 'failed' || released) {
@@ -101,28 +140,32 @@ export class TriggerFanOut {
             stack: '',
           };
       if (!released) reg.recordRun(false, 0, error);
-      return {
-        registrationId: reg.id,
-        executionId: '',
-        interpreterId: reg.interpreterId,
-        outcome: released ? 'aborted' : 'failed',
-        result: null,
-        error,
-        logs: [],
-        logsTruncated: false,
-        wallTimeMs: 0,
-        cpuTimeMs: 0,
-      };
+      return notRun(reg, released ? 'aborted' : 'failed', error);
     }
+    // Each handler run is an execution of its own while it runs: listed, and cancellable alone.
+    const execution = executions.open({ tenant: req.tenant, kind: 'handler', background: fanOut.background, interpreterId: interp.id, registrationId: reg.id, trigger: req.trigger, parent: fanOut });
+    execution.start();
+    let result: TriggerRunResult | undefined;
+    try {
+      result = await this.invoke(reg, req, interp, execution, held, slot);
+      return result;
+    } finally {
+      execution.finish({ kind: 'trigger', results: result ? [result] : [notRun(reg, 'failed', { name: 'InternalError', message: 'internal error', stack: '' })] });
+    }
+  }
+
+  private async invoke(reg: Registration, req: FanOut, interp: Interpreter, execution: Execution, held: Reference, slot: Slot): Promise<TriggerRunResult> {
+    const { runner, recorder } = this.deps;
     const run = await runner.run({
       interp,
       kind: 'trigger',
       timeoutMs: req.timeoutMs,
       since: performance.now(),
-      signal,
+      signal: execution.signal,
       work: invokeWork(interp, reg.id, req.payloadJson, req.trigger),
       held,
       slot,
+      execId: execution.id,
     });
     const r = run.report;
     try {
@@ -146,6 +189,22 @@ export class TriggerFanOut {
     reg.recordRun(r.outcome === 'succeeded', r.wallTimeMs, r.error);
     return { ...r, registrationId: reg.id };
   }
+}
+
+/** The result of a handler that was not run: released, broken, cancelled before it began, or refused. */
+function notRun(reg: Registration, outcome: 'aborted' | 'failed', error: ScriptError): TriggerRunResult {
+  return {
+    registrationId: reg.id,
+    executionId: '',
+    interpreterId: reg.interpreterId,
+    outcome,
+    result: null,
+    error,
+    logs: [],
+    logsTruncated: false,
+    wallTimeMs: 0,
+    cpuTimeMs: 0,
+  };
 }
 
 /**

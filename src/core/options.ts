@@ -29,6 +29,10 @@ export const DEFAULTS = {
   warmIsolates: 16,
   warmContextsPerShared: 16,
   codeCacheBytes: 32 * 1024 * 1024,
+  executionRetentionMs: 10 * 60 * 1000,
+  executionRetentionBytes: 64 * 1024 * 1024,
+  tenantMaxBackgroundExecutions: 1000,
+  extraSharedIsolates: 0,
 } as const;
 
 export interface ManagerOptions {
@@ -63,6 +67,15 @@ export interface ManagerOptions {
   warmContextsPerShared?: number;
   /** Bytes of V8 code cache kept for module sources compiled more than once (default 32 MiB; 0: off). */
   codeCacheBytes?: number;
+  /** How long a DONE background execution is kept for GetExecution and WaitExecution (default 10 minutes). */
+  executionRetentionMs?: number;
+  /** Bytes of responses of DONE background executions kept at most, oldest out first (default 64 MiB). */
+  executionRetentionBytes?: number;
+  /**
+   * Shared isolates that may be added when every shared isolate is held by a long run, so new
+   * shared-mode interpreters do not queue behind it (default: as many as `sharedIsolates`).
+   */
+  extraSharedIsolates?: number;
   logger?: CoreLogger;
   /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
   onRunEnd?: (event: RunEndEvent) => void;
@@ -91,7 +104,10 @@ type OptionalSetting =
   | 'maxResponseBytes'
   | 'warmIsolates'
   | 'warmContextsPerShared'
-  | 'codeCacheBytes';
+  | 'codeCacheBytes'
+  | 'executionRetentionMs'
+  | 'executionRetentionBytes'
+  | 'extraSharedIsolates';
 
 /** Checks `o` (RangeError naming the option) and fills in the defaults of what it leaves out. */
 export function resolveOptions(o: ManagerOptions): ResolvedOptions {
@@ -105,6 +121,9 @@ export function resolveOptions(o: ManagerOptions): ResolvedOptions {
     warmIsolates: o.warmIsolates ?? DEFAULTS.warmIsolates,
     warmContextsPerShared: o.warmContextsPerShared ?? DEFAULTS.warmContextsPerShared,
     codeCacheBytes: o.codeCacheBytes ?? DEFAULTS.codeCacheBytes,
+    executionRetentionMs: o.executionRetentionMs ?? DEFAULTS.executionRetentionMs,
+    executionRetentionBytes: o.executionRetentionBytes ?? DEFAULTS.executionRetentionBytes,
+    extraSharedIsolates: o.extraSharedIsolates ?? o.sharedIsolates,
   };
 }
 
@@ -134,6 +153,9 @@ function validateOptions(o: ManagerOptions): void {
     ['warmIsolates', 0],
     ['warmContextsPerShared', 0],
     ['codeCacheBytes', 0],
+    ['executionRetentionMs', 0],
+    ['executionRetentionBytes', 0],
+    ['extraSharedIsolates', 0],
   ] as const) {
     const v = o[k];
     if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new RangeError(`manager option ${k} must be an integer >= ${min}`);

@@ -97,7 +97,8 @@ export interface RunReport {
 
 export interface ExecuteResult extends RunReport {
   registrations: RegistrationInfo[];
-  interpreter: InterpreterInfo;
+  /** The interpreter after the run; unset for a run cancelled before its interpreter existed. */
+  interpreter?: InterpreterInfo;
 }
 
 export interface RegisterSpec extends Tenanted {
@@ -152,6 +153,49 @@ export interface RegistrationFilter extends PageRequest, Tenanted {
   interpreterId?: string;
 }
 
+export type ExecutionState = 'queued' | 'running' | 'done';
+/** An Execute run, a Trigger's fan-out, or one handler run of a fan-out. */
+export type ExecutionKind = 'execute' | 'trigger' | 'handler';
+/** Why an execution was cancelled: CancelExecution, its caller gave up, or the server shut down. */
+export type CancelCause = 'request' | 'client' | 'shutdown';
+
+/** An execution as it is now. */
+export interface ExecutionInfo {
+  id: string;
+  state: ExecutionState;
+  kind: ExecutionKind;
+  /** Empty until known (a new interpreter), and for a TRIGGER. */
+  interpreterId: string;
+  registrationId: string;
+  trigger: string;
+  createdAt: Date;
+  startedAt?: Date;
+  endedAt?: Date;
+  /** Started by StartExecute/StartTrigger (or a handler run of a StartTrigger): kept once DONE. */
+  background: boolean;
+  /** DONE EXECUTE: what the run produced. */
+  executeResult?: ExecuteResult;
+  /** DONE TRIGGER: one result per registration. */
+  triggerResults?: TriggerRunResult[];
+}
+
+export interface ExecutionFilter extends PageRequest, Tenanted {
+  state?: ExecutionState;
+  interpreterId?: string;
+}
+
+/** Executions now, for metrics. */
+export interface ExecutionCounters {
+  /** Background executions by state (DONE: those retained). */
+  background: Record<ExecutionState, number>;
+  /** Bytes of responses retained for DONE background executions. */
+  retainedBytes: number;
+  /** Executions (of any kind, background or not) cancelled so far, by cause. */
+  cancels: Record<CancelCause, number>;
+  /** Executions of every kind queued or running now (0 when idle: nothing left behind). */
+  live: number;
+}
+
 /** Exact live counts, for tests ("nothing leaked") and metrics. */
 export interface ManagerCounters {
   interpreters: number;
@@ -174,6 +218,9 @@ export interface ManagerCounters {
   warm: WarmPoolStats;
   /** The code cache for module sources: entries, bytes held, lookups that found data or not. */
   codeCache: { entries: number; bytes: number; hits: number; misses: number; rejected: number };
+  executions: ExecutionCounters;
+  /** Shared isolates added beyond ISOGEAR_SHARED_ISOLATES because every shared isolate was held by a long run. */
+  extraSharedIsolates: number;
 }
 
 export interface WarmPoolStats {
@@ -212,6 +259,19 @@ export interface IsolateManager {
   register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult>;
   release(target: ReleaseTarget): Promise<ReleaseResult>;
   trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]>;
+  /** Checks `spec` as execute() does, queues it and answers at once; the run goes on without the caller. */
+  startExecute(spec: ExecuteSpec): Promise<ExecutionInfo>;
+  /** Checks `spec` as trigger() does and answers at once; the fan-out goes on without the caller. */
+  startTrigger(spec: TriggerSpec): Promise<ExecutionInfo>;
+  getExecution(id: string, tenant?: string): ExecutionInfo;
+  /**
+   * Waits until the execution is DONE, `timeoutMs` (0: the server's maximum) or `capMs` (the
+   * caller's own bound, e.g. its deadline) passes, or `signal` aborts; answers it as it is then.
+   */
+  waitExecution(id: string, timeoutMs: number, options?: { tenant?: string; capMs?: number; signal?: AbortSignal }): Promise<ExecutionInfo>;
+  listExecutions(filter: ExecutionFilter): Page<ExecutionInfo>;
+  /** Cancels a queued or running execution; answers it once DONE (a DONE one unchanged). */
+  cancelExecution(id: string, tenant?: string): Promise<ExecutionInfo>;
   getInterpreter(id: string, tenant?: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }>;
   listInterpreters(filter: InterpreterFilter): Promise<Page<InterpreterInfo>>;
   listRegistrations(filter: RegistrationFilter): Page<RegistrationInfo>;

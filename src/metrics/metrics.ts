@@ -29,6 +29,8 @@ export const STATES = ['ready', 'draining', 'failed'] as const;
 export const OWNERS = ['registration', 'execution'] as const;
 export const RUN_KINDS = ['execute', 'trigger'] as const;
 export const OUTCOMES = ['succeeded', 'failed', 'timed_out', 'memory_exceeded', 'aborted'] as const;
+export const EXECUTION_STATES = ['queued', 'running', 'done'] as const;
+export const CANCEL_CAUSES = ['request', 'client', 'shutdown'] as const;
 export const DISPOSE_REASONS = ['released', 'replaced', 'memory_limit', 'failed', 'unresponsive', 'shutdown'] as const;
 
 /** Seconds; from a warm trigger (~0.1 ms) to the longest allowed run (60 s by default). */
@@ -224,6 +226,46 @@ export class IsogearMetrics {
       collect() {
         const c = read();
         if (c) this.set(c.runsWaiting);
+      },
+    });
+    new Gauge({
+      name: 'isogear_background_executions',
+      help: 'Background executions (StartExecute, StartTrigger) by state: queued, running, and done (kept for GetExecution/WaitExecution within ISOGEAR_EXECUTION_RETENTION_MS and _BYTES).',
+      labelNames: [LABEL.state],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const state of EXECUTION_STATES) this.set({ state }, c.executions.background[state]);
+      },
+    });
+    new Gauge({
+      name: 'isogear_background_execution_retained_bytes',
+      help: 'Bytes of responses kept for DONE background executions (bounded by ISOGEAR_EXECUTION_RETENTION_BYTES).',
+      registers,
+      collect() {
+        const c = read();
+        if (c) this.set(c.executions.retainedBytes);
+      },
+    });
+    new Counter({
+      name: 'isogear_execution_cancels_total',
+      help: 'Executions cancelled, by reason: request (CancelExecution), client (the caller cancelled or its deadline passed), shutdown.',
+      labelNames: [LABEL.reason],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        for (const reason of CANCEL_CAUSES) mirror(this, `cancel:${reason}`, { reason }, c.executions.cancels[reason]);
+      },
+    });
+    new Gauge({
+      name: 'isogear_shared_isolates_extra',
+      help: 'Shared isolates added beyond ISOGEAR_SHARED_ISOLATES because every shared isolate was held by a long run (at most ISOGEAR_EXTRA_SHARED_ISOLATES; retired when idle).',
+      registers,
+      collect() {
+        const c = read();
+        if (c) this.set(c.extraSharedIsolates);
       },
     });
     this.executions = new Counter({

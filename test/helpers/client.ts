@@ -36,6 +36,14 @@ export class TestClient {
   readonly listInterpreters = (req: Partial<pb.ListInterpretersRequest>, opts: CallOptions = {}): Promise<pb.ListInterpretersResponse> => this.api.listInterpreters(req, opts);
   readonly listRegistrations = (req: Partial<pb.ListRegistrationsRequest>, opts: CallOptions = {}): Promise<pb.ListRegistrationsResponse> => this.api.listRegistrations(req, opts);
 
+  readonly startExecute = (req: Partial<pb.ExecuteRequest>, opts: CallOptions = {}): Promise<pb.Execution> => this.api.startExecute(req as ExecuteInit, opts);
+  readonly startTrigger = (req: Partial<pb.TriggerRequest>, opts: CallOptions = {}): Promise<pb.Execution> => this.api.startTrigger(req as TriggerInit, opts);
+  readonly getExecution = (req: Partial<pb.GetExecutionRequest>, opts: CallOptions = {}): Promise<pb.Execution> => this.api.getExecution(req.executionId ?? '', opts);
+  readonly waitExecution = (req: Partial<pb.WaitExecutionRequest>, opts: CallOptions = {}): Promise<pb.Execution> =>
+    this.api.waitExecution(req.executionId ?? '', { timeoutMs: req.timeoutMs }, opts);
+  readonly listExecutions = (req: Partial<pb.ListExecutionsRequest>, opts: CallOptions = {}): Promise<pb.ListExecutionsResponse> => this.api.listExecutions(req, opts);
+  readonly cancelExecution = (req: Partial<pb.CancelExecutionRequest>, opts: CallOptions = {}): Promise<pb.Execution> => this.api.cancelExecution(req.executionId ?? '', opts);
+
   /** grpc.health.v1 Check; resolves with the status name ('SERVING', 'NOT_SERVING', …). */
   healthCheck(service = '', opts: CallOptions = {}): Promise<string> {
     return this.api.health(service, opts);

@@ -77,8 +77,9 @@ export async function assertNoLeaks(manager: InterpreterManager, waitMs = 5000):
       dedicatedIsolates: c.dedicatedIsolates,
       references: c.references,
       executionsInFlight: c.executionsInFlight,
+      executionsLive: c.executions.live,
     },
-    { interpreters: 0, registrations: 0, dedicatedIsolates: 0, references: { registration: 0, execution: 0 }, executionsInFlight: 0 },
+    { interpreters: 0, registrations: 0, dedicatedIsolates: 0, references: { registration: 0, execution: 0 }, executionsInFlight: 0, executionsLive: 0 },
     'something leaked',
   );
   assert.equal(c.isolatesCreated.dedicated, c.isolatesDisposed.dedicated, 'every dedicated isolate created was disposed');
@@ -87,7 +88,11 @@ export async function assertNoLeaks(manager: InterpreterManager, waitMs = 5000):
 /** Waits (bounded, never failing) until no run is in flight. */
 export async function waitIdle(manager: InterpreterManager, ms: number): Promise<void> {
   const until = Date.now() + ms;
-  while (manager.counters().executionsInFlight > 0 && Date.now() < until) await sleep(10);
+  const busy = (): boolean => {
+    const c = manager.counters();
+    return c.executionsInFlight > 0 || c.executions.live > 0;
+  };
+  while (busy() && Date.now() < until) await sleep(10);
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

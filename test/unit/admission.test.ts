@@ -10,7 +10,7 @@ const OPTIONS = { maxConcurrentRuns: 4, maxQueuedRuns: 8, maxQueueWaitMs: 5000 }
 
 function ledgerWith(concurrentRuns: Record<string, number>): TenantLedger {
   return new TenantLedger(
-    (tenant): Record<QuotaName, number> => ({ interpreters: 100, registrations: 100, dedicatedMemoryMb: 1000, concurrentRuns: concurrentRuns[tenant] ?? 4 }),
+    (tenant): Record<QuotaName, number> => ({ interpreters: 100, registrations: 100, dedicatedMemoryMb: 1000, backgroundExecutions: 1000, concurrentRuns: concurrentRuns[tenant] ?? 4 }),
     100,
   );
 }

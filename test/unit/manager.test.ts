@@ -69,9 +69,9 @@ describe('InterpreterManager as a library (no gRPC)', () => {
         assert.equal(res.outcome, 'succeeded', JSON.stringify(res.error));
         assert.equal(res.result, 42);
         assert.deepEqual(res.logs, [{ level: 'info', message: 'hi' }]);
-        assert.equal(res.interpreter.state, 'disposed');
-        assert.equal(res.interpreter.references, 0);
-        assert.equal(res.interpreter.mode, mode);
+        assert.equal(res.interpreter?.state, 'disposed');
+        assert.equal(res.interpreter?.references, 0);
+        assert.equal(res.interpreter?.mode, mode);
         assert.deepEqual(res.registrations, []);
         assert.equal(manager.counters().interpreters, 0);
       });
@@ -83,9 +83,9 @@ describe('InterpreterManager as a library (no gRPC)', () => {
           mode,
         });
         assert.equal(res.outcome, 'succeeded', JSON.stringify(res.error));
-        assert.equal(res.interpreter.state, 'ready');
-        assert.equal(res.interpreter.registrationReferences, 2);
-        assert.equal(res.interpreter.executionReferences, 0);
+        assert.equal(res.interpreter?.state, 'ready');
+        assert.equal(res.interpreter?.registrationReferences, 2);
+        assert.equal(res.interpreter?.executionReferences, 0);
         const itp = res.interpreterId;
 
         let c = manager.counters();
@@ -154,7 +154,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
           interpreterId: base.interpreterId,
         });
         assert.equal(more.result, 'hello');
-        assert.equal(more.interpreter.registrationReferences, 2);
+        assert.equal(more.interpreter?.registrationReferences, 2);
         assert.equal((await manager.trigger({ trigger: 'more' }))[0].result, 'hello');
         await manager.release({ interpreterId: base.interpreterId });
       });
@@ -222,7 +222,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
     controller.abort();
     const res = await running;
     assert.equal(res.outcome, 'aborted');
-    assert.equal(res.interpreter.references, 0);
+    assert.equal(res.interpreter?.references, 0);
     assert.equal(manager.counters().executionsInFlight, 0);
   });
 

@@ -74,7 +74,7 @@ describe('placement: one implementation per isolation mode behind one interface'
     beforeEach(() => {
       closed = false;
       deaths.length = 0;
-      placement = new SharedPlacement({ isolates: 2, memoryMb: 8, closed: () => closed }, coldPool(), maker, (_h, r) => deaths.push(r));
+      placement = new SharedPlacement({ isolates: 2, memoryMb: 8, closed: () => closed, maxExtra: 0 }, coldPool(), maker, (_h, r) => deaths.push(r));
     });
     afterEach(() => {
       closed = true;

@@ -114,7 +114,7 @@ describe('Recorder: steps are committed once stored, releases stored first (agai
     await closeCore(core);
     closed = false;
     core = composeCore(
-      { ...MANAGER_OPTIONS, warmIsolates: 0, warmContextsPerShared: 0, store, tenantQuotas: () => ({ interpreters: 10, registrations: 1, concurrentRuns: 4, dedicatedMemoryMb: 1000 }) },
+      { ...MANAGER_OPTIONS, warmIsolates: 0, warmContextsPerShared: 0, store, tenantQuotas: () => ({ interpreters: 10, registrations: 1, concurrentRuns: 4, dedicatedMemoryMb: 1000, backgroundExecutions: 1000 }) },
       () => closed,
     );
     const interp = await core.interpreters.create('shared', 64, '', 'default');

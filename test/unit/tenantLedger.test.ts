@@ -8,6 +8,7 @@ const quotas = (q: Partial<Record<QuotaName, number>>): Record<QuotaName, number
   registrations: 1000,
   concurrentRuns: 64,
   dedicatedMemoryMb: 100_000,
+  backgroundExecutions: 1000,
   ...q,
 });
 

@@ -3,6 +3,7 @@ import { newInterpreterId, newRegistrationPrefix } from '../ids';
 import type { Interpreter } from '../Interpreter';
 import { IsolateHost, type IsolateDisposeReason } from '../IsolateHost';
 import type { SandboxMaker } from '../SandboxMaker';
+import type { CoreLogger } from '../types';
 import type { WarmPool } from '../WarmPool';
 import { IsolateTally, type FixedIds, type HostDeathListener, type Placed, type Placement } from './Placement';
 
@@ -15,6 +16,14 @@ const FILL = 0.75;
  * its warm contexts are not used (nor refilled) until it moves again.
  */
 export const WARM_PROGRESS_MS = 250;
+/**
+ * A shared isolate whose calls have not settled for this long is held by a long run (or a
+ * cancelled runaway still spinning until its own timeout): new interpreters go elsewhere, since
+ * creating one there waits for the isolate's thread.
+ */
+export const BUSY_MS = WARM_PROGRESS_MS;
+/** An added shared isolate left empty is retired after this long, if a regular one moves again. */
+export const EXTRA_IDLE_MS = 2000;
 
 export interface SharedPlacementOptions {
   /** How many shared isolates (ISOGEAR_SHARED_ISOLATES). */
@@ -24,18 +33,33 @@ export interface SharedPlacementOptions {
   onCatastrophicError?: (message: string) => void;
   /** True once the manager is shutting down: a dead isolate is no longer replaced. */
   closed(): boolean;
+  /**
+   * Shared isolates that may be added while every regular one is held by a long run (0: none;
+   * ISOGEAR_EXTRA_SHARED_ISOLATES). Each is retired once it is empty and a regular one is free.
+   */
+  maxExtra: number;
+  logger?: CoreLogger;
 }
 
 /**
  * Shared mode (RedisGears' global dictionaries): every interpreter is a context in one of a few
- * long-lived shared isolates, placed on the least loaded one that has room. The isolates share
- * their heap limit, thread and fate between their interpreters; one that dies takes them all
- * with it and is replaced by a fresh one at once.
+ * long-lived shared isolates, placed on the least loaded one that has room and is not held by a
+ * long run. The isolates share their heap limit, thread and fate between their interpreters; one
+ * that dies takes them all with it and is replaced by a fresh one at once.
+ *
+ * One isolate runs one call at a time, and isolated-vm cannot stop a run before its own timeout
+ * (a cancelled `while (true) {}` keeps its isolate for up to ISOGEAR_MAX_TIMEOUT_MS). When every
+ * regular shared isolate is held like that, a new interpreter goes to an added one (at most
+ * `maxExtra`), so nobody waits behind a run nobody waits for; added isolates are retired once
+ * empty while a regular one moves again.
  */
 export class SharedPlacement implements Placement {
   readonly mode = 'shared' as const;
   readonly tally = new IsolateTally('shared');
   private readonly slots: IsolateHost[] = [];
+  /** Added while every regular isolate was held by a long run; retired when idle. */
+  private readonly extras: IsolateHost[] = [];
+  private readonly retireTimers = new Map<IsolateHost, NodeJS.Timeout>();
 
   constructor(
     private readonly options: SharedPlacementOptions,
@@ -77,16 +101,28 @@ export class SharedPlacement implements Placement {
 
   vacate(interp: Interpreter): void {
     interp.host.vacate(interp.id);
-    this.pool.refill(); // room on a shared isolate: a warm context may take it
+    if (this.extras.includes(interp.host)) this.retireLater(interp.host);
+    else this.pool.refill(); // room on a shared isolate: a warm context may take it
   }
 
+  /** Every shared isolate: the regular ones, then those added. */
   hosts(): readonly IsolateHost[] {
+    return this.extras.length === 0 ? this.slots : [...this.slots, ...this.extras];
+  }
+
+  /** The regular shared isolates (the warm pool keeps contexts on these only). */
+  regularHosts(): readonly IsolateHost[] {
     return this.slots;
   }
 
-  /** Shared isolates alive now. */
+  /** Shared isolates alive now, added ones included. */
   get size(): number {
-    return this.slots.filter((h) => !h.disposed).length;
+    return this.hosts().filter((h) => !h.disposed).length;
+  }
+
+  /** Shared isolates added beyond the regular ones, alive now. */
+  get extra(): number {
+    return this.extras.length;
   }
 
   /** Interpreters (and warm contexts) one shared isolate may hold: its heap at CONTEXT_BUDGET_BYTES each. */
@@ -100,7 +136,9 @@ export class SharedPlacement implements Placement {
   }
 
   destroy(): void {
-    for (const host of [...this.slots]) host.dispose('shutdown');
+    for (const timer of this.retireTimers.values()) clearTimeout(timer);
+    this.retireTimers.clear();
+    for (const host of [...this.slots, ...this.extras]) host.dispose('shutdown');
   }
 
   /**
@@ -110,22 +148,24 @@ export class SharedPlacement implements Placement {
    * at CONTEXT_BUDGET_BYTES each, and none while its last heap sample is nearly full.
    */
   private pick(): IsolateHost {
-    for (const h of [...this.slots]) h.checkAlive();
+    for (const h of this.hosts()) h.checkAlive();
     const limitBytes = this.options.memoryMb * 1024 * 1024;
     const perIsolate = this.capacity;
-    let best: IsolateHost | undefined;
-    for (const h of this.slots) {
-      if (h.disposed || h.interpreterIds.size >= perIsolate) continue;
+    const now = performance.now();
+    const hasRoom = (h: IsolateHost): boolean => {
+      if (h.disposed || h.interpreterIds.size >= perIsolate) return false;
       const heap = h.lastHeapBytes;
-      if (heap !== undefined && heap > limitBytes * FILL) continue;
-      if (
-        !best ||
-        h.interpreterIds.size < best.interpreterIds.size ||
-        (h.interpreterIds.size === best.interpreterIds.size && h.inFlight < best.inFlight)
-      ) {
-        best = h;
-      }
-    }
+      return heap === undefined || heap <= limitBytes * FILL;
+    };
+    const free = (h: IsolateHost): boolean => h.isProgressing(now, BUSY_MS);
+    // Regular isolates first (so added ones empty out and retire), then added ones; a held
+    // isolate only when every one with room is held and no more may be added (full isolates are
+    // full by the heap budget: that is not a reason to add one).
+    const withRoom = this.hosts().filter(hasRoom);
+    const best =
+      leastLoaded(this.slots.filter((h) => hasRoom(h) && free(h))) ??
+      leastLoaded(this.extras.filter((h) => hasRoom(h) && free(h))) ??
+      (withRoom.length > 0 ? (this.addExtra() ?? leastLoaded(withRoom)) : undefined);
     if (!best) {
       if (this.slots.every((h) => h.disposed)) throw new UnavailableError('no shared isolate is available');
       throw new ResourceExhaustedError(
@@ -134,7 +174,44 @@ export class SharedPlacement implements Placement {
           'ISOGEAR_SHARED_ISOLATES, ISOGEAR_SHARED_MEMORY_MB): release registrations or use ISOLATION_MODE_ISOLATE',
       );
     }
+    const timer = this.retireTimers.get(best);
+    if (timer) {
+      clearTimeout(timer);
+      this.retireTimers.delete(best);
+    }
     return best;
+  }
+
+  /** Every regular isolate is held by a long run: one more shared isolate, within `maxExtra`. */
+  private addExtra(): IsolateHost | undefined {
+    if (this.extras.length >= this.options.maxExtra || this.options.closed()) return undefined;
+    const host = this.newHost();
+    this.extras.push(host);
+    this.options.logger?.warn(
+      { extraSharedIsolates: this.extras.length, max: this.options.maxExtra },
+      'every shared isolate is held by a long run: added a shared isolate so new interpreters do not wait behind it',
+    );
+    return host;
+  }
+
+  /** An added isolate left empty goes once it stays empty and idle and a regular isolate is free again. */
+  private retireLater(host: IsolateHost): void {
+    if (host.interpreterIds.size > 0 || this.retireTimers.has(host) || host.disposed) return;
+    const timer = setTimeout(() => {
+      this.retireTimers.delete(host);
+      if (host.disposed || host.interpreterIds.size > 0) return;
+      const now = performance.now();
+      const regularFree = this.slots.some((h) => !h.disposed && h.isProgressing(now, BUSY_MS));
+      if (host.inFlight > 0 || !host.isProgressing(now, 0) || !regularFree) {
+        this.retireLater(host);
+        return;
+      }
+      this.extras.splice(this.extras.indexOf(host), 1);
+      host.dispose('released');
+      this.options.logger?.info({ extraSharedIsolates: this.extras.length }, 'a regular shared isolate is free again: retired an added shared isolate');
+    }, EXTRA_IDLE_MS);
+    timer.unref();
+    this.retireTimers.set(host, timer);
   }
 
   private newHost(): IsolateHost {
@@ -146,10 +223,27 @@ export class SharedPlacement implements Placement {
   private readonly died = (host: IsolateHost, reason: IsolateDisposeReason): void => {
     this.tally.noteDisposed(reason);
     this.onDeath(host, reason);
+    const extra = this.extras.indexOf(host);
+    if (extra >= 0) {
+      // an added isolate is not replaced: the next placement adds one again if it is needed
+      this.extras.splice(extra, 1);
+      clearTimeout(this.retireTimers.get(host));
+      this.retireTimers.delete(host);
+      return;
+    }
     if (!this.options.closed()) {
       const slot = this.slots.indexOf(host);
       if (slot >= 0) this.slots[slot] = this.newHost();
       this.pool.forgetHost(host);
     }
   };
+}
+
+/** The isolate with the fewest interpreters (then the fewest runs), or undefined for none. */
+function leastLoaded(hosts: readonly IsolateHost[]): IsolateHost | undefined {
+  let best: IsolateHost | undefined;
+  for (const h of hosts) {
+    if (!best || h.interpreterIds.size < best.interpreterIds.size || (h.interpreterIds.size === best.interpreterIds.size && h.inFlight < best.inFlight)) best = h;
+  }
+  return best;
 }

@@ -248,6 +248,112 @@ export function interpreterStateToJSON(object: InterpreterState): string {
   }
 }
 
+/** ExecutionState is where an execution is in its life. */
+export enum ExecutionState {
+  /** EXECUTION_STATE_UNSPECIFIED - Never sent by the server; as a ListExecutions filter: every state. */
+  EXECUTION_STATE_UNSPECIFIED = 0,
+  /** EXECUTION_STATE_QUEUED - Waiting for a run slot (ISOGEAR_MAX_CONCURRENT_RUNS). */
+  EXECUTION_STATE_QUEUED = 1,
+  /**
+   * EXECUTION_STATE_RUNNING - Running: its interpreter is being created or its code runs (for a
+   * TRIGGER, its handler runs are under way).
+   */
+  EXECUTION_STATE_RUNNING = 2,
+  /** EXECUTION_STATE_DONE - Ended; `response` holds what it produced. */
+  EXECUTION_STATE_DONE = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function executionStateFromJSON(object: any): ExecutionState {
+  switch (object) {
+    case 0:
+    case "EXECUTION_STATE_UNSPECIFIED":
+      return ExecutionState.EXECUTION_STATE_UNSPECIFIED;
+    case 1:
+    case "EXECUTION_STATE_QUEUED":
+      return ExecutionState.EXECUTION_STATE_QUEUED;
+    case 2:
+    case "EXECUTION_STATE_RUNNING":
+      return ExecutionState.EXECUTION_STATE_RUNNING;
+    case 3:
+    case "EXECUTION_STATE_DONE":
+      return ExecutionState.EXECUTION_STATE_DONE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ExecutionState.UNRECOGNIZED;
+  }
+}
+
+export function executionStateToJSON(object: ExecutionState): string {
+  switch (object) {
+    case ExecutionState.EXECUTION_STATE_UNSPECIFIED:
+      return "EXECUTION_STATE_UNSPECIFIED";
+    case ExecutionState.EXECUTION_STATE_QUEUED:
+      return "EXECUTION_STATE_QUEUED";
+    case ExecutionState.EXECUTION_STATE_RUNNING:
+      return "EXECUTION_STATE_RUNNING";
+    case ExecutionState.EXECUTION_STATE_DONE:
+      return "EXECUTION_STATE_DONE";
+    case ExecutionState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** ExecutionKind says what an execution runs. */
+export enum ExecutionKind {
+  /** EXECUTION_KIND_UNSPECIFIED - Never sent by the server. */
+  EXECUTION_KIND_UNSPECIFIED = 0,
+  /** EXECUTION_KIND_EXECUTE - One `Execute` or `StartExecute` run. */
+  EXECUTION_KIND_EXECUTE = 1,
+  /**
+   * EXECUTION_KIND_TRIGGER - The fan-out of one `Trigger` or `StartTrigger` to every registration
+   * bound to its trigger.
+   */
+  EXECUTION_KIND_TRIGGER = 2,
+  /** EXECUTION_KIND_HANDLER - One handler run of a fan-out. */
+  EXECUTION_KIND_HANDLER = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function executionKindFromJSON(object: any): ExecutionKind {
+  switch (object) {
+    case 0:
+    case "EXECUTION_KIND_UNSPECIFIED":
+      return ExecutionKind.EXECUTION_KIND_UNSPECIFIED;
+    case 1:
+    case "EXECUTION_KIND_EXECUTE":
+      return ExecutionKind.EXECUTION_KIND_EXECUTE;
+    case 2:
+    case "EXECUTION_KIND_TRIGGER":
+      return ExecutionKind.EXECUTION_KIND_TRIGGER;
+    case 3:
+    case "EXECUTION_KIND_HANDLER":
+      return ExecutionKind.EXECUTION_KIND_HANDLER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ExecutionKind.UNRECOGNIZED;
+  }
+}
+
+export function executionKindToJSON(object: ExecutionKind): string {
+  switch (object) {
+    case ExecutionKind.EXECUTION_KIND_UNSPECIFIED:
+      return "EXECUTION_KIND_UNSPECIFIED";
+    case ExecutionKind.EXECUTION_KIND_EXECUTE:
+      return "EXECUTION_KIND_EXECUTE";
+    case ExecutionKind.EXECUTION_KIND_TRIGGER:
+      return "EXECUTION_KIND_TRIGGER";
+    case ExecutionKind.EXECUTION_KIND_HANDLER:
+      return "EXECUTION_KIND_HANDLER";
+    case ExecutionKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** ExecuteRequest runs a script once. */
 export interface ExecuteRequest {
   /**
@@ -794,6 +900,99 @@ export interface ListRegistrationsResponse {
   registrations: Registration[];
   /** Token for the next page; empty when there are no more results. */
   nextPageToken: string;
+}
+
+/** Execution is one execution as it is now. */
+export interface Execution {
+  /**
+   * Id, `exe_...`. For an EXECUTE, the run's id (the response's
+   * `execution_id`, and `gears.executionId` in the script); for a HANDLER,
+   * the handler run's (`TriggerResult.execution_id`).
+   */
+  id: string;
+  /** Never EXECUTION_STATE_UNSPECIFIED. */
+  state: ExecutionState;
+  /** Never EXECUTION_KIND_UNSPECIFIED. */
+  kind: ExecutionKind;
+  /**
+   * The interpreter it runs in (`itp_...`): for an EXECUTE in a new
+   * interpreter, empty until the interpreter exists; empty for a TRIGGER.
+   */
+  interpreterId: string;
+  /** HANDLER: the registration whose handler runs (`reg_...`). */
+  registrationId: string;
+  /** TRIGGER and HANDLER: the trigger name. */
+  trigger: string;
+  /** When it was accepted. */
+  createdAt:
+    | Date
+    | undefined;
+  /** When it got its run slot and started; unset while QUEUED. */
+  startedAt:
+    | Date
+    | undefined;
+  /** When it ended; set when DONE. */
+  endedAt: Date | undefined;
+  executeResponse?: ExecuteResponse | undefined;
+  triggerResponse?:
+    | TriggerResponse
+    | undefined;
+  /**
+   * True for `StartExecute`/`StartTrigger` executions (and the handler runs
+   * of a `StartTrigger`): kept once DONE. False: a synchronous call's, listed
+   * only while it runs.
+   */
+  background: boolean;
+}
+
+/** GetExecutionRequest names one execution. */
+export interface GetExecutionRequest {
+  /** Required. Id of the execution (`exe_...`). */
+  executionId: string;
+}
+
+/** WaitExecutionRequest names one execution and how long to wait for it. */
+export interface WaitExecutionRequest {
+  /** Required. Id of the execution (`exe_...`). */
+  executionId: string;
+  /**
+   * Longest wait, in milliseconds. 0 = ISOGEAR_MAX_TIMEOUT_MS; above it is
+   * INVALID_ARGUMENT. The call's deadline ends the wait too (the answer is
+   * sent just before it).
+   */
+  timeoutMs: number;
+}
+
+/** ListExecutionsRequest pages through executions. */
+export interface ListExecutionsRequest {
+  /**
+   * Maximum number of executions to return. 0 = server default (100);
+   * maximum 1000; negative or larger is INVALID_ARGUMENT.
+   */
+  pageSize: number;
+  /**
+   * Empty for the first page; otherwise `next_page_token` from a previous
+   * response, sent with the same filters. Opaque.
+   */
+  pageToken: string;
+  /** Filter: only executions in this state. EXECUTION_STATE_UNSPECIFIED = all. */
+  state: ExecutionState;
+  /** Filter: only executions running in this interpreter. Empty = any. */
+  interpreterId: string;
+}
+
+/** ListExecutionsResponse is one page of executions. */
+export interface ListExecutionsResponse {
+  /** Executions ordered by creation (oldest first). */
+  executions: Execution[];
+  /** Token for the next page; empty when there are no more results. */
+  nextPageToken: string;
+}
+
+/** CancelExecutionRequest names the execution to cancel. */
+export interface CancelExecutionRequest {
+  /** Required. Id of the execution (`exe_...`). */
+  executionId: string;
 }
 
 function createBaseExecuteRequest(): ExecuteRequest {
@@ -3841,6 +4040,755 @@ export const ListRegistrationsResponse: MessageFns<ListRegistrationsResponse> = 
   },
 };
 
+function createBaseExecution(): Execution {
+  return {
+    id: "",
+    state: 0,
+    kind: 0,
+    interpreterId: "",
+    registrationId: "",
+    trigger: "",
+    createdAt: undefined,
+    startedAt: undefined,
+    endedAt: undefined,
+    executeResponse: undefined,
+    triggerResponse: undefined,
+    background: false,
+  };
+}
+
+export const Execution: MessageFns<Execution> = {
+  encode(message: Execution, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.state !== 0) {
+      writer.uint32(16).int32(message.state);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
+    }
+    if (message.interpreterId !== "") {
+      writer.uint32(34).string(message.interpreterId);
+    }
+    if (message.registrationId !== "") {
+      writer.uint32(42).string(message.registrationId);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(50).string(message.trigger);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(58).fork()).join();
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.startedAt), writer.uint32(66).fork()).join();
+    }
+    if (message.endedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.endedAt), writer.uint32(74).fork()).join();
+    }
+    if (message.executeResponse !== undefined) {
+      ExecuteResponse.encode(message.executeResponse, writer.uint32(82).fork()).join();
+    }
+    if (message.triggerResponse !== undefined) {
+      TriggerResponse.encode(message.triggerResponse, writer.uint32(90).fork()).join();
+    }
+    if (message.background !== false) {
+      writer.uint32(96).bool(message.background);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Execution {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExecution();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.registrationId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.startedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.endedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.executeResponse = ExecuteResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.triggerResponse = TriggerResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.background = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Execution {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      state: isSet(object.state) ? executionStateFromJSON(object.state) : 0,
+      kind: isSet(object.kind) ? executionKindFromJSON(object.kind) : 0,
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+      registrationId: isSet(object.registrationId)
+        ? globalThis.String(object.registrationId)
+        : isSet(object.registration_id)
+        ? globalThis.String(object.registration_id)
+        : "",
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      endedAt: isSet(object.endedAt)
+        ? fromJsonTimestamp(object.endedAt)
+        : isSet(object.ended_at)
+        ? fromJsonTimestamp(object.ended_at)
+        : undefined,
+      executeResponse: isSet(object.executeResponse)
+        ? ExecuteResponse.fromJSON(object.executeResponse)
+        : isSet(object.execute_response)
+        ? ExecuteResponse.fromJSON(object.execute_response)
+        : undefined,
+      triggerResponse: isSet(object.triggerResponse)
+        ? TriggerResponse.fromJSON(object.triggerResponse)
+        : isSet(object.trigger_response)
+        ? TriggerResponse.fromJSON(object.trigger_response)
+        : undefined,
+      background: isSet(object.background) ? globalThis.Boolean(object.background) : false,
+    };
+  },
+
+  toJSON(message: Execution): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.state !== 0) {
+      obj.state = executionStateToJSON(message.state);
+    }
+    if (message.kind !== 0) {
+      obj.kind = executionKindToJSON(message.kind);
+    }
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    if (message.registrationId !== "") {
+      obj.registrationId = message.registrationId;
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = message.startedAt.toISOString();
+    }
+    if (message.endedAt !== undefined) {
+      obj.endedAt = message.endedAt.toISOString();
+    }
+    if (message.executeResponse !== undefined) {
+      obj.executeResponse = ExecuteResponse.toJSON(message.executeResponse);
+    }
+    if (message.triggerResponse !== undefined) {
+      obj.triggerResponse = TriggerResponse.toJSON(message.triggerResponse);
+    }
+    if (message.background !== false) {
+      obj.background = message.background;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Execution>, I>>(base?: I): Execution {
+    return Execution.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Execution>, I>>(object: I): Execution {
+    const message = createBaseExecution();
+    message.id = object.id ?? "";
+    message.state = object.state ?? 0;
+    message.kind = object.kind ?? 0;
+    message.interpreterId = object.interpreterId ?? "";
+    message.registrationId = object.registrationId ?? "";
+    message.trigger = object.trigger ?? "";
+    message.createdAt = object.createdAt ?? undefined;
+    message.startedAt = object.startedAt ?? undefined;
+    message.endedAt = object.endedAt ?? undefined;
+    message.executeResponse = (object.executeResponse !== undefined && object.executeResponse !== null)
+      ? ExecuteResponse.fromPartial(object.executeResponse)
+      : undefined;
+    message.triggerResponse = (object.triggerResponse !== undefined && object.triggerResponse !== null)
+      ? TriggerResponse.fromPartial(object.triggerResponse)
+      : undefined;
+    message.background = object.background ?? false;
+    return message;
+  },
+};
+
+function createBaseGetExecutionRequest(): GetExecutionRequest {
+  return { executionId: "" };
+}
+
+export const GetExecutionRequest: MessageFns<GetExecutionRequest> = {
+  encode(message: GetExecutionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.executionId !== "") {
+      writer.uint32(10).string(message.executionId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetExecutionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetExecutionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.executionId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetExecutionRequest {
+    return {
+      executionId: isSet(object.executionId)
+        ? globalThis.String(object.executionId)
+        : isSet(object.execution_id)
+        ? globalThis.String(object.execution_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetExecutionRequest): unknown {
+    const obj: any = {};
+    if (message.executionId !== "") {
+      obj.executionId = message.executionId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetExecutionRequest>, I>>(base?: I): GetExecutionRequest {
+    return GetExecutionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetExecutionRequest>, I>>(object: I): GetExecutionRequest {
+    const message = createBaseGetExecutionRequest();
+    message.executionId = object.executionId ?? "";
+    return message;
+  },
+};
+
+function createBaseWaitExecutionRequest(): WaitExecutionRequest {
+  return { executionId: "", timeoutMs: 0 };
+}
+
+export const WaitExecutionRequest: MessageFns<WaitExecutionRequest> = {
+  encode(message: WaitExecutionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.executionId !== "") {
+      writer.uint32(10).string(message.executionId);
+    }
+    if (message.timeoutMs !== 0) {
+      writer.uint32(16).uint32(message.timeoutMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WaitExecutionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWaitExecutionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.executionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.timeoutMs = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WaitExecutionRequest {
+    return {
+      executionId: isSet(object.executionId)
+        ? globalThis.String(object.executionId)
+        : isSet(object.execution_id)
+        ? globalThis.String(object.execution_id)
+        : "",
+      timeoutMs: isSet(object.timeoutMs)
+        ? globalThis.Number(object.timeoutMs)
+        : isSet(object.timeout_ms)
+        ? globalThis.Number(object.timeout_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: WaitExecutionRequest): unknown {
+    const obj: any = {};
+    if (message.executionId !== "") {
+      obj.executionId = message.executionId;
+    }
+    if (message.timeoutMs !== 0) {
+      obj.timeoutMs = Math.round(message.timeoutMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WaitExecutionRequest>, I>>(base?: I): WaitExecutionRequest {
+    return WaitExecutionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WaitExecutionRequest>, I>>(object: I): WaitExecutionRequest {
+    const message = createBaseWaitExecutionRequest();
+    message.executionId = object.executionId ?? "";
+    message.timeoutMs = object.timeoutMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseListExecutionsRequest(): ListExecutionsRequest {
+  return { pageSize: 0, pageToken: "", state: 0, interpreterId: "" };
+}
+
+export const ListExecutionsRequest: MessageFns<ListExecutionsRequest> = {
+  encode(message: ListExecutionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    if (message.interpreterId !== "") {
+      writer.uint32(34).string(message.interpreterId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListExecutionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListExecutionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListExecutionsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+      state: isSet(object.state) ? executionStateFromJSON(object.state) : 0,
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListExecutionsRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    if (message.state !== 0) {
+      obj.state = executionStateToJSON(message.state);
+    }
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListExecutionsRequest>, I>>(base?: I): ListExecutionsRequest {
+    return ListExecutionsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListExecutionsRequest>, I>>(object: I): ListExecutionsRequest {
+    const message = createBaseListExecutionsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    message.state = object.state ?? 0;
+    message.interpreterId = object.interpreterId ?? "";
+    return message;
+  },
+};
+
+function createBaseListExecutionsResponse(): ListExecutionsResponse {
+  return { executions: [], nextPageToken: "" };
+}
+
+export const ListExecutionsResponse: MessageFns<ListExecutionsResponse> = {
+  encode(message: ListExecutionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.executions) {
+      Execution.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListExecutionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListExecutionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.executions.push(Execution.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListExecutionsResponse {
+    return {
+      executions: globalThis.Array.isArray(object?.executions)
+        ? object.executions.map((e: any) => Execution.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListExecutionsResponse): unknown {
+    const obj: any = {};
+    if (message.executions?.length) {
+      obj.executions = message.executions.map((e) => Execution.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListExecutionsResponse>, I>>(base?: I): ListExecutionsResponse {
+    return ListExecutionsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListExecutionsResponse>, I>>(object: I): ListExecutionsResponse {
+    const message = createBaseListExecutionsResponse();
+    message.executions = object.executions?.map((e) => Execution.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelExecutionRequest(): CancelExecutionRequest {
+  return { executionId: "" };
+}
+
+export const CancelExecutionRequest: MessageFns<CancelExecutionRequest> = {
+  encode(message: CancelExecutionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.executionId !== "") {
+      writer.uint32(10).string(message.executionId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelExecutionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelExecutionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.executionId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelExecutionRequest {
+    return {
+      executionId: isSet(object.executionId)
+        ? globalThis.String(object.executionId)
+        : isSet(object.execution_id)
+        ? globalThis.String(object.execution_id)
+        : "",
+    };
+  },
+
+  toJSON(message: CancelExecutionRequest): unknown {
+    const obj: any = {};
+    if (message.executionId !== "") {
+      obj.executionId = message.executionId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelExecutionRequest>, I>>(base?: I): CancelExecutionRequest {
+    return CancelExecutionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelExecutionRequest>, I>>(object: I): CancelExecutionRequest {
+    const message = createBaseCancelExecutionRequest();
+    message.executionId = object.executionId ?? "";
+    return message;
+  },
+};
+
 /**
  * GearsService runs JavaScript in interpreters and manages the handlers
  * (registrations) that scripts bind to trigger names.
@@ -3926,6 +4874,10 @@ export const GearsServiceService = {
    * (`interpreter_id` is DISPOSED, DRAINING or FAILED); ALREADY_EXISTS (name taken,
    * `replace` not set); RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED;
    * DEADLINE_EXCEEDED; INTERNAL.
+   *
+   * (Its request is shared with StartExecute/StartTrigger: the same request
+   * runs either way.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   execute: {
     path: "/isogear.v1.GearsService/Execute" as const,
@@ -4004,6 +4956,10 @@ export const GearsServiceService = {
    * Status codes: INVALID_ARGUMENT (empty `trigger`, sizes or limits over the
    * maximum); NOT_FOUND (no registration is bound to `trigger`);
    * RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED; DEADLINE_EXCEEDED; INTERNAL.
+   *
+   * (Its request is shared with StartExecute/StartTrigger: the same request
+   * runs either way.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   trigger: {
     path: "/isogear.v1.GearsService/Trigger" as const,
@@ -4072,6 +5028,143 @@ export const GearsServiceService = {
       Buffer.from(ListRegistrationsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListRegistrationsResponse => ListRegistrationsResponse.decode(value),
   },
+  /**
+   * StartExecute validates an `ExecuteRequest` exactly as `Execute` does (the
+   * same status codes for the same bad input), takes a place in the run queue
+   * and answers at once with the execution, EXECUTION_STATE_QUEUED or
+   * EXECUTION_STATE_RUNNING. The run is not tied to this call: the client may
+   * disconnect. Its `ExecuteResponse` is kept once it is DONE (see
+   * `GetExecution`); registrations it creates are durable before it is DONE.
+   * Background runs wait for run slots behind synchronous requests, without
+   * the queue's wait limit.
+   *
+   * Status codes: those of `Execute`, and RESOURCE_EXHAUSTED
+   * (`tenant_background_executions`: the tenant has
+   * ISOGEAR_TENANT_MAX_BACKGROUND_EXECUTIONS queued or running already);
+   * UNAVAILABLE (the server is shutting down).
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  startExecute: {
+    path: "/isogear.v1.GearsService/StartExecute" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExecuteRequest): Buffer => Buffer.from(ExecuteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExecuteRequest => ExecuteRequest.decode(value),
+    responseSerialize: (value: Execution): Buffer => Buffer.from(Execution.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Execution => Execution.decode(value),
+  },
+  /**
+   * StartTrigger validates a `TriggerRequest` exactly as `Trigger` does and
+   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER; the
+   * fan-out runs in the background and its `TriggerResponse` is kept once it
+   * is DONE. Each handler run is an execution of its own
+   * (EXECUTION_KIND_HANDLER) while it runs.
+   *
+   * Status codes: those of `Trigger`, and RESOURCE_EXHAUSTED
+   * (`tenant_background_executions`); UNAVAILABLE.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  startTrigger: {
+    path: "/isogear.v1.GearsService/StartTrigger" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TriggerRequest): Buffer => Buffer.from(TriggerRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TriggerRequest => TriggerRequest.decode(value),
+    responseSerialize: (value: Execution): Buffer => Buffer.from(Execution.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Execution => Execution.decode(value),
+  },
+  /**
+   * GetExecution returns one execution: one that is queued or running
+   * (background or not), or a DONE background execution still retained
+   * (ISOGEAR_EXECUTION_RETENTION_MS, ISOGEAR_EXECUTION_RETENTION_BYTES).
+   *
+   * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
+   * NOT_FOUND (unknown, another tenant's, a synchronous run that ended, or
+   * expired: the message says which); UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  getExecution: {
+    path: "/isogear.v1.GearsService/GetExecution" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetExecutionRequest): Buffer => Buffer.from(GetExecutionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetExecutionRequest => GetExecutionRequest.decode(value),
+    responseSerialize: (value: Execution): Buffer => Buffer.from(Execution.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Execution => Execution.decode(value),
+  },
+  /**
+   * WaitExecution waits until the execution is DONE, `timeout_ms` passes or
+   * the call's deadline nears, whichever is first, and answers the
+   * execution's state either way (status OK). Waiting holds no run slot.
+   *
+   * Status codes: as `GetExecution`, and INVALID_ARGUMENT (`timeout_ms` over
+   * ISOGEAR_MAX_TIMEOUT_MS).
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  waitExecution: {
+    path: "/isogear.v1.GearsService/WaitExecution" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WaitExecutionRequest): Buffer => Buffer.from(WaitExecutionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WaitExecutionRequest => WaitExecutionRequest.decode(value),
+    responseSerialize: (value: Execution): Buffer => Buffer.from(Execution.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Execution => Execution.decode(value),
+  },
+  /**
+   * ListExecutions pages through the caller's executions that are queued or
+   * running (synchronous ones included) and its retained DONE background
+   * executions, ordered by creation (oldest first), optionally filtered.
+   *
+   * Status codes: INVALID_ARGUMENT (negative `page_size` or over 1000, invalid
+   * `page_token`, unknown `state`); UNAVAILABLE; INTERNAL.
+   */
+  listExecutions: {
+    path: "/isogear.v1.GearsService/ListExecutions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListExecutionsRequest): Buffer =>
+      Buffer.from(ListExecutionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListExecutionsRequest => ListExecutionsRequest.decode(value),
+    responseSerialize: (value: ListExecutionsResponse): Buffer =>
+      Buffer.from(ListExecutionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListExecutionsResponse => ListExecutionsResponse.decode(value),
+  },
+  /**
+   * CancelExecution ends a queued or running execution, background or not,
+   * as a client cancel does: the run ends OUTCOME_ABORTED (a new
+   * ISOLATION_MODE_ISOLATE interpreter's isolate is disposed at once), and a
+   * synchronous caller receives its response with OUTCOME_ABORTED.
+   * Cancelling a TRIGGER execution cancels all of its handler runs; a
+   * HANDLER execution, that one run. Answers the execution as it is after
+   * the cancel; a DONE execution is returned unchanged.
+   *
+   * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
+   * NOT_FOUND (unknown, another tenant's, or no longer retained);
+   * UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  cancelExecution: {
+    path: "/isogear.v1.GearsService/CancelExecution" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CancelExecutionRequest): Buffer =>
+      Buffer.from(CancelExecutionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CancelExecutionRequest => CancelExecutionRequest.decode(value),
+    responseSerialize: (value: Execution): Buffer => Buffer.from(Execution.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Execution => Execution.decode(value),
+  },
 } as const;
 
 export interface GearsServiceServer extends UntypedServiceImplementation {
@@ -4105,6 +5198,10 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * (`interpreter_id` is DISPOSED, DRAINING or FAILED); ALREADY_EXISTS (name taken,
    * `replace` not set); RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED;
    * DEADLINE_EXCEEDED; INTERNAL.
+   *
+   * (Its request is shared with StartExecute/StartTrigger: the same request
+   * runs either way.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   execute: handleUnaryCall<ExecuteRequest, ExecuteResponse>;
   /**
@@ -4159,6 +5256,10 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * Status codes: INVALID_ARGUMENT (empty `trigger`, sizes or limits over the
    * maximum); NOT_FOUND (no registration is bound to `trigger`);
    * RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED; DEADLINE_EXCEEDED; INTERNAL.
+   *
+   * (Its request is shared with StartExecute/StartTrigger: the same request
+   * runs either way.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   trigger: handleUnaryCall<TriggerRequest, TriggerResponse>;
   /**
@@ -4189,6 +5290,92 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * `page_token`); UNAVAILABLE; INTERNAL.
    */
   listRegistrations: handleUnaryCall<ListRegistrationsRequest, ListRegistrationsResponse>;
+  /**
+   * StartExecute validates an `ExecuteRequest` exactly as `Execute` does (the
+   * same status codes for the same bad input), takes a place in the run queue
+   * and answers at once with the execution, EXECUTION_STATE_QUEUED or
+   * EXECUTION_STATE_RUNNING. The run is not tied to this call: the client may
+   * disconnect. Its `ExecuteResponse` is kept once it is DONE (see
+   * `GetExecution`); registrations it creates are durable before it is DONE.
+   * Background runs wait for run slots behind synchronous requests, without
+   * the queue's wait limit.
+   *
+   * Status codes: those of `Execute`, and RESOURCE_EXHAUSTED
+   * (`tenant_background_executions`: the tenant has
+   * ISOGEAR_TENANT_MAX_BACKGROUND_EXECUTIONS queued or running already);
+   * UNAVAILABLE (the server is shutting down).
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  startExecute: handleUnaryCall<ExecuteRequest, Execution>;
+  /**
+   * StartTrigger validates a `TriggerRequest` exactly as `Trigger` does and
+   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER; the
+   * fan-out runs in the background and its `TriggerResponse` is kept once it
+   * is DONE. Each handler run is an execution of its own
+   * (EXECUTION_KIND_HANDLER) while it runs.
+   *
+   * Status codes: those of `Trigger`, and RESOURCE_EXHAUSTED
+   * (`tenant_background_executions`); UNAVAILABLE.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  startTrigger: handleUnaryCall<TriggerRequest, Execution>;
+  /**
+   * GetExecution returns one execution: one that is queued or running
+   * (background or not), or a DONE background execution still retained
+   * (ISOGEAR_EXECUTION_RETENTION_MS, ISOGEAR_EXECUTION_RETENTION_BYTES).
+   *
+   * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
+   * NOT_FOUND (unknown, another tenant's, a synchronous run that ended, or
+   * expired: the message says which); UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  getExecution: handleUnaryCall<GetExecutionRequest, Execution>;
+  /**
+   * WaitExecution waits until the execution is DONE, `timeout_ms` passes or
+   * the call's deadline nears, whichever is first, and answers the
+   * execution's state either way (status OK). Waiting holds no run slot.
+   *
+   * Status codes: as `GetExecution`, and INVALID_ARGUMENT (`timeout_ms` over
+   * ISOGEAR_MAX_TIMEOUT_MS).
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  waitExecution: handleUnaryCall<WaitExecutionRequest, Execution>;
+  /**
+   * ListExecutions pages through the caller's executions that are queued or
+   * running (synchronous ones included) and its retained DONE background
+   * executions, ordered by creation (oldest first), optionally filtered.
+   *
+   * Status codes: INVALID_ARGUMENT (negative `page_size` or over 1000, invalid
+   * `page_token`, unknown `state`); UNAVAILABLE; INTERNAL.
+   */
+  listExecutions: handleUnaryCall<ListExecutionsRequest, ListExecutionsResponse>;
+  /**
+   * CancelExecution ends a queued or running execution, background or not,
+   * as a client cancel does: the run ends OUTCOME_ABORTED (a new
+   * ISOLATION_MODE_ISOLATE interpreter's isolate is disposed at once), and a
+   * synchronous caller receives its response with OUTCOME_ABORTED.
+   * Cancelling a TRIGGER execution cancels all of its handler runs; a
+   * HANDLER execution, that one run. Answers the execution as it is after
+   * the cancel; a DONE execution is returned unchanged.
+   *
+   * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
+   * NOT_FOUND (unknown, another tenant's, or no longer retained);
+   * UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  cancelExecution: handleUnaryCall<CancelExecutionRequest, Execution>;
 }
 
 export interface GearsServiceClient extends Client {
@@ -4222,6 +5409,10 @@ export interface GearsServiceClient extends Client {
    * (`interpreter_id` is DISPOSED, DRAINING or FAILED); ALREADY_EXISTS (name taken,
    * `replace` not set); RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED;
    * DEADLINE_EXCEEDED; INTERNAL.
+   *
+   * (Its request is shared with StartExecute/StartTrigger: the same request
+   * runs either way.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   execute(
     request: ExecuteRequest,
@@ -4318,6 +5509,10 @@ export interface GearsServiceClient extends Client {
    * Status codes: INVALID_ARGUMENT (empty `trigger`, sizes or limits over the
    * maximum); NOT_FOUND (no registration is bound to `trigger`);
    * RESOURCE_EXHAUSTED; UNAVAILABLE; CANCELLED; DEADLINE_EXCEEDED; INTERNAL.
+   *
+   * (Its request is shared with StartExecute/StartTrigger: the same request
+   * runs either way.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   trigger(
     request: TriggerRequest,
@@ -4403,6 +5598,176 @@ export interface GearsServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListRegistrationsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * StartExecute validates an `ExecuteRequest` exactly as `Execute` does (the
+   * same status codes for the same bad input), takes a place in the run queue
+   * and answers at once with the execution, EXECUTION_STATE_QUEUED or
+   * EXECUTION_STATE_RUNNING. The run is not tied to this call: the client may
+   * disconnect. Its `ExecuteResponse` is kept once it is DONE (see
+   * `GetExecution`); registrations it creates are durable before it is DONE.
+   * Background runs wait for run slots behind synchronous requests, without
+   * the queue's wait limit.
+   *
+   * Status codes: those of `Execute`, and RESOURCE_EXHAUSTED
+   * (`tenant_background_executions`: the tenant has
+   * ISOGEAR_TENANT_MAX_BACKGROUND_EXECUTIONS queued or running already);
+   * UNAVAILABLE (the server is shutting down).
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  startExecute(
+    request: ExecuteRequest,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  startExecute(
+    request: ExecuteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  startExecute(
+    request: ExecuteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  /**
+   * StartTrigger validates a `TriggerRequest` exactly as `Trigger` does and
+   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER; the
+   * fan-out runs in the background and its `TriggerResponse` is kept once it
+   * is DONE. Each handler run is an execution of its own
+   * (EXECUTION_KIND_HANDLER) while it runs.
+   *
+   * Status codes: those of `Trigger`, and RESOURCE_EXHAUSTED
+   * (`tenant_background_executions`); UNAVAILABLE.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  startTrigger(
+    request: TriggerRequest,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  startTrigger(
+    request: TriggerRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  startTrigger(
+    request: TriggerRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  /**
+   * GetExecution returns one execution: one that is queued or running
+   * (background or not), or a DONE background execution still retained
+   * (ISOGEAR_EXECUTION_RETENTION_MS, ISOGEAR_EXECUTION_RETENTION_BYTES).
+   *
+   * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
+   * NOT_FOUND (unknown, another tenant's, a synchronous run that ended, or
+   * expired: the message says which); UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  getExecution(
+    request: GetExecutionRequest,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  getExecution(
+    request: GetExecutionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  getExecution(
+    request: GetExecutionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  /**
+   * WaitExecution waits until the execution is DONE, `timeout_ms` passes or
+   * the call's deadline nears, whichever is first, and answers the
+   * execution's state either way (status OK). Waiting holds no run slot.
+   *
+   * Status codes: as `GetExecution`, and INVALID_ARGUMENT (`timeout_ms` over
+   * ISOGEAR_MAX_TIMEOUT_MS).
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  waitExecution(
+    request: WaitExecutionRequest,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  waitExecution(
+    request: WaitExecutionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  waitExecution(
+    request: WaitExecutionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  /**
+   * ListExecutions pages through the caller's executions that are queued or
+   * running (synchronous ones included) and its retained DONE background
+   * executions, ordered by creation (oldest first), optionally filtered.
+   *
+   * Status codes: INVALID_ARGUMENT (negative `page_size` or over 1000, invalid
+   * `page_token`, unknown `state`); UNAVAILABLE; INTERNAL.
+   */
+  listExecutions(
+    request: ListExecutionsRequest,
+    callback: (error: ServiceError | null, response: ListExecutionsResponse) => void,
+  ): ClientUnaryCall;
+  listExecutions(
+    request: ListExecutionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListExecutionsResponse) => void,
+  ): ClientUnaryCall;
+  listExecutions(
+    request: ListExecutionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListExecutionsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * CancelExecution ends a queued or running execution, background or not,
+   * as a client cancel does: the run ends OUTCOME_ABORTED (a new
+   * ISOLATION_MODE_ISOLATE interpreter's isolate is disposed at once), and a
+   * synchronous caller receives its response with OUTCOME_ABORTED.
+   * Cancelling a TRIGGER execution cancels all of its handler runs; a
+   * HANDLER execution, that one run. Answers the execution as it is after
+   * the cancel; a DONE execution is returned unchanged.
+   *
+   * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
+   * NOT_FOUND (unknown, another tenant's, or no longer retained);
+   * UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  cancelExecution(
+    request: CancelExecutionRequest,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  cancelExecution(
+    request: CancelExecutionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Execution) => void,
+  ): ClientUnaryCall;
+  cancelExecution(
+    request: CancelExecutionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Execution) => void,
   ): ClientUnaryCall;
 }
 
