@@ -117,10 +117,15 @@ export class Execution {
    * is left as it is; returns whether this call cancelled it.
    */
   cancel(reason: CancelReason): boolean {
+    return this.stop(reason, false);
+  }
+
+  /** `withParent`: a handler run stopped with its fan-out (counted once, as the fan-out's cancel). */
+  private stop(reason: CancelReason, withParent: boolean): boolean {
     if (this.stateNow === 'done' || this.controller.signal.aborted) return false;
     this.controller.abort(reason);
-    this.onCancel?.(this, reason.cause);
-    for (const child of [...this.children]) child.cancel(reason);
+    if (!withParent) this.onCancel?.(this, reason.cause);
+    for (const child of [...this.children]) child.stop(reason, true);
     return true;
   }
 

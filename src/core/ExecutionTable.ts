@@ -9,6 +9,11 @@ const RESPONSE_OVERHEAD_BYTES = 512;
 /** Ids of executions dropped from retention that still answer "expired" rather than "unknown". */
 const MAX_EXPIRED_IDS = 10_000;
 const EXECUTION_ID = /^exe_[0-9a-f]{20}$/;
+/**
+ * Responses one ListExecutions page carries at most (it always holds one execution): within
+ * grpc-js's default 4 MiB receive limit, however large the kept responses are.
+ */
+const LIST_PAGE_BYTES = 1024 * 1024;
 
 export interface ExecutionTableOptions {
   /** How long a DONE background execution is kept (ISOGEAR_EXECUTION_RETENTION_MS). */
@@ -110,6 +115,8 @@ export class ExecutionTable {
       (e) => e.seq,
       (e) => (!filter.state || e.state === filter.state) && (!filter.interpreterId || e.interpreterId === filter.interpreterId),
       filter,
+      // kept responses may be large: a page carries about LIST_PAGE_BYTES of them at most
+      { cost: (e) => this.kept.get(e.id)?.bytes ?? RESPONSE_OVERHEAD_BYTES, max: LIST_PAGE_BYTES },
     );
     return { items: page.items.map((e) => e.info()), nextPageToken: page.nextPageToken };
   }

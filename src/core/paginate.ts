@@ -20,8 +20,12 @@ function decodeToken(token: string): number {
   return Number(m[1]);
 }
 
-/** One page of the `items` that `keep` accepts, after `req.pageToken`, in sequence order. */
-export function paginate<T>(items: Iterable<T>, seqOf: (t: T) => number, keep: (t: T) => boolean, req: PageRequest): Page<T> {
+/**
+ * One page of the `items` that `keep` accepts, after `req.pageToken`, in sequence order. With a
+ * `budget`, a page also ends before the item that would take the sum of `budget.cost` past
+ * `budget.max` (it always holds at least one item): pages of large items stay within a message.
+ */
+export function paginate<T>(items: Iterable<T>, seqOf: (t: T) => number, keep: (t: T) => boolean, req: PageRequest, budget?: { cost: (t: T) => number; max: number }): Page<T> {
   const size = req.pageSize ?? 0;
   if (!Number.isInteger(size) || size < 0) throw new InvalidArgumentError('page_size must not be negative');
   if (size > MAX_PAGE_SIZE) throw new InvalidArgumentError(`page_size must be at most ${MAX_PAGE_SIZE}`);
@@ -29,12 +33,15 @@ export function paginate<T>(items: Iterable<T>, seqOf: (t: T) => number, keep: (
   const after = req.pageToken ? decodeToken(req.pageToken) : 0;
   const out: T[] = [];
   let more = false;
+  let spent = 0;
   for (const item of items) {
     if (seqOf(item) <= after || !keep(item)) continue;
-    if (out.length === limit) {
+    const cost = budget ? budget.cost(item) : 0;
+    if (out.length === limit || (budget && out.length > 0 && spent + cost > budget.max)) {
       more = true;
       break;
     }
+    spent += cost;
     out.push(item);
   }
   return { items: out, nextPageToken: more ? encodeToken(seqOf(out[out.length - 1])) : '' };

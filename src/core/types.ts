@@ -190,7 +190,7 @@ export interface ExecutionCounters {
   background: Record<ExecutionState, number>;
   /** Bytes of responses retained for DONE background executions. */
   retainedBytes: number;
-  /** Executions (of any kind, background or not) cancelled so far, by cause. */
+  /** Executions (of any kind, background or not) cancelled so far, by cause; a fan-out's handler runs count with it, once. */
   cancels: Record<CancelCause, number>;
   /** Executions of every kind queued or running now (0 when idle: nothing left behind). */
   live: number;

@@ -250,7 +250,7 @@ export class IsogearMetrics {
     });
     new Counter({
       name: 'isogear_execution_cancels_total',
-      help: 'Executions cancelled, by reason: request (CancelExecution), client (the caller cancelled or its deadline passed), shutdown.',
+      help: 'Executions cancelled (a Trigger fan-out once, with its handler runs), by reason: request (CancelExecution), client (the caller cancelled or its deadline passed), shutdown.',
       labelNames: [LABEL.reason],
       registers,
       collect() {
