@@ -2,7 +2,8 @@
 /**
  * `isogear`: the command line. `serve` starts the server; every other command is a client of a
  * running one (src/client). Results go to stdout, script logs and messages to stderr.
- * Exit codes: 0 success, 1 a script failed (its outcome), 2 a usage error, 3 a gRPC error.
+ * Exit codes: 0 success, 1 a script failed (its outcome), 2 a usage error, 3 a gRPC error, 4 the
+ * execution `wait` waited for is not done yet (wait again).
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -11,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
 import { createClient, IsogearRpcError, pb, type IsogearClient, type Json, type LimitsInit } from '../client';
 
-export const EXIT = { ok: 0, scriptFailed: 1, usage: 2, rpc: 3 } as const;
+export const EXIT = { ok: 0, scriptFailed: 1, usage: 2, rpc: 3, notDone: 4 } as const;
 
 /** A usage error found after parsing (bad JSON, an unreadable file): exit code 2. */
 class UsageError extends Error {}
@@ -74,6 +75,34 @@ const ms = (d: { seconds: number; nanos: number } | undefined): string => (d ? `
 const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o).replace(/^OUTCOME_/, '').toLowerCase();
 const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(m).replace(/^ISOLATION_MODE_/, '').toLowerCase();
 const stateName = (s: pb.InterpreterState): string => pb.interpreterStateToJSON(s).replace(/^INTERPRETER_STATE_/, '').toLowerCase();
+const executionStateName = (s: pb.ExecutionState): string => pb.executionStateToJSON(s).replace(/^EXECUTION_STATE_/, '').toLowerCase();
+const executionKindName = (k: pb.ExecutionKind): string => pb.executionKindToJSON(k).replace(/^EXECUTION_KIND_/, '').toLowerCase();
+
+/** How long ago `since` was, coarsely: 42s, 3m05s, 2h07m, 3d04h ('-' without a time). */
+function age(since: Date | undefined, now = Date.now()): string {
+  if (!since) return '-';
+  const s = Math.max(0, Math.floor((now - since.getTime()) / 1000));
+  const two = (n: number): string => String(n).padStart(2, '0');
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${two(s % 60)}s`;
+  if (s < 86_400) return `${Math.floor(s / 3600)}h${two(Math.floor(s / 60) % 60)}m`;
+  return `${Math.floor(s / 86_400)}d${two(Math.floor(s / 3600) % 24)}h`;
+}
+
+/**
+ * What a DONE execution came to, '-' before: an EXECUTE's outcome; for a TRIGGER (or a HANDLER),
+ * `succeeded` when every handler run did, the outcome they all had when all failed alike (a
+ * cancelled fan-out: `aborted`), else how many failed (`1/3 failed`).
+ */
+function executionOutcome(e: pb.Execution): string {
+  if (e.executeResponse) return outcomeName(e.executeResponse.outcome);
+  if (!e.triggerResponse) return '-';
+  const results = e.triggerResponse.results;
+  const failed = results.filter((r) => r.outcome !== pb.Outcome.OUTCOME_SUCCEEDED);
+  if (failed.length === 0) return 'succeeded';
+  if (failed.length === results.length && failed.every((r) => r.outcome === failed[0].outcome)) return outcomeName(failed[0].outcome);
+  return `${failed.length}/${results.length} failed`;
+}
 
 /** Every item of a paginated listing: `fetch(pageToken)` returns a page's items and the next token. */
 async function allPages<T>(fetch: (pageToken: string) => Promise<readonly [T[], string]>): Promise<T[]> {
@@ -101,6 +130,43 @@ export function table(header: string[], rows: string[][]): string {
 function printLogs(io: Io, logs: pb.LogEntry[], truncated: boolean): void {
   for (const l of logs) io.err(`[${l.level}] ${l.message}\n`);
   if (truncated) io.err('[isogear] logs truncated\n');
+}
+
+/**
+ * Prints an Execute's response as `exec` does (the whole response as JSON is the caller's, with
+ * --json): logs to stderr, the result to stdout, a failure as one line on stderr. Returns the
+ * exit code.
+ */
+function reportExecute(io: Io, res: pb.ExecuteResponse, json: boolean | undefined): number {
+  if (!json) {
+    printLogs(io, res.logs, res.logsTruncated);
+    if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) io.out(`${JSON.stringify(res.result ?? null)}\n`);
+    for (const r of res.registrations) io.err(`[isogear] registered ${r.id} on ${r.trigger}\n`);
+  }
+  if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) return EXIT.ok;
+  io.err(`isogear: ${outcomeName(res.outcome)}: ${res.error?.name ?? 'Error'}: ${res.error?.message ?? ''}\n`);
+  return EXIT.scriptFailed;
+}
+
+/** Prints a Trigger's results as `trigger` does (one line per handler); exit 1 if any failed. */
+function reportTrigger(io: Io, res: pb.TriggerResponse, json: boolean | undefined): number {
+  let failed = 0;
+  for (const r of res.results) {
+    if (!json) printLogs(io, r.logs, r.logsTruncated);
+    if (r.outcome === pb.Outcome.OUTCOME_SUCCEEDED) {
+      if (!json) io.out(`${r.registrationId}  ${JSON.stringify(r.result ?? null)}\n`);
+    } else {
+      failed += 1;
+      io.err(`isogear: ${r.registrationId}: ${outcomeName(r.outcome)}: ${r.error?.name ?? 'Error'}: ${r.error?.message ?? ''}\n`);
+    }
+  }
+  return failed > 0 ? EXIT.scriptFailed : EXIT.ok;
+}
+
+/** What `exec --detach` and `trigger --detach` print: the execution id, or with --json the whole execution. */
+function reportStarted(io: Io, e: pb.Execution, json: boolean | undefined): number {
+  io.out(json ? `${JSON.stringify(pb.Execution.toJSON(e))}\n` : `${e.id}\n`);
+  return EXIT.ok;
 }
 
 function credentialsOf(g: GlobalOptions): { credentials?: grpc.ChannelCredentials; channelOptions?: grpc.ChannelOptions } {
@@ -137,13 +203,15 @@ export function program(io: Io, connect: (g: GlobalOptions) => IsogearClient, se
   root.addHelpText(
     'after',
     `
-Exit codes: 0 success, 1 a script failed, 2 usage error, 3 gRPC error.
+Exit codes: 0 success, 1 a script failed, 2 usage error, 3 gRPC error, 4 not done yet (wait).
 
 Examples:
   $ isogear serve --default-mode=shared
   $ echo 'export default (a) => a.n * 2' | isogear exec - --args '{"n": 21}'
   $ isogear register orders.created handler.js
   $ isogear trigger orders.created --payload '{"id": 7}'
+  $ isogear wait "$(isogear exec --detach job.js --timeout 60000)"
+  $ isogear ps --all
   $ isogear ls registrations
   $ ISOGEAR_API_KEY=... isogear --address isogear.example:50051 --tls-ca ca.pem ls`,
   );
@@ -180,22 +248,21 @@ Examples:
     .option('--name <name>', 'name the new interpreter (unique among live ones)')
     .option('--replace', 'upgrade the interpreter holding --name: it is released once this run succeeds')
     .option('--interpreter <id>', 'run in this existing interpreter instead of a new one')
-    .addHelpText('after', `\nExamples:\n  $ isogear exec script.js --args '{"x": 1}' --mode shared\n  $ isogear exec main.js --module util=util.js --name svc --replace`)
-    .action(async (file: string, o: { args?: string; mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; name?: string; replace?: boolean; interpreter?: string }) => {
+    .option('--detach', 'run it in the background (StartExecute): print its execution id and exit 0; see wait, ps, cancel')
+    .addHelpText(
+      'after',
+      `\nExamples:\n  $ isogear exec script.js --args '{"x": 1}' --mode shared\n  $ isogear exec main.js --module util=util.js --name svc --replace\n  $ isogear exec --detach report.js --timeout 60000`,
+    )
+    .action(async (file: string, o: { args?: string; mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; name?: string; replace?: boolean; interpreter?: string; detach?: boolean }) => {
       const source = readSource(io, file);
       const args = o.args === undefined ? undefined : parseJson('--args', o.args);
       const modules = modulesOf(io, o.module);
       await withClient(async (client, go) => {
-        const res = await client.execute({ source, args, mode: o.mode, modules, limits: limitsOf(o), name: o.name, replace: o.replace, interpreterId: o.interpreter });
+        const req = { source, args, mode: o.mode, modules, limits: limitsOf(o), name: o.name, replace: o.replace, interpreterId: o.interpreter };
+        if (o.detach) return reportStarted(io, await client.startExecute(req), go.json);
+        const res = await client.execute(req);
         if (go.json) io.out(`${JSON.stringify(pb.ExecuteResponse.toJSON(res))}\n`);
-        else {
-          printLogs(io, res.logs, res.logsTruncated);
-          if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) io.out(`${JSON.stringify(res.result ?? null)}\n`);
-          for (const r of res.registrations) io.err(`[isogear] registered ${r.id} on ${r.trigger}\n`);
-        }
-        if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) return EXIT.ok;
-        io.err(`isogear: ${outcomeName(res.outcome)}: ${res.error?.name ?? 'Error'}: ${res.error?.message ?? ''}\n`);
-        return EXIT.scriptFailed;
+        return reportExecute(io, res, go.json);
       });
     });
 
@@ -229,23 +296,120 @@ Examples:
     .argument('<trigger>', 'trigger name')
     .option('--payload <json>', 'the payload, as JSON')
     .option('--timeout <ms>', 'wall-clock limit of each handler run', wholeNumber('--timeout'))
-    .addHelpText('after', `\nExamples:\n  $ isogear trigger orders.created --payload '{"id": 7}'\n  $ isogear --json trigger tick`)
-    .action(async (trigger: string, o: { payload?: string; timeout?: number }) => {
+    .option('--detach', 'run the handlers in the background (StartTrigger): print the execution id and exit 0; see wait, ps, cancel')
+    .addHelpText('after', `\nExamples:\n  $ isogear trigger orders.created --payload '{"id": 7}'\n  $ isogear --json trigger tick\n  $ isogear trigger nightly --detach`)
+    .action(async (trigger: string, o: { payload?: string; timeout?: number; detach?: boolean }) => {
       const payload = o.payload === undefined ? undefined : parseJson('--payload', o.payload);
       await withClient(async (client, go) => {
-        const res = await client.trigger({ trigger, payload, limits: limitsOf(o) });
+        const req = { trigger, payload, limits: limitsOf(o) };
+        if (o.detach) return reportStarted(io, await client.startTrigger(req), go.json);
+        const res = await client.trigger(req);
         if (go.json) io.out(`${JSON.stringify(pb.TriggerResponse.toJSON(res))}\n`);
-        let failed = 0;
-        for (const r of res.results) {
-          if (!go.json) printLogs(io, r.logs, r.logsTruncated);
-          if (r.outcome === pb.Outcome.OUTCOME_SUCCEEDED) {
-            if (!go.json) io.out(`${r.registrationId}  ${JSON.stringify(r.result ?? null)}\n`);
-          } else {
-            failed += 1;
-            io.err(`isogear: ${r.registrationId}: ${outcomeName(r.outcome)}: ${r.error?.name ?? 'Error'}: ${r.error?.message ?? ''}\n`);
-          }
+        return reportTrigger(io, res, go.json);
+      });
+    });
+
+  root
+    .command('wait')
+    .description('wait until an execution (exec or trigger --detach) is done, then print its result as exec or trigger does, with their exit code')
+    .argument('<execution-id>', 'the execution (exe_...)')
+    .option('--timeout-ms <ms>', "longest wait (default and maximum: the server's ISOGEAR_MAX_TIMEOUT_MS)", wholeNumber('--timeout-ms'))
+    .addHelpText(
+      'after',
+      `
+Once it is done: exit 0 if it succeeded, 1 if it failed (a trigger: if any handler failed).
+Not done when the wait ends: its state on stderr, exit ${EXIT.notDone}; run wait again.
+--json prints the whole execution (state, times, response) either way.
+
+Examples:
+  $ isogear wait exe_...
+  $ until isogear wait exe_... --timeout-ms 5000; do [ $? -eq ${EXIT.notDone} ] || break; done`,
+    )
+    .action(async (executionId: string, o: { timeoutMs?: number }) => {
+      await withClient(async (client, go) => {
+        const e = await client.waitExecution(executionId, { timeoutMs: o.timeoutMs });
+        if (go.json) io.out(`${JSON.stringify(pb.Execution.toJSON(e))}\n`);
+        if (e.state !== pb.ExecutionState.EXECUTION_STATE_DONE) {
+          io.err(`isogear: ${e.id} is ${executionStateName(e.state)}, not done yet\n`);
+          return EXIT.notDone;
         }
-        return failed > 0 ? EXIT.scriptFailed : EXIT.ok;
+        if (e.executeResponse) return reportExecute(io, e.executeResponse, go.json);
+        if (e.triggerResponse) return reportTrigger(io, e.triggerResponse, go.json);
+        io.err(`isogear: ${e.id} is done but the server sent no response\n`);
+        return EXIT.scriptFailed;
+      });
+    });
+
+  root
+    .command('ps')
+    .description('list executions as a table: those queued or running (default), or with --all also the DONE background ones the server keeps')
+    .option('--all', 'include DONE background executions (kept for ISOGEAR_EXECUTION_RETENTION_MS)')
+    .addOption(new Option('--state <state>', 'only executions in this state').choices(['queued', 'running', 'done']))
+    .option('--interpreter <id>', 'only executions running in this interpreter')
+    .addHelpText('after', '\nExamples:\n  $ isogear ps\n  $ isogear ps --all\n  $ isogear --json ps --state done')
+    .action(async (o: { all?: boolean; state?: 'queued' | 'running' | 'done'; interpreter?: string }) => {
+      await withClient(async (client, go) => {
+        const list = (state: 'queued' | 'running' | 'done' | undefined): Promise<pb.Execution[]> =>
+          allPages(async (pageToken) => {
+            const page = await client.listExecutions({ pageSize: 100, pageToken, state, interpreterId: o.interpreter });
+            return [page.executions, page.nextPageToken] as const;
+          });
+        let all: pb.Execution[];
+        if (o.state || o.all) all = await list(o.state);
+        else {
+          // Queued ones first, then running ones: states only move forward, so one that started
+          // between the two listings is in the second (it replaces its queued row), never in neither.
+          // (Listing every state and dropping the DONE ones would fetch every retained response.)
+          const byId = new Map<string, pb.Execution>();
+          for (const e of [...(await list('queued')), ...(await list('running'))]) byId.set(e.id, e);
+          all = [...byId.values()].sort((a, b) => (a.createdAt?.getTime() ?? 0) - (b.createdAt?.getTime() ?? 0));
+        }
+        if (go.json) io.out(`${JSON.stringify(all.map((e) => pb.Execution.toJSON(e)))}\n`);
+        else {
+          const now = Date.now();
+          io.out(
+            table(
+              ['ID', 'KIND', 'STATE', 'OUTCOME', 'RUN', 'INTERPRETER', 'TRIGGER', 'REGISTRATION', 'AGE'],
+              all.map((e) => [
+                e.id,
+                executionKindName(e.kind),
+                executionStateName(e.state),
+                executionOutcome(e),
+                e.background ? 'background' : 'sync',
+                e.interpreterId || '-',
+                e.trigger || '-',
+                e.registrationId || '-',
+                age(e.createdAt, now),
+              ]),
+            ),
+          );
+        }
+        return EXIT.ok;
+      });
+    });
+
+  root
+    .command('cancel')
+    .description('cancel a queued or running execution (it ends aborted); prints its state after the cancel, and its outcome once done')
+    .argument('<execution-id>', 'the execution (exe_...)')
+    .addHelpText(
+      'after',
+      `
+The execution ends aborted at once (if it is still finishing up, the state printed is running:
+isogear wait ID). Its code stops at once in a new isolate-mode interpreter; in a shared isolate,
+or as a handler, the code runs on until its own timeout, holding its run slot.
+
+Examples:
+  $ isogear cancel exe_...
+  $ isogear --json cancel exe_...`,
+    )
+    .action(async (executionId: string) => {
+      await withClient(async (client, go) => {
+        const e = await client.cancelExecution(executionId);
+        if (go.json) io.out(`${JSON.stringify(pb.Execution.toJSON(e))}\n`);
+        else if (e.state === pb.ExecutionState.EXECUTION_STATE_DONE) io.out(`${executionStateName(e.state)}  ${executionOutcome(e)}\n`);
+        else io.out(`${executionStateName(e.state)}\n`);
+        return EXIT.ok;
       });
     });
 

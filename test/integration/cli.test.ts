@@ -9,7 +9,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { scratchDataDir } from '../helpers/process';
-import { startTestServer, type TestServer } from '../helpers/server';
+import { pb } from '../helpers/client';
+import { assertNoLeaks, sleep, startTestServer, type TestServer } from '../helpers/server';
 
 const CLI = path.join(__dirname, '../../src/cli/main.ts');
 
@@ -29,6 +30,21 @@ function isogear(args: string[], opts: { env?: Record<string, string>; stdin?: s
   child.stdin.end(opts.stdin ?? '');
   return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
 }
+
+/** Polls `probe` until it holds (at most `ms`): waits on a state rather than for a time. */
+async function until(what: string, probe: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await probe())) {
+    if (Date.now() > end) throw new Error(`gave up waiting until ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Busy-loops until cancelled (or its timeout): run it in isolate mode, where a cancel stops it at once. */
+const SPIN_FOREVER = 'export default () => { for (;;) {} }';
+/** Busy-loops for `args.ms`, then returns "slept". */
+const SPIN = 'export default (a) => { const end = Date.now() + a.ms; while (Date.now() < end) {} return "slept"; }';
+const EXECUTION_ID = /^exe_[0-9a-f]{20}$/;
 
 describe('isogear command line', function () {
   this.timeout(30_000);
@@ -91,6 +107,10 @@ describe('isogear command line', function () {
       [['exec'], /missing required argument 'file'/],
       [['frobnicate'], /unknown command 'frobnicate'/],
       [['ls', 'things'], /'things' is invalid/],
+      [['wait', 'exe_0', '--timeout-ms', 'soon'], /^isogear: --timeout-ms must be a whole number/],
+      [['wait'], /missing required argument 'execution-id'/],
+      [['cancel'], /missing required argument 'execution-id'/],
+      [['ps', '--state', 'sleeping'], /argument 'sleeping' is invalid. Allowed choices are queued, running, done/],
     ];
     for (const [args, pattern] of cases) {
       const r = await cli(args, { stdin: 'export default 1' });
@@ -173,8 +193,159 @@ describe('isogear command line', function () {
     assert.equal((await cli(['release', '--interpreter', named[0].id])).code, 0);
   });
 
+  it('exec --detach prints the execution id; wait prints its result and exits as exec would', async () => {
+    const started = await cli(['exec', '-', '--detach', '--args', '{"n": 41}', '--mode', 'shared'], { stdin: 'console.log("working");\nexport default (a) => a.n + 1;' });
+    assert.equal(started.code, 0, started.stderr);
+    assert.equal(started.stderr, '');
+    const id = started.stdout.trim();
+    assert.match(id, EXECUTION_ID);
+    assert.equal(started.stdout, `${id}\n`, 'just the id, one line');
+    const done = await cli(['wait', id]);
+    assert.deepEqual(done, { code: 0, stdout: '42\n', stderr: '[log] working\n' });
+    // the DONE execution is kept: waiting again answers the same
+    assert.deepEqual(await cli(['wait', id, '--timeout-ms', '100']), done);
+
+    const failing = await cli(['exec', '-', '--detach'], { stdin: 'export default () => { throw new TypeError("later"); }' });
+    assert.equal(failing.code, 0, failing.stderr);
+    const failed = await cli(['wait', failing.stdout.trim()]);
+    assert.deepEqual(failed, { code: 1, stdout: '', stderr: 'isogear: failed: TypeError: later\n' });
+
+    // --json: the whole execution, when started and when waited for
+    const json = await cli(['--json', 'exec', '-', '--detach', '--mode', 'isolate'], { stdin: 'export default ["a", 1]' });
+    assert.equal(json.code, 0, json.stderr);
+    const execution = JSON.parse(json.stdout) as { id: string; kind: string; state: string; background: boolean };
+    assert.match(execution.id, EXECUTION_ID);
+    assert.equal(execution.kind, 'EXECUTION_KIND_EXECUTE');
+    assert.ok(['EXECUTION_STATE_QUEUED', 'EXECUTION_STATE_RUNNING'].includes(execution.state), execution.state);
+    assert.equal(execution.background, true);
+    const waited = await cli(['--json', 'wait', execution.id]);
+    assert.equal(waited.code, 0, waited.stderr);
+    const after = JSON.parse(waited.stdout) as { id: string; state: string; executeResponse: { outcome: string; result: unknown } };
+    assert.equal(after.id, execution.id);
+    assert.equal(after.state, 'EXECUTION_STATE_DONE');
+    assert.equal(after.executeResponse.outcome, 'OUTCOME_SUCCEEDED');
+    assert.deepEqual(after.executeResponse.result, ['a', 1]);
+    await assertNoLeaks(t.manager);
+  });
+
+  it('wait --timeout-ms on a running execution exits 4 with its state; cancel ends it and wait reports aborted', async () => {
+    const started = await cli(['exec', '-', '--detach', '--mode', 'isolate', '--timeout', '30000'], { stdin: SPIN_FOREVER });
+    assert.equal(started.code, 0, started.stderr);
+    const id = started.stdout.trim();
+    await until(`${id} runs`, async () => (await t.client.getExecution({ executionId: id })).state === pb.ExecutionState.EXECUTION_STATE_RUNNING);
+
+    const notYet = await cli(['wait', id, '--timeout-ms', '100']);
+    assert.deepEqual(notYet, { code: 4, stdout: '', stderr: `isogear: ${id} is running, not done yet\n` });
+    const notYetJson = await cli(['--json', 'wait', id, '--timeout-ms', '100']);
+    assert.equal(notYetJson.code, 4, notYetJson.stderr);
+    assert.equal((JSON.parse(notYetJson.stdout) as { state: string }).state, 'EXECUTION_STATE_RUNNING');
+
+    const cancelled = await cli(['cancel', id]);
+    assert.deepEqual(cancelled, { code: 0, stdout: 'done  aborted\n', stderr: '' });
+    const ended = await cli(['wait', id]);
+    assert.equal(ended.code, 1);
+    assert.equal(ended.stdout, '');
+    assert.match(ended.stderr, /^isogear: aborted: \w+: cancelled by CancelExecution\n$/);
+    const endedJson = JSON.parse((await cli(['--json', 'wait', id])).stdout) as { state: string; executeResponse: { outcome: string } };
+    assert.equal(endedJson.state, 'EXECUTION_STATE_DONE');
+    assert.equal(endedJson.executeResponse.outcome, 'OUTCOME_ABORTED');
+    // cancelling a DONE execution leaves it as it is
+    assert.deepEqual(await cli(['cancel', id]), cancelled);
+    await assertNoLeaks(t.manager);
+  });
+
+  it('ps lists queued and running executions, background and sync; ps --all also the DONE background ones', async () => {
+    // two runs busy for 10 s, each in its own isolate: one started with --detach, one a plain exec
+    // still waiting for its result. The checks while they run take about 3 s here (three CLI runs
+    // sharing two CPUs with the loops).
+    const started = await cli(['exec', '-', '--detach', '--mode', 'isolate', '--timeout', '30000', '--args', '{"ms": 10000}'], { stdin: SPIN });
+    assert.equal(started.code, 0, started.stderr);
+    const bg = started.stdout.trim();
+    const sync = cli(['exec', '-', '--mode', 'isolate', '--timeout', '30000', '--args', '{"ms": 10000}'], { stdin: SPIN });
+    let syncId = '';
+    await until('both run', async () => {
+      // RUNNING, and in their interpreters (a new one's id is known once it exists)
+      const running = (await t.client.listExecutions({ state: pb.ExecutionState.EXECUTION_STATE_RUNNING })).executions.filter((e) => e.interpreterId);
+      syncId = running.find((e) => !e.background)?.id ?? '';
+      return running.some((e) => e.id === bg) && syncId !== '';
+    });
+
+    const ps = await cli(['ps']);
+    assert.equal(ps.code, 0, ps.stderr);
+    const lines = ps.stdout.trimEnd().split('\n');
+    assert.match(lines[0], /^ID\s+KIND\s+STATE\s+OUTCOME\s+RUN\s+INTERPRETER\s+TRIGGER\s+REGISTRATION\s+AGE$/);
+    assert.equal(lines.length, 3, ps.stdout);
+    const bgRow = new RegExp(`^${bg}\\s+execute\\s+running\\s+-\\s+background\\s+(itp_\\w+)\\s+-\\s+-\\s+\\d+s$`, 'm');
+    const interpreterId = bgRow.exec(ps.stdout)?.[1] as string;
+    assert.ok(interpreterId, ps.stdout);
+    assert.match(ps.stdout, new RegExp(`^${syncId}\\s+execute\\s+running\\s+-\\s+sync\\s+itp_\\w+\\s+-\\s+-\\s+\\d+s$`, 'm'));
+    // aligned: every column starts where its header does
+    assert.equal(lines[1].indexOf('running'), lines[0].indexOf('STATE'));
+    assert.equal(lines[1].indexOf('itp_'), lines[0].indexOf('INTERPRETER'));
+
+    const inOne = await cli(['ps', '--interpreter', interpreterId]);
+    assert.equal(inOne.stdout.trimEnd().split('\n').length, 2, inOne.stdout);
+    assert.match(inOne.stdout, bgRow);
+    // (the proto JSON mapping leaves background out when it is false)
+    const json = JSON.parse((await cli(['--json', 'ps', '--state', 'running'])).stdout) as { id: string; background?: boolean }[];
+    assert.deepEqual(json.map((e) => [e.id, e.background ?? false]).sort(), [[bg, true], [syncId, false]].sort());
+
+    assert.deepEqual(await cli(['wait', bg]), { code: 0, stdout: '"slept"\n', stderr: '' });
+    assert.deepEqual(await sync, { code: 0, stdout: '"slept"\n', stderr: '' });
+    const header = 'ID  KIND  STATE  OUTCOME  RUN  INTERPRETER  TRIGGER  REGISTRATION  AGE\n';
+    assert.equal((await cli(['ps'])).stdout, header);
+    assert.equal((await cli(['ps', '--state', 'queued'])).stdout, header);
+    // --all: the DONE background run is kept, the synchronous one is not (its caller had its result)
+    const all = await cli(['ps', '--all']);
+    assert.equal(all.code, 0, all.stderr);
+    assert.match(all.stdout, new RegExp(`^${bg}\\s+execute\\s+done\\s+succeeded\\s+background\\s+${interpreterId}\\s+-\\s+-\\s+\\d+s$`, 'm'));
+    assert.doesNotMatch(all.stdout, new RegExp(syncId));
+    assert.match((await cli(['ps', '--state', 'done'])).stdout, new RegExp(`^${bg}\\s`, 'm'));
+    await assertNoLeaks(t.manager);
+  });
+
+  it('trigger --detach runs the handlers in the background; wait prints one line per handler, as trigger does', async () => {
+    const reg = await cli(['register', 'cli.later', '-', '--mode', 'shared'], { stdin: 'export default (p) => { console.info("seen", p.id); return p.id * 2; };' });
+    assert.equal(reg.code, 0, reg.stderr);
+    const regId = reg.stdout.trim();
+    const interpreterId = /in interpreter (itp_\S+)/.exec(reg.stderr)?.[1] as string;
+
+    const started = await cli(['trigger', 'cli.later', '--detach', '--payload', '{"id": 7}']);
+    assert.equal(started.code, 0, started.stderr);
+    const id = started.stdout.trim();
+    assert.match(id, EXECUTION_ID);
+    assert.deepEqual(await cli(['wait', id]), { code: 0, stdout: `${regId}  14\n`, stderr: '[info] seen 7\n' });
+
+    // a failing handler: wait exits 1 as trigger does, and ps --all sums the fan-out up
+    const bad = await cli(['register', 'cli.later', '-', '--interpreter', interpreterId], { stdin: 'export default () => { throw new Error("nope"); }' });
+    assert.equal(bad.code, 0, bad.stderr);
+    const mixed = (await cli(['trigger', 'cli.later', '--detach', '--payload', '{"id": 1}'])).stdout.trim();
+    const waited = await cli(['wait', mixed]);
+    assert.equal(waited.code, 1);
+    assert.equal(waited.stdout, `${regId}  2\n`);
+    assert.equal(waited.stderr, `[info] seen 1\nisogear: ${bad.stdout.trim()}: failed: Error: nope\n`);
+    assert.match((await cli(['ps', '--all'])).stdout, new RegExp(`^${mixed}\\s+trigger\\s+done\\s+1/2 failed\\s+background\\s+-\\s+cli\\.later\\s+-\\s+\\d+s$`, 'm'));
+
+    assert.equal((await cli(['release', '--interpreter', interpreterId])).code, 0);
+    const none = await cli(['trigger', 'cli.later', '--detach']);
+    assert.equal(none.code, 3);
+    assert.match(none.stderr, /^isogear: NOT_FOUND: no registration is bound to trigger "cli.later"\n$/);
+    await assertNoLeaks(t.manager);
+  });
+
+  it('wait and cancel: a malformed execution id is INVALID_ARGUMENT, an unknown one NOT_FOUND, exit 3', async () => {
+    for (const cmd of ['wait', 'cancel']) {
+      const bad = await cli([cmd, 'nope']);
+      assert.deepEqual(bad, { code: 3, stdout: '', stderr: 'isogear: INVALID_ARGUMENT: execution_id "nope" is not an execution id (exe_ and 20 hex digits)\n' }, cmd);
+      const unknown = await cli([cmd, 'exe_00000000000000000000']);
+      assert.equal(unknown.code, 3, cmd);
+      assert.equal(unknown.stdout, '', cmd);
+      assert.match(unknown.stderr, /^isogear: NOT_FOUND: execution exe_0{20} not found\b[^\n]*\n$/, cmd);
+    }
+  });
+
   it('--help on every command, with examples, exits 0', async () => {
-    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['ls'], ['get']]) {
+    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['ls'], ['get'], ['wait'], ['ps'], ['cancel']]) {
       const r = await cli([...cmd, '--help']);
       assert.equal(r.code, 0, `${cmd.join(' ')}: ${r.stderr}`);
       assert.match(r.stdout, /Examples:\n\s+\$ isogear/, `${cmd.join(' ') || 'isogear'} --help has examples`);
