@@ -101,7 +101,7 @@ export class ExecutionTable {
     if (found && found.tenant === tenant) return found;
     const gone = this.expired.get(id);
     if (gone && gone.tenant === tenant) throw new NotFoundError(`execution ${id} expired: ${gone.why}`);
-    throw new NotFoundError(`execution ${id} not found (unknown, or a synchronous run that ended: those are listed only while they run)`);
+    throw new NotFoundError(`execution ${id} not found (unknown, or a synchronous or handler run that ended: those are kept only while they run)`);
   }
 
   /** The tenant's executions in creation order, optionally only those in `state` or in one interpreter. */

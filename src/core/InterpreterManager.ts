@@ -38,13 +38,11 @@ import {
   checkDescription,
   checkIdLength,
   checkModules,
-  checkName,
   encodeValue,
   outcomeText,
   requireSource,
   requireTrigger,
   resolveLimits,
-  type ResolvedLimits,
 } from './validation';
 
 const tenantOf = (t: { tenant?: string }): string => t.tenant || DEFAULT_TENANT;

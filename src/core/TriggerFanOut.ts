@@ -126,7 +126,7 @@ export class TriggerFanOut {
   }
 
   private async runHandler(reg: Registration, req: FanOut, fanOut: Execution, held: Reference | undefined, slot: Slot): Promise<TriggerRunResult> {
-    const { interpreters, index, runner, recorder, executions } = this.deps;
+    const { interpreters, index, executions } = this.deps;
     const interp = interpreters.get(reg.interpreterId);
     const released = !index.has(reg.id);
     if (!held || !interp || interp.state === 'failed' || released) {

@@ -51,6 +51,28 @@ describe('TypeScript client (createClient)', () => {
     assert.equal(all.releasedRegistrationIds.length, 1);
   });
 
+  it('starts, waits for, lists and cancels executions by id', async () => {
+    const started = await client.startExecute({ source: 'export default (a) => a.n + 1', args: { n: 41 }, mode: 'isolate' });
+    assert.equal(started.kind, pb.ExecutionKind.EXECUTION_KIND_EXECUTE);
+    const done = await client.waitExecution(started.id, { timeoutMs: 5000 });
+    assert.equal(done.state, pb.ExecutionState.EXECUTION_STATE_DONE);
+    assert.equal(done.executeResponse?.result, 42);
+    assert.deepEqual(await client.getExecution(started.id), done);
+    assert.deepEqual((await client.listExecutions({ state: 'done' })).executions.map((e) => e.id), [started.id]);
+    assert.deepEqual((await client.listExecutions({ state: 'running' })).executions, []);
+    const hang = await client.startExecute({ source: 'export default () => new Promise(() => {})', limits: { timeoutMs: 10_000 } });
+    const notYet = await client.waitExecution(hang.id, { timeoutMs: 100 });
+    assert.notEqual(notYet.state, pb.ExecutionState.EXECUTION_STATE_DONE);
+    const cancelled = await client.cancelExecution(hang.id);
+    assert.equal(cancelled.executeResponse?.outcome, pb.Outcome.OUTCOME_ABORTED);
+    const reg = await client.register({ trigger: 'c.bg', source: 'export default (p) => p * 2' });
+    const fan = await client.startTrigger({ trigger: 'c.bg', payload: 21 });
+    assert.deepEqual((await client.waitExecution(fan.id)).triggerResponse?.results.map((r) => r.result), [42]);
+    await client.release({ registrationId: reg.registration?.id as string });
+    await rejectsWith(client.getExecution('exe_nope'), grpc.status.INVALID_ARGUMENT, /not an execution id/);
+    await assert.rejects(client.listExecutions({ state: 'finished' as never }), /state must be "queued", "running" or "done"/);
+  });
+
   it('raises one error class carrying the status code, its name and the limit', async () => {
     await rejectsWith(client.getInterpreter('itp_nope'), grpc.status.NOT_FOUND, /not found/);
     await rejectsWith(client.execute({ source: '' }), grpc.status.INVALID_ARGUMENT, /source/);
@@ -59,6 +81,8 @@ describe('TypeScript client (createClient)', () => {
     const full = await rejectsWith(client.execute({ source: 'export default 1' }), grpc.status.RESOURCE_EXHAUSTED);
     assert.equal(full.limit, 'max_interpreters');
     assert.match(full.message, /^RESOURCE_EXHAUSTED: /);
+    // a background Execute is refused at once for the same reason
+    assert.equal((await rejectsWith(client.startExecute({ source: 'export default 1' }), grpc.status.RESOURCE_EXHAUSTED)).limit, 'max_interpreters');
     for (const r of held) await client.release({ registrationId: r.registration?.id as string });
     await assert.rejects(client.execute({ source: 'export default 1', mode: 'fast' as never }), /mode must be "shared" or "isolate"/);
   });

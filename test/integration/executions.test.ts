@@ -366,6 +366,25 @@ describe('Executions: background runs, cancel by id, waiting', () => {
       }
     });
 
+    it('a ListExecutions page carries about 1 MiB of kept responses at most, whatever page_size asks', async () => {
+      const t = await startTestServer();
+      try {
+        const ids: string[] = [];
+        for (let i = 0; i < 3; i++) {
+          const s = await t.client.startExecute({ source: `export default "${i}".repeat(600000)` });
+          await t.client.waitExecution({ executionId: s.id });
+          ids.push(s.id);
+        }
+        const first = await t.client.listExecutions({ pageSize: 100 });
+        assert.deepEqual(first.executions.map((e) => e.id), [ids[0]]);
+        assert.notEqual(first.nextPageToken, '');
+        assert.equal((first.executions[0].executeResponse?.result as string).length, 600_000);
+        assert.deepEqual((await listed(t.client)).map((e) => e.id), ids, 'every page followed, each once');
+      } finally {
+        await t.close();
+      }
+    });
+
     it('a tenant’s queued and running background executions are bounded by ISOGEAR_TENANT_MAX_BACKGROUND_EXECUTIONS', async () => {
       const t = await startTestServer({ ISOGEAR_TENANT_MAX_BACKGROUND_EXECUTIONS: '2' });
       try {
@@ -396,7 +415,7 @@ describe('Executions: background runs, cancel by id, waiting', () => {
         const mine = await alpha.startExecute({ source: HANG, limits: limits(10_000) });
         for (const call of [() => beta.getExecution({ executionId: mine.id }), () => beta.cancelExecution({ executionId: mine.id }), () => beta.waitExecution({ executionId: mine.id })]) {
           const err = await expectStatus(call(), grpc.status.NOT_FOUND);
-          assert.equal(err.details, `execution ${mine.id} not found (unknown, or a synchronous run that ended: those are listed only while they run)`, 'exactly as an unknown id');
+          assert.equal(err.details, `execution ${mine.id} not found (unknown, or a synchronous or handler run that ended: those are kept only while they run)`, 'exactly as an unknown id');
         }
         assert.deepEqual(await listed(beta), []);
         assert.deepEqual((await listed(alpha)).map((e) => e.id), [mine.id]);

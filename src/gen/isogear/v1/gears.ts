@@ -5085,8 +5085,8 @@ export const GearsServiceService = {
    * (ISOGEAR_EXECUTION_RETENTION_MS, ISOGEAR_EXECUTION_RETENTION_BYTES).
    *
    * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
-   * NOT_FOUND (unknown, another tenant's, a synchronous run that ended, or
-   * expired: the message says which); UNAVAILABLE; INTERNAL.
+   * NOT_FOUND (unknown, another tenant's, a synchronous or handler run that
+   * ended, or expired: the message says which); UNAVAILABLE; INTERNAL.
    *
    * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -5331,8 +5331,8 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * (ISOGEAR_EXECUTION_RETENTION_MS, ISOGEAR_EXECUTION_RETENTION_BYTES).
    *
    * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
-   * NOT_FOUND (unknown, another tenant's, a synchronous run that ended, or
-   * expired: the message says which); UNAVAILABLE; INTERNAL.
+   * NOT_FOUND (unknown, another tenant's, a synchronous or handler run that
+   * ended, or expired: the message says which); UNAVAILABLE; INTERNAL.
    *
    * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -5668,8 +5668,8 @@ export interface GearsServiceClient extends Client {
    * (ISOGEAR_EXECUTION_RETENTION_MS, ISOGEAR_EXECUTION_RETENTION_BYTES).
    *
    * Status codes: INVALID_ARGUMENT (empty or malformed `execution_id`);
-   * NOT_FOUND (unknown, another tenant's, a synchronous run that ended, or
-   * expired: the message says which); UNAVAILABLE; INTERNAL.
+   * NOT_FOUND (unknown, another tenant's, a synchronous or handler run that
+   * ended, or expired: the message says which); UNAVAILABLE; INTERNAL.
    *
    * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
