@@ -4,7 +4,7 @@ import { Interpreter } from '../../src/core/Interpreter';
 import { IsolateHost, type IsolateDisposeReason } from '../../src/core/IsolateHost';
 import { DedicatedPlacement } from '../../src/core/placement/DedicatedPlacement';
 import type { Placed, Placement } from '../../src/core/placement/Placement';
-import { SharedPlacement } from '../../src/core/placement/SharedPlacement';
+import { BUSY_MS, EXTRA_IDLE_MS, SharedPlacement } from '../../src/core/placement/SharedPlacement';
 import { SandboxMaker } from '../../src/core/SandboxMaker';
 import { WarmPool } from '../../src/core/WarmPool';
 import { CodeCache } from '../../src/sandbox/CodeCache';
@@ -102,6 +102,74 @@ describe('placement: one implementation per isolation mode behind one interface'
       placement.abandon(placed.pop() as Placed);
       placed.push(await placement.place(64));
       for (const p of placed) placement.abandon(p);
+    });
+
+    it('passes over isolates held by a long call; when all are, adds at most maxExtra, retired once empty and a regular one is free', async function () {
+      this.timeout(10_000);
+      closed = true;
+      placement.destroy();
+      closed = false;
+      placement = new SharedPlacement({ isolates: 2, memoryMb: 8, closed: () => closed, maxExtra: 1 }, coldPool(), maker, (_h, r) => deaths.push(r));
+      const [h1, h2] = placement.hosts();
+      // a call that never settles holds h1, as a cancelled runaway holds its isolate until its timeout
+      let settle1!: () => void;
+      h1.track(new Promise<void>((r) => (settle1 = r)), 60_000);
+      await new Promise((r) => setTimeout(r, BUSY_MS + 30));
+      const a = await placement.place(64);
+      const b = await placement.place(64);
+      assert.deepEqual([a.host, b.host], [h2, h2], 'the held isolate takes no new interpreter, though it holds none');
+      let settle2!: () => void;
+      h2.track(new Promise<void>((r) => (settle2 = r)), 60_000);
+      await new Promise((r) => setTimeout(r, BUSY_MS + 30));
+      const c = await placement.place(64);
+      assert.ok(c.host !== h1 && c.host !== h2, 'every regular isolate is held: an added one');
+      assert.equal(placement.extra, 1);
+      assert.equal(placement.size, 3);
+      const d = await placement.place(64);
+      assert.equal(d.host, c.host, 'the added one takes the next too');
+      // at the bound, and the added one held as well: the least loaded isolate, held or not
+      c.host.track(new Promise<void>(() => undefined), 60_000);
+      await new Promise((r) => setTimeout(r, BUSY_MS + 30));
+      const e = await placement.place(64);
+      assert.equal(e.host, h1, 'no more than maxExtra: the least loaded, held or not');
+      assert.equal(placement.extra, 1);
+      for (const p of [a, b, e]) placement.abandon(p);
+      // emptied while every regular isolate is still held: it stays
+      for (const p of [c, d]) placement.vacate(interpreterOn(placement, p));
+      await new Promise((r) => setTimeout(r, EXTRA_IDLE_MS + 100));
+      assert.equal(placement.extra, 1, 'kept while the regular isolates are held');
+      assert.equal(c.host.disposed, false);
+      settle1();
+      settle2();
+      await new Promise((r) => setTimeout(r, EXTRA_IDLE_MS + 100));
+      // its own outstanding call keeps it too; a shared isolate's death is never "released" otherwise
+      assert.equal(placement.extra, 1, 'its own call is still outstanding');
+      for (const p of [c, d]) p.sandbox.release();
+    });
+
+    it('an added isolate with nothing on it is retired once a regular one is free again', async function () {
+      this.timeout(10_000);
+      closed = true;
+      placement.destroy();
+      closed = false;
+      placement = new SharedPlacement({ isolates: 1, memoryMb: 8, closed: () => closed, maxExtra: 2 }, coldPool(), maker, (_h, r) => deaths.push(r));
+      const [h1] = placement.hosts();
+      let settle!: () => void;
+      h1.track(new Promise<void>((r) => (settle = r)), 60_000);
+      await new Promise((r) => setTimeout(r, BUSY_MS + 30));
+      const a = await placement.place(64);
+      assert.notEqual(a.host, h1);
+      assert.equal(placement.extra, 1);
+      settle();
+      const interp = interpreterOn(placement, a);
+      interp.sandbox.release();
+      placement.vacate(interp);
+      await new Promise((r) => setTimeout(r, EXTRA_IDLE_MS + 100));
+      assert.equal(placement.extra, 0);
+      assert.equal(a.host.disposed, true);
+      assert.equal(a.host.reason, 'released');
+      assert.equal(placement.size, 1);
+      assert.equal(placement.tally.created, 2);
     });
 
     it('a shared isolate that dies is reported and replaced at once; after shutdown it is not', async () => {
