@@ -133,11 +133,18 @@ describe('observability against a real Prometheus', function () {
     }
 
     // A mixed workload over several scrapes: both modes, registrations that stay, triggers,
-    // a failure, a timeout, a memory kill, request errors and a capacity refusal.
+    // background executions and a cancel, a failure, a timeout, a memory kill, request errors
+    // and a capacity refusal.
     const c = t.client;
     const keep = [];
     keep.push(await c.execute({ mode: SHARED, source: 'gears.register("p.t", (p) => p); gears.register("p.t", () => 2);' }));
     keep.push(await c.execute({ mode: ISOLATE, source: 'gears.register("p.t", () => 3);' }));
+    // a background run, and a long one cancelled by id (the background executions row); in
+    // isolate mode, so the cancel disposes its isolate rather than leave a shared one spinning
+    const background = await c.startExecute({ mode: SHARED, source: 'export default "kept"' });
+    const spin = await c.startExecute({ mode: ISOLATE, limits: limits(30_000), source: 'for (;;) {}' });
+    await c.cancelExecution({ executionId: spin.id });
+    for (const e of [background, spin]) assert.equal((await c.waitExecution({ executionId: e.id })).state, pb.ExecutionState.EXECUTION_STATE_DONE);
     const until = Date.now() + 6000;
     while (Date.now() < until) {
       await c.execute({ mode: SHARED, source: 'export default 1' });

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import { fromBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { useTestServer } from '../helpers/fixture';
@@ -48,8 +50,41 @@ describe('gRPC server reflection', () => {
     const files = res.file_descriptor_response?.file_descriptor_proto ?? [];
     assert.ok(files.length > 0, JSON.stringify(res.error_response));
     const text = Buffer.concat(files.map((f) => Buffer.from(f))).toString('latin1');
-    for (const rpc of ['Execute', 'Register', 'Release', 'Trigger', 'GetInterpreter', 'ListInterpreters', 'ListRegistrations']) {
+    const rpcs = ['Execute', 'Register', 'Release', 'Trigger', 'GetInterpreter', 'ListInterpreters', 'ListRegistrations'];
+    const executionRpcs = ['StartExecute', 'StartTrigger', 'GetExecution', 'WaitExecution', 'ListExecutions', 'CancelExecution'];
+    for (const rpc of [...rpcs, ...executionRpcs]) {
       assert.ok(text.includes(rpc), `descriptor names ${rpc}`);
+    }
+  });
+
+  it('describes the background execution RPCs with their request and response types', async () => {
+    const res = await reflect(server().server.grpcAddress, { file_containing_symbol: 'isogear.v1.GearsService' });
+    const files = (res.file_descriptor_response?.file_descriptor_proto ?? []).map((f) => fromBinary(FileDescriptorProtoSchema, Buffer.from(f)));
+    const gears = files.find((f) => f.package === 'isogear.v1' && f.service.some((s) => s.name === 'GearsService'));
+    assert.ok(gears, `a file declares isogear.v1.GearsService: ${files.map((f) => f.name).join(', ')}`);
+    const methods = new Map(gears.service.find((s) => s.name === 'GearsService')?.method.map((m) => [m.name, `${m.inputType} -> ${m.outputType}`]));
+    const expected: Record<string, string> = {
+      StartExecute: '.isogear.v1.ExecuteRequest -> .isogear.v1.Execution',
+      StartTrigger: '.isogear.v1.TriggerRequest -> .isogear.v1.Execution',
+      GetExecution: '.isogear.v1.GetExecutionRequest -> .isogear.v1.Execution',
+      WaitExecution: '.isogear.v1.WaitExecutionRequest -> .isogear.v1.Execution',
+      ListExecutions: '.isogear.v1.ListExecutionsRequest -> .isogear.v1.ListExecutionsResponse',
+      CancelExecution: '.isogear.v1.CancelExecutionRequest -> .isogear.v1.Execution',
+    };
+    for (const [rpc, signature] of Object.entries(expected)) assert.equal(methods.get(rpc), signature, `GearsService.${rpc}`);
+    // a generic client can build the messages too: the execution types are described with the service
+    const messages = new Set(gears.messageType.map((m) => m.name));
+    for (const name of ['Execution', 'GetExecutionRequest', 'WaitExecutionRequest', 'ListExecutionsRequest', 'ListExecutionsResponse', 'CancelExecutionRequest']) {
+      assert.ok(messages.has(name), `descriptor declares message ${name}`);
+    }
+    const enums = new Set(gears.enumType.map((e) => e.name));
+    assert.ok(enums.has('ExecutionState') && enums.has('ExecutionKind'), [...enums].join(', '));
+  });
+
+  it('resolves each background execution method by its full name', async () => {
+    for (const rpc of ['StartExecute', 'StartTrigger', 'GetExecution', 'WaitExecution', 'ListExecutions', 'CancelExecution']) {
+      const res = await reflect(server().server.grpcAddress, { file_containing_symbol: `isogear.v1.GearsService.${rpc}` });
+      assert.ok((res.file_descriptor_response?.file_descriptor_proto ?? []).length > 0, `${rpc}: ${JSON.stringify(res.error_response)}`);
     }
   });
 });

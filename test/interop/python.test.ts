@@ -31,7 +31,29 @@ interface Seen {
   listed: { id: string; description: string; runs: number }[];
   interpreters: number;
   released: boolean;
-  errors: Record<string, { code: string; details: string; limit: string | null }>;
+  errors: Record<string, Status>;
+  start_execute: {
+    started: string;
+    kind: string;
+    background: boolean;
+    response: string;
+    outcome: string;
+    result: unknown;
+    same_id: boolean;
+    ended: boolean;
+    get: { state: string; result: unknown };
+    listed: boolean;
+    listed_states: string[];
+  };
+  start_trigger: { kind: string; trigger: string; response: string; results: { registration: boolean; outcome: string; result: unknown }[] };
+  cancel: { before: string; listed_running: boolean; answered: boolean; outcome: string; error: string; ms: number };
+  execution_errors: Record<string, Status>;
+}
+
+interface Status {
+  code: string;
+  details: string;
+  limit: string | null;
 }
 
 describe('Python interop (grpcio, stubs generated from proto/)', function () {
@@ -59,7 +81,7 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('generates stubs and runs Execute, Register, Trigger, List, Release and error codes from Python', async () => {
+  it('generates stubs and runs Execute, Register, Trigger, List, Release, background executions and error codes from Python', async () => {
     const stubs = path.join(dir, 'stubs');
     execFileSync('mkdir', ['-p', stubs]);
     execFileSync(PYTHON, ['-m', 'grpc_tools.protoc', `-I${path.join(ROOT, 'proto')}`, `--python_out=${stubs}`, `--grpc_python_out=${stubs}`, path.join(ROOT, 'proto/isogear/v1/gears.proto')], {
@@ -80,5 +102,45 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
     assert.equal(seen.errors.empty_source.code, 'INVALID_ARGUMENT');
     assert.equal(seen.errors.quota.code, 'RESOURCE_EXHAUSTED');
     assert.equal(seen.errors.quota.limit, 'tenant_interpreters', 'the isogear-limit trailer reaches Python');
+
+    // background executions: StartExecute, WaitExecution, GetExecution, ListExecutions
+    const started = seen.start_execute;
+    assert.ok(['EXECUTION_STATE_QUEUED', 'EXECUTION_STATE_RUNNING'].includes(started.started), `StartExecute answers before the run ends: ${started.started}`);
+    assert.deepEqual(
+      { ...started, started: undefined },
+      {
+        started: undefined,
+        kind: 'EXECUTION_KIND_EXECUTE',
+        background: true,
+        response: 'execute_response',
+        outcome: 'OUTCOME_SUCCEEDED',
+        result: 42,
+        same_id: true,
+        ended: true,
+        get: { state: 'EXECUTION_STATE_DONE', result: 42 },
+        listed: true,
+        listed_states: ['EXECUTION_STATE_DONE'],
+      },
+    );
+    // StartTrigger + WaitExecution
+    assert.deepEqual(seen.start_trigger, {
+      kind: 'EXECUTION_KIND_TRIGGER',
+      trigger: 'py.bg',
+      response: 'trigger_response',
+      results: [{ registration: true, outcome: 'OUTCOME_SUCCEEDED', result: 42 }],
+    });
+    // CancelExecution on a busy loop with a 30 s limit
+    assert.equal(seen.cancel.before, 'EXECUTION_STATE_RUNNING');
+    assert.equal(seen.cancel.listed_running, true, 'ListExecutions(state=RUNNING) lists the running execution');
+    assert.equal(seen.cancel.answered, true);
+    assert.equal(seen.cancel.outcome, 'OUTCOME_ABORTED');
+    assert.match(seen.cancel.error, /CancelExecution/, 'an aborted run says why');
+    assert.ok(seen.cancel.ms >= 250 && seen.cancel.ms < 10_000, `the cancelled run spun, then ended long before its 30 s limit (${seen.cancel.ms} ms)`);
+    // execution ids
+    for (const rpc of ['get', 'wait', 'cancel']) {
+      assert.equal(seen.execution_errors[`malformed_${rpc}`].code, 'INVALID_ARGUMENT', rpc);
+      assert.match(seen.execution_errors[`malformed_${rpc}`].details, /not an execution id/, rpc);
+      assert.equal(seen.execution_errors[`unknown_${rpc}`].code, 'NOT_FOUND', rpc);
+    }
   });
 });

@@ -7,6 +7,7 @@ Prints one JSON object with what it saw; exits non-zero if anything is not as ex
 """
 import json
 import sys
+import time
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -81,6 +82,94 @@ held = [gears.Register(gears_pb2.RegisterRequest(trigger="py.fill", source="expo
 seen["errors"]["quota"] = status_of(lambda: gears.Execute(gears_pb2.ExecuteRequest(source="export default 1", mode=SHARED), metadata=AUTH))
 for h in held:
     gears.Release(gears_pb2.ReleaseRequest(registration_id=h.registration.id), metadata=AUTH)
+
+# Start a run in the background, then wait until it is DONE (each WaitExecution answers within timeout_ms)
+started = gears.StartExecute(
+    gears_pb2.ExecuteRequest(source="export default (a) => a.n * 2", args=to_value({"n": 21}), mode=SHARED),
+    metadata=AUTH,
+)
+execution = started
+while execution.state != gears_pb2.EXECUTION_STATE_DONE:
+    execution = gears.WaitExecution(gears_pb2.WaitExecutionRequest(execution_id=started.id, timeout_ms=5000), metadata=AUTH)
+assert execution.execute_response.outcome == gears_pb2.OUTCOME_SUCCEEDED, execution
+result = from_value(execution.execute_response.result)  # 42
+
+# A DONE background execution is kept for a while: GetExecution and ListExecutions see it
+got = gears.GetExecution(gears_pb2.GetExecutionRequest(execution_id=started.id), metadata=AUTH)
+done = gears.ListExecutions(gears_pb2.ListExecutionsRequest(state=gears_pb2.EXECUTION_STATE_DONE), metadata=AUTH)
+seen["start_execute"] = {
+    "started": gears_pb2.ExecutionState.Name(started.state),
+    "kind": gears_pb2.ExecutionKind.Name(execution.kind),
+    "background": execution.background,
+    "response": execution.WhichOneof("response"),
+    "outcome": gears_pb2.Outcome.Name(execution.execute_response.outcome),
+    "result": result,
+    "same_id": execution.execute_response.execution_id == started.id,
+    "ended": execution.HasField("ended_at") and execution.ended_at.ToMilliseconds() >= execution.started_at.ToMilliseconds() > 0,
+    "get": {"state": gears_pb2.ExecutionState.Name(got.state), "result": from_value(got.execute_response.result)},
+    "listed": started.id in [e.id for e in done.executions],
+    "listed_states": sorted({gears_pb2.ExecutionState.Name(e.state) for e in done.executions}),
+}
+
+
+def wait_done(execution_id):
+    """WaitExecution until DONE (each wait answers after at most timeout_ms)."""
+    e = gears.WaitExecution(gears_pb2.WaitExecutionRequest(execution_id=execution_id, timeout_ms=5000), metadata=AUTH)
+    while e.state != gears_pb2.EXECUTION_STATE_DONE:
+        e = gears.WaitExecution(gears_pb2.WaitExecutionRequest(execution_id=execution_id, timeout_ms=5000), metadata=AUTH)
+    return e
+
+
+# StartTrigger: the fan-out runs in the background; its TriggerResponse is kept once DONE
+bg = gears.Register(gears_pb2.RegisterRequest(trigger="py.bg", source="export default (p) => p.n + 1", mode=SHARED), metadata=AUTH)
+fan_out = gears.StartTrigger(gears_pb2.TriggerRequest(trigger="py.bg", payload=to_value({"n": 41})), metadata=AUTH)
+fired = wait_done(fan_out.id)
+seen["start_trigger"] = {
+    "kind": gears_pb2.ExecutionKind.Name(fired.kind),
+    "trigger": fired.trigger,
+    "response": fired.WhichOneof("response"),
+    "results": [
+        {"registration": r.registration_id == bg.registration.id, "outcome": gears_pb2.Outcome.Name(r.outcome), "result": from_value(r.result)}
+        for r in fired.trigger_response.results
+    ],
+}
+gears.Release(gears_pb2.ReleaseRequest(registration_id=bg.registration.id), metadata=AUTH)
+
+# CancelExecution stops a long run: it ends OUTCOME_ABORTED long before its time limit (in isolate
+# mode its isolate is disposed at once; a shared isolate would spin on until the limit)
+spin = gears.StartExecute(
+    gears_pb2.ExecuteRequest(source="for (;;) {}", mode=gears_pb2.ISOLATION_MODE_ISOLATE, limits=gears_pb2.Limits(timeout_ms=30000)),
+    metadata=AUTH,
+)
+running = spin
+for _ in range(500):
+    if running.state == gears_pb2.EXECUTION_STATE_RUNNING and running.interpreter_id:
+        break
+    time.sleep(0.01)
+    running = gears.GetExecution(gears_pb2.GetExecutionRequest(execution_id=spin.id), metadata=AUTH)
+time.sleep(0.3)  # well inside the loop by now
+listed_running = gears.ListExecutions(gears_pb2.ListExecutionsRequest(state=gears_pb2.EXECUTION_STATE_RUNNING), metadata=AUTH)
+cancelled = gears.CancelExecution(gears_pb2.CancelExecutionRequest(execution_id=spin.id), metadata=AUTH)
+stopped = wait_done(spin.id)
+seen["cancel"] = {
+    "before": gears_pb2.ExecutionState.Name(running.state),
+    "listed_running": spin.id in [e.id for e in listed_running.executions],
+    "answered": cancelled.id == spin.id,
+    "outcome": gears_pb2.Outcome.Name(stopped.execute_response.outcome),
+    "error": stopped.execute_response.error.name + ": " + stopped.execute_response.error.message,
+    "ms": stopped.ended_at.ToMilliseconds() - stopped.started_at.ToMilliseconds(),
+}
+
+# Execution ids: malformed is INVALID_ARGUMENT, well-formed but unknown is NOT_FOUND
+unknown = "exe_" + "0123456789abcdef0123"
+seen["execution_errors"] = {
+    "malformed_get": status_of(lambda: gears.GetExecution(gears_pb2.GetExecutionRequest(execution_id="nope"), metadata=AUTH)),
+    "malformed_wait": status_of(lambda: gears.WaitExecution(gears_pb2.WaitExecutionRequest(execution_id="nope"), metadata=AUTH)),
+    "malformed_cancel": status_of(lambda: gears.CancelExecution(gears_pb2.CancelExecutionRequest(execution_id="nope"), metadata=AUTH)),
+    "unknown_get": status_of(lambda: gears.GetExecution(gears_pb2.GetExecutionRequest(execution_id=unknown), metadata=AUTH)),
+    "unknown_wait": status_of(lambda: gears.WaitExecution(gears_pb2.WaitExecutionRequest(execution_id=unknown), metadata=AUTH)),
+    "unknown_cancel": status_of(lambda: gears.CancelExecution(gears_pb2.CancelExecutionRequest(execution_id=unknown), metadata=AUTH)),
+}
 
 channel.close()
 print(json.dumps(seen))
