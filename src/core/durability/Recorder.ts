@@ -99,8 +99,19 @@ export class Recorder {
    * step; otherwise once the store has it. Rejects, with nothing kept, when the store refuses.
    * `replaceName`: an upgrade taking that name; `after` runs in the same synchronous step as the
    * commit (the upgrade's swap).
+   *
+   * With a store, the upgrades of one name commit one at a time: each reads the name's holder
+   * when its turn comes, so the store and the name table move together. (Concurrent upgrades
+   * once read the same old holder at the start: one that registered nothing then removed that
+   * stale holder from the store and, by its swap, released in memory only the interpreter the
+   * other had just stored under the name, which came back, name and all, at the next restart.)
    */
-  async commitStep(interp: Interpreter, tuple: RunTuple, execId: string, base: StepBase, replaceName?: string, after?: () => void): Promise<Registration[]> {
+  commitStep(interp: Interpreter, tuple: RunTuple, execId: string, base: StepBase, replaceName?: string, after?: () => void): Promise<Registration[]> {
+    if (replaceName === undefined || !this.deps.store) return this.commitStepNow(interp, tuple, execId, base, replaceName, after);
+    return this.serial(`name:${interp.tenant}/${replaceName}`, () => this.commitStepNow(interp, tuple, execId, base, replaceName, after));
+  }
+
+  private async commitStepNow(interp: Interpreter, tuple: RunTuple, execId: string, base: StepBase, replaceName?: string, after?: () => void): Promise<Registration[]> {
     const { store, index, names, ledger } = this.deps;
     const overQuota = tuple.registrations.length > 0 ? ledger.registrationRefusal(interp.tenant, tuple.registrations.length) : undefined;
     if (overQuota) {
