@@ -3,7 +3,8 @@
  * gRPC. It describes the *quiescent* state (no run in flight), which is the only state the
  * design pins down exactly: every live interpreter is READY (or FAILED, after a memory kill of
  * its dedicated isolate), holds one registration reference per registration and no execution
- * reference, and an interpreter without registrations is gone.
+ * reference, and an interpreter without registrations is gone. No execution is queued or
+ * running; the DONE background executions (StartExecute, StartTrigger) are kept and listed.
  */
 
 export type Mode = 'shared' | 'isolate';
@@ -68,9 +69,24 @@ export interface Snapshot {
     sharedIsolates: number;
     executionsInFlight: number;
   };
+  executions: {
+    /** The manager's count of executions queued or running (any kind, background or not). */
+    live: number;
+    /** Background executions by state, as the manager counts them. */
+    background: { queued: number; running: number; done: number };
+    /** ListExecutions filtered by EXECUTION_STATE_QUEUED, then by EXECUTION_STATE_RUNNING. */
+    queued: string[];
+    running: string[];
+    /** ListExecutions unfiltered (every page), sorted by id. */
+    listed: { id: string; state: string; background: boolean }[];
+  };
   gauges: {
     dedicatedIsolates: number;
     sharedIsolates: number;
+    /** isogear_background_executions by state. */
+    backgroundQueued: number;
+    backgroundRunning: number;
+    backgroundDone: number;
     registrationReferences: number;
     executionReferences: number;
     registrations: number;
@@ -97,6 +113,14 @@ export class Model {
   readonly released = new Set<string>();
   /** Interpreters that went since the last check, to look at once through GetInterpreter. */
   newlyGone: string[] = [];
+  /** DONE background executions the server keeps (retention is far longer than a run), in creation order. */
+  readonly kept = new Map<string, Order>();
+  /**
+   * Bounds on the server's count of cancels by CancelExecution: a cancel counts when it stops
+   * a run; one whose response shows it did is surely counted, one that may have come after the
+   * run ended may not be.
+   */
+  cancels = { min: 0, max: 0 };
   step = 0;
 
   clone(): Model {
@@ -106,6 +130,8 @@ export class Model {
     for (const [k, v] of this.gone) m.gone.set(k, v);
     for (const r of this.released) m.released.add(r);
     m.newlyGone = [...this.newlyGone];
+    for (const [k, v] of this.kept) m.kept.set(k, { ...v });
+    m.cancels = { ...this.cancels };
     m.step = this.step;
     return m;
   }
@@ -116,12 +142,15 @@ export class Model {
     this.regs.clear();
     this.gone.clear();
     this.released.clear();
+    this.kept.clear();
     const c = other.clone();
     for (const [k, v] of c.interps) this.interps.set(k, v);
     for (const [k, v] of c.regs) this.regs.set(k, v);
     for (const [k, v] of c.gone) this.gone.set(k, v);
     for (const r of c.released) this.released.add(r);
     this.newlyGone = c.newlyGone;
+    for (const [k, v] of c.kept) this.kept.set(k, v);
+    this.cancels = c.cancels;
     this.step = c.step;
   }
 
@@ -209,6 +238,18 @@ export class Model {
     this.newlyGone.push(interpreterId);
   }
 
+  /** A background execution is DONE: kept, listed, and never changed again. */
+  keep(id: string, order: Order): void {
+    if (this.kept.has(id)) throw new Error(`model: execution ${id} is kept already`);
+    this.kept.set(id, order);
+  }
+
+  /** A CancelExecution of an execution that was not DONE when picked; `effective`: its response shows it stopped the run. */
+  cancelled(effective: boolean): void {
+    this.cancels.max += 1;
+    if (effective) this.cancels.min += 1;
+  }
+
   /** The upgrade commit point: the old holder of `name` loses its registrations and the name. */
   replaceHolder(name: string): void {
     const old = this.holder(name);
@@ -249,9 +290,19 @@ export class Model {
         sharedIsolates: SHARED_ISOLATES,
         executionsInFlight: 0,
       },
+      executions: {
+        live: 0,
+        background: { queued: 0, running: 0, done: this.kept.size },
+        queued: [],
+        running: [],
+        listed: [...this.kept.keys()].sort().map((id) => ({ id, state: 'EXECUTION_STATE_DONE', background: true })),
+      },
       gauges: {
         dedicatedIsolates: ready('isolate'),
         sharedIsolates: SHARED_ISOLATES,
+        backgroundQueued: 0,
+        backgroundRunning: 0,
+        backgroundDone: this.kept.size,
         registrationReferences: totalRegs,
         executionReferences: 0,
         registrations: totalRegs,

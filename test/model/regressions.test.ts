@@ -6,9 +6,12 @@ import { runScenario, type ScenarioOptions } from './harness';
  * Each encodes an interleaving worth keeping whether or not it ever failed against the real
  * server. The ones marked "catches" were shrunk from runs against deliberately broken managers
  * (InterpreterManager / Interpreter / IsolateHost monkey-patched one way each), so each is the
- * shortest known sequence that catches that breakage. Batches that race (`mix`, `upgradeRace`)
- * take whichever interleaving the machine gives and check it is a legal one, so those catch their
- * breakage only when the interleaving that exposes it comes up (it did, every time, here).
+ * shortest known sequence that catches that breakage. The ones about executions (background
+ * runs, CancelExecution, queued runs) were written out by hand and checked the same way, against
+ * ExecutionTable / Execution / TriggerFanOut / InterpreterManager patched one way each. Batches
+ * that race (`mix`, `upgradeRace`) take whichever interleaving the machine gives and check it is
+ * a legal one, so those catch their breakage only when the interleaving that exposes it comes up
+ * (it did, every time, here).
  */
 const replay = (cmds: Cmd[], options: ScenarioOptions = {}) => () => runScenario(cmds, options);
 
@@ -170,6 +173,107 @@ describe('refcount model: regressions', function () {
       { op: 'execute', mode: 'isolate', triggers: [2, 2], ending: 'ok', name: null, replace: false },
       { op: 'slowTriggerRelease', pick: 99, by: 'registration', end: 'spinBomb', registerOn: 0 },
       { op: 'release', by: 'interpreter', target: { kind: 'gone', pick: 0 } },
+    ]),
+  );
+
+  it(
+    'background runs: StartExecute into a new, a named, an upgraded and an existing interpreter, and StartTrigger; each applied once DONE and kept unchanged',
+    // catches: a background fan-out's handler runs kept (listed) once DONE; an attached StartExecute holding an execution reference
+    replay([
+      { op: 'startExecute', target: { kind: 'new', mode: 'isolate', name: 0, replace: false }, triggers: [0, 1], ending: 'ok', peek: true },
+      { op: 'startExecute', target: { kind: 'new', mode: 'shared', name: 0, replace: false }, triggers: [1], ending: 'ok', peek: false },
+      { op: 'startExecute', target: { kind: 'in', target: { kind: 'live', pick: 0 } }, triggers: [2], ending: 'hang', peek: true },
+      { op: 'startExecute', target: { kind: 'in', target: { kind: 'live', pick: 0 } }, triggers: [2], ending: 'ok', peek: false },
+      { op: 'startTrigger', trigger: 2, action: 'register', registerOn: 1 },
+      { op: 'startTrigger', trigger: 1, action: 'loop', registerOn: 0 },
+      { op: 'startExecute', target: { kind: 'new', mode: 'shared', name: 0, replace: true }, triggers: [0], ending: 'throw', peek: false },
+      { op: 'startExecute', target: { kind: 'new', mode: 'shared', name: 0, replace: true }, triggers: [0], ending: 'ok', peek: true },
+      { op: 'startExecute', target: { kind: 'in', target: { kind: 'gone', pick: 0 } }, triggers: [], ending: 'ok', peek: false },
+      { op: 'cancelDone', pick: 1, what: 'kept' },
+      { op: 'cancelDone', pick: 0, what: 'ended' },
+      { op: 'mix', ops: [{ op: 'startExecuteIn', pick: 0, triggers: [1] }, { op: 'releaseItp', pick: 0 }, { op: 'startTrigger', trigger: 0 }, { op: 'startExecute', mode: 'isolate', triggers: [2] }] },
+    ]),
+  );
+
+  it(
+    'CancelExecution from a second client: a synchronous Execute (new, named, upgrade, attached) answers its caller OUTCOME_ABORTED and keeps nothing; a fresh dedicated isolate goes at once',
+    // catches: a cancel by id not counted; a cancelled synchronous run left listed; CancelExecution answering before the run is DONE
+    replay([
+      { op: 'execute', mode: 'isolate', triggers: [0, 1], ending: 'ok', name: 0, replace: false },
+      { op: 'cancelById', victim: { kind: 'execute', background: false, target: { kind: 'new', mode: 'isolate', name: null }, triggers: [1], body: 'loop', early: false, spinMs: 1 }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'execute', background: false, target: { kind: 'new', mode: 'shared', name: 0 }, triggers: [2], body: 'hang', early: false, spinMs: 1 }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'execute', background: false, target: { kind: 'new', mode: 'isolate', name: 1 }, triggers: [2], body: 'hang', early: true, spinMs: 1 }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'execute', background: false, target: { kind: 'live', pick: 0 }, triggers: [2], body: 'loop', early: false, spinMs: 1 }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'execute', background: false, target: { kind: 'live', pick: 0 }, triggers: [2], body: 'spin', early: false, spinMs: 6 }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'execute', background: true, target: { kind: 'new', mode: 'isolate', name: 0 }, triggers: [1], body: 'spin', early: true, spinMs: 3 }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'execute', background: true, target: { kind: 'live', pick: 0 }, triggers: [1], body: 'hang', early: false, spinMs: 1 }, queued: false, sibling: null },
+      { op: 'cancelDone', pick: 0, what: 'ended' },
+    ]),
+  );
+
+  it(
+    'CancelExecution of QUEUED runs: ended ABORTED before they started, no interpreter made; a run queued behind them runs normally',
+    // catches: the same three, while QUEUED
+    replay([
+      { op: 'register', mode: 'isolate', trigger: 0, bad: false },
+      { op: 'cancelById', victim: { kind: 'execute', background: false, target: { kind: 'new', mode: 'isolate', name: 1 }, triggers: [0], body: 'hang', early: false, spinMs: 1 }, queued: true, sibling: [1] },
+      { op: 'cancelById', victim: { kind: 'execute', background: true, target: { kind: 'live', pick: 0 }, triggers: [2], body: 'spin', early: false, spinMs: 1 }, queued: true, sibling: [2, 2] },
+      { op: 'cancelById', victim: { kind: 'trigger', background: false, pick: 0, registerOn: 1, which: 'fanOut' }, queued: true, sibling: null },
+      { op: 'cancelById', victim: { kind: 'trigger', background: true, pick: 1, registerOn: 2, which: 'fanOut' }, queued: true, sibling: [0] },
+    ]),
+  );
+
+  it(
+    'CancelExecution of a Trigger: the whole fan-out, or one handler run (hanging, or spinning on after the cancel, its interpreter released right after); the others commit',
+    // catches: a fan-out's cancel not reaching its handler runs
+    replay([
+      { op: 'execute', mode: 'shared', triggers: [0, 0], ending: 'ok', name: null, replace: false },
+      { op: 'register', mode: 'isolate', trigger: 0, bad: false },
+      { op: 'cancelById', victim: { kind: 'trigger', background: false, pick: 0, registerOn: 0, which: 'fanOut' }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'trigger', background: true, pick: 1, registerOn: 1, which: 'handler' }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'trigger', background: false, pick: 2, registerOn: 1, which: 'handlerSpin' }, queued: false, sibling: null },
+      { op: 'cancelById', victim: { kind: 'trigger', background: true, pick: 0, registerOn: 2, which: 'handlerSpin' }, queued: false, sibling: null },
+      { op: 'slowTriggerRelease', pick: 0, by: 'interpreter', end: 'cancelById', registerOn: 2 },
+    ]),
+  );
+
+  it(
+    'runs waiting QUEUED see what changed when they start: a released interpreter (refused late), registrations released under a fan-out (DRAINING on its references, not run), a name taken by a request',
+    // catches: a fan-out running the handler of a registration released while it waited; a queued attached run holding a reference
+    replay([
+      { op: 'execute', mode: 'isolate', triggers: [0, 0], ending: 'ok', name: 0, replace: false },
+      { op: 'register', mode: 'shared', trigger: 0, bad: false },
+      { op: 'staleQueued', change: { kind: 'execute', background: true, pick: 0, by: 'registration', triggers: [1] } },
+      { op: 'staleQueued', change: { kind: 'trigger', background: false, pick: 0, by: 'interpreter', registerOn: 2 } },
+      { op: 'staleQueued', change: { kind: 'trigger', background: true, pick: 0, by: 'registration', registerOn: 2 } },
+      { op: 'staleQueued', change: { kind: 'execute', background: false, pick: 0, by: 'interpreter', triggers: [1] } },
+      { op: 'staleQueued', change: { kind: 'name', name: 1, mode: 'shared', triggers: [1], rival: { mode: 'isolate', triggers: [2] } } },
+    ]),
+  );
+
+  /*
+   * SERVER BUG, found by the model (with StartExecute) and not fixed here. Two concurrent upgrades
+   * (replace) of a held name, one registering a handler (A), one registering nothing (B). When A
+   * commits first and B last, B's upgrade releases A (the name is then free: no live interpreter
+   * holds it, as the model and ListInterpreters agree), but A's recipe, which holds the name,
+   * stays in the store: the plain Execute of the name that follows is refused ALREADY_EXISTS
+   * ("an interpreter named "svc-1" already exists"), where it should create the new holder; a
+   * restart on the same data directory brings A back, name and registration included. Likely
+   * cause: Recorder.commitStep reads the name's old holder when B's commit starts and, B
+   * registering nothing, removes that stale holder from the store (serialized per interpreter, not
+   * per name), while B's swap then releases A, which has replaced it meanwhile, only in memory.
+   * The race goes this way most of the time here (both runs are trivial shared-mode scripts); the
+   * round is repeated so that it comes up. Until it is fixed, commands.ts does not generate empty
+   * upgradeRace sides (MODEL_UPGRADE_RACE_EMPTY=1 does).
+   */
+  it.skip(
+    'two concurrent upgrades of a held name, the one registering nothing last: the name is free, and a plain Execute of it succeeds',
+    replay([
+      { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: 0, replace: false },
+      ...Array.from({ length: 5 }, (): Cmd[] => [
+        { op: 'upgradeRace', name: 0, a: { mode: 'shared', triggers: [0] }, b: { mode: 'shared', triggers: [] } },
+        { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: 0, replace: false },
+      ]).flat(),
     ]),
   );
 });
