@@ -252,21 +252,15 @@ describe('refcount model: regressions', function () {
   );
 
   /*
-   * SERVER BUG, found by the model (with StartExecute) and not fixed here. Two concurrent upgrades
-   * (replace) of a held name, one registering a handler (A), one registering nothing (B). When A
-   * commits first and B last, B's upgrade releases A (the name is then free: no live interpreter
-   * holds it, as the model and ListInterpreters agree), but A's recipe, which holds the name,
-   * stays in the store: the plain Execute of the name that follows is refused ALREADY_EXISTS
-   * ("an interpreter named "svc-1" already exists"), where it should create the new holder; a
-   * restart on the same data directory brings A back, name and registration included. Likely
-   * cause: Recorder.commitStep reads the name's old holder when B's commit starts and, B
-   * registering nothing, removes that stale holder from the store (serialized per interpreter, not
-   * per name), while B's swap then releases A, which has replaced it meanwhile, only in memory.
-   * The race goes this way most of the time here (both runs are trivial shared-mode scripts); the
-   * round is repeated so that it comes up. Until it is fixed, commands.ts does not generate empty
-   * upgradeRace sides (MODEL_UPGRADE_RACE_EMPTY=1 does).
+   * Found by the model with background runs: two concurrent upgrades of a held name, one
+   * registering a handler (A), one registering nothing (B), B committing last. B read the old
+   * holder when its commit started, removed that stale holder from the store and then released A
+   * in memory only: A's recipe kept the name in the store (the plain Execute below was
+   * ALREADY_EXISTS, and a restart brought A back). Upgrades of one name now commit one at a
+   * time. The race goes this way most of the time (both runs are trivial shared-mode scripts);
+   * the round is repeated so that it comes up.
    */
-  it.skip(
+  it(
     'two concurrent upgrades of a held name, the one registering nothing last: the name is free, and a plain Execute of it succeeds',
     replay([
       { op: 'execute', mode: 'shared', triggers: [0], ending: 'ok', name: 0, replace: false },
