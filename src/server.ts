@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
@@ -9,7 +9,7 @@ import { ApiKeys, CertificateTenants, OPEN_ACCESS, type Authenticator } from './
 import type { Config } from './config';
 import { InterpreterManager } from './core/InterpreterManager';
 import type { Logger } from './logger';
-import { metricsInterceptor } from './metrics/grpcInterceptor';
+import { metricsInterceptor, rpcLabels } from './metrics/grpcInterceptor';
 import { IsogearMetrics } from './metrics/metrics';
 import { MetricsServer } from './metrics/MetricsServer';
 import { openStore } from './store/open';
@@ -131,10 +131,13 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     interceptors: [metricsInterceptor(metrics)],
   });
   const health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
-  health.addToServer(server);
-  new GearsService(manager, logger, auth).addToServer(server);
+  const served: ReturnType<typeof rpcLabels>[] = [];
+  const services = recordingServices(server, served);
+  health.addToServer(services);
+  new GearsService(manager, logger, auth).addToServer(services);
   const described = loadSync([path.join(PROTO_DIR, 'isogear/v1/gears.proto'), healthProtoPath], { includeDirs: [PROTO_DIR] });
-  new ReflectionService(described).addToServer(server);
+  new ReflectionService(described).addToServer(services);
+  metrics.initRpcs(served);
 
   let port: number;
   try {
@@ -209,6 +212,18 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
 
   const reloadKeys = (): Promise<boolean> => (keys ? keys.reload() : Promise.resolve(false));
   return { grpcAddress, metricsAddress: metricsServer.address, healthAddress, metrics, manager, reloadKeys, shutdown };
+}
+
+/**
+ * `server`, except that each service added through it (by a service's addToServer, the only
+ * call these make) also has its methods listed in `methods`: the metrics start their series.
+ */
+function recordingServices(server: Server, methods: ReturnType<typeof rpcLabels>[]): Server {
+  const addService = (definition: ServiceDefinition, implementation: UntypedServiceImplementation): void => {
+    for (const m of Object.values(definition)) methods.push(rpcLabels(m));
+    server.addService(definition, implementation);
+  };
+  return new Proxy(server, { get: (target, prop) => (prop === 'addService' ? addService : (Reflect.get(target, prop, target) as unknown)) });
 }
 
 function createManager(config: Config, logger: Logger, metrics: IsogearMetrics, keys: ApiKeys | undefined, store: RecipeStore | undefined): Promise<InterpreterManager> {

@@ -1,6 +1,13 @@
 import { ServerInterceptingCall, status, type ServerInterceptor } from '@grpc/grpc-js';
 import type { GrpcType, IsogearMetrics } from './metrics';
 
+/** A method's grpc-ecosystem labels, from its path (`/package.Service/Method`) and streaming. */
+export function rpcLabels(m: { path: string; requestStream: boolean; responseStream: boolean }): { type: GrpcType; service: string; method: string } {
+  const slash = m.path.lastIndexOf('/');
+  const type: GrpcType = m.requestStream ? (m.responseStream ? 'bidi_stream' : 'client_stream') : m.responseStream ? 'server_stream' : 'unary';
+  return { type, service: m.path.slice(1, slash), method: m.path.slice(slash + 1) };
+}
+
 /**
  * The one place gRPC server metrics are recorded (grpc-ecosystem names), for every service on
  * the server. A call is counted as handled exactly once: when its status is sent, or, if the
@@ -8,16 +15,7 @@ import type { GrpcType, IsogearMetrics } from './metrics';
  */
 export function metricsInterceptor(metrics: IsogearMetrics): ServerInterceptor {
   return (method, call) => {
-    const slash = method.path.lastIndexOf('/');
-    const service = method.path.slice(1, slash);
-    const name = method.path.slice(slash + 1);
-    const type: GrpcType = method.requestStream
-      ? method.responseStream
-        ? 'bidi_stream'
-        : 'client_stream'
-      : method.responseStream
-        ? 'server_stream'
-        : 'unary';
+    const { type, service, method: name } = rpcLabels(method);
     const started = performance.now();
     let done = false;
     const finish = (code: status): void => {

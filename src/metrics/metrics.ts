@@ -1,4 +1,6 @@
+import { status } from '@grpc/grpc-js';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { DEFAULT_TENANT } from '../core/tenants';
 import type { IsolateKind, ManagerCounters, RestoreStatus, RunEndEvent } from '../core/types';
 
 /**
@@ -29,6 +31,8 @@ export const STATES = ['ready', 'draining', 'failed'] as const;
 export const OWNERS = ['registration', 'execution'] as const;
 export const RUN_KINDS = ['execute', 'trigger'] as const;
 export const OUTCOMES = ['succeeded', 'failed', 'timed_out', 'memory_exceeded', 'aborted'] as const;
+/** Every gRPC status code name, as grpc_server_handled_total's grpc_code label spells it. */
+export const GRPC_CODES = Object.keys(status).filter((k) => Number.isNaN(Number(k)));
 export const EXECUTION_STATES = ['queued', 'running', 'done'] as const;
 export const CANCEL_CAUSES = ['request', 'client', 'shutdown'] as const;
 export const DISPOSE_REASONS = ['released', 'replaced', 'memory_limit', 'failed', 'unresponsive', 'shutdown'] as const;
@@ -84,9 +88,10 @@ export class IsogearMetrics {
     const heapByKind = (): Promise<Record<IsolateKind, number>> | undefined => this.source?.heapByKind();
     // Counters mirrored from the manager's cumulative counts: each scrape adds what changed.
     const seen = new Map<string, number>();
+    // (an increment of 0 still makes the series: it exists, at 0, from the first scrape)
     const mirror = (counter: Counter<string>, key: string, labels: Record<string, string>, value: number): void => {
       const delta = value - (seen.get(key) ?? 0);
-      if (delta > 0) counter.inc(labels, delta);
+      counter.inc(labels, Math.max(0, delta));
       seen.set(key, value);
     };
 
@@ -316,18 +321,12 @@ export class IsogearMetrics {
     // Series that exist from the first scrape, at 0, so rates and alerts never see "no data".
     const disposedTotal = this.registry.getSingleMetric('isogear_isolates_disposed_total') as Counter<string>;
     const createdTotal = this.registry.getSingleMetric('isogear_isolates_created_total') as Counter<string>;
-    for (const kind of ['dedicated', 'shared'] as const) {
+    for (const kind of ISOLATE_KINDS) {
       createdTotal.inc({ kind }, 0);
       for (const reason of DISPOSE_REASONS) disposedTotal.inc({ kind, reason }, 0);
     }
-    // (with the tenant label the tenants are not known ahead, so their series start at their first run)
-    if (!this.tenantLabel) {
-      for (const mode of MODES) {
-        for (const kind of RUN_KINDS) {
-          for (const outcome of OUTCOMES) this.executions.inc({ mode, kind, outcome }, 0);
-        }
-      }
-    }
+    // (with the tenant label, each tenant's series start when observe() learns the tenants)
+    if (!this.tenantLabel) this.initRuns({});
     const durability = (): RestoreStatus | undefined => this.source?.restoreStatus();
     new Gauge({
       name: 'isogear_stored_interpreters_broken',
@@ -410,10 +409,38 @@ export class IsogearMetrics {
     collectDefaultMetrics({ register: this.registry });
   }
 
-  /** Connects the gauges to the manager whose counters they report. */
+  /**
+   * Connects the gauges to the manager whose counters they report. With the tenant label, the
+   * run series of the tenants the keys file names (or the one tenant of an open server) start
+   * at 0 now.
+   */
   observe(source: MetricsSource, keys?: KeysSource): void {
     this.source = source;
     this.keys = keys;
+    if (this.tenantLabel) for (const tenant of keys?.tenantNames ?? [DEFAULT_TENANT]) this.initRuns({ tenant });
+  }
+
+  /**
+   * The gRPC series of every method the server serves start at 0 (go-grpc-prometheus does the
+   * same): a rate or an error ratio then reads 0, not "no data", before the first call.
+   */
+  initRpcs(methods: readonly { type: GrpcType; service: string; method: string }[]): void {
+    for (const { type, service, method } of methods) {
+      const labels = { grpc_type: type, grpc_service: service, grpc_method: method };
+      this.grpcStarted.inc(labels, 0);
+      for (const code of GRPC_CODES) this.grpcHandled.inc({ ...labels, grpc_code: code }, 0);
+      this.grpcHandling.zero(labels);
+    }
+  }
+
+  /** Every run series (`extra`: the tenant label) at 0: each mode, kind and outcome, and the duration histogram. */
+  private initRuns(extra: Record<string, string>): void {
+    for (const mode of MODES) {
+      for (const kind of RUN_KINDS) {
+        for (const outcome of OUTCOMES) this.executions.inc({ ...extra, mode, kind, outcome }, 0);
+        this.duration.zero({ ...extra, mode, kind });
+      }
+    }
   }
 
   /** The manager's run-end hook. */
