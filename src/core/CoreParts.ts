@@ -14,6 +14,7 @@ import { RegistrationIndex } from './RegistrationIndex';
 import { Runner } from './Runner';
 import { SandboxMaker } from './SandboxMaker';
 import { TenantLedger } from './TenantLedger';
+import { EventHub } from './EventHub';
 import { ExecutionTable } from './ExecutionTable';
 import { TriggerFanOut } from './TriggerFanOut';
 import type { IsolationMode } from './types';
@@ -42,6 +43,7 @@ export interface CoreParts {
   readonly follower: ReplicaFollower;
   readonly fanOut: TriggerFanOut;
   readonly executions: ExecutionTable;
+  readonly events: EventHub;
 }
 
 /**
@@ -53,7 +55,8 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   const codeCache = new CodeCache(o.codeCacheBytes);
   const ledger = new TenantLedger(o.tenantQuotas, o.maxInterpreters);
   const admission = new Admission(o, ledger);
-  const index = new RegistrationIndex(ledger, o.maxRegistrationsPerInterpreter);
+  const events = new EventHub({ bufferSize: o.watchBuffer, maxWatchersPerTenant: () => o.tenantMaxWatchers });
+  const index = new RegistrationIndex(ledger, o.maxRegistrationsPerInterpreter, events);
   const names = new NameTable(index, o.logger);
   const maker = new SandboxMaker(o, codeCache);
   // The pool, the placements and the interpreter table refer to each other through these late-bound closures.
@@ -78,8 +81,8 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
     onHostDeath,
   );
   const placements: Record<IsolationMode, Placement> = { isolate: dedicated, shared };
-  const interpreters = new Interpreters({ maxInterpreters: o.maxInterpreters, logger: o.logger, closed }, placements, ledger, names);
-  const runner = new Runner({ maxValueBytes: o.maxValueBytes, logger: o.logger, onRunEnd: o.onRunEnd, afterRun: () => pool.refill(true), closed }, index);
+  const interpreters = new Interpreters({ maxInterpreters: o.maxInterpreters, logger: o.logger, closed, events }, placements, ledger, names);
+  const runner = new Runner({ maxValueBytes: o.maxValueBytes, logger: o.logger, onRunEnd: o.onRunEnd, afterRun: () => pool.refill(true), closed, events }, index);
   Object.assign(late, { shared, interpreters, runner });
   const recorder = new Recorder({ store: o.store, interpreters, index, names, ledger, logger: o.logger });
   const restorer = new Restorer({ interpreters, index, names, runner, recorder, defaultMemoryMb: o.defaultMemoryMb, logger: o.logger, closed });
@@ -90,7 +93,7 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
     backgroundQuota: (tenant) => ledger.quotas(tenant)?.backgroundExecutions ?? DEFAULTS.tenantMaxBackgroundExecutions,
   });
   const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, executions, maxResponseBytes: o.maxResponseBytes });
-  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions };
+  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events };
 }
 
 /**

@@ -1,50 +1,8 @@
 import { IllegalStateError, ResourceExhaustedError } from './errors';
-import type { InterpreterInfo, LogEntry, Outcome, RegistrationInfo, ScriptError } from './types';
+import type { WatchEvent, WatchEventBody, WatchFilter, WatchStream } from './types';
 
-/** A run that ended, as a watcher sees it (the ids are the responses' ids). */
-export interface RunEventInfo {
-  executionId: string;
-  interpreterId: string;
-  /** A handler run's registration; '' for an Execute or a Register load. */
-  registrationId: string;
-  trigger: string;
-  outcome: Outcome;
-  error?: ScriptError;
-  wallTimeMs: number;
-  cpuTimeMs: number;
-}
-
-/** A console line, as it was written. */
-export interface LogEventInfo {
-  executionId: string;
-  interpreterId: string;
-  registrationId: string;
-  entry: LogEntry;
-}
-
-/** What a watcher receives. `dropped`: events it lost because it read too slowly, sent before the next one it gets. */
-export type WatchEventBody =
-  | { kind: 'interpreter'; interpreter: InterpreterInfo }
-  | { kind: 'registration'; registration: RegistrationInfo; released: boolean }
-  | { kind: 'run'; run: RunEventInfo }
-  | { kind: 'log'; log: LogEventInfo }
-  | { kind: 'dropped'; count: number };
-
-export interface WatchEvent {
-  time: Date;
-  body: WatchEventBody;
-}
-
-/** Which events a watcher wants; every filter set must match (AND). */
-export interface WatchFilter {
-  tenant: string;
-  interpreterId?: string;
-  /** Only runs, logs and registrations of handlers bound to this trigger. */
-  trigger?: string;
-  /** Only this registration's runs, logs and changes. */
-  registrationId?: string;
-  includeLogs?: boolean;
-}
+/** A watch's filter, its tenant settled. */
+export type TenantFilter = WatchFilter & { tenant: string };
 
 /** Where an event comes from: its tenant and the ids the filters compare. */
 export interface EventSource {
@@ -67,7 +25,7 @@ export interface EventHubOptions {
  * it reads is then a `dropped` count. `next()` resolves with the next event, or undefined once
  * the watch is closed and drained of what it held.
  */
-export class Watcher {
+export class Watcher implements WatchStream {
   private readonly buffer: WatchEvent[] = [];
   private dropped = 0;
   private waiting: ((e: WatchEvent | undefined) => void) | undefined;
@@ -75,7 +33,7 @@ export class Watcher {
   private open = true;
 
   constructor(
-    readonly filter: WatchFilter,
+    readonly filter: TenantFilter,
     private readonly bufferSize: number,
     private readonly onClose: (w: Watcher) => void,
   ) {}
@@ -178,7 +136,7 @@ export class EventHub {
   }
 
   /** A new watch for `filter`; RESOURCE_EXHAUSTED (`tenant_watchers`) past the tenant's bound. */
-  watch(filter: WatchFilter): Watcher {
+  watch(filter: TenantFilter): Watcher {
     const n = this.perTenant.get(filter.tenant) ?? 0;
     const max = this.options.maxWatchersPerTenant(filter.tenant);
     if (n >= max) {

@@ -52,6 +52,8 @@ export class Interpreter implements ReferenceCounted {
   constructor(
     init: InterpreterInit,
     private readonly onUnreferenced: (interpreter: Interpreter) => void,
+    /** Called after each change of state (watchers hear of it). */
+    private readonly onStateChange?: (interpreter: Interpreter) => void,
   ) {
     this.id = init.id;
     this.seq = init.seq;
@@ -123,19 +125,25 @@ export class Interpreter implements ReferenceCounted {
 
   /** No registrations are left but runs are: dispose when they end, take no new owners. */
   beginDraining(): void {
-    if (this.state === 'ready') this.state = 'draining';
+    if (this.state !== 'ready') return;
+    this.state = 'draining';
+    this.onStateChange?.(this);
   }
 
   fail(reason: string): void {
     if (this.state === 'disposed') return;
+    const was = this.state;
     this.state = 'failed';
     this.failureReason = reason;
     this.releaseSandbox();
+    if (was !== 'failed') this.onStateChange?.(this);
   }
 
   markDisposed(): void {
+    const was = this.state;
     if (this.state !== 'failed') this.state = 'disposed';
     this.releaseSandbox();
+    if (this.state !== was) this.onStateChange?.(this);
   }
 
   private releaseSandbox(): void {

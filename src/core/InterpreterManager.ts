@@ -17,6 +17,8 @@ import type {
   ExecuteSpec,
   ExecutionFilter,
   ExecutionInfo,
+  WatchFilter,
+  WatchStream,
   InterpreterFilter,
   InterpreterInfo,
   IsolateKind,
@@ -240,6 +242,26 @@ export class InterpreterManager implements IsolateManager {
     return { req: { tenant, trigger: spec.trigger, payloadJson, timeoutMs: limits.timeoutMs }, bound };
   }
 
+  /**
+   * A live watch of the tenant's events from now on (see EventHub), filtered as asked. NOT_FOUND
+   * for an interpreter or registration the tenant does not have; INVALID_ARGUMENT for a trigger
+   * name no registration could have; RESOURCE_EXHAUSTED past the tenant's watches.
+   */
+  watch(filter: WatchFilter): WatchStream {
+    this.assertOpen();
+    const tenant = filter.tenant || DEFAULT_TENANT;
+    if (filter.interpreterId) {
+      checkIdLength(filter.interpreterId, 'interpreter_id');
+      if (!this.core.interpreters.own(filter.interpreterId, tenant)) throw new NotFoundError(`interpreter ${filter.interpreterId} not found (unknown or disposed)`);
+    }
+    if (filter.registrationId) {
+      checkIdLength(filter.registrationId, 'registration_id');
+      if (this.core.index.get(filter.registrationId)?.tenant !== tenant) throw new NotFoundError(`registration ${filter.registrationId} not found (unknown or released)`);
+    }
+    if (filter.trigger) requireTrigger(filter.trigger);
+    return this.core.events.watch({ ...filter, tenant });
+  }
+
   getExecution(id: string, tenant: string = DEFAULT_TENANT): ExecutionInfo {
     return this.core.executions.find(id, tenant).info();
   }
@@ -404,6 +426,7 @@ export class InterpreterManager implements IsolateManager {
     if (this.closed) return;
     this.accepting = false;
     this.closed = true;
+    this.core.events.closeAll(new UnavailableError('the server is shutting down'));
     // Queued background runs end now; running ones end as their isolates are disposed.
     this.core.executions.cancelBackground(new CancelReason('shutdown', 'the server shut down'));
     await closeCore(this.core);

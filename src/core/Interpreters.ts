@@ -4,6 +4,7 @@ import type { IsolateDisposeReason, IsolateHost } from './IsolateHost';
 import type { NameTable } from './NameTable';
 import type { FixedIds, Placement } from './placement/Placement';
 import type { TenantLedger } from './TenantLedger';
+import type { EventHub } from './EventHub';
 import type { CoreLogger, InterpreterInfo, IsolationMode } from './types';
 import { checkIdLength } from './validation';
 
@@ -16,6 +17,8 @@ const WATCHDOG_INTERVAL_MS = 500;
 export interface InterpretersOptions {
   maxInterpreters: number;
   logger?: CoreLogger;
+  /** Watchers hear of each interpreter made and of each change of its state. */
+  events?: EventHub;
   /** True once the manager is shutting down: no interpreter is created any more. */
   closed(): boolean;
 }
@@ -143,8 +146,9 @@ export class Interpreters {
         placement.abandon(placed);
         throw new UnavailableError('the server is shutting down');
       }
-      const interp = new Interpreter({ ...placed, seq: ++this.seq, mode: placement.mode, name, tenant }, this.forget);
+      const interp = new Interpreter({ ...placed, seq: ++this.seq, mode: placement.mode, name, tenant }, this.forget, this.changed);
       this.table.set(interp.id, interp);
+      this.changed(interp);
       return interp;
     } finally {
       this.pending -= 1;
@@ -187,6 +191,14 @@ export class Interpreters {
   }
 
   /** Removes an unreferenced interpreter: disposes its context (and dedicated isolate), keeps a tombstone. */
+  /** Tells watchers an interpreter was made or changed state (the state after the change). */
+  private readonly changed = (interp: Interpreter): void => {
+    this.options.events?.publish({ tenant: interp.tenant, interpreterId: interp.id }, 'interpreter', () => ({
+      kind: 'interpreter',
+      interpreter: interp.infoWithHeap(interp.host.lastHeapBytes ?? 0),
+    }));
+  };
+
   private readonly forget = (interp: Interpreter): void => {
     if (!this.table.has(interp.id)) return;
     this.table.delete(interp.id);

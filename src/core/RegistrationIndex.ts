@@ -3,6 +3,7 @@ import { ResourceExhaustedError } from './errors';
 import type { Interpreter } from './Interpreter';
 import { isValidTrigger } from './names';
 import { Registration } from './Registration';
+import type { EventHub } from './EventHub';
 import type { TenantLedger } from './TenantLedger';
 
 /** Triggers are per tenant: the index keys on tenant and trigger together (a newline occurs in neither). */
@@ -30,6 +31,8 @@ export class RegistrationIndex {
   constructor(
     private readonly ledger: TenantLedger,
     private readonly maxPerInterpreter: number,
+    /** Watchers hear of each registration made live and each one released. */
+    private readonly events?: EventHub,
   ) {}
 
   get size(): number {
@@ -63,7 +66,9 @@ export class RegistrationIndex {
       return [];
     }
     interp.commitRun(execId);
-    return tuple.registrations.map((r) => this.add(interp, r));
+    const made = tuple.registrations.map((r) => this.add(interp, r));
+    for (const reg of made) this.tell(reg, false);
+    return made;
   }
 
   /** Lists registrations of a FAILED interpreter (a recipe that could not be rebuilt): they are broken until released. */
@@ -114,7 +119,17 @@ export class RegistrationIndex {
     }
     if (interp.live) interp.unregister(regs.map((r) => r.id));
     if (interp.registrations.size === 0 && interp.referencesOf('execution') > 0) interp.beginDraining();
+    // watchers hear of the releases before the interpreter's disposal they may cause
+    for (const reg of regs) this.tell(reg, true);
     for (const reg of regs) reg.reference.release();
+  }
+
+  private tell(reg: Registration, released: boolean): void {
+    this.events?.publish({ tenant: reg.tenant, interpreterId: reg.interpreterId, registrationId: reg.id, trigger: reg.trigger }, 'registration', () => ({
+      kind: 'registration',
+      registration: reg.info(false),
+      released,
+    }));
   }
 
   /** Drops every registration of `interp`. */

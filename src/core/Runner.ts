@@ -1,5 +1,6 @@
 import { SandboxCallError, type RunTuple } from '../sandbox/Sandbox';
 import { IllegalStateError } from './errors';
+import type { EventHub } from './EventHub';
 import { CancelReason } from './Execution';
 import { newExecutionId } from './ids';
 import type { Interpreter } from './Interpreter';
@@ -88,6 +89,11 @@ export interface RunRequest {
   slot?: Slot;
   /** The run's id when it was given out before the run began (its Execution's); otherwise a new one. */
   execId?: string;
+  /** A handler run's registration and trigger (what watchers filter on). */
+  registrationId?: string;
+  trigger?: string;
+  /** A replay rebuilding a stored interpreter: no client's run, so watchers do not hear of it. */
+  replay?: boolean;
 }
 
 /**
@@ -113,6 +119,8 @@ export interface RunnerOptions {
   afterRun(): void;
   /** True once the manager is shutting down (an isolate disposed then went for shutdown). */
   closed(): boolean;
+  /** Watchers hear of every run that ended. */
+  events?: EventHub;
 }
 
 /**
@@ -221,6 +229,20 @@ export class Runner {
       report: done,
       tuple,
       end: () => {
+        // watchers hear of the run before the disposal its reference's release may cause
+        if (!req.replay) this.options.events?.publish({ tenant: interp.tenant, interpreterId: interp.id, registrationId: req.registrationId, trigger: req.trigger }, 'run', () => ({
+          kind: 'run',
+          run: {
+            executionId: done.executionId,
+            interpreterId: interp.id,
+            registrationId: req.registrationId ?? '',
+            trigger: req.trigger ?? '',
+            outcome: done.outcome,
+            error: done.error,
+            wallTimeMs: done.wallTimeMs,
+            cpuTimeMs: done.cpuTimeMs,
+          },
+        }));
         end(done.outcome);
         if (kind !== 'register' && done.outcome !== 'succeeded') {
           this.options.logger?.debug({ executionId: execId, interpreterId: interp.id, outcome: done.outcome }, 'run did not succeed');

@@ -166,6 +166,8 @@ export class TriggerFanOut {
       held,
       slot,
       execId: execution.id,
+      registrationId: reg.id,
+      trigger: req.trigger,
     });
     const r = run.report;
     try {

@@ -33,6 +33,8 @@ export const DEFAULTS = {
   executionRetentionBytes: 64 * 1024 * 1024,
   tenantMaxBackgroundExecutions: 1000,
   extraSharedIsolates: 0,
+  watchBuffer: 1000,
+  tenantMaxWatchers: 16,
 } as const;
 
 export interface ManagerOptions {
@@ -76,6 +78,10 @@ export interface ManagerOptions {
    * shared-mode interpreters do not queue behind it (default: as many as `sharedIsolates`).
    */
   extraSharedIsolates?: number;
+  /** Events one watcher may have waiting before they are dropped (default 1000). */
+  watchBuffer?: number;
+  /** Watches one tenant may have open (default 16). */
+  tenantMaxWatchers?: number;
   logger?: CoreLogger;
   /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
   onRunEnd?: (event: RunEndEvent) => void;
@@ -107,7 +113,9 @@ type OptionalSetting =
   | 'codeCacheBytes'
   | 'executionRetentionMs'
   | 'executionRetentionBytes'
-  | 'extraSharedIsolates';
+  | 'extraSharedIsolates'
+  | 'watchBuffer'
+  | 'tenantMaxWatchers';
 
 /** Checks `o` (RangeError naming the option) and fills in the defaults of what it leaves out. */
 export function resolveOptions(o: ManagerOptions): ResolvedOptions {
@@ -124,6 +132,8 @@ export function resolveOptions(o: ManagerOptions): ResolvedOptions {
     executionRetentionMs: o.executionRetentionMs ?? DEFAULTS.executionRetentionMs,
     executionRetentionBytes: o.executionRetentionBytes ?? DEFAULTS.executionRetentionBytes,
     extraSharedIsolates: o.extraSharedIsolates ?? o.sharedIsolates,
+    watchBuffer: o.watchBuffer ?? DEFAULTS.watchBuffer,
+    tenantMaxWatchers: o.tenantMaxWatchers ?? DEFAULTS.tenantMaxWatchers,
   };
 }
 
@@ -156,6 +166,8 @@ function validateOptions(o: ManagerOptions): void {
     ['executionRetentionMs', 0],
     ['executionRetentionBytes', 0],
     ['extraSharedIsolates', 0],
+    ['watchBuffer', 1],
+    ['tenantMaxWatchers', 0],
   ] as const) {
     const v = o[k];
     if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new RangeError(`manager option ${k} must be an integer >= ${min}`);

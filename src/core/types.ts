@@ -196,6 +196,58 @@ export interface ExecutionCounters {
   live: number;
 }
 
+/** A run that ended, as a watcher sees it (the ids are the responses' ids). */
+export interface RunEventInfo {
+  executionId: string;
+  interpreterId: string;
+  /** A handler run's registration; '' for an Execute or a Register load. */
+  registrationId: string;
+  trigger: string;
+  outcome: Outcome;
+  error?: ScriptError;
+  wallTimeMs: number;
+  cpuTimeMs: number;
+}
+
+/** A console line, as it was written. */
+export interface LogEventInfo {
+  executionId: string;
+  interpreterId: string;
+  registrationId: string;
+  entry: LogEntry;
+}
+
+/** What a watcher receives. `dropped`: events it lost because it read too slowly, sent before the next one it gets. */
+export type WatchEventBody =
+  | { kind: 'interpreter'; interpreter: InterpreterInfo }
+  | { kind: 'registration'; registration: RegistrationInfo; released: boolean }
+  | { kind: 'run'; run: RunEventInfo }
+  | { kind: 'log'; log: LogEventInfo }
+  | { kind: 'dropped'; count: number };
+
+export interface WatchEvent {
+  time: Date;
+  body: WatchEventBody;
+}
+
+/** Which events a watcher wants; every filter set must match (AND). */
+export interface WatchFilter extends Tenanted {
+  interpreterId?: string;
+  /** Only runs, logs and registrations of handlers bound to this trigger. */
+  trigger?: string;
+  /** Only this registration's runs, logs and changes. */
+  registrationId?: string;
+  includeLogs?: boolean;
+}
+
+/** An open watch: read with `next()` (undefined once it is closed), end with `close()`. */
+export interface WatchStream {
+  next(): Promise<WatchEvent | undefined>;
+  close(): void;
+  /** Why the server closed it (shutdown); undefined when its reader did. */
+  readonly closeReason: Error | undefined;
+}
+
 /** Exact live counts, for tests ("nothing leaked") and metrics. */
 export interface ManagerCounters {
   interpreters: number;
@@ -270,6 +322,8 @@ export interface IsolateManager {
    */
   waitExecution(id: string, timeoutMs: number, options?: { tenant?: string; capMs?: number; signal?: AbortSignal }): Promise<ExecutionInfo>;
   listExecutions(filter: ExecutionFilter): Page<ExecutionInfo>;
+  /** A live watch of the tenant's events from now on: interpreters, registrations, runs, and console lines if asked. */
+  watch(filter: WatchFilter): WatchStream;
   /** Cancels a queued or running execution; answers it once DONE (a DONE one unchanged). */
   cancelExecution(id: string, tenant?: string): Promise<ExecutionInfo>;
   getInterpreter(id: string, tenant?: string): Promise<{ interpreter: InterpreterInfo; registrations: RegistrationInfo[] }>;

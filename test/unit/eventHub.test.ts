@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { ResourceExhaustedError, UnavailableError } from '../../src/core/errors';
-import { EventHub, type EventSource, type WatchEventBody } from '../../src/core/EventHub';
+import { EventHub, type EventSource } from '../../src/core/EventHub';
+import type { WatchEventBody } from '../../src/core/types';
 
 const run = (executionId: string, source: EventSource): WatchEventBody => ({
   kind: 'run',

@@ -181,7 +181,7 @@ export class Restorer {
             { kind: step.kind, source: step.source ?? '', modules: step.modules ?? {}, argsJson: step.argsJson, trigger: step.trigger, description: step.description, ids },
             newToken(),
           );
-    const run = await this.deps.runner.run({ interp, kind: step.kind, timeoutMs: step.timeoutMs, since: performance.now(), work });
+    const run = await this.deps.runner.run({ interp, kind: step.kind, timeoutMs: step.timeoutMs, since: performance.now(), work, replay: true });
     let why: string | undefined;
     try {
       why = this.commitReplay(interp, step, run.report, run.tuple, onCommit);
