@@ -1,4 +1,4 @@
-import { SandboxCallError, type RunTuple } from '../sandbox/Sandbox';
+import { SandboxCallError, type LogSink, type RunTuple } from '../sandbox/Sandbox';
 import { IllegalStateError } from './errors';
 import type { EventHub } from './EventHub';
 import { CancelReason } from './Execution';
@@ -20,7 +20,8 @@ const HOST_TIMER_SLACK_MS = 20;
  * was settled by the host timer or an abort, so a slow compile does not start code nobody awaits.
  */
 export interface RunWork {
-  start(execId: string, remainingMs: () => number, active: () => boolean): Promise<RunTuple>;
+  /** `sink`: gets each console line as it is written (someone watches the run's logs). */
+  start(execId: string, remainingMs: () => number, active: () => boolean, sink?: LogSink): Promise<RunTuple>;
   /** Token of a pending load, so an abandoned run's driver hook is dropped too. */
   token?: string;
 }
@@ -50,7 +51,7 @@ const gone = (interp: Interpreter): SandboxCallError =>
 export function loadWork(interp: Interpreter, spec: LoadSpec, token: string): RunWork {
   return {
     token,
-    start: async (execId, remainingMs, active) => {
+    start: async (execId, remainingMs, active, sink) => {
       if (!interp.live) throw gone(interp);
       const prepared = await interp.sandbox.prepare(spec.source, spec.modules, token);
       if (!active()) {
@@ -59,7 +60,7 @@ export function loadWork(interp: Interpreter, spec: LoadSpec, token: string): Ru
         throw new SandboxCallError('script', { name: 'AbortError', message: 'the run ended before it started', stack: '' });
       }
       if (!interp.live) throw gone(interp);
-      return interp.sandbox.load(prepared, execId, token, spec.kind, spec.argsJson ?? '', spec.trigger ?? '', spec.description ?? '', remainingMs(), spec.ids);
+      return interp.sandbox.load(prepared, execId, token, spec.kind, spec.argsJson ?? '', spec.trigger ?? '', spec.description ?? '', remainingMs(), spec.ids, sink);
     },
   };
 }
@@ -67,9 +68,9 @@ export function loadWork(interp: Interpreter, spec: LoadSpec, token: string): Ru
 /** The one way to call a handler: registration `registrationId`'s, with `payloadJson`. */
 export function invokeWork(interp: Interpreter, registrationId: string, payloadJson: string, trigger: string, ids?: readonly string[]): RunWork {
   return {
-    start: async (execId, remainingMs) => {
+    start: async (execId, remainingMs, _active, sink) => {
       if (!interp.live) throw gone(interp);
-      return interp.sandbox.invoke(execId, registrationId, payloadJson, trigger, remainingMs(), ids);
+      return interp.sandbox.invoke(execId, registrationId, payloadJson, trigger, remainingMs(), ids, sink);
     },
   };
 }
@@ -192,7 +193,7 @@ export class Runner {
         signal.addEventListener('abort', onAbort, { once: true });
       }
       if (!active) return;
-      const call = work.start(execId, remainingMs, () => active);
+      const call = work.start(execId, remainingMs, () => active, this.logSink(req, execId));
       // The slot stays taken until the isolate call really returns: a run the caller gave up on
       // keeps its isolate busy until its own timeout (isolated-vm cannot interrupt it otherwise).
       slot?.holdUntil(call);
@@ -249,6 +250,16 @@ export class Runner {
         }
       },
     };
+  }
+
+  /** Where a run's console lines go as they are written: to watchers, when one of the tenant wants logs. */
+  private logSink(req: RunRequest, execId: string): LogSink | undefined {
+    const events = this.options.events;
+    const { interp } = req;
+    if (req.replay || !events?.wantsLogs(interp.tenant)) return undefined;
+    const source = { tenant: interp.tenant, interpreterId: interp.id, registrationId: req.registrationId, trigger: req.trigger };
+    return (level, message) =>
+      events.publish(source, 'log', () => ({ kind: 'log', log: { executionId: execId, interpreterId: interp.id, registrationId: req.registrationId ?? '', entry: { level, message } } }));
   }
 
   /** Sorts how a run settled into its outcome, error and result (on `report`); tidies what a refused run left in the sandbox. */

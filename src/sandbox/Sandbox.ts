@@ -57,6 +57,9 @@ export interface SandboxOptions {
   codeCache?: CodeCache;
 }
 
+/** Where a run's console lines go as they are written (a live watcher), besides its tuple. */
+export type LogSink = (level: SandboxLevel, message: string) => void;
+
 const LEVELS = new Set<string>(['log', 'info', 'warn', 'error', 'debug']);
 const BOUNDARY = '    at (<isolated-vm boundary>)';
 /** isolated-vm's message for a thrown value it cannot copy (an object or symbol that is not an Error). */
@@ -200,6 +203,8 @@ export class Sandbox {
     private readonly loader: ModuleLoader,
     private readonly options: SandboxOptions,
     private readonly track: CallTracker,
+    /** Runs started with a sink: their console lines, as the context's log tap hands them over. */
+    private readonly sinks: Map<string, LogSink>,
   ) {}
 
   /**
@@ -218,12 +223,20 @@ export class Sandbox {
     try {
       const script = await track(bootstrap, HOUSEKEEPING_TIMEOUT_MS);
       dispatch = (await track(script.run(context, { reference: true, timeout: 1000 }), HOUSEKEEPING_TIMEOUT_MS)) as ivm.Reference<(...args: unknown[]) => unknown>;
+      // The log tap: called only for runs started with a sink, and never waited for by the isolate.
+      const sinks = new Map<string, LogSink>();
+      const tap = new ivm.Callback(
+        (execId: unknown, level: unknown, message: unknown) => {
+          if (typeof execId === 'string' && typeof level === 'string' && LEVELS.has(level) && typeof message === 'string') sinks.get(execId)?.(level as SandboxLevel, message);
+        },
+        { ignored: true },
+      );
       dispatch.applyIgnored(
         undefined,
-        ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations],
+        ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations, tap],
         { timeout: 1000 },
       );
-      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache), options, track);
+      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache), options, track, sinks);
     } catch (err) {
       dispatch?.release();
       context.release();
@@ -256,13 +269,16 @@ export class Sandbox {
     timeoutMs: number,
     /** A replayed run: the ids its registrations take, in order. */
     ids: readonly string[] = [],
+    /** Gets each console line as it is written (a live watcher). */
+    sink?: LogSink,
   ): Promise<RunTuple> {
     this.assertUsable('load');
+    if (sink) this.sinks.set(execId, sink);
     // Order matters: `load` makes the run current, and the driver's evaluation must be the very
     // next call into the isolate (isolated-vm runs them in order; nothing runs in between), so
     // the two are sent back to back, with nothing awaited between them.
     const tuple = this.track(
-      this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description, ids.join(',')], {
+      this.dispatch.apply(undefined, ['load', execId, token, kind, argsJson, trigger, description, ids.join(','), sink !== undefined], {
         timeout: timeoutMs,
         result: { promise: true, copy: true },
       }),
@@ -270,6 +286,7 @@ export class Sandbox {
     );
     const { driver } = prepared;
     const evaluated = this.evaluate(prepared, token, timeoutMs);
+    if (sink) this.dropSinkAfter(execId, tuple);
     return new Promise<RunTuple>((resolve, reject) => {
       let done = false;
       evaluated.then(
@@ -320,6 +337,15 @@ export class Sandbox {
   }
 
   /**
+   * A run's sink goes once its call settled and the tap's calls made before have arrived: the tap
+   * is never waited for, so its last lines may come just after the run's result (one turn later).
+   */
+  private dropSinkAfter(execId: string, call: Promise<unknown>): void {
+    const drop = (): void => void setImmediate(() => this.sinks.delete(execId));
+    call.then(drop, drop);
+  }
+
+  /**
    * A prepared load that will not be run (its run ended before it started): its driver's handle
    * is released once its link, if still running, has settled.
    */
@@ -329,18 +355,21 @@ export class Sandbox {
     prepared.linked.then(done, done);
   }
 
-  /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. */
-  async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number, ids: readonly string[] = []): Promise<RunTuple> {
+  /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. `sink`: as load's. */
+  async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number, ids: readonly string[] = [], sink?: LogSink): Promise<RunTuple> {
     this.assertUsable('invoke');
+    if (sink) this.sinks.set(execId, sink);
     let raw: unknown;
     try {
-      raw = await this.track(
-        this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger, ids.join(',')], {
+      const call = this.track(
+        this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger, ids.join(','), sink !== undefined], {
           timeout: timeoutMs,
           result: { promise: true, copy: true },
         }),
         timeoutMs,
       );
+      if (sink) this.dropSinkAfter(execId, call);
+      raw = await call;
     } catch (err) {
       throw classifyCallError(err, this.isolate);
     }

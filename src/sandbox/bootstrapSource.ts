@@ -53,6 +53,9 @@ export const BOOTSTRAP_SOURCE = String.raw`(function () {
 'use strict';
 // Set once by init, the host's first call.
 let initialized = false;
+// The host's log tap (an isolated-vm Callback whose calls the isolate does not wait for): a run
+// started with tap set hands it each console line as it is written, for live watchers.
+let logTap = null;
 let interpreterId = '', regPrefix = '', maxLogChars = 0, triggerPattern = '', maxResultChars = 0, maxRegistrations = 0;
 const g = globalThis;
 const apply = Reflect.apply;
@@ -373,6 +376,9 @@ function makeLogger(level) {
     if (msg.length > 0 || !run.truncated) {
       append(run.logs, [level, msg]);
       run.logChars += msg.length + 1;
+      if (run.tap && logTap !== null) {
+        try { logTap(run.id, level, msg); } catch (e) { /* the host went away: the line is in the run's logs */ }
+      }
     }
   };
 }
@@ -410,9 +416,9 @@ function addRegistration(run, trigger, handler, description) {
 }
 
 // idsCsv: the ids a replayed run's registrations take, in order ('' for a new run: mint them)
-function newRun(execId, idsCsv) {
+function newRun(execId, idsCsv, tap) {
   const ids = idsCsv === undefined || idsCsv === '' ? null : splitCsv(idsCsv);
-  const run = { id: execId, logs: [], logChars: 0, truncated: false, regs: [], ids: ids, done: false, settle: null };
+  const run = { id: execId, logs: [], logChars: 0, truncated: false, regs: [], ids: ids, done: false, settle: null, tap: tap === true };
   apply(mapSet, runs, [execId, run]);
   return run;
 }
@@ -500,9 +506,10 @@ function startLoad(pending, ns) {
 
 // The interpreter's settings, then the globals user code sees (in this order: gears, console, the
 // driver's hook). Called once, before any call that runs user code.
-function init(id, prefix, logChars, pattern, resultChars, registrations) {
+function init(id, prefix, logChars, pattern, resultChars, registrations, tap) {
   if (initialized) throw new TypeErrorCtor('the sandbox is initialized already');
   initialized = true;
+  if (typeof tap === 'function') logTap = tap;
   interpreterId = id;
   regPrefix = prefix;
   maxLogChars = logChars;
@@ -553,8 +560,8 @@ function enter(token) {
 
 // The host evaluates the load's driver module right after this call, and no code runs between
 // two calls: the run is current when the load's user modules start evaluating.
-function load(execId, token, kind, argsJson, trigger, description, idsCsv) {
-  const run = newRun(execId, idsCsv);
+function load(execId, token, kind, argsJson, trigger, description, idsCsv, tap) {
+  const run = newRun(execId, idsCsv, tap);
   current = run;
   return new PromiseCtor(function (resolve) {
     run.settle = resolve;
@@ -565,8 +572,8 @@ function load(execId, token, kind, argsJson, trigger, description, idsCsv) {
   });
 }
 
-function invoke(execId, registrationId, payloadJson, trigger, idsCsv) {
-  const run = newRun(execId, idsCsv);
+function invoke(execId, registrationId, payloadJson, trigger, idsCsv, tap) {
+  const run = newRun(execId, idsCsv, tap);
   const handler = apply(mapGet, handlers, [registrationId]);
   if (handler === undefined) {
     return finish(run, false, null, ['Error', 'registration ' + registrationId + ' has no handler in this interpreter', ''], 'script');
@@ -619,12 +626,12 @@ function unregister(idsCsv) {
   for (let i = 0; i < ids.length; i++) if (apply(mapDelete, handlers, [ids[i]])) handlerCount -= 1;
 }
 
-return function dispatch(op, a, b, c, d, e, f, h) {
+return function dispatch(op, a, b, c, d, e, f, h, i) {
   switch (op) {
-    case 'init': return init(a, b, c, d, e, f);
-    case 'load': return load(a, b, c, d, e, f, h);
+    case 'init': return init(a, b, c, d, e, f, h);
+    case 'load': return load(a, b, c, d, e, f, h, i);
     case 'enter': return enter(a);
-    case 'invoke': return invoke(a, b, c, d, e);
+    case 'invoke': return invoke(a, b, c, d, e, f);
     case 'commit': return commit(a);
     case 'abandon': return abandon(a, b);
     case 'unregister': return unregister(a);

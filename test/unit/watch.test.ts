@@ -93,6 +93,33 @@ describe('watching the core: interpreters, registrations and runs as they happen
     for (const w of [byInterp, byTrigger, byReg, other]) w.close();
   });
 
+  for (const mode of MODES) {
+    it(`console lines arrive as they are written, while the run still goes, and only where logs were asked for (${mode})`, async () => {
+      const res = await manager.execute({
+        mode,
+        source: 'gears.register("w.log", () => { console.log("first", 1); const t = Date.now(); while (Date.now() - t < 500) {} console.warn("last"); return 1; });',
+      });
+      const logs = manager.watch({ includeLogs: true, trigger: 'w.log' });
+      const quiet = manager.watch({ trigger: 'w.log' });
+      let ended = false;
+      const call = manager.trigger({ trigger: 'w.log' }).finally(() => (ended = true));
+      const first = await logs.next();
+      assert.equal(ended, false, 'the first line arrived while the handler still ran');
+      assert.match(first ? line(first) : '', /^log exe_[0-9a-f]+ log first 1$/);
+      const fired = await call;
+      const rest = await drain(logs);
+      assert.deepEqual(rest.sort(), [`log ${fired[0].executionId} warn last`, `run ${fired[0].executionId} ${res.interpreterId} ${res.registrations[0].id} w.log succeeded`].sort());
+      assert.equal(first ? line(first) : '', `log ${fired[0].executionId} log first 1`, 'the response’s execution id');
+      assert.deepEqual(await drain(quiet), [`run ${fired[0].executionId} ${res.interpreterId} ${res.registrations[0].id} w.log succeeded`], 'no logs unasked');
+      // an Execute's lines too, for a watcher of every run
+      const all = manager.watch({ includeLogs: true, interpreterId: res.interpreterId });
+      const more = await manager.execute({ interpreterId: res.interpreterId, source: 'console.info("again"); export default 0;' });
+      assert.deepEqual(await drain(all), [`log ${more.executionId} info again`, `run ${more.executionId} ${res.interpreterId} - - succeeded`]);
+      for (const w of [logs, quiet, all]) w.close();
+      await manager.release({ interpreterId: res.interpreterId });
+    });
+  }
+
   it('refuses filters naming what the tenant does not have, and bad trigger names', async () => {
     const a = await manager.execute({ source: 'gears.register("w.mine", () => 1);' });
     assert.throws(() => manager.watch({ interpreterId: 'itp_00000000000000000000' }), NotFoundError);
