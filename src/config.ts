@@ -42,6 +42,8 @@ export interface Config {
   executionRetentionMs: number;
   executionRetentionBytes: number;
   extraSharedIsolates: number;
+  watchBuffer: number;
+  tenantMaxWatchers: number;
   /** PEM certificate chain and key: gRPC over TLS ('' for both: plaintext). */
   tlsCertFile: string;
   tlsKeyFile: string;
@@ -186,6 +188,8 @@ const SETTINGS = [
   setting('executionRetentionMs', 'ISOGEAR_EXECUTION_RETENTION_MS', int(0, 7 * 24 * 3_600_000), () => DEFAULTS.executionRetentionMs),
   setting('executionRetentionBytes', 'ISOGEAR_EXECUTION_RETENTION_BYTES', int(0, 64 * 1024 * MiB), () => DEFAULTS.executionRetentionBytes),
   setting('extraSharedIsolates', 'ISOGEAR_EXTRA_SHARED_ISOLATES', int(0, 1024), (p) => p.sharedIsolates ?? Math.max(1, os.availableParallelism())),
+  setting('watchBuffer', 'ISOGEAR_WATCH_BUFFER', int(1, 1_000_000), () => DEFAULTS.watchBuffer),
+  setting('tenantMaxWatchers', 'ISOGEAR_TENANT_MAX_WATCHERS', int(0, 100_000), () => DEFAULTS.tenantMaxWatchers),
   setting('tenantMaxDedicatedMemoryMb', 'ISOGEAR_TENANT_MAX_DEDICATED_MEMORY_MB', int(0, 1e9), (p) => Math.min(1e9, (p.maxInterpreters ?? DEFAULTS.maxInterpreters) * (p.maxMemoryMb ?? DEFAULTS.maxMemoryMb))),
 ] as Setting<keyof Config>[];
 

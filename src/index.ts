@@ -19,4 +19,6 @@ export type {
   ReleaseInit,
   TriggerInit,
   WaitExecutionInit,
+  Watch,
+  WatchInit,
 } from './client';

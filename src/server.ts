@@ -251,6 +251,8 @@ function createManager(config: Config, logger: Logger, metrics: IsogearMetrics, 
     executionRetentionMs: config.executionRetentionMs,
     executionRetentionBytes: config.executionRetentionBytes,
     extraSharedIsolates: config.extraSharedIsolates,
+    watchBuffer: config.watchBuffer,
+    tenantMaxWatchers: config.tenantMaxWatchers,
     // Defaults from the config, overridden per tenant by its keys-file entry (read at each check,
     // so a reloaded file's quotas apply at once).
     tenantQuotas: (tenant) => ({

@@ -1,7 +1,7 @@
-import { status, type sendUnaryData, type Server, type ServerUnaryCall, type ServiceError } from '@grpc/grpc-js';
+import { Metadata, status, type sendUnaryData, type Server, type ServerUnaryCall, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
 import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError } from '../core/errors';
-import type { ExecuteSpec, IsolateManager, JsonValue, TriggerSpec } from '../core/types';
+import type { ExecuteSpec, IsolateManager, JsonValue, TriggerSpec, WatchStream } from '../core/types';
 import * as pb from '../gen/isogear/v1/gears';
 import {
   executeResponseToProto,
@@ -11,6 +11,7 @@ import {
   limitsFromProto,
   modeFromProto,
   registrationToProto,
+  watchEventToProto,
   triggerResultToProto,
 } from './convert';
 import { toStatus, type ErrorLogger } from './toStatus';
@@ -103,6 +104,7 @@ export class GearsService {
         (req, res) => ({ executionId: req.executionId, state: res ? pb.executionStateToJSON(res.state) : undefined }),
       ),
       listExecutions: this.unary('ListExecutions', (req: pb.ListExecutionsRequest, _signal, tenant) => this.listExecutions(req, tenant)),
+      watch: (call: ServerWritableStream<pb.WatchRequest, pb.WatchEvent>) => void this.watch(call),
       cancelExecution: this.unary(
         'CancelExecution',
         async (req: pb.CancelExecutionRequest, _signal, tenant) => executionToProto(await this.manager.cancelExecution(req.executionId, tenant)),
@@ -208,6 +210,65 @@ export class GearsService {
   }
 
   /**
+   * Watch: checks the caller and the filter, then writes each event as the client takes it. The
+   * client's pace never reaches the server: while a write waits for the client, events gather in
+   * the watch's bounded buffer (dropped past it, and counted). Ends when the client cancels, or
+   * with UNAVAILABLE when the server shuts down. One log line when the stream ends.
+   */
+  private async watch(call: ServerWritableStream<pb.WatchRequest, pb.WatchEvent>): Promise<void> {
+    const started = performance.now();
+    let tenant: string | undefined;
+    let events = 0;
+    let stream: WatchStream | undefined;
+    const finish = (err?: Partial<ServiceError>): void => {
+      if (err) call.emit('error', err);
+      else if (!call.cancelled) call.end();
+      const req = call.request;
+      this.logger.info(
+        {
+          method: 'Watch',
+          code: status[err?.code ?? (call.cancelled ? status.CANCELLED : status.OK)],
+          durationMs: Math.round(performance.now() - started),
+          tenant,
+          interpreterId: req.interpreterId || undefined,
+          registrationId: req.registrationId || undefined,
+          trigger: req.trigger || undefined,
+          events,
+        },
+        'rpc',
+      );
+    };
+    try {
+      tenant = this.auth.authenticate(call.metadata.get('authorization'), call.getAuthContext()?.sslPeerCertificate).name;
+      const restoring = this.manager.restoreProgress();
+      if (restoring) throw new UnavailableError(`the server is rebuilding its stored interpreters (${restoring.done} of ${restoring.total} done); retry shortly`);
+      const req = call.request;
+      stream = this.manager.watch({ tenant, interpreterId: req.interpreterId || undefined, trigger: req.trigger || undefined, registrationId: req.registrationId || undefined, includeLogs: req.includeLogs });
+    } catch (err) {
+      finish(toStatus(err, this.logger, 'Watch'));
+      return;
+    }
+    const watching = stream;
+    const close = (): void => watching.close();
+    call.on('cancelled', close);
+    // The headers go at once: a client knows the watch is open (and sees every event after it).
+    call.sendMetadata(new Metadata());
+    try {
+      for (let event = await watching.next(); event; event = await watching.next()) {
+        events += 1;
+        if (!call.write(watchEventToProto(event))) await drained(call);
+      }
+    } catch (err) {
+      watching.close();
+      finish(toStatus(err, this.logger, 'Watch'));
+      return;
+    } finally {
+      call.removeListener('cancelled', close);
+    }
+    finish(watching.closeReason ? toStatus(watching.closeReason, this.logger, 'Watch') : undefined);
+  }
+
+  /**
    * Wraps a handler: one AbortSignal per call (fired when the client cancels, disconnects or its
    * deadline passes), exactly one callback, errors through `toStatus`, one log line per call.
    */
@@ -255,6 +316,19 @@ export class GearsService {
         );
     };
   }
+}
+
+/** Resolves once the stream can take writes again, or the client went away. */
+function drained(call: ServerWritableStream<unknown, unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      call.removeListener('drain', done);
+      call.removeListener('cancelled', done);
+      resolve();
+    };
+    call.once('drain', done);
+    call.once('cancelled', done);
+  });
 }
 
 /** The call's deadline in ms since the epoch, or undefined when it has none. */

@@ -160,3 +160,35 @@ export function executionToProto(e: core.ExecutionInfo): pb.Execution {
     background: e.background,
   };
 }
+
+export function watchEventToProto(e: core.WatchEvent): pb.WatchEvent {
+  const b = e.body;
+  const out: pb.WatchEvent = { time: e.time };
+  switch (b.kind) {
+    case 'interpreter':
+      out.interpreter = interpreterToProto(b.interpreter);
+      break;
+    case 'registration':
+      out.registration = { registration: registrationToProto(b.registration), released: b.released };
+      break;
+    case 'run':
+      out.run = {
+        executionId: b.run.executionId,
+        interpreterId: b.run.interpreterId,
+        registrationId: b.run.registrationId,
+        trigger: b.run.trigger,
+        outcome: OUTCOMES[b.run.outcome],
+        error: scriptErrorToProto(b.run.error),
+        wallTime: durationFromMs(b.run.wallTimeMs),
+        cpuTime: durationFromMs(b.run.cpuTimeMs),
+      };
+      break;
+    case 'log':
+      out.log = { executionId: b.log.executionId, interpreterId: b.log.interpreterId, registrationId: b.log.registrationId, entry: b.log.entry };
+      break;
+    case 'dropped':
+      out.dropped = b.count;
+      break;
+  }
+  return out;
+}

@@ -89,6 +89,27 @@ export interface ListExecutionsInit {
   interpreterId?: string;
 }
 
+export interface WatchInit {
+  /** Only events of this interpreter. */
+  interpreterId?: string;
+  /** Only runs, logs and registrations of handlers bound to this trigger. */
+  trigger?: string;
+  /** Only this registration's runs, logs and changes. */
+  registrationId?: string;
+  /** Also each console line as it is written. */
+  includeLogs?: boolean;
+}
+
+/**
+ * An open Watch: iterate it once (`for await (const event of watch)`) until it ends; leaving the
+ * loop early closes it. `ready` resolves once the server has opened it (every event after that
+ * is seen) and rejects with the server's refusal; `close()` ends it (the loop then simply stops).
+ */
+export interface Watch extends AsyncIterable<pb.WatchEvent> {
+  readonly ready: Promise<void>;
+  close(): void;
+}
+
 export interface WaitExecutionInit {
   /** Longest wait in ms (0 or unset: the server's maximum, ISOGEAR_MAX_TIMEOUT_MS). */
   timeoutMs?: number;
@@ -145,6 +166,8 @@ export interface IsogearClient {
   listExecutions(req?: ListExecutionsInit, opts?: CallOptions): Promise<pb.ListExecutionsResponse>;
   /** Cancels a queued or running execution (its run ends OUTCOME_ABORTED); a DONE one is returned unchanged. */
   cancelExecution(executionId: string, opts?: CallOptions): Promise<pb.Execution>;
+  /** Streams the caller's events from now on (see Watch); a failure ends the iteration with IsogearRpcError. */
+  watch(req?: WatchInit, opts?: CallOptions): Watch;
   /** grpc.health.v1 Check: 'SERVING', 'NOT_SERVING', … ('' asks about the server as a whole). */
   health(service?: string, opts?: CallOptions): Promise<string>;
   /** Closes the channel; calls after it fail. Idempotent. */
@@ -197,6 +220,12 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
   const HealthClient = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'grpc.health.v1.Health');
   const health = new HealthClient(address, credentials, options.channelOptions ?? {}) as grpc.Client & Record<string, unknown>;
   let closed = false;
+
+  const metadata = (): grpc.Metadata => {
+    const md = new grpc.Metadata();
+    if (options.apiKey !== undefined) md.set('authorization', `Bearer ${options.apiKey}`);
+    return md;
+  };
 
   const call = <Req, Res>(client: grpc.Client, method: string, req: Req, opts: CallOptions = {}, withKey = true): Promise<Res> =>
     new Promise<Res>((resolve, reject) => {
@@ -267,6 +296,37 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
         opts,
       ),
     cancelExecution: async (executionId, opts) => call(gears, 'cancelExecution', pb.CancelExecutionRequest.fromPartial({ executionId }), opts),
+    watch: (req = {}, opts = {}) => {
+      const deadlineMs = opts.deadlineMs ?? options.deadlineMs;
+      const stream = gears.watch(pb.WatchRequest.fromPartial(req), metadata(), deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + deadlineMs) });
+      let closedHere = false;
+      const close = (): void => {
+        closedHere = true;
+        stream.cancel();
+      };
+      if (opts.signal?.aborted) close();
+      else opts.signal?.addEventListener('abort', close, { once: true });
+      const ready = new Promise<void>((resolve, reject) => {
+        stream.once('metadata', () => resolve());
+        stream.once('error', (err: grpc.ServiceError) => reject(new IsogearRpcError(err)));
+      });
+      ready.catch(() => undefined);
+      let ended = false;
+      stream.once('end', () => (ended = true));
+      // Leaving the loop early (break, return, throw) closes the watch.
+      async function* events(): AsyncGenerator<pb.WatchEvent> {
+        try {
+          for await (const event of stream as AsyncIterable<pb.WatchEvent>) yield event;
+        } catch (err) {
+          if (closedHere) return;
+          throw new IsogearRpcError(err as grpc.ServiceError);
+        } finally {
+          opts.signal?.removeEventListener('abort', close);
+          if (!ended && !closedHere) close();
+        }
+      }
+      return { ready, close, [Symbol.asyncIterator]: () => events() };
+    },
     health: async (service = '', opts) => {
       const res = await call<object, { status: string | number }>(health, 'check', { service }, opts, false);
       return String(res.status);

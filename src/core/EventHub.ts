@@ -36,6 +36,7 @@ export class Watcher implements WatchStream {
     readonly filter: TenantFilter,
     private readonly bufferSize: number,
     private readonly onClose: (w: Watcher) => void,
+    private readonly onDrop: () => void = () => undefined,
   ) {}
 
   /** Whether `source`'s event of `kind` is one this watcher wants. */
@@ -61,6 +62,7 @@ export class Watcher implements WatchStream {
     }
     if (this.buffer.length >= this.bufferSize) {
       this.dropped += 1;
+      this.onDrop();
       return;
     }
     this.buffer.push(event);
@@ -116,6 +118,8 @@ export class EventHub {
   private readonly watchers = new Set<Watcher>();
   private readonly perTenant = new Map<string, number>();
   private logWatchers = 0;
+  /** Events dropped over every watch so far (slow readers). */
+  droppedTotal = 0;
 
   constructor(private readonly options: EventHubOptions) {}
 
@@ -142,7 +146,7 @@ export class EventHub {
     if (n >= max) {
       throw new ResourceExhaustedError('tenant_watchers', `tenant "${filter.tenant}" has ${n} watches open, its limit (ISOGEAR_TENANT_MAX_WATCHERS is ${max}); close one first`);
     }
-    const watcher = new Watcher(filter, this.options.bufferSize, (w) => this.forget(w));
+    const watcher = new Watcher(filter, this.options.bufferSize, (w) => this.forget(w), () => (this.droppedTotal += 1));
     this.watchers.add(watcher);
     this.perTenant.set(filter.tenant, n + 1);
     if (filter.includeLogs) this.logWatchers += 1;

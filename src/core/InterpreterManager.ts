@@ -362,6 +362,7 @@ export class InterpreterManager implements IsolateManager {
       codeCache: { entries: this.core.codeCache.size, bytes: this.core.codeCache.sizeBytes, hits: this.core.codeCache.hits, misses: this.core.codeCache.misses, rejected: this.core.codeCache.rejected },
       executions: this.core.executions.counters(),
       extraSharedIsolates: this.core.shared.extra,
+      watch: { streams: this.core.events.size, dropped: this.core.events.droppedTotal },
     };
   }
 
@@ -434,9 +435,14 @@ export class InterpreterManager implements IsolateManager {
     this.core.executions.destroy();
   }
 
-  /** Shutdown begins: background runs are refused (UNAVAILABLE) while those accepted may finish. */
+  /**
+   * Shutdown begins: background runs are refused (UNAVAILABLE) while those accepted may finish,
+   * and every watch ends (UNAVAILABLE) at once (a watch is no work to finish; an open one would
+   * hold the server's graceful stop for its whole grace period).
+   */
   stopAccepting(): void {
     this.accepting = false;
+    this.core.events.closeAll(new UnavailableError('the server is shutting down'));
   }
 
   /** Resolves once every background run accepted so far has ended. */

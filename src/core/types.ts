@@ -273,6 +273,8 @@ export interface ManagerCounters {
   executions: ExecutionCounters;
   /** Shared isolates added beyond ISOGEAR_SHARED_ISOLATES because every shared isolate was held by a long run. */
   extraSharedIsolates: number;
+  /** Watch streams open now, and events dropped so far because a watcher read too slowly. */
+  watch: { streams: number; dropped: number };
 }
 
 export interface WarmPoolStats {

@@ -265,6 +265,24 @@ export class IsogearMetrics {
       },
     });
     new Gauge({
+      name: 'isogear_watch_streams',
+      help: 'Watch streams open.',
+      registers,
+      collect() {
+        const c = read();
+        if (c) this.set(c.watch.streams);
+      },
+    });
+    new Counter({
+      name: 'isogear_watch_events_dropped_total',
+      help: 'Watch events dropped because a watcher read too slowly (its buffer, ISOGEAR_WATCH_BUFFER, was full); the watcher is told how many.',
+      registers,
+      collect() {
+        const c = read();
+        if (c) mirror(this, 'watch:dropped', {}, c.watch.dropped);
+      },
+    });
+    new Gauge({
       name: 'isogear_shared_isolates_extra',
       help: 'Shared isolates added beyond ISOGEAR_SHARED_ISOLATES because every shared isolate was held by a long run (at most ISOGEAR_EXTRA_SHARED_ISOLATES; retired when idle).',
       registers,

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { createClient, type CallOptions, type ExecuteInit, type IsogearClient, type RegisterInit, type ReleaseInit, type TriggerInit } from '../../src/client';
+import { createClient, type CallOptions, type ExecuteInit, type IsogearClient, type RegisterInit, type ReleaseInit, type TriggerInit, type Watch, type WatchInit } from '../../src/client';
 import * as pb from '../../src/gen/isogear/v1/gears';
 
 export type { CallOptions };
@@ -43,6 +43,8 @@ export class TestClient {
     this.api.waitExecution(req.executionId ?? '', { timeoutMs: req.timeoutMs }, opts);
   readonly listExecutions = (req: Partial<pb.ListExecutionsRequest>, opts: CallOptions = {}): Promise<pb.ListExecutionsResponse> => this.api.listExecutions(req, opts);
   readonly cancelExecution = (req: Partial<pb.CancelExecutionRequest>, opts: CallOptions = {}): Promise<pb.Execution> => this.api.cancelExecution(req.executionId ?? '', opts);
+
+  readonly watch = (req: WatchInit = {}, opts: CallOptions = {}): Watch => this.api.watch(req, opts);
 
   /** grpc.health.v1 Check; resolves with the status name ('SERVING', 'NOT_SERVING', …). */
   healthCheck(service = '', opts: CallOptions = {}): Promise<string> {

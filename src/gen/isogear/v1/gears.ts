@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -993,6 +995,105 @@ export interface ListExecutionsResponse {
 export interface CancelExecutionRequest {
   /** Required. Id of the execution (`exe_...`). */
   executionId: string;
+}
+
+/**
+ * WatchRequest says which events a Watch stream carries; every filter set
+ * must match.
+ */
+export interface WatchRequest {
+  /** Only events of this interpreter (`itp_...`). Empty: any. */
+  interpreterId: string;
+  /**
+   * Only runs (and logs) of handlers bound to this trigger, and registrations
+   * bound to it. Empty: any.
+   */
+  trigger: string;
+  /**
+   * Only this registration's runs (and logs) and changes (`reg_...`). Empty:
+   * any.
+   */
+  registrationId: string;
+  /** Also each console line as it is written. */
+  includeLogs: boolean;
+}
+
+/** WatchEvent is one event of a Watch stream. */
+export interface WatchEvent {
+  /** When it happened. */
+  time:
+    | Date
+    | undefined;
+  /**
+   * An interpreter was made or changed state: the interpreter after the
+   * change (DISPOSED included).
+   */
+  interpreter?:
+    | Interpreter
+    | undefined;
+  /** A registration was made live or released. */
+  registration?:
+    | RegistrationEvent
+    | undefined;
+  /** A run ended (an Execute, a Register load, a handler run). */
+  run?:
+    | RunEvent
+    | undefined;
+  /** A console line (with `include_logs`). */
+  log?:
+    | LogEvent
+    | undefined;
+  /**
+   * Events this stream lost because it read too slowly, since the last
+   * event it read.
+   */
+  dropped?: number | undefined;
+}
+
+/** RegistrationEvent is a registration made live or released. */
+export interface RegistrationEvent {
+  /** The registration. */
+  registration:
+    | Registration
+    | undefined;
+  /** True: it was released. */
+  released: boolean;
+}
+
+/** RunEvent is a run that ended. */
+export interface RunEvent {
+  /** The run's id, as in its response (`exe_...`). */
+  executionId: string;
+  /** The interpreter it ran in. */
+  interpreterId: string;
+  /** A handler run's registration; empty for an Execute or a Register load. */
+  registrationId: string;
+  /** A handler run's trigger; empty otherwise. */
+  trigger: string;
+  /** How it ended. */
+  outcome: Outcome;
+  /** Why it did not succeed; unset when it did. */
+  error:
+    | ScriptError
+    | undefined;
+  /** Its wall-clock time. */
+  wallTime:
+    | Duration
+    | undefined;
+  /** CPU time V8 spent running it. */
+  cpuTime: Duration | undefined;
+}
+
+/** LogEvent is one console line of a run, as it was written. */
+export interface LogEvent {
+  /** The run that wrote it (`exe_...`). */
+  executionId: string;
+  /** Its interpreter. */
+  interpreterId: string;
+  /** A handler run's registration; empty otherwise. */
+  registrationId: string;
+  /** The line. */
+  entry: LogEntry | undefined;
 }
 
 function createBaseExecuteRequest(): ExecuteRequest {
@@ -4789,6 +4890,729 @@ export const CancelExecutionRequest: MessageFns<CancelExecutionRequest> = {
   },
 };
 
+function createBaseWatchRequest(): WatchRequest {
+  return { interpreterId: "", trigger: "", registrationId: "", includeLogs: false };
+}
+
+export const WatchRequest: MessageFns<WatchRequest> = {
+  encode(message: WatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.interpreterId !== "") {
+      writer.uint32(10).string(message.interpreterId);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(18).string(message.trigger);
+    }
+    if (message.registrationId !== "") {
+      writer.uint32(26).string(message.registrationId);
+    }
+    if (message.includeLogs !== false) {
+      writer.uint32(32).bool(message.includeLogs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.registrationId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.includeLogs = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchRequest {
+    return {
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+      registrationId: isSet(object.registrationId)
+        ? globalThis.String(object.registrationId)
+        : isSet(object.registration_id)
+        ? globalThis.String(object.registration_id)
+        : "",
+      includeLogs: isSet(object.includeLogs)
+        ? globalThis.Boolean(object.includeLogs)
+        : isSet(object.include_logs)
+        ? globalThis.Boolean(object.include_logs)
+        : false,
+    };
+  },
+
+  toJSON(message: WatchRequest): unknown {
+    const obj: any = {};
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    if (message.registrationId !== "") {
+      obj.registrationId = message.registrationId;
+    }
+    if (message.includeLogs !== false) {
+      obj.includeLogs = message.includeLogs;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchRequest>, I>>(base?: I): WatchRequest {
+    return WatchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchRequest>, I>>(object: I): WatchRequest {
+    const message = createBaseWatchRequest();
+    message.interpreterId = object.interpreterId ?? "";
+    message.trigger = object.trigger ?? "";
+    message.registrationId = object.registrationId ?? "";
+    message.includeLogs = object.includeLogs ?? false;
+    return message;
+  },
+};
+
+function createBaseWatchEvent(): WatchEvent {
+  return {
+    time: undefined,
+    interpreter: undefined,
+    registration: undefined,
+    run: undefined,
+    log: undefined,
+    dropped: undefined,
+  };
+}
+
+export const WatchEvent: MessageFns<WatchEvent> = {
+  encode(message: WatchEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(10).fork()).join();
+    }
+    if (message.interpreter !== undefined) {
+      Interpreter.encode(message.interpreter, writer.uint32(18).fork()).join();
+    }
+    if (message.registration !== undefined) {
+      RegistrationEvent.encode(message.registration, writer.uint32(26).fork()).join();
+    }
+    if (message.run !== undefined) {
+      RunEvent.encode(message.run, writer.uint32(34).fork()).join();
+    }
+    if (message.log !== undefined) {
+      LogEvent.encode(message.log, writer.uint32(42).fork()).join();
+    }
+    if (message.dropped !== undefined) {
+      writer.uint32(48).uint64(message.dropped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.interpreter = Interpreter.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.registration = RegistrationEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.run = RunEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.log = LogEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.dropped = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchEvent {
+    return {
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      interpreter: isSet(object.interpreter) ? Interpreter.fromJSON(object.interpreter) : undefined,
+      registration: isSet(object.registration) ? RegistrationEvent.fromJSON(object.registration) : undefined,
+      run: isSet(object.run) ? RunEvent.fromJSON(object.run) : undefined,
+      log: isSet(object.log) ? LogEvent.fromJSON(object.log) : undefined,
+      dropped: isSet(object.dropped) ? globalThis.Number(object.dropped) : undefined,
+    };
+  },
+
+  toJSON(message: WatchEvent): unknown {
+    const obj: any = {};
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    if (message.interpreter !== undefined) {
+      obj.interpreter = Interpreter.toJSON(message.interpreter);
+    }
+    if (message.registration !== undefined) {
+      obj.registration = RegistrationEvent.toJSON(message.registration);
+    }
+    if (message.run !== undefined) {
+      obj.run = RunEvent.toJSON(message.run);
+    }
+    if (message.log !== undefined) {
+      obj.log = LogEvent.toJSON(message.log);
+    }
+    if (message.dropped !== undefined) {
+      obj.dropped = Math.round(message.dropped);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchEvent>, I>>(base?: I): WatchEvent {
+    return WatchEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchEvent>, I>>(object: I): WatchEvent {
+    const message = createBaseWatchEvent();
+    message.time = object.time ?? undefined;
+    message.interpreter = (object.interpreter !== undefined && object.interpreter !== null)
+      ? Interpreter.fromPartial(object.interpreter)
+      : undefined;
+    message.registration = (object.registration !== undefined && object.registration !== null)
+      ? RegistrationEvent.fromPartial(object.registration)
+      : undefined;
+    message.run = (object.run !== undefined && object.run !== null) ? RunEvent.fromPartial(object.run) : undefined;
+    message.log = (object.log !== undefined && object.log !== null) ? LogEvent.fromPartial(object.log) : undefined;
+    message.dropped = object.dropped ?? undefined;
+    return message;
+  },
+};
+
+function createBaseRegistrationEvent(): RegistrationEvent {
+  return { registration: undefined, released: false };
+}
+
+export const RegistrationEvent: MessageFns<RegistrationEvent> = {
+  encode(message: RegistrationEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.registration !== undefined) {
+      Registration.encode(message.registration, writer.uint32(10).fork()).join();
+    }
+    if (message.released !== false) {
+      writer.uint32(16).bool(message.released);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegistrationEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegistrationEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.registration = Registration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.released = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegistrationEvent {
+    return {
+      registration: isSet(object.registration) ? Registration.fromJSON(object.registration) : undefined,
+      released: isSet(object.released) ? globalThis.Boolean(object.released) : false,
+    };
+  },
+
+  toJSON(message: RegistrationEvent): unknown {
+    const obj: any = {};
+    if (message.registration !== undefined) {
+      obj.registration = Registration.toJSON(message.registration);
+    }
+    if (message.released !== false) {
+      obj.released = message.released;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegistrationEvent>, I>>(base?: I): RegistrationEvent {
+    return RegistrationEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegistrationEvent>, I>>(object: I): RegistrationEvent {
+    const message = createBaseRegistrationEvent();
+    message.registration = (object.registration !== undefined && object.registration !== null)
+      ? Registration.fromPartial(object.registration)
+      : undefined;
+    message.released = object.released ?? false;
+    return message;
+  },
+};
+
+function createBaseRunEvent(): RunEvent {
+  return {
+    executionId: "",
+    interpreterId: "",
+    registrationId: "",
+    trigger: "",
+    outcome: 0,
+    error: undefined,
+    wallTime: undefined,
+    cpuTime: undefined,
+  };
+}
+
+export const RunEvent: MessageFns<RunEvent> = {
+  encode(message: RunEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.executionId !== "") {
+      writer.uint32(10).string(message.executionId);
+    }
+    if (message.interpreterId !== "") {
+      writer.uint32(18).string(message.interpreterId);
+    }
+    if (message.registrationId !== "") {
+      writer.uint32(26).string(message.registrationId);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(34).string(message.trigger);
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(40).int32(message.outcome);
+    }
+    if (message.error !== undefined) {
+      ScriptError.encode(message.error, writer.uint32(50).fork()).join();
+    }
+    if (message.wallTime !== undefined) {
+      Duration.encode(message.wallTime, writer.uint32(58).fork()).join();
+    }
+    if (message.cpuTime !== undefined) {
+      Duration.encode(message.cpuTime, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RunEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRunEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.executionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.registrationId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.error = ScriptError.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.wallTime = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.cpuTime = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RunEvent {
+    return {
+      executionId: isSet(object.executionId)
+        ? globalThis.String(object.executionId)
+        : isSet(object.execution_id)
+        ? globalThis.String(object.execution_id)
+        : "",
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+      registrationId: isSet(object.registrationId)
+        ? globalThis.String(object.registrationId)
+        : isSet(object.registration_id)
+        ? globalThis.String(object.registration_id)
+        : "",
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+      outcome: isSet(object.outcome) ? outcomeFromJSON(object.outcome) : 0,
+      error: isSet(object.error) ? ScriptError.fromJSON(object.error) : undefined,
+      wallTime: isSet(object.wallTime)
+        ? Duration.fromJSON(object.wallTime)
+        : isSet(object.wall_time)
+        ? Duration.fromJSON(object.wall_time)
+        : undefined,
+      cpuTime: isSet(object.cpuTime)
+        ? Duration.fromJSON(object.cpuTime)
+        : isSet(object.cpu_time)
+        ? Duration.fromJSON(object.cpu_time)
+        : undefined,
+    };
+  },
+
+  toJSON(message: RunEvent): unknown {
+    const obj: any = {};
+    if (message.executionId !== "") {
+      obj.executionId = message.executionId;
+    }
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    if (message.registrationId !== "") {
+      obj.registrationId = message.registrationId;
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    if (message.outcome !== 0) {
+      obj.outcome = outcomeToJSON(message.outcome);
+    }
+    if (message.error !== undefined) {
+      obj.error = ScriptError.toJSON(message.error);
+    }
+    if (message.wallTime !== undefined) {
+      obj.wallTime = Duration.toJSON(message.wallTime);
+    }
+    if (message.cpuTime !== undefined) {
+      obj.cpuTime = Duration.toJSON(message.cpuTime);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RunEvent>, I>>(base?: I): RunEvent {
+    return RunEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RunEvent>, I>>(object: I): RunEvent {
+    const message = createBaseRunEvent();
+    message.executionId = object.executionId ?? "";
+    message.interpreterId = object.interpreterId ?? "";
+    message.registrationId = object.registrationId ?? "";
+    message.trigger = object.trigger ?? "";
+    message.outcome = object.outcome ?? 0;
+    message.error = (object.error !== undefined && object.error !== null)
+      ? ScriptError.fromPartial(object.error)
+      : undefined;
+    message.wallTime = (object.wallTime !== undefined && object.wallTime !== null)
+      ? Duration.fromPartial(object.wallTime)
+      : undefined;
+    message.cpuTime = (object.cpuTime !== undefined && object.cpuTime !== null)
+      ? Duration.fromPartial(object.cpuTime)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseLogEvent(): LogEvent {
+  return { executionId: "", interpreterId: "", registrationId: "", entry: undefined };
+}
+
+export const LogEvent: MessageFns<LogEvent> = {
+  encode(message: LogEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.executionId !== "") {
+      writer.uint32(10).string(message.executionId);
+    }
+    if (message.interpreterId !== "") {
+      writer.uint32(18).string(message.interpreterId);
+    }
+    if (message.registrationId !== "") {
+      writer.uint32(26).string(message.registrationId);
+    }
+    if (message.entry !== undefined) {
+      LogEntry.encode(message.entry, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.executionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.registrationId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.entry = LogEntry.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogEvent {
+    return {
+      executionId: isSet(object.executionId)
+        ? globalThis.String(object.executionId)
+        : isSet(object.execution_id)
+        ? globalThis.String(object.execution_id)
+        : "",
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+      registrationId: isSet(object.registrationId)
+        ? globalThis.String(object.registrationId)
+        : isSet(object.registration_id)
+        ? globalThis.String(object.registration_id)
+        : "",
+      entry: isSet(object.entry) ? LogEntry.fromJSON(object.entry) : undefined,
+    };
+  },
+
+  toJSON(message: LogEvent): unknown {
+    const obj: any = {};
+    if (message.executionId !== "") {
+      obj.executionId = message.executionId;
+    }
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    if (message.registrationId !== "") {
+      obj.registrationId = message.registrationId;
+    }
+    if (message.entry !== undefined) {
+      obj.entry = LogEntry.toJSON(message.entry);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LogEvent>, I>>(base?: I): LogEvent {
+    return LogEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LogEvent>, I>>(object: I): LogEvent {
+    const message = createBaseLogEvent();
+    message.executionId = object.executionId ?? "";
+    message.interpreterId = object.interpreterId ?? "";
+    message.registrationId = object.registrationId ?? "";
+    message.entry = (object.entry !== undefined && object.entry !== null)
+      ? LogEntry.fromPartial(object.entry)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * GearsService runs JavaScript in interpreters and manages the handlers
  * (registrations) that scripts bind to trigger names.
@@ -5165,6 +5989,34 @@ export const GearsServiceService = {
     responseSerialize: (value: Execution): Buffer => Buffer.from(Execution.encode(value).finish()),
     responseDeserialize: (value: Buffer): Execution => Execution.decode(value),
   },
+  /**
+   * Watch streams the caller's events as they happen, from the moment it is
+   * opened (no history), filtered as asked (every filter set must match):
+   * interpreters made or changing state, registrations made or released, runs
+   * that ended (with the responses' execution ids), and, with
+   * `include_logs`, each console line as it is written (while its run still
+   * goes). Each stream has a bounded buffer (ISOGEAR_WATCH_BUFFER events): a
+   * client that reads too slowly loses events, and the next event it reads
+   * says how many (`dropped`); it never slows the server. The stream ends
+   * when the client cancels it, or with UNAVAILABLE when the server shuts
+   * down.
+   *
+   * Status codes: INVALID_ARGUMENT (a `trigger` no registration could have);
+   * NOT_FOUND (`interpreter_id` or `registration_id` unknown, not live, or
+   * another tenant's); RESOURCE_EXHAUSTED (`tenant_watchers`: the tenant has
+   * ISOGEAR_TENANT_MAX_WATCHERS streams open); UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  watch: {
+    path: "/isogear.v1.GearsService/Watch" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchRequest): Buffer => Buffer.from(WatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchRequest => WatchRequest.decode(value),
+    responseSerialize: (value: WatchEvent): Buffer => Buffer.from(WatchEvent.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchEvent => WatchEvent.decode(value),
+  },
 } as const;
 
 export interface GearsServiceServer extends UntypedServiceImplementation {
@@ -5376,6 +6228,26 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
    */
   cancelExecution: handleUnaryCall<CancelExecutionRequest, Execution>;
+  /**
+   * Watch streams the caller's events as they happen, from the moment it is
+   * opened (no history), filtered as asked (every filter set must match):
+   * interpreters made or changing state, registrations made or released, runs
+   * that ended (with the responses' execution ids), and, with
+   * `include_logs`, each console line as it is written (while its run still
+   * goes). Each stream has a bounded buffer (ISOGEAR_WATCH_BUFFER events): a
+   * client that reads too slowly loses events, and the next event it reads
+   * says how many (`dropped`); it never slows the server. The stream ends
+   * when the client cancels it, or with UNAVAILABLE when the server shuts
+   * down.
+   *
+   * Status codes: INVALID_ARGUMENT (a `trigger` no registration could have);
+   * NOT_FOUND (`interpreter_id` or `registration_id` unknown, not live, or
+   * another tenant's); RESOURCE_EXHAUSTED (`tenant_watchers`: the tenant has
+   * ISOGEAR_TENANT_MAX_WATCHERS streams open); UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  watch: handleServerStreamingCall<WatchRequest, WatchEvent>;
 }
 
 export interface GearsServiceClient extends Client {
@@ -5769,6 +6641,27 @@ export interface GearsServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Execution) => void,
   ): ClientUnaryCall;
+  /**
+   * Watch streams the caller's events as they happen, from the moment it is
+   * opened (no history), filtered as asked (every filter set must match):
+   * interpreters made or changing state, registrations made or released, runs
+   * that ended (with the responses' execution ids), and, with
+   * `include_logs`, each console line as it is written (while its run still
+   * goes). Each stream has a bounded buffer (ISOGEAR_WATCH_BUFFER events): a
+   * client that reads too slowly loses events, and the next event it reads
+   * says how many (`dropped`); it never slows the server. The stream ends
+   * when the client cancels it, or with UNAVAILABLE when the server shuts
+   * down.
+   *
+   * Status codes: INVALID_ARGUMENT (a `trigger` no registration could have);
+   * NOT_FOUND (`interpreter_id` or `registration_id` unknown, not live, or
+   * another tenant's); RESOURCE_EXHAUSTED (`tenant_watchers`: the tenant has
+   * ISOGEAR_TENANT_MAX_WATCHERS streams open); UNAVAILABLE; INTERNAL.
+   *
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchEvent>;
+  watch(request: WatchRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<WatchEvent>;
 }
 
 export const GearsServiceClient = makeGenericClientConstructor(
