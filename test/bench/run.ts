@@ -114,6 +114,22 @@ async function main(): Promise<void> {
   await measure('Execute, 10 modules, isolate', () => client.execute({ source: tenImports, modules, args: 1, mode: ISOLATE }));
   const one = await client.register({ trigger: 'bench.one', source: 'export default (p) => p', mode: SHARED });
   await measure('Trigger, 1 warm registration', () => client.trigger({ trigger: 'bench.one', payload: 1 }));
+  // The same with Watch streams open (no logs), each read as fast as its client takes events,
+  // from a connection of their own (a watcher is another process): what watching costs a Trigger.
+  for (const n of [1, 16]) {
+    const watcherClient = new TestClient(server.grpcAddress);
+    const watches = Array.from({ length: n }, () => watcherClient.watch({}));
+    await Promise.all(watches.map((w) => w.ready));
+    const reading = watches.map(async (w) => {
+      let events = 0;
+      for await (const e of w) if (e) events += 1;
+      return events;
+    });
+    await measure(`Trigger, 1 warm registration, ${n} watcher${n > 1 ? 's' : ''}`, () => client.trigger({ trigger: 'bench.one', payload: 1 }));
+    for (const w of watches) w.close();
+    await Promise.all(reading);
+    watcherClient.close();
+  }
   const fan: string[] = [];
   for (let i = 0; i < 100; i++) fan.push((await client.register({ trigger: 'bench.fan', source: 'export default (p) => p', mode: i % 2 ? ISOLATE : SHARED })).registration?.id as string);
   await measure('Trigger, fan-out to 100', () => client.trigger({ trigger: 'bench.fan', payload: 1 }));
@@ -263,6 +279,12 @@ async function main(): Promise<void> {
     },
     { target: 'Trigger, median at 1 ≤ 1.5 × no-op', value: at('Trigger, 1 warm registration', 1)?.medianMs, limit: noop1?.medianMs, ok: (v: number, l: number) => v <= 1.5 * l },
     { target: `Trigger, per s at ${hi} ≥ 0.6 × no-op`, value: at('Trigger, 1 warm registration', hi)?.perSecond, limit: noopHi?.perSecond, ok: (v: number, l: number) => v / l >= 0.6 },
+    {
+      target: `Trigger, per s at ${hi} with 16 watchers ≥ 0.9 × without`,
+      value: at('Trigger, 1 warm registration, 16 watchers', hi)?.perSecond,
+      limit: at('Trigger, 1 warm registration', hi)?.perSecond,
+      ok: (v: number, l: number) => v / l >= 0.9,
+    },
     { target: 'RSS per idle interpreter, isolate ≤ 1.25 × raw isolate', value: density.isolate.rssKiB, limit: raw.rssPerIsolateKiB, ok: (v: number, l: number) => v <= 1.25 * l },
     { target: 'RSS per idle interpreter, shared ≤ 1.5 × raw context', value: density.shared.rssKiB, limit: raw.rssPerContextKiB, ok: (v: number, l: number) => v <= 1.5 * l },
     {
