@@ -1,7 +1,7 @@
 import { Metadata, status, type sendUnaryData, type Server, type ServerUnaryCall, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
 import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError } from '../core/errors';
-import type { ExecuteSpec, IsolateManager, JsonValue, TriggerSpec, WatchStream } from '../core/types';
+import type { ExecuteSpec, IsolateManager, JsonValue, TriggerSpec, WatchEvent, WatchStream } from '../core/types';
 import * as pb from '../gen/isogear/v1/gears';
 import {
   executeResponseToProto,
@@ -30,6 +30,8 @@ type LogFields<Req, Res> = (request: Req, response: Res | undefined) => Record<s
  * It never creates the server; `addToServer` mounts it on one.
  */
 export class GearsService {
+  private readonly protoOf = new WeakMap<WatchEvent, pb.WatchEvent>();
+
   constructor(
     private readonly manager: IsolateManager,
     private readonly logger: ServiceLogger,
@@ -111,7 +113,25 @@ export class GearsService {
         (req, res) => ({ executionId: req.executionId, state: res ? pb.executionStateToJSON(res.state) : undefined }),
       ),
     };
-    server.addService(pb.GearsServiceService, implementation);
+    // One event goes to every watcher that wants it: it is converted and encoded once, not once
+    // per stream (the watchers' share of a Trigger's cost is then their HTTP/2 writes).
+    const encoded = new WeakMap<pb.WatchEvent, Buffer>();
+    const watch = pb.GearsServiceService.watch;
+    const definition = {
+      ...pb.GearsServiceService,
+      watch: {
+        ...watch,
+        responseSerialize: (e: pb.WatchEvent): Buffer => {
+          let bytes = encoded.get(e);
+          if (!bytes) {
+            bytes = watch.responseSerialize(e);
+            encoded.set(e, bytes);
+          }
+          return bytes;
+        },
+      },
+    };
+    server.addService(definition, implementation);
   }
 
   private async execute(req: pb.ExecuteRequest, signal: AbortSignal, tenant: string): Promise<pb.ExecuteResponse> {
@@ -256,7 +276,7 @@ export class GearsService {
     try {
       for (let event = await watching.next(); event; event = await watching.next()) {
         events += 1;
-        if (!call.write(watchEventToProto(event))) await drained(call);
+        if (!call.write(this.toProto(event))) await drained(call);
       }
     } catch (err) {
       watching.close();
@@ -266,6 +286,16 @@ export class GearsService {
       call.removeListener('cancelled', close);
     }
     finish(watching.closeReason ? toStatus(watching.closeReason, this.logger, 'Watch') : undefined);
+  }
+
+  /** An event's proto message, made once for all the watchers it goes to. */
+  private toProto(event: WatchEvent): pb.WatchEvent {
+    let message = this.protoOf.get(event);
+    if (!message) {
+      message = watchEventToProto(event);
+      this.protoOf.set(event, message);
+    }
+    return message;
   }
 
   /**

@@ -57,6 +57,9 @@ export interface SandboxOptions {
   codeCache?: CodeCache;
 }
 
+/** How long a finished run's sink still takes its late console lines (see dropSinkAfter). */
+const SINK_LINGER_MS = 1000;
+
 /** Where a run's console lines go as they are written (a live watcher), besides its tuple. */
 export type LogSink = (level: SandboxLevel, message: string) => void;
 
@@ -337,11 +340,13 @@ export class Sandbox {
   }
 
   /**
-   * A run's sink goes once its call settled and the tap's calls made before have arrived: the tap
-   * is never waited for, so its last lines may come just after the run's result (one turn later).
+   * A run's sink goes a while after its call settled: the tap is never waited for, and its last
+   * lines can arrive after the run's result, later than the next turn under load (a line was seen
+   * lost when the sink went one turn after). Lines are tied to their run by id, so a late one
+   * still lands right; SINK_LINGER_MS only bounds how long the map holds a finished run.
    */
   private dropSinkAfter(execId: string, call: Promise<unknown>): void {
-    const drop = (): void => void setImmediate(() => this.sinks.delete(execId));
+    const drop = (): void => void setTimeout(() => this.sinks.delete(execId), SINK_LINGER_MS).unref();
     call.then(drop, drop);
   }
 
