@@ -11,28 +11,14 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
 import { createClient, IsogearRpcError, pb, type IsogearClient, type Json, type LimitsInit } from '../client';
+import { EXIT, modeName, ms, outcomeName, stateName, type GlobalOptions, type Io } from './common';
+import { addTailCommand } from './tail';
 
-export const EXIT = { ok: 0, scriptFailed: 1, usage: 2, rpc: 3, notDone: 4 } as const;
+export { EXIT };
+export type { GlobalOptions, Io };
 
 /** A usage error found after parsing (bad JSON, an unreadable file): exit code 2. */
 class UsageError extends Error {}
-
-interface Io {
-  out(text: string): void;
-  err(text: string): void;
-  /** Standard input, read whole (for `exec -`). */
-  stdin(): string;
-}
-
-interface GlobalOptions {
-  address: string;
-  apiKey?: string;
-  json?: boolean;
-  tlsCa?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  tlsServerName?: string;
-}
 
 const readSource = (io: Io, file: string): string => {
   if (file === '-') return io.stdin();
@@ -71,10 +57,6 @@ function modulesOf(io: Io, specs: string[] | undefined): Record<string, string> 
 const limitsOf = (o: { timeout?: number; memory?: number }): LimitsInit | undefined =>
   o.timeout === undefined && o.memory === undefined ? undefined : { timeoutMs: o.timeout ?? 0, memoryLimitMb: o.memory ?? 0 };
 
-const ms = (d: { seconds: number; nanos: number } | undefined): string => (d ? `${(d.seconds * 1000 + d.nanos / 1e6).toFixed(1)} ms` : '-');
-const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o).replace(/^OUTCOME_/, '').toLowerCase();
-const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(m).replace(/^ISOLATION_MODE_/, '').toLowerCase();
-const stateName = (s: pb.InterpreterState): string => pb.interpreterStateToJSON(s).replace(/^INTERPRETER_STATE_/, '').toLowerCase();
 const executionStateName = (s: pb.ExecutionState): string => pb.executionStateToJSON(s).replace(/^EXECUTION_STATE_/, '').toLowerCase();
 const executionKindName = (k: pb.ExecutionKind): string => pb.executionKindToJSON(k).replace(/^EXECUTION_KIND_/, '').toLowerCase();
 
@@ -213,6 +195,7 @@ Examples:
   $ isogear wait "$(isogear exec --detach job.js --timeout 60000)"
   $ isogear ps --all
   $ isogear ls registrations
+  $ isogear tail --trigger orders.created --logs
   $ ISOGEAR_API_KEY=... isogear --address isogear.example:50051 --tls-ca ca.pem ls`,
   );
   const g = (): GlobalOptions => root.opts<GlobalOptions>();
@@ -509,6 +492,8 @@ Examples:
       });
     });
 
+  addTailCommand(root, io, () => connect(g()), setCode);
+
   return root;
 }
 
@@ -532,7 +517,14 @@ function serve(settings: string[]): Promise<number> {
 /** Parses `argv` (without node and the script) and runs the command; resolves with the exit code. */
 export async function run(argv: string[], io: Io, connect?: (g: GlobalOptions) => IsogearClient): Promise<number> {
   let code: number = EXIT.ok;
-  const open = connect ?? ((g: GlobalOptions) => createClient(g.address, { apiKey: g.apiKey, ...credentialsOf(g) }));
+  // Each client its own connection (not grpc-js's process-wide pool): a new client of tail's, made
+  // to reconnect, dials the server then and there instead of waiting out a lost connection's backoff.
+  const open =
+    connect ??
+    ((g: GlobalOptions) => {
+      const tls = credentialsOf(g);
+      return createClient(g.address, { apiKey: g.apiKey, credentials: tls.credentials, channelOptions: { ...tls.channelOptions, 'grpc.use_local_subchannel_pool': 1 } });
+    });
   const prog = program(io, open, (c) => (code = c));
   try {
     await prog.parseAsync(argv, { from: 'user' });
@@ -555,10 +547,25 @@ export async function run(argv: string[], io: Io, connect?: (g: GlobalOptions) =
 }
 
 if (require.main === module) {
+  // Ctrl-C stops a command that asked (tail) instead of killing the process; so does a reader of
+  // stdout going away (`isogear tail | head`), which would otherwise end in an EPIPE stack trace.
+  const stops = new Set<() => void>();
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    for (const stop of stops) stop();
+  });
   const io: Io = {
     out: (s) => process.stdout.write(s),
     err: (s) => process.stderr.write(s),
     stdin: () => readFileSync(0, 'utf8'),
+    onInterrupt: (stop) => {
+      stops.add(stop);
+      process.once('SIGINT', stop);
+      return () => {
+        stops.delete(stop);
+        process.off('SIGINT', stop);
+      };
+    },
   };
   run(process.argv.slice(2), io).then(
     (code) => {

@@ -111,6 +111,8 @@ describe('isogear command line', function () {
       [['wait'], /missing required argument 'execution-id'/],
       [['cancel'], /missing required argument 'execution-id'/],
       [['ps', '--state', 'sleeping'], /argument 'sleeping' is invalid. Allowed choices are queued, running, done/],
+      [['tail', '--trigger'], /option '--trigger <name>' argument missing/],
+      [['tail', 'everything'], /too many arguments for 'tail'/],
     ];
     for (const [args, pattern] of cases) {
       const r = await cli(args, { stdin: 'export default 1' });
@@ -345,7 +347,7 @@ describe('isogear command line', function () {
   });
 
   it('--help on every command, with examples, exits 0', async () => {
-    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['ls'], ['get'], ['wait'], ['ps'], ['cancel']]) {
+    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['ls'], ['get'], ['wait'], ['ps'], ['cancel'], ['tail']]) {
       const r = await cli([...cmd, '--help']);
       assert.equal(r.code, 0, `${cmd.join(' ')}: ${r.stderr}`);
       assert.match(r.stdout, /Examples:\n\s+\$ isogear/, `${cmd.join(' ') || 'isogear'} --help has examples`);

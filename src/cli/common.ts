@@ -1,0 +1,35 @@
+/**
+ * What the command line's parts share: the exit codes, the io a command writes to, the global
+ * options, and how proto values read in a terminal.
+ */
+import { pb } from '../client';
+
+export const EXIT = { ok: 0, scriptFailed: 1, usage: 2, rpc: 3, notDone: 4 } as const;
+
+export interface Io {
+  out(text: string): void;
+  err(text: string): void;
+  /** Standard input, read whole (for `exec -`). */
+  stdin(): string;
+  /**
+   * Calls `stop` when the user interrupts (Ctrl-C, SIGINT) or nobody reads stdout any more
+   * (EPIPE), until the function it returns is called: for a command that runs until interrupted
+   * (`tail`). While no command asked, an interrupt ends the process as usual.
+   */
+  onInterrupt(stop: () => void): () => void;
+}
+
+export interface GlobalOptions {
+  address: string;
+  apiKey?: string;
+  json?: boolean;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsServerName?: string;
+}
+
+export const ms = (d: { seconds: number; nanos: number } | undefined): string => (d ? `${(d.seconds * 1000 + d.nanos / 1e6).toFixed(1)} ms` : '-');
+export const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o).replace(/^OUTCOME_/, '').toLowerCase();
+export const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(m).replace(/^ISOLATION_MODE_/, '').toLowerCase();
+export const stateName = (s: pb.InterpreterState): string => pb.interpreterStateToJSON(s).replace(/^INTERPRETER_STATE_/, '').toLowerCase();
