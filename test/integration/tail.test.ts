@@ -79,8 +79,8 @@ const DURATIONS = String.raw`wall \d+\.\d ms  cpu \d+\.\d ms`;
 const lines = (text: string): string[] => text.trimEnd().split('\n');
 /**
  * Script code that busy-waits 50 ms: after a console line, so the line reaches watchers while its
- * run still goes. (A line written as the run ends can come a turn after the run's result; once,
- * under heavy load, such a line never reached the watch at all.)
+ * run still goes, and these tests can expect it before the run's line. (The log tap is never
+ * waited for: a line written as the run ends may arrive just after the run's event.)
  */
 const LINGER = 'const t0 = Date.now(); while (Date.now() - t0 < 50) {}';
 
