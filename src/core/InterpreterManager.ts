@@ -54,11 +54,15 @@ const CANCEL_SETTLE_MS = 2000;
 
 /**
  * A background execution as accepted: QUEUED, or RUNNING when a run slot was free (the grant
- * arrives within the current turn's promise jobs, so one macrotask later it has been given).
+ * arrives within the current turn's promise jobs, so one macrotask later it has been given). A
+ * run quick enough to be DONE by then is answered as it was when accepted, RUNNING: the answer
+ * is the acceptance, and its response is for GetExecution and WaitExecution.
  */
 async function started(execution: Execution): Promise<ExecutionInfo> {
   await new Promise<void>((resolve) => setImmediate(resolve));
-  return execution.info();
+  const info = execution.info();
+  if (info.state !== 'done') return info;
+  return { ...info, state: 'running', endedAt: undefined, executeResult: undefined, triggerResults: undefined };
 }
 
 /**

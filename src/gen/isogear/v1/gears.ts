@@ -5856,7 +5856,8 @@ export const GearsServiceService = {
    * StartExecute validates an `ExecuteRequest` exactly as `Execute` does (the
    * same status codes for the same bad input), takes a place in the run queue
    * and answers at once with the execution, EXECUTION_STATE_QUEUED or
-   * EXECUTION_STATE_RUNNING. The run is not tied to this call: the client may
+   * EXECUTION_STATE_RUNNING (as it was when accepted, even if it is DONE by
+   * the time the answer arrives). The run is not tied to this call: the client may
    * disconnect. Its `ExecuteResponse` is kept once it is DONE (see
    * `GetExecution`); registrations it creates are durable before it is DONE.
    * Background runs wait for run slots behind synchronous requests, without
@@ -5882,8 +5883,8 @@ export const GearsServiceService = {
   },
   /**
    * StartTrigger validates a `TriggerRequest` exactly as `Trigger` does and
-   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER; the
-   * fan-out runs in the background and its `TriggerResponse` is kept once it
+   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER,
+   * QUEUED or RUNNING; the fan-out runs in the background and its `TriggerResponse` is kept once it
    * is DONE. Each handler run is an execution of its own
    * (EXECUTION_KIND_HANDLER) while it runs.
    *
@@ -6146,7 +6147,8 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * StartExecute validates an `ExecuteRequest` exactly as `Execute` does (the
    * same status codes for the same bad input), takes a place in the run queue
    * and answers at once with the execution, EXECUTION_STATE_QUEUED or
-   * EXECUTION_STATE_RUNNING. The run is not tied to this call: the client may
+   * EXECUTION_STATE_RUNNING (as it was when accepted, even if it is DONE by
+   * the time the answer arrives). The run is not tied to this call: the client may
    * disconnect. Its `ExecuteResponse` is kept once it is DONE (see
    * `GetExecution`); registrations it creates are durable before it is DONE.
    * Background runs wait for run slots behind synchronous requests, without
@@ -6164,8 +6166,8 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
   startExecute: handleUnaryCall<ExecuteRequest, Execution>;
   /**
    * StartTrigger validates a `TriggerRequest` exactly as `Trigger` does and
-   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER; the
-   * fan-out runs in the background and its `TriggerResponse` is kept once it
+   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER,
+   * QUEUED or RUNNING; the fan-out runs in the background and its `TriggerResponse` is kept once it
    * is DONE. Each handler run is an execution of its own
    * (EXECUTION_KIND_HANDLER) while it runs.
    *
@@ -6475,7 +6477,8 @@ export interface GearsServiceClient extends Client {
    * StartExecute validates an `ExecuteRequest` exactly as `Execute` does (the
    * same status codes for the same bad input), takes a place in the run queue
    * and answers at once with the execution, EXECUTION_STATE_QUEUED or
-   * EXECUTION_STATE_RUNNING. The run is not tied to this call: the client may
+   * EXECUTION_STATE_RUNNING (as it was when accepted, even if it is DONE by
+   * the time the answer arrives). The run is not tied to this call: the client may
    * disconnect. Its `ExecuteResponse` is kept once it is DONE (see
    * `GetExecution`); registrations it creates are durable before it is DONE.
    * Background runs wait for run slots behind synchronous requests, without
@@ -6507,8 +6510,8 @@ export interface GearsServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * StartTrigger validates a `TriggerRequest` exactly as `Trigger` does and
-   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER; the
-   * fan-out runs in the background and its `TriggerResponse` is kept once it
+   * answers at once with an execution of kind EXECUTION_KIND_TRIGGER,
+   * QUEUED or RUNNING; the fan-out runs in the background and its `TriggerResponse` is kept once it
    * is DONE. Each handler run is an execution of its own
    * (EXECUTION_KIND_HANDLER) while it runs.
    *
