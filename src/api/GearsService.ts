@@ -380,9 +380,8 @@ function answerBefore(deadline: number | undefined): number | undefined {
 
 /** The error for a call the client gave up on: its deadline passed, or it cancelled. */
 function cancelError(call: ServerUnaryCall<unknown, unknown>): CancelledError | DeadlineExceededError {
-  const deadline = call.getDeadline();
-  const ms = deadline instanceof Date ? deadline.getTime() : Number(deadline);
-  return Number.isFinite(ms) && ms <= Date.now() ? new DeadlineExceededError('deadline exceeded') : new CancelledError('cancelled by the client');
+  const ms = deadlineMs(call);
+  return ms !== undefined && ms <= Date.now() ? new DeadlineExceededError('deadline exceeded') : new CancelledError('cancelled by the client');
 }
 
 /** `google.protobuf.Value` arrives as a plain JS value; reject what JSON cannot carry. */

@@ -179,13 +179,16 @@ const MODES: Record<string, pb.IsolationMode> = {
   isolate: pb.IsolationMode.ISOLATION_MODE_ISOLATE,
 };
 
-function toMode(mode: Mode | undefined): pb.IsolationMode {
-  if (mode === undefined) return pb.IsolationMode.ISOLATION_MODE_UNSPECIFIED;
-  if (typeof mode === 'number') return mode;
-  const m = MODES[mode];
-  if (m === undefined) throw new TypeError(`mode must be "shared" or "isolate", got ${JSON.stringify(mode)}`);
-  return m;
+/** A name from `names` or the proto enum value itself; undefined: the enum's 0 (unspecified). */
+function toEnum<E extends number>(names: Record<string, E>, value: string | E | undefined, what: string): E | 0 {
+  if (value === undefined) return 0;
+  if (typeof value === 'number') return value;
+  const e = names[value];
+  if (e === undefined) throw new TypeError(`${what} must be ${Object.keys(names).map((n) => `"${n}"`).join(', ').replace(/, ([^,]*)$/, ' or $1')}, got ${JSON.stringify(value)}`);
+  return e;
 }
+
+const toMode = (mode: Mode | undefined): pb.IsolationMode => toEnum(MODES, mode, 'mode');
 
 const EXECUTION_STATES: Record<string, pb.ExecutionState> = {
   queued: pb.ExecutionState.EXECUTION_STATE_QUEUED,
@@ -193,13 +196,7 @@ const EXECUTION_STATES: Record<string, pb.ExecutionState> = {
   done: pb.ExecutionState.EXECUTION_STATE_DONE,
 };
 
-function toExecutionState(state: ExecutionStateName | undefined): pb.ExecutionState {
-  if (state === undefined) return pb.ExecutionState.EXECUTION_STATE_UNSPECIFIED;
-  if (typeof state === 'number') return state;
-  const s = EXECUTION_STATES[state];
-  if (s === undefined) throw new TypeError(`state must be "queued", "running" or "done", got ${JSON.stringify(state)}`);
-  return s;
-}
+const toExecutionState = (state: ExecutionStateName | undefined): pb.ExecutionState => toEnum(EXECUTION_STATES, state, 'state');
 
 const toLimits = (l: LimitsInit | undefined): pb.Limits | undefined => (l ? { timeoutMs: l.timeoutMs ?? 0, memoryLimitMb: l.memoryLimitMb ?? 0 } : undefined);
 
