@@ -1,11 +1,14 @@
 import os from 'node:os';
 import { DEFAULTS, MIN_MEMORY_MB } from './core/options';
 import type { IsolationMode } from './core/types';
+import { tracingSettings, type TracingChoice } from './tracing/settings';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 /** One validated, typed configuration: every ISOGEAR_* setting with its default applied. */
 export interface Config {
+  /** Tracing, from OpenTelemetry's own OTEL_* variables (never an ISOGEAR_* one): off without an OTLP endpoint. */
+  tracing: TracingChoice;
   grpcAddress: string;
   metricsAddress: string;
   /** host:port of a plaintext server with grpc.health.v1 only ('' for none): probes that cannot speak TLS. */
@@ -232,6 +235,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
     (partial as Record<string, unknown>)[s.key] = raw === undefined || raw === '' ? s.fallback(partial) : s.parse(raw, s.variable);
   }
   const config = partial as Config;
+  // OTEL_* variables are OpenTelemetry's: read by their own rules, never refused as unknown.
+  config.tracing = tracingSettings(merged);
   if (config.defaultTimeoutMs > config.maxTimeoutMs) {
     throw new ConfigError(`ISOGEAR_DEFAULT_TIMEOUT_MS (${config.defaultTimeoutMs}) must not exceed ISOGEAR_MAX_TIMEOUT_MS (${config.maxTimeoutMs})`);
   }

@@ -1,4 +1,5 @@
 import { Metadata, status, type sendUnaryData, type Server, type ServerUnaryCall, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
+import type { Span, TextMapGetter } from '@opentelemetry/api';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
 import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError } from '../core/errors';
 import type { ExecuteSpec, IsolateManager, JsonValue, TriggerSpec, WatchEvent, WatchStream } from '../core/types';
@@ -15,6 +16,7 @@ import {
   triggerResultToProto,
 } from './convert';
 import { toStatus, type ErrorLogger } from './toStatus';
+import { failed, Tracing } from '../tracing/Tracing';
 
 export interface ServiceLogger extends ErrorLogger {
   info(obj: object, msg?: string): void;
@@ -36,6 +38,7 @@ export class GearsService {
     private readonly manager: IsolateManager,
     private readonly logger: ServiceLogger,
     private readonly auth: Authenticator = OPEN_ACCESS,
+    private readonly tracing: Tracing = Tracing.off,
   ) {}
 
   addToServer(server: Server): void {
@@ -303,7 +306,17 @@ export class GearsService {
    * deadline passes), exactly one callback, errors through `toStatus`, one log line per call.
    */
   private unary<Req, Res>(method: string, handler: Handler<Req, Res>, fields?: LogFields<Req, Res>) {
+    const serve = this.serveUnary(method, handler, fields);
+    const rpc = `${SERVICE}/${method}`;
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
+      if (!this.tracing.on) serve(call, callback, undefined);
+      // The call's span continues the caller's trace (W3C traceparent in its metadata).
+      else this.tracing.serve(rpc, call.metadata, METADATA, { 'rpc.system.name': 'grpc', 'rpc.method': rpc }, (span) => serve(call, callback, span));
+    };
+  }
+
+  private serveUnary<Req, Res>(method: string, handler: Handler<Req, Res>, fields?: LogFields<Req, Res>) {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>, span: Span | undefined): void => {
       const started = performance.now();
       const controller = new AbortController();
       const onCancel = (): void => controller.abort();
@@ -326,6 +339,10 @@ export class GearsService {
         if (err) callback(err, null);
         else callback(null, res);
         this.logger.info(line, 'rpc');
+        if (span) {
+          rpcOutcome(span, err?.code ?? status.OK, tenant);
+          this.tracing.end(span);
+        }
       };
       Promise.resolve()
         .then(() => {
@@ -346,6 +363,27 @@ export class GearsService {
         );
     };
   }
+}
+
+const SERVICE = 'isogear.v1.GearsService';
+
+/** Reads W3C trace context headers from a call's metadata. */
+const METADATA: TextMapGetter<Metadata> = {
+  get: (metadata, key) => {
+    const values = metadata.get(key);
+    return values.length === 0 ? undefined : values.map(String);
+  },
+  keys: (metadata) => Object.keys(metadata.getMap()),
+};
+
+/** Codes that say the server failed (OpenTelemetry's gRPC conventions): only these mark a server span failed. */
+const SERVER_FAULTS = new Set<number>([status.UNKNOWN, status.DEADLINE_EXCEEDED, status.UNIMPLEMENTED, status.INTERNAL, status.UNAVAILABLE, status.DATA_LOSS]);
+
+function rpcOutcome(span: Span, code: number, tenant: string | undefined): void {
+  span.setAttribute('rpc.status_code', status[code]);
+  if (tenant !== undefined) span.setAttribute('isogear.tenant', tenant);
+  if (SERVER_FAULTS.has(code)) failed(span, status[code]);
+  else if (code !== status.OK) span.setAttribute('error.type', status[code]);
 }
 
 /** Resolves once the stream can take writes again, or the client went away. */

@@ -22,6 +22,11 @@ export interface CallOptions {
   deadlineMs?: number;
   /** Cancels the call (the server aborts its run). */
   signal?: AbortSignal;
+  /**
+   * Extra metadata sent with the call: e.g. a W3C `traceparent` (and `tracestate`), which makes
+   * the server's spans of the call children of the caller's span.
+   */
+  metadata?: Record<string, string>;
 }
 
 /** The mode of a new interpreter, as a name or the proto enum. */
@@ -218,8 +223,9 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
   const health = new HealthClient(address, credentials, options.channelOptions ?? {}) as grpc.Client & Record<string, unknown>;
   let closed = false;
 
-  const metadata = (): grpc.Metadata => {
+  const metadata = (extra: Record<string, string> = {}): grpc.Metadata => {
     const md = new grpc.Metadata();
+    for (const [key, value] of Object.entries(extra)) md.set(key, value);
     if (options.apiKey !== undefined) md.set('authorization', `Bearer ${options.apiKey}`);
     return md;
   };
@@ -231,6 +237,7 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
         return;
       }
       const md = new grpc.Metadata();
+      for (const [key, value] of Object.entries(opts.metadata ?? {})) md.set(key, value);
       if (withKey && options.apiKey !== undefined) md.set('authorization', `Bearer ${options.apiKey}`);
       const deadlineMs = opts.deadlineMs ?? options.deadlineMs;
       const callOptions: Partial<grpc.CallOptions> = deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + deadlineMs) };
@@ -295,7 +302,7 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
     cancelExecution: async (executionId, opts) => call(gears, 'cancelExecution', pb.CancelExecutionRequest.fromPartial({ executionId }), opts),
     watch: (req = {}, opts = {}) => {
       const deadlineMs = opts.deadlineMs ?? options.deadlineMs;
-      const stream = gears.watch(pb.WatchRequest.fromPartial(req), metadata(), deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + deadlineMs) });
+      const stream = gears.watch(pb.WatchRequest.fromPartial(req), metadata(opts.metadata), deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + deadlineMs) });
       let closedHere = false;
       const close = (): void => {
         closedHere = true;

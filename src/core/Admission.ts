@@ -1,3 +1,4 @@
+import type { Tracing } from '../tracing/Tracing';
 import { ResourceExhaustedError } from './errors';
 import { RunSlots, type RunSlotsRefusals, type Slot, type WaitKind } from './RunSlots';
 import type { TenantLedger } from './TenantLedger';
@@ -30,6 +31,8 @@ export interface AdmissionOptions {
   maxConcurrentRuns: number;
   maxQueuedRuns: number;
   maxQueueWaitMs: number;
+  /** The wait for a slot is a span (`isogear.queue`) of a traced request. */
+  tracing?: Tracing;
 }
 
 /**
@@ -62,7 +65,12 @@ export class Admission {
    * A run slot for `tenant`: first one of its own, then one of the server's. `kind`: how the
    * caller waits (see WaitKind).
    */
-  async acquire(tenant: string, signal?: AbortSignal, kind: WaitKind = 'request'): Promise<Slot> {
+  acquire(tenant: string, signal?: AbortSignal, kind: WaitKind = 'request'): Promise<Slot> {
+    if (!this.options.tracing?.on) return this.slot(tenant, signal, kind);
+    return this.options.tracing.span('isogear.queue', { 'isogear.queue.kind': kind, 'isogear.tenant': tenant }, () => this.slot(tenant, signal, kind));
+  }
+
+  private async slot(tenant: string, signal: AbortSignal | undefined, kind: WaitKind): Promise<Slot> {
     const limit = this.ledger.quotas(tenant)?.concurrentRuns;
     if (limit === undefined || limit >= this.options.maxConcurrentRuns) return this.server.acquire(signal, kind);
     if (limit === 0) throw new ResourceExhaustedError('tenant_concurrent_runs', `tenant "${tenant}" may not run anything (its concurrentRuns quota is 0)`);

@@ -81,10 +81,10 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
     onHostDeath,
   );
   const placements: Record<IsolationMode, Placement> = { isolate: dedicated, shared };
-  const interpreters = new Interpreters({ maxInterpreters: o.maxInterpreters, logger: o.logger, closed, events }, placements, ledger, names);
-  const runner = new Runner({ maxValueBytes: o.maxValueBytes, logger: o.logger, onRunEnd: o.onRunEnd, afterRun: () => pool.refill(true), closed, events }, index);
+  const interpreters = new Interpreters({ maxInterpreters: o.maxInterpreters, logger: o.logger, closed, events, tracing: o.tracing }, placements, ledger, names);
+  const runner = new Runner({ maxValueBytes: o.maxValueBytes, logger: o.logger, onRunEnd: o.onRunEnd, afterRun: () => pool.refill(true), closed, events, tracing: o.tracing }, index);
   Object.assign(late, { shared, interpreters, runner });
-  const recorder = new Recorder({ store: o.store, interpreters, index, names, ledger, logger: o.logger });
+  const recorder = new Recorder({ store: o.store, interpreters, index, names, ledger, logger: o.logger, tracing: o.tracing });
   const restorer = new Restorer({ interpreters, index, names, runner, recorder, defaultMemoryMb: o.defaultMemoryMb, logger: o.logger, closed });
   const follower = new ReplicaFollower(interpreters, recorder, restorer, closed);
   const executions = new ExecutionTable({
@@ -92,7 +92,7 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
     retentionBytes: o.executionRetentionBytes,
     backgroundQuota: (tenant) => ledger.quotas(tenant)?.backgroundExecutions ?? DEFAULTS.tenantMaxBackgroundExecutions,
   });
-  const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, executions, maxResponseBytes: o.maxResponseBytes });
+  const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, executions, maxResponseBytes: o.maxResponseBytes, tracing: o.tracing });
   return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events };
 }
 

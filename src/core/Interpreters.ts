@@ -4,6 +4,8 @@ import type { IsolateDisposeReason, IsolateHost } from './IsolateHost';
 import type { NameTable } from './NameTable';
 import type { FixedIds, Placement } from './placement/Placement';
 import type { TenantLedger } from './TenantLedger';
+import type { Span } from '@opentelemetry/api';
+import type { Tracing } from '../tracing/Tracing';
 import type { EventHub } from './EventHub';
 import type { CoreLogger, InterpreterInfo, IsolationMode } from './types';
 import { checkIdLength } from './validation';
@@ -19,6 +21,8 @@ export interface InterpretersOptions {
   logger?: CoreLogger;
   /** Watchers hear of each interpreter made and of each change of its state. */
   events?: EventHub;
+  /** A traced request's interpreter creation is a span (`isogear.interpreter.create`). */
+  tracing?: Tracing;
   /** True once the manager is shutting down: no interpreter is created any more. */
   closed(): boolean;
 }
@@ -108,12 +112,18 @@ export class Interpreters {
    * interpreter with its stored ids, admitted when it was first created (its quotas count it,
    * never refuse it).
    */
-  async create(mode: IsolationMode, memoryMb: number, name: string, tenant: string, fixed?: FixedIds): Promise<Interpreter> {
+  create(mode: IsolationMode, memoryMb: number, name: string, tenant: string, fixed?: FixedIds): Promise<Interpreter> {
+    const tracing = this.options.tracing;
+    if (!tracing?.on) return this.admitted(mode, memoryMb, name, tenant, fixed);
+    return tracing.span('isogear.interpreter.create', { 'isogear.interpreter.mode': mode, 'isogear.tenant': tenant }, (span) => this.admitted(mode, memoryMb, name, tenant, fixed, span));
+  }
+
+  private async admitted(mode: IsolationMode, memoryMb: number, name: string, tenant: string, fixed?: FixedIds, span?: Span): Promise<Interpreter> {
     const placement = this.placements[mode];
     const charge = placement.chargeMb(memoryMb);
     this.ledger.admitInterpreter(tenant, charge, fixed === undefined);
     try {
-      return await this.createOn(placement, memoryMb, name, tenant, fixed);
+      return await this.createOn(placement, memoryMb, name, tenant, fixed, span);
     } catch (err) {
       this.ledger.interpreterGone(tenant, charge);
       throw err;
@@ -136,12 +146,13 @@ export class Interpreters {
     );
   }
 
-  private async createOn(placement: Placement, memoryMb: number, name: string, tenant: string, fixed?: FixedIds): Promise<Interpreter> {
+  private async createOn(placement: Placement, memoryMb: number, name: string, tenant: string, fixed?: FixedIds, span?: Span): Promise<Interpreter> {
     const full = this.capacityRefusal();
     if (full) throw full;
     this.pending += 1;
     try {
       const placed = await placement.place(memoryMb, fixed);
+      span?.setAttributes({ 'isogear.warm_pool.hit': placed.warm, 'isogear.interpreter.id': placed.id });
       if (this.options.closed()) {
         placement.abandon(placed);
         throw new UnavailableError('the server is shutting down');

@@ -1,4 +1,5 @@
 import { SandboxCallError, type LogSink, type RunTuple } from '../sandbox/Sandbox';
+import { failed, type Tracing } from '../tracing/Tracing';
 import { IllegalStateError } from './errors';
 import type { EventHub } from './EventHub';
 import { CancelReason } from './Execution';
@@ -122,6 +123,8 @@ export interface RunnerOptions {
   closed(): boolean;
   /** Watchers hear of every run that ended. */
   events?: EventHub;
+  /** A traced request's run is a span (`isogear.run`), its module load and compile a child of it. */
+  tracing?: Tracing;
 }
 
 /**
@@ -174,6 +177,12 @@ export class Runner {
       this.options.afterRun();
       this.options.onRunEnd?.({ tenant: interp.tenant, mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome, wallTimeMs: performance.now() - since });
     };
+    const span = this.options.tracing?.start('isogear.run', {
+      'isogear.execution.id': execId,
+      'isogear.interpreter.id': interp.id,
+      'isogear.interpreter.mode': interp.mode,
+      'isogear.run.kind': kind === 'trigger' ? 'handler' : kind,
+    });
     const started = performance.now();
     const cpuStart = host.cpuTimeMs();
     let timer: NodeJS.Timeout | undefined;
@@ -193,7 +202,8 @@ export class Runner {
         signal.addEventListener('abort', onAbort, { once: true });
       }
       if (!active) return;
-      const call = work.start(execId, remainingMs, () => active, this.logSink(req, execId));
+      const sink = this.logSink(req, execId);
+      const call = span ? (this.options.tracing as Tracing).within(span, () => work.start(execId, remainingMs, () => active, sink)) : work.start(execId, remainingMs, () => active, sink);
       // The slot stays taken until the isolate call really returns: a run the caller gave up on
       // keeps its isolate busy until its own timeout (isolated-vm cannot interrupt it otherwise).
       slot?.holdUntil(call);
@@ -213,12 +223,22 @@ export class Runner {
       tuple = settled.kind === 'tuple' ? settled.tuple : undefined;
       this.sort(settled, report, interp, timeoutMs, work.token);
     } catch (err) {
+      if (span) {
+        failed(span, 'internal');
+        (this.options.tracing as Tracing).end(span);
+      }
       end('failed');
       throw err;
     } finally {
       clearTimeout(timer);
       if (signal && onAbort) signal.removeEventListener('abort', onAbort);
       this.settling.delete(settling);
+    }
+    if (span) {
+      span.setAttributes({ 'isogear.outcome': report.outcome, 'isogear.run.cpu_time_ms': report.cpuTimeMs });
+      // the outcome, never the script's message: a message may quote what the script was given
+      if (report.outcome !== 'succeeded') failed(span, report.outcome);
+      (this.options.tracing as Tracing).end(span);
     }
     // A run the sandbox finished but the host refused (late, invalid result) leaves nothing behind.
     if (report.outcome !== 'succeeded' && tuple?.ok) interp.abandonRun(execId);

@@ -1,4 +1,5 @@
 import { BootstrapCompiler } from '../sandbox/bootstrapScript';
+import type { Tracing } from '../tracing/Tracing';
 import type { CodeCache } from '../sandbox/CodeCache';
 import { Sandbox } from '../sandbox/Sandbox';
 import { newExecutionId, newToken } from './ids';
@@ -12,6 +13,8 @@ export interface SandboxLimits {
   maxLogBytes: number;
   maxValueBytes: number;
   maxRegistrationsPerInterpreter: number;
+  /** A traced run's module load and compile is a span (`isogear.module.load`). */
+  tracing?: Tracing;
 }
 
 /**
@@ -40,6 +43,7 @@ export class SandboxMaker {
         maxResultChars: this.limits.maxValueBytes,
         maxRegistrations: this.limits.maxRegistrationsPerInterpreter,
         codeCache: this.codeCache,
+        tracing: this.limits.tracing,
       },
       host.bootstrapScript(this.bootstrap.compile),
     );
@@ -51,7 +55,12 @@ export class SandboxMaker {
    * request's time); here it is spent before anyone waits. The run leaves nothing behind: no
    * registrations, no pending run, nothing a script can reach.
    */
-  async makeWarm(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
+  makeWarm(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
+    // a request's run may set off the refill: its warm-up is not part of that request's trace
+    return this.limits.tracing ? this.limits.tracing.outside(() => this.warmUp(host, id, registrationPrefix)) : this.warmUp(host, id, registrationPrefix);
+  }
+
+  private async warmUp(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
     const sandbox = await this.make(host, id, registrationPrefix);
     try {
       const token = newToken();

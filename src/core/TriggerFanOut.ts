@@ -1,3 +1,5 @@
+import type { Span } from '@opentelemetry/api';
+import { errorType, failed, type Tracing } from '../tracing/Tracing';
 import type { Admission } from './Admission';
 import { CancelledError, IsogearError, ResourceExhaustedError } from './errors';
 import { CancelReason, type Execution } from './Execution';
@@ -24,6 +26,8 @@ export interface FanOutDeps {
   executions: ExecutionTable;
   /** Results and logs one Trigger response may carry (ISOGEAR_MAX_RESPONSE_BYTES). */
   maxResponseBytes: number;
+  /** In a traced Trigger each handler run is a span (`isogear.handler`), its queue wait and run inside. */
+  tracing?: Tracing;
 }
 
 export interface FanOut {
@@ -92,9 +96,15 @@ export class TriggerFanOut {
         // The first slot is admitted like any request's; the rest wait behind it, one at a time.
         // A background fan-out waits behind every request, without a wait limit.
         let slot: Slot;
+        const span = this.handlerSpan(snapshot[i], req);
+        const wait = execution.background ? 'background' : i > 0 ? 'admitted' : 'request';
         try {
-          slot = await this.deps.admission.acquire(req.tenant, signal, execution.background ? 'background' : i > 0 ? 'admitted' : 'request');
+          slot = await (span ? (this.deps.tracing as Tracing).within(span, () => this.deps.admission.acquire(req.tenant, signal, wait)) : this.deps.admission.acquire(req.tenant, signal, wait));
         } catch (err) {
+          if (span) {
+            failed(span, err instanceof CancelledError ? 'aborted' : errorType(err));
+            (this.deps.tracing as Tracing).end(span);
+          }
           if (!(err instanceof CancelledError) || !signal.aborted) throw err;
           // Cancelled: the handlers not started yet are not run.
           const why = execution.cancelReason?.message ?? 'the run was cancelled';
@@ -108,10 +118,17 @@ export class TriggerFanOut {
         if (i === 0) execution.start();
         const ref = held[i];
         held[i] = undefined;
+        const run = span ? (this.deps.tracing as Tracing).within(span, () => this.runHandler(snapshot[i], req, execution, ref, slot)) : this.runHandler(snapshot[i], req, execution, ref, slot);
         runs.push(
-          this.runHandler(snapshot[i], req, execution, ref, slot)
-            .then((r) => budget.fit(r))
-            .finally(() => slot.release()),
+          run
+            .then((r) => {
+              if (span) endHandlerSpan(span, r);
+              return budget.fit(r);
+            })
+            .finally(() => {
+              if (span) (this.deps.tracing as Tracing).end(span);
+              slot.release();
+            }),
         );
       }
       return await Promise.all(runs);
@@ -123,6 +140,16 @@ export class TriggerFanOut {
     } finally {
       for (const ref of held) ref?.release();
     }
+  }
+
+  /** The span of one handler's run in a traced Trigger (undefined when untraced). */
+  private handlerSpan(reg: Registration, req: FanOut): Span | undefined {
+    return this.deps.tracing?.start('isogear.handler', {
+      'isogear.registration.id': reg.id,
+      'isogear.interpreter.id': reg.interpreterId,
+      'isogear.trigger': req.trigger,
+      'isogear.tenant': req.tenant,
+    });
   }
 
   private async runHandler(reg: Registration, req: FanOut, fanOut: Execution, held: Reference | undefined, slot: Slot): Promise<TriggerRunResult> {
@@ -191,6 +218,12 @@ export class TriggerFanOut {
     reg.recordRun(r.outcome === 'succeeded', r.wallTimeMs, r.error);
     return { ...r, registrationId: reg.id };
   }
+}
+
+/** A handler's span ends with its run's outcome and execution id. */
+function endHandlerSpan(span: Span, r: TriggerRunResult): void {
+  span.setAttributes({ 'isogear.outcome': r.outcome, 'isogear.execution.id': r.executionId });
+  if (r.outcome !== 'succeeded') failed(span, r.outcome);
 }
 
 /** The result of a handler that was not run: released, broken, cancelled before it began, or refused. */

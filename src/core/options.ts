@@ -1,3 +1,4 @@
+import { Tracing } from '../tracing/Tracing';
 import type { RecipeStore } from './durability/RecipeStore';
 import type { QuotaName } from './tenants';
 import type { CoreLogger, IsolationMode, RunEndEvent } from './types';
@@ -83,6 +84,8 @@ export interface ManagerOptions {
   /** Watches one tenant may have open (default 16). */
   tenantMaxWatchers?: number;
   logger?: CoreLogger;
+  /** Where the spans of traced requests go (default: tracing off). */
+  tracing?: Tracing;
   /** Called once per run (Execute, Register load or handler run) as it ends, for metrics. */
   onRunEnd?: (event: RunEndEvent) => void;
   /** Called when V8 lost control of an isolate; the process must exit. */
@@ -115,7 +118,8 @@ type OptionalSetting =
   | 'executionRetentionBytes'
   | 'extraSharedIsolates'
   | 'watchBuffer'
-  | 'tenantMaxWatchers';
+  | 'tenantMaxWatchers'
+  | 'tracing';
 
 /** Checks `o` (RangeError naming the option) and fills in the defaults of what it leaves out. */
 export function resolveOptions(o: ManagerOptions): ResolvedOptions {
@@ -134,6 +138,7 @@ export function resolveOptions(o: ManagerOptions): ResolvedOptions {
     extraSharedIsolates: o.extraSharedIsolates ?? o.sharedIsolates,
     watchBuffer: o.watchBuffer ?? DEFAULTS.watchBuffer,
     tenantMaxWatchers: o.tenantMaxWatchers ?? DEFAULTS.tenantMaxWatchers,
+    tracing: o.tracing ?? Tracing.off,
   };
 }
 

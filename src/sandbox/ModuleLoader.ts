@@ -1,4 +1,6 @@
+import type { Span } from '@opentelemetry/api';
 import type ivm from 'isolated-vm';
+import type { Tracing } from '../tracing/Tracing';
 import { CodeCache } from './CodeCache';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
 
@@ -59,6 +61,7 @@ export class ModuleLoader {
     private readonly context: ivm.Context,
     private readonly track: CallTracker,
     private readonly cache?: CodeCache,
+    private readonly tracing?: Tracing,
   ) {}
 
   /**
@@ -77,10 +80,15 @@ export class ModuleLoader {
    * the driver's evaluation go to the isolate together: one wait for the isolate less per load.
    * (Sandbox.load evaluates again after the link if isolated-vm ever queued it later.)
    */
-  async prepare(source: string, modules: Record<string, string>, token: string): Promise<PreparedLoad> {
+  prepare(source: string, modules: Record<string, string>, token: string): Promise<PreparedLoad> {
+    if (!this.tracing?.on) return this.prepareLoad(source, modules, token);
+    return this.tracing.span('isogear.module.load', { 'isogear.module.supplied': 1 + Object.keys(modules).length }, (span) => this.prepareLoad(source, modules, token, span));
+  }
+
+  private async prepareLoad(source: string, modules: Record<string, string>, token: string, span?: Span): Promise<PreparedLoad> {
     const tokenLiteral = JSON.stringify(token);
     const compiled = await Promise.allSettled([
-      this.compileUser(source, 'main.js'),
+      this.compileUser(source, 'main.js', span),
       // The hand-over stays on line 3: it is the bottom frame of stacks thrown in a default export.
       this.isolate.compileModule(`// isogear: the load's driver\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`, {
         filename: 'isogear:driver',
@@ -151,9 +159,15 @@ export class ModuleLoader {
     this.latest.clear();
   }
 
-  /** Compiles a module the request supplied, through the server's code cache when it has one. */
-  private async compileUser(source: string, filename: string): Promise<ivm.Module> {
-    if (!this.cache?.enabled) return this.isolate.compileModule(source, { filename });
+  /**
+   * Compiles a module the request supplied, through the server's code cache when it has one.
+   * `span`: the load's span, told whether V8 took the cached code (`isogear.code_cache.hit`).
+   */
+  private async compileUser(source: string, filename: string, span?: Span): Promise<ivm.Module> {
+    if (!this.cache?.enabled) {
+      span?.setAttribute('isogear.code_cache.hit', false);
+      return this.isolate.compileModule(source, { filename });
+    }
     const key = CodeCache.key(source);
     const cacheOptions = this.cache.options(key);
     // isolated-vm's compileModule takes the cached-data options (its typings omit them).
@@ -161,6 +175,7 @@ export class ModuleLoader {
       cachedData?: ivm.ExternalCopy<ArrayBuffer>;
       cachedDataRejected?: boolean;
     };
+    span?.setAttribute('isogear.code_cache.hit', cacheOptions.cachedData !== undefined && !mod.cachedDataRejected);
     if (cacheOptions.cachedData && mod.cachedDataRejected) this.cache.reject(key);
     else if (cacheOptions.produceCachedData && mod.cachedData) this.cache.store(key, mod.cachedData);
     return mod;

@@ -1,4 +1,5 @@
 import ivm from 'isolated-vm';
+import type { Tracing } from '../tracing/Tracing';
 import type { CodeCache } from './CodeCache';
 import { ModuleLoader, ModuleNotFoundError, UNINSTANTIATED, type PreparedLoad } from './ModuleLoader';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
@@ -55,6 +56,8 @@ export interface SandboxOptions {
   maxRegistrations: number;
   /** The server's code cache for module sources, shared by every interpreter. */
   codeCache?: CodeCache;
+  /** Where a traced run's module load span goes. */
+  tracing?: Tracing;
 }
 
 /** How long a finished run's sink still takes its late console lines (see dropSinkAfter). */
@@ -239,7 +242,7 @@ export class Sandbox {
         ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations, tap],
         { timeout: 1000 },
       );
-      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache), options, track, sinks);
+      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache, options.tracing), options, track, sinks);
     } catch (err) {
       dispatch?.release();
       context.release();

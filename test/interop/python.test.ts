@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlpReceiver';
 import { startTestServer, type TestServer } from '../helpers/server';
 
 const PYTHON = '/usr/bin/python3';
@@ -23,6 +24,25 @@ function pythonGrpc(): string | undefined {
   } catch (err) {
     return err instanceof Error ? err.message.split('\n')[0] : String(err);
   }
+}
+
+/** Skips the suite without Python's gRPC (fails it in CI, which installs it). */
+function needPython(ctx: Mocha.Context, what: string): void {
+  const missing = pythonGrpc();
+  if (!missing) return;
+  if (process.env.CI) throw new Error(`${PYTHON} cannot import grpc and grpc_tools: .ci/run installs python3-grpcio and python3-grpc-tools (${missing})`);
+  console.warn(`\n  !!! ${PYTHON} has no grpcio/grpc_tools: SKIPPING ${what} (apt-get install python3-grpcio python3-grpc-tools; CI runs it) !!!\n`);
+  ctx.skip();
+}
+
+/** Generates the Python stubs from proto/ into DIR/stubs, as a Python user would; returns that directory. */
+function generateStubs(dir: string): string {
+  const stubs = path.join(dir, 'stubs');
+  execFileSync('mkdir', ['-p', stubs]);
+  execFileSync(PYTHON, ['-m', 'grpc_tools.protoc', `-I${path.join(ROOT, 'proto')}`, `--python_out=${stubs}`, `--grpc_python_out=${stubs}`, path.join(ROOT, 'proto/isogear/v1/gears.proto')], {
+    stdio: 'pipe',
+  });
+  return stubs;
 }
 
 interface Seen {
@@ -62,12 +82,7 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
   let t: TestServer;
 
   before(function () {
-    const missing = pythonGrpc();
-    if (missing) {
-      if (process.env.CI) throw new Error(`${PYTHON} cannot import grpc and grpc_tools: .ci/run installs python3-grpcio and python3-grpc-tools (${missing})`);
-      console.warn(`\n  !!! ${PYTHON} has no grpcio/grpc_tools: SKIPPING the Python interop test (apt-get install python3-grpcio python3-grpc-tools; CI runs it) !!!\n`);
-      this.skip();
-    }
+    needPython(this, 'the Python interop test');
   });
 
   beforeEach(async () => {
@@ -82,11 +97,7 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
   });
 
   it('generates stubs and runs Execute, Register, Trigger, List, Release, background executions and error codes from Python', async () => {
-    const stubs = path.join(dir, 'stubs');
-    execFileSync('mkdir', ['-p', stubs]);
-    execFileSync(PYTHON, ['-m', 'grpc_tools.protoc', `-I${path.join(ROOT, 'proto')}`, `--python_out=${stubs}`, `--grpc_python_out=${stubs}`, path.join(ROOT, 'proto/isogear/v1/gears.proto')], {
-      stdio: 'pipe',
-    });
+    const stubs = generateStubs(dir);
     const { stdout } = await promisify(execFile)(PYTHON, [path.join(ROOT, 'test/interop/python/client.py'), t.server.grpcAddress, stubs, 'py-key']);
     const seen = JSON.parse(stdout) as Seen;
     assert.deepEqual(seen.execute, { total: 9, names: ['tea', 'cake'], vip: true });
@@ -142,5 +153,72 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
       assert.match(seen.execution_errors[`malformed_${rpc}`].details, /not an execution id/, rpc);
       assert.equal(seen.execution_errors[`unknown_${rpc}`].code, 'NOT_FOUND', rpc);
     }
+  });
+});
+
+describe('Python interop: a Python client’s trace continues into isogear (real OTLP receiver)', function () {
+  this.timeout(60_000);
+  let dir: string;
+  let receiver: OtlpReceiver;
+  let t: TestServer;
+
+  before(function () {
+    needPython(this, 'the Python tracing test');
+  });
+
+  beforeEach(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'isogear-pytrace-'));
+    const keys = path.join(dir, 'keys.json');
+    writeFileSync(keys, JSON.stringify({ tenants: [{ name: 'py', keySha256: createHash('sha256').update('py-key').digest('hex') }] }));
+    receiver = await OtlpReceiver.start();
+    t = await startTestServer({
+      ISOGEAR_API_KEYS_FILE: keys,
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcEndpoint,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc',
+      OTEL_BSP_SCHEDULE_DELAY: '20',
+    });
+  });
+  afterEach(async () => {
+    await t.close();
+    await receiver.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('an Execute and a Trigger fanning out to three handlers arrive under the Python client’s trace ids, with the expected parent and child spans', async () => {
+    const stubs = generateStubs(dir);
+    const { stdout } = await promisify(execFile)(PYTHON, [path.join(ROOT, 'test/interop/python/traced.py'), t.server.grpcAddress, stubs, 'py-key']);
+    const seen = JSON.parse(stdout) as {
+      execute: { trace_id: string; span_id: string; execution_id: string; interpreter_id: string; registrations: string[] };
+      trigger: { trace_id: string; span_id: string; results: unknown[]; execution_ids: string[] };
+    };
+    assert.deepEqual(seen.trigger.results, [7, 14, 21]);
+    const rpc = (m: string): string => `isogear.v1.GearsService/${m}`;
+    const byName = (spans: ReceivedSpan[], name: string): ReceivedSpan[] => spans.filter((s) => s.name === name);
+    const childrenOf = (spans: ReceivedSpan[], parent: ReceivedSpan): string[] => spans.filter((s) => s.parentSpanId === parent.spanId).map((s) => s.name).sort();
+
+    // Execute
+    await receiver.waitFor(() => receiver.trace(seen.execute.trace_id).length >= 6, 'the Execute trace');
+    const ex = receiver.trace(seen.execute.trace_id);
+    const [exRpc] = byName(ex, rpc('Execute'));
+    assert.ok(exRpc, 'the Execute span carries the Python client’s trace id');
+    assert.equal(exRpc.parentSpanId, seen.execute.span_id, 'its parent is the Python client’s span');
+    assert.equal(exRpc.attributes['isogear.tenant'], 'py');
+    assert.deepEqual(childrenOf(ex, exRpc), ['isogear.interpreter.create', 'isogear.queue', 'isogear.run', 'isogear.store.commit']);
+    const [exRun] = byName(ex, 'isogear.run');
+    assert.equal(exRun.attributes['isogear.execution.id'], seen.execute.execution_id);
+    assert.deepEqual(childrenOf(ex, exRun), ['isogear.module.load']);
+    assert.equal(byName(ex, 'isogear.interpreter.create')[0].attributes['isogear.interpreter.id'], seen.execute.interpreter_id);
+
+    // Trigger: one handler span per registration, each with its queue wait and its run
+    await receiver.waitFor(() => receiver.trace(seen.trigger.trace_id).length >= 10, 'the Trigger trace');
+    const tr = receiver.trace(seen.trigger.trace_id);
+    const [trRpc] = byName(tr, rpc('Trigger'));
+    assert.equal(trRpc.parentSpanId, seen.trigger.span_id);
+    const handlers = byName(tr, 'isogear.handler');
+    assert.equal(handlers.length, 3);
+    assert.ok(handlers.every((h) => h.parentSpanId === trRpc.spanId));
+    assert.deepEqual(handlers.map((h) => h.attributes['isogear.registration.id']).sort(), [...seen.execute.registrations].sort());
+    assert.deepEqual(handlers.map((h) => h.attributes['isogear.execution.id']).sort(), [...seen.trigger.execution_ids].sort());
+    for (const h of handlers) assert.deepEqual(childrenOf(tr, h), ['isogear.queue', 'isogear.run']);
   });
 });

@@ -1,4 +1,5 @@
 import type { RunTuple } from '../../sandbox/Sandbox';
+import type { Tracing } from '../../tracing/Tracing';
 import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors';
 import { newStepId } from '../ids';
 import type { Interpreter } from '../Interpreter';
@@ -30,6 +31,8 @@ export interface RecorderDeps {
   names: NameTable;
   ledger: TenantLedger;
   logger?: CoreLogger;
+  /** A traced request's store write is a span (`isogear.store.commit`). */
+  tracing?: Tracing;
 }
 
 /**
@@ -144,16 +147,16 @@ export class Recorder {
       let created = false;
       let replaced: string | undefined;
       try {
-        if (this.isStored(interp)) await store.append(interp.id, step);
+        if (this.isStored(interp)) await this.write('append', n, () => store.append(interp.id, step));
         else if (n > 0) {
-          replaced = (await store.create(this.recipeOf(interp, step, replaceName ?? interp.name), replaceName !== undefined)).replaced;
+          replaced = (await this.write('create', n, () => store.create(this.recipeOf(interp, step, replaceName ?? interp.name), replaceName !== undefined))).replaced;
           created = true;
           const s = this.state(interp);
           s.stored = true;
           s.steps.length = 0;
         } else if (oldHolder && this.isStored(oldHolder)) {
           // an upgrade that registers nothing: the old holder of the name goes, and nothing replaces it
-          await store.remove(oldHolder.id);
+          await this.write('remove', 0, () => store.remove(oldHolder.id));
           this.setStored(oldHolder, false);
         }
       } catch (err) {
@@ -195,8 +198,8 @@ export class Recorder {
       if (store && this.isStored(interp)) {
         const all = live.length === interp.registrations.size;
         try {
-          if (all) await store.remove(interp.id);
-          else await store.release(interp.id, live.map((r) => r.id));
+          if (all) await this.write('remove', live.length, () => store.remove(interp.id));
+          else await this.write('release', live.length, () => store.release(interp.id, live.map((r) => r.id)));
         } catch (err) {
           throw this.storeFailure(err, 'the release');
         }
@@ -216,6 +219,13 @@ export class Recorder {
     this.clearBroken(interp.id);
     this.deps.names.unname(interp);
     this.deps.index.releaseAll(interp);
+  }
+
+  /** One write to the store: a span of a traced request. `registrations`: how many it adds or removes. */
+  private write<T>(operation: 'append' | 'create' | 'remove' | 'release', registrations: number, work: () => Promise<T>): Promise<T> {
+    const tracing = this.deps.tracing;
+    if (!tracing?.on) return work();
+    return tracing.span('isogear.store.commit', { 'isogear.store.operation': operation, 'isogear.store.registrations': registrations }, work);
   }
 
   /** Runs store work of one interpreter in order: its writes, releases and replays never interleave. */

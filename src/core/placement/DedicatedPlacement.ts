@@ -39,7 +39,7 @@ export class DedicatedPlacement implements Placement {
     host.admit(id);
     try {
       const sandbox = warm?.sandbox ?? (await this.maker.make(host, id, registrationPrefix));
-      return { host, sandbox, id, registrationPrefix, dedicatedMemoryMb: memoryMb };
+      return { host, sandbox, id, registrationPrefix, dedicatedMemoryMb: memoryMb, warm: warm !== undefined };
     } catch (err) {
       host.vacate(id);
       host.dispose('failed');

@@ -45,6 +45,8 @@ export interface Placed {
   registrationPrefix: string;
   /** What it charges against its tenant's dedicated-memory quota (see chargeMb). */
   dedicatedMemoryMb: number;
+  /** Taken ready-made from the warm pool (a span's `isogear.warm_pool.hit`). */
+  warm: boolean;
 }
 
 /** Told of every death of an isolate a placement owns, after the placement's own bookkeeping. */

@@ -82,7 +82,7 @@ export class SharedPlacement implements Placement {
     host.admit(id);
     try {
       const sandbox = warm?.sandbox ?? (await this.maker.make(host, id, registrationPrefix));
-      return { host, sandbox, id, registrationPrefix, dedicatedMemoryMb: 0 };
+      return { host, sandbox, id, registrationPrefix, dedicatedMemoryMb: 0, warm: warm !== undefined };
     } catch (err) {
       host.vacate(id);
       if (host.disposed && !this.options.closed() && attempt < 2) {
