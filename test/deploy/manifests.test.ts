@@ -182,6 +182,14 @@ function serviceLinkEnv(services: K8sObject[]): Record<string, string> {
 
 const portOf = (address: string): number => Number(address.slice(address.lastIndexOf(':') + 1));
 
+/** The port the OTLP exporter connects to, when tracing is on. */
+function otlpPort(config: Config): number | undefined {
+  const url = config.tracing.settings?.url;
+  if (!url) return undefined;
+  const u = new URL(url);
+  return Number(u.port || (u.protocol === 'https:' ? 443 : 80));
+}
+
 /** The store a container ends up on, from where its ISOGEAR_STORE comes (unset: the default). */
 function storeOf(source: EnvSource | undefined): 'embedded' | 'memory' | 'redis' {
   // An optional Secret that is missing leaves the variable unset: assume the worst.
@@ -524,7 +532,7 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
         assert.equal((sa as unknown as { automountServiceAccountToken?: boolean }).automountServiceAccountToken, false);
       });
 
-      it(`the PodDisruptionBudget and NetworkPolicy select the pod; gRPC and metrics are the only ways in, ${profile.store === 'embedded' ? 'nothing goes out' : 'only DNS and Redis go out'}`, () => {
+      it(`the PodDisruptionBudget and NetworkPolicy select the pod; gRPC and metrics are the only ways in, ${profile.store === 'embedded' ? 'nothing goes out' : 'only DNS, Redis and the OTLP collector go out'}`, () => {
         const pdb = find(objects, 'PodDisruptionBudget').spec as { selector: { matchLabels: Record<string, string> } };
         assert.ok(selects(pdb.selector.matchLabels, spec.template.metadata.labels));
         const np = find(objects, 'NetworkPolicy').spec as {
@@ -547,7 +555,8 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
             assert.deepEqual(reaches(53, protocol), [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'kube-system' } }, podSelector: { matchLabels: { 'k8s-app': 'kube-dns' } } }], `DNS over ${protocol}, to the cluster DNS only`);
           }
           const ports = egress.flatMap((r) => (r.ports ?? []).map((p) => `${p.port}/${p.protocol ?? 'TCP'}`));
-          assert.deepEqual([...new Set(ports)].sort(), ['53/TCP', '53/UDP', `${redisPort}/TCP`], 'nothing else goes out');
+          const otlp = otlpPort(config);
+          assert.deepEqual([...new Set(ports)].sort(), ['53/TCP', '53/UDP', `${redisPort}/TCP`, ...(otlp ? [`${otlp}/TCP`] : [])].sort(), 'nothing else goes out');
         }
         const admitted = np.ingress.flatMap((rule) => rule.ports.map((p) => containerPort(p.port)?.name));
         assert.deepEqual(admitted.sort(), ['grpc', 'metrics']);
@@ -555,6 +564,24 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
         assert.ok(metricsRule?.from.every((f) => f.namespaceSelector && Object.keys(f.namespaceSelector).length > 0), 'metrics only from a selected namespace');
         const grpcRule = np.ingress.find((rule) => rule.ports.some((p) => containerPort(p.port)?.name === 'grpc'));
         assert.deepEqual(grpcRule?.from, [{ namespaceSelector: { matchLabels: { 'isogear.io/client': 'true' } } }], 'gRPC only from namespaces labelled as clients');
+      });
+
+      it(`${overlay === 'scale-out' ? 'sends traces to the OTLP endpoint its OTEL_* entries name, which the NetworkPolicy lets the pods reach' : 'sends no traces (no OTLP endpoint)'}`, () => {
+        const tracing = config.tracing;
+        assert.deepEqual(tracing.warnings, [], 'every OTEL_* value is valid');
+        if (overlay !== 'scale-out') {
+          assert.equal(tracing.settings, undefined);
+          return;
+        }
+        const settings = tracing.settings;
+        assert.ok(settings, tracing.why);
+        assert.equal(settings.protocol, 'grpc');
+        assert.equal(settings.resource['k8s.pod.name'], 'stand-in-metadata.name', 'each replica names itself (downward API)');
+        assert.equal(settings.resource['service.name'], 'isogear');
+        const egress = (find(objects, 'NetworkPolicy').spec as { egress?: NetworkPolicyRule[] }).egress ?? [];
+        const port = otlpPort(config);
+        const toCollector = egress.filter((r) => r.ports?.some((p) => p.port === port && (p.protocol ?? 'TCP') === 'TCP'));
+        assert.deepEqual(toCollector.flatMap((r) => r.to), [{ namespaceSelector: { matchLabels: { 'isogear.io/otlp': 'true' } } }], `OTLP on ${port}/TCP only to namespaces labelled isogear.io/otlp=true`);
       });
 
       it('every credential file a setting names is in a read-only mount of a Secret volume that exists', () => {
@@ -603,7 +630,7 @@ describe('Kubernetes manifests (deploy/k8s, rendered with kubectl kustomize)', f
     assert.match(storeProblems([...production, { ...hpa, metadata: { ...hpa.metadata, namespace: 'isogear' } }]).join('\n'), /up to 10 replicas on the embedded store/);
     assert.match(storeProblems(edit(production, (s) => (s.strategy = { type: 'RollingUpdate' }))).join('\n'), /needs strategy Recreate/);
     assert.match(storeProblems(edit(scaleOut, (s) => (s.template.spec.containers[0].env = []))).join('\n'), /up to 10 replicas on the embedded store/);
-    assert.match(storeProblems(edit(scaleOut, (s) => (storeEnv(s)[0].valueFrom!.secretKeyRef!.optional = true))).join('\n'), /on the embedded store/);
+    assert.match(storeProblems(edit(scaleOut, (s) => (storeEnv(s).find((e) => e.name === 'ISOGEAR_STORE')!.valueFrom!.secretKeyRef!.optional = true))).join('\n'), /on the embedded store/);
     assert.match(storeProblems(edit(scaleOut, (s) => (s.template.spec.containers[0].env = [{ name: 'ISOGEAR_STORE', value: 'memory' }]))).join('\n'), /on the memory store/);
     assert.deepEqual(storeProblems(edit(scaleOut, (s) => (s.template.spec.containers[0].env = [{ name: 'ISOGEAR_STORE', value: 'rediss://redis:6379' }]))), []);
   });

@@ -152,7 +152,16 @@ export function containerEnv(objects: K8sObject[], container: EnvContainer): Map
     for (const [k, v] of Object.entries((cm.data ?? {}) as Record<string, string>)) env.set(k, { value: v, from: `ConfigMap ${name}` });
   }
   for (const e of container.env ?? []) {
-    if (e.valueFrom === undefined) env.set(e.name, { value: e.value ?? '', from: 'env' });
+    // $(NAME) takes the value of a variable defined before it, as the kubelet expands it
+    const expand = (v: string): string => v.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name: string) => {
+      const earlier = env.get(name);
+      return earlier && 'value' in earlier ? earlier.value : whole;
+    });
+    if (e.valueFrom === undefined) env.set(e.name, { value: expand(e.value ?? ''), from: 'env' });
+    else if (e.valueFrom.fieldRef && Object.keys(e.valueFrom).length === 1) {
+      // the downward API: a stand-in for what the kubelet fills in
+      env.set(e.name, { value: `stand-in-${(e.valueFrom.fieldRef as { fieldPath: string }).fieldPath}`, from: 'downward API' });
+    }
     else if (e.valueFrom.secretKeyRef && Object.keys(e.valueFrom).length === 1) {
       const ref = e.valueFrom.secretKeyRef;
       env.set(e.name, { secret: ref.name, key: ref.key, optional: ref.optional === true });
