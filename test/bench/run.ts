@@ -20,6 +20,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { pb, TestClient } from '../helpers/client';
 import { logLines, scrapeMetrics as scrape, spawnServer } from '../helpers/process';
+import { OtlpReceiver } from '../helpers/otlpReceiver';
 import { closedLoop, type LoopFigure } from './loop';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -82,6 +83,36 @@ async function paced(gapMs: number, n: number, fn: () => Promise<unknown>): Prom
   return { concurrency: 1, calls: n, perSecond: NaN, medianMs: times[Math.floor(n / 2)], p99Ms: times[Math.min(n - 1, Math.floor(n * 0.99))] };
 }
 
+/** The server's CPU time (all its threads) per call, in µs, over `SECONDS` of calls at the highest concurrency. */
+async function cpuPerCall(metricsAddress: string, fn: () => Promise<unknown>): Promise<number> {
+  const cpuSeconds = async (): Promise<number> => (await scrape(metricsAddress)).get('process_cpu_seconds_total') ?? NaN;
+  const before = await cpuSeconds();
+  const figure = await closedLoop(Math.max(...CONCURRENCY), SECONDS, fn, 0);
+  return ((await cpuSeconds()) - before) * 1e6 / figure.calls;
+}
+
+/** `n` Watch streams read by a process of their own (test/bench/watchers.ts); `stop` ends it and says how many events it read. */
+async function startWatchers(address: string, n: number): Promise<{ stop(): Promise<number> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'watchers.ts'), address, String(n)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  await new Promise<void>((resolve, reject) => {
+    const check = (): void => {
+      if (out.includes('ready')) resolve();
+    };
+    child.stdout.on('data', check);
+    child.on('exit', (code) => reject(new Error(`the watchers exited (${code}) before they were ready`)));
+  });
+  return {
+    stop: async () => {
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      child.kill('SIGTERM');
+      await exited;
+      return Number(/events (\d+)/.exec(out)?.[1] ?? 0);
+    },
+  };
+}
+
 async function main(): Promise<void> {
   console.error('measuring raw isolated-vm limits and node -e processes…');
   const raw = await rawLimits();
@@ -91,6 +122,7 @@ async function main(): Promise<void> {
   const server = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ISOGEAR_MAX_INTERPRETERS: String(4 * DENSITY + 1000) }, false, true);
   const client = new TestClient(server.grpcAddress);
   const rows: Row[] = [];
+  const cpu: { figure: string; usPerCall: number }[] = [];
   const measure = async (figure: string, fn: () => Promise<unknown>, concurrencies = CONCURRENCY): Promise<void> => {
     console.error(`measuring ${figure}…`);
     for (const c of concurrencies) rows.push({ figure, ...(await closedLoop(c, SECONDS, fn)) });
@@ -114,21 +146,18 @@ async function main(): Promise<void> {
   await measure('Execute, 10 modules, isolate', () => client.execute({ source: tenImports, modules, args: 1, mode: ISOLATE }));
   const one = await client.register({ trigger: 'bench.one', source: 'export default (p) => p', mode: SHARED });
   await measure('Trigger, 1 warm registration', () => client.trigger({ trigger: 'bench.one', payload: 1 }));
-  // The same with Watch streams open (no logs), each read as fast as its client takes events,
-  // from a connection of their own (a watcher is another process): what watching costs a Trigger.
+  // The same with Watch streams open (no logs), read as fast as they come by a process of their
+  // own (a watcher is another program): what watching costs a Trigger. On this machine the
+  // watchers' process takes CPU from the server and the load alike, so the server's own CPU per
+  // Trigger is measured too.
+  cpu.push({ figure: 'Trigger, 1 warm registration', usPerCall: await cpuPerCall(server.metricsAddress, () => client.trigger({ trigger: 'bench.one', payload: 1 })) });
   for (const n of [1, 16]) {
-    const watcherClient = new TestClient(server.grpcAddress);
-    const watches = Array.from({ length: n }, () => watcherClient.watch({}));
-    await Promise.all(watches.map((w) => w.ready));
-    const reading = watches.map(async (w) => {
-      let events = 0;
-      for await (const e of w) if (e) events += 1;
-      return events;
-    });
-    await measure(`Trigger, 1 warm registration, ${n} watcher${n > 1 ? 's' : ''}`, () => client.trigger({ trigger: 'bench.one', payload: 1 }));
-    for (const w of watches) w.close();
-    await Promise.all(reading);
-    watcherClient.close();
+    const figure = `Trigger, 1 warm registration, ${n} watcher${n > 1 ? 's' : ''}`;
+    const watchers = await startWatchers(server.grpcAddress, n);
+    await measure(figure, () => client.trigger({ trigger: 'bench.one', payload: 1 }));
+    cpu.push({ figure, usPerCall: await cpuPerCall(server.metricsAddress, () => client.trigger({ trigger: 'bench.one', payload: 1 })) });
+    const read = await watchers.stop();
+    if (read === 0) throw new Error('the watchers read no event');
   }
   const fan: string[] = [];
   for (let i = 0; i < 100; i++) fan.push((await client.register({ trigger: 'bench.fan', source: 'export default (p) => p', mode: i % 2 ? ISOLATE : SHARED })).registration?.id as string);
@@ -179,6 +208,28 @@ async function main(): Promise<void> {
     uncached.child.kill('SIGTERM');
     await uncached.exited;
   }
+
+  // Tracing: two fresh servers, one without tracing and one sampling every call (its spans going
+  // over OTLP/gRPC to a receiver in this process that decodes and counts them): what tracing costs.
+  const receiver = await OtlpReceiver.start(false);
+  for (const [label, env] of [
+    ['tracing off', {}],
+    ['tracing on', { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcEndpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_TRACES_SAMPLER: 'always_on' }],
+  ] as const) {
+    const s = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ...env }, false, true);
+    const c = new TestClient(s.grpcAddress);
+    await measure(`Execute, shared, ${label}`, () => c.execute({ source: trivial, args: 1, mode: SHARED }));
+    cpu.push({ figure: `Execute, shared, ${label}`, usPerCall: await cpuPerCall(s.metricsAddress, () => c.execute({ source: trivial, args: 1, mode: SHARED })) });
+    const reg = await c.register({ trigger: 'bench.traced', source: 'export default (p) => p', mode: SHARED });
+    await measure(`Trigger, 1 warm registration, ${label}`, () => c.trigger({ trigger: 'bench.traced', payload: 1 }));
+    cpu.push({ figure: `Trigger, 1 warm registration, ${label}`, usPerCall: await cpuPerCall(s.metricsAddress, () => c.trigger({ trigger: 'bench.traced', payload: 1 })) });
+    await c.release({ registrationId: reg.registration?.id });
+    c.close();
+    s.child.kill('SIGTERM');
+    await s.exited;
+  }
+  await receiver.close();
+  if (receiver.requests.grpc === 0) throw new Error('the traced server exported no spans');
 
   // Density: marginal RSS and isolate heap per idle interpreter holding one registration, each
   // mode in a fresh server process (memory freed by an earlier phase would be reused and hide
@@ -285,6 +336,18 @@ async function main(): Promise<void> {
       limit: at('Trigger, 1 warm registration', hi)?.perSecond,
       ok: (v: number, l: number) => v / l >= 0.9,
     },
+    {
+      target: `tracing on (100 %): Trigger per s at ${hi} ≥ 0.8 × off`,
+      value: at('Trigger, 1 warm registration, tracing on', hi)?.perSecond,
+      limit: at('Trigger, 1 warm registration, tracing off', hi)?.perSecond,
+      ok: (v: number, l: number) => v / l >= 0.8,
+    },
+    {
+      target: `tracing on (100 %): Execute shared per s at ${hi} ≥ 0.8 × off`,
+      value: at('Execute, shared, tracing on', hi)?.perSecond,
+      limit: at('Execute, shared, tracing off', hi)?.perSecond,
+      ok: (v: number, l: number) => v / l >= 0.8,
+    },
     { target: 'RSS per idle interpreter, isolate ≤ 1.25 × raw isolate', value: density.isolate.rssKiB, limit: raw.rssPerIsolateKiB, ok: (v: number, l: number) => v <= 1.25 * l },
     { target: 'RSS per idle interpreter, shared ≤ 1.5 × raw context', value: density.shared.rssKiB, limit: raw.rssPerContextKiB, ok: (v: number, l: number) => v <= 1.5 * l },
     {
@@ -307,8 +370,9 @@ async function main(): Promise<void> {
   if (restore) {
     console.log(`restore: ${restore.interpreters} stored shared-mode interpreters rebuilt in ${fmt(restore.seconds, 2)} s (${fmt(restore.interpreters / restore.seconds, 0)} per s, ISOGEAR_RESTORE_CONCURRENCY 4), all ${restore.triggered} triggered after`);
   }
+  console.log(`\nserver CPU per call at ${hi} in flight (all its threads): ${cpu.map((c) => `${c.figure} ${fmt(c.usPerCall, 0)} µs`).join('; ')}`);
   mkdirSync('bench-results', { recursive: true });
-  writeFileSync('bench-results/bench.json', `${JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, sharedIsolates: SHARED_ISOLATES, raw, nodeE, rows, density, capacity, restore, targets }, null, 2)}\n`);
+  writeFileSync('bench-results/bench.json', `${JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, sharedIsolates: SHARED_ISOLATES, raw, nodeE, rows, cpu, density, capacity, restore, targets }, null, 2)}\n`);
 }
 
 /**
