@@ -67,7 +67,7 @@ export class Admission {
    */
   acquire(tenant: string, signal?: AbortSignal, kind: WaitKind = 'request'): Promise<Slot> {
     if (!this.options.tracing?.on) return this.slot(tenant, signal, kind);
-    return this.options.tracing.span('isogear.queue', { 'isogear.queue.kind': kind, 'isogear.tenant': tenant }, () => this.slot(tenant, signal, kind));
+    return this.options.tracing.span('isogear.queue', { 'isogear.queue.kind': kind }, () => this.slot(tenant, signal, kind));
   }
 
   private async slot(tenant: string, signal: AbortSignal | undefined, kind: WaitKind): Promise<Slot> {

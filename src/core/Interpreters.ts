@@ -115,7 +115,7 @@ export class Interpreters {
   create(mode: IsolationMode, memoryMb: number, name: string, tenant: string, fixed?: FixedIds): Promise<Interpreter> {
     const tracing = this.options.tracing;
     if (!tracing?.on) return this.admitted(mode, memoryMb, name, tenant, fixed);
-    return tracing.span('isogear.interpreter.create', { 'isogear.interpreter.mode': mode, 'isogear.tenant': tenant }, (span) => this.admitted(mode, memoryMb, name, tenant, fixed, span));
+    return tracing.span('isogear.interpreter.create', { 'isogear.interpreter.mode': mode }, (span) => this.admitted(mode, memoryMb, name, tenant, fixed, span));
   }
 
   private async admitted(mode: IsolationMode, memoryMb: number, name: string, tenant: string, fixed?: FixedIds, span?: Span): Promise<Interpreter> {

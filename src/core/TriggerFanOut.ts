@@ -145,10 +145,10 @@ export class TriggerFanOut {
   /** The span of one handler's run in a traced Trigger (undefined when untraced). */
   private handlerSpan(reg: Registration, req: FanOut): Span | undefined {
     return this.deps.tracing?.start('isogear.handler', {
+      // (the interpreter is on the run span below, the tenant on the call's span: each attribute
+      // once per trace, as each costs its encoding in every export)
       'isogear.registration.id': reg.id,
-      'isogear.interpreter.id': reg.interpreterId,
       'isogear.trigger': req.trigger,
-      'isogear.tenant': req.tenant,
     });
   }
 

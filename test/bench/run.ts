@@ -20,7 +20,6 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { pb, TestClient } from '../helpers/client';
 import { logLines, scrapeMetrics as scrape, spawnServer } from '../helpers/process';
-import { OtlpReceiver } from '../helpers/otlpReceiver';
 import { closedLoop, type LoopFigure } from './loop';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -91,26 +90,36 @@ async function cpuPerCall(metricsAddress: string, fn: () => Promise<unknown>): P
   return ((await cpuSeconds()) - before) * 1e6 / figure.calls;
 }
 
-/** `n` Watch streams read by a process of their own (test/bench/watchers.ts); `stop` ends it and says how many events it read. */
-async function startWatchers(address: string, n: number): Promise<{ stop(): Promise<number> }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'watchers.ts'), address, String(n)], { stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * A helper process of the benchmark (test/bench/NAME with `args`): resolves once `ready` finds
+ * what it waits for in the helper's output; `stop` ends the helper and returns all it printed.
+ */
+async function helper(name: string, args: string[], ready: (out: string) => string | undefined): Promise<{ ready: string; stop(): Promise<string> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, name), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
-  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-  await new Promise<void>((resolve, reject) => {
-    const check = (): void => {
-      if (out.includes('ready')) resolve();
-    };
-    child.stdout.on('data', check);
-    child.on('exit', (code) => reject(new Error(`the watchers exited (${code}) before they were ready`)));
+  const found = await new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      const value = ready(out);
+      if (value !== undefined) resolve(value);
+    });
+    child.on('exit', (code) => reject(new Error(`${name} exited (${code}) before it was ready`)));
   });
   return {
+    ready: found,
     stop: async () => {
       const exited = new Promise((resolve) => child.on('exit', resolve));
       child.kill('SIGTERM');
       await exited;
-      return Number(/events (\d+)/.exec(out)?.[1] ?? 0);
+      return out;
     },
   };
+}
+
+/** `n` Watch streams read by a process of their own (test/bench/watchers.ts); `stop` ends it and says how many events it read. */
+async function startWatchers(address: string, n: number): Promise<{ stop(): Promise<number> }> {
+  const watchers = await helper('watchers.ts', [address, String(n)], (out) => (out.includes('ready') ? 'ready' : undefined));
+  return { stop: async () => Number(/events (\d+)/.exec(await watchers.stop())?.[1] ?? 0) };
 }
 
 async function main(): Promise<void> {
@@ -210,11 +219,12 @@ async function main(): Promise<void> {
   }
 
   // Tracing: two fresh servers, one without tracing and one sampling every call (its spans going
-  // over OTLP/gRPC to a receiver in this process that decodes and counts them): what tracing costs.
-  const receiver = await OtlpReceiver.start(false);
+  // over OTLP/gRPC to a receiver in a process of its own that decodes and counts them): what
+  // tracing costs.
+  const receiver = await helper('receiver.ts', [], (out) => /^http:\S+/m.exec(out)?.[0]);
   for (const [label, env] of [
     ['tracing off', {}],
-    ['tracing on', { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcEndpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_TRACES_SAMPLER: 'always_on' }],
+    ['tracing on', { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.ready, OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_TRACES_SAMPLER: 'always_on' }],
   ] as const) {
     const s = await spawnServer({ ISOGEAR_SHARED_ISOLATES: String(SHARED_ISOLATES), ...env }, false, true);
     const c = new TestClient(s.grpcAddress);
@@ -228,8 +238,7 @@ async function main(): Promise<void> {
     s.child.kill('SIGTERM');
     await s.exited;
   }
-  await receiver.close();
-  if (receiver.requests.grpc === 0) throw new Error('the traced server exported no spans');
+  if (Number(/requests (\d+)/.exec(await receiver.stop())?.[1] ?? 0) === 0) throw new Error('the traced server exported no spans');
 
   // Density: marginal RSS and isolate heap per idle interpreter holding one registration, each
   // mode in a fresh server process (memory freed by an earlier phase would be reused and hide
