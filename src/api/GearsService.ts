@@ -2,7 +2,7 @@ import { Metadata, status, type sendUnaryData, type Server, type ServerUnaryCall
 import type { Span, TextMapGetter } from '@opentelemetry/api';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
 import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError } from '../core/errors';
-import type { ExecuteSpec, IsolateManager, JsonValue, TriggerSpec, WatchEvent, WatchStream } from '../core/types';
+import type { ExecuteSpec, IsolateManager, JsonValue, PauseTarget, TriggerSpec, WatchEvent, WatchStream } from '../core/types';
 import * as pb from '../gen/isogear/v1/gears';
 import {
   executeResponseToProto,
@@ -110,6 +110,16 @@ export class GearsService {
       ),
       listExecutions: this.unary('ListExecutions', (req: pb.ListExecutionsRequest, _signal, tenant) => this.listExecutions(req, tenant)),
       watch: (call: ServerWritableStream<pb.WatchRequest, pb.WatchEvent>) => void this.watch(call),
+      pauseRegistrations: this.unary(
+        'PauseRegistrations',
+        async (req: pb.PauseRegistrationsRequest, _signal, tenant) => ({ registrationIds: await this.manager.setPaused(pauseTarget(req, tenant), true) }),
+        (req, res) => ({ ...pauseFields(req), registrationIds: res?.registrationIds }),
+      ),
+      resumeRegistrations: this.unary(
+        'ResumeRegistrations',
+        async (req: pb.ResumeRegistrationsRequest, _signal, tenant) => ({ registrationIds: await this.manager.setPaused(pauseTarget(req, tenant), false) }),
+        (req, res) => ({ ...pauseFields(req), registrationIds: res?.registrationIds }),
+      ),
       cancelExecution: this.unary(
         'CancelExecution',
         async (req: pb.CancelExecutionRequest, _signal, tenant) => executionToProto(await this.manager.cancelExecution(req.executionId, tenant)),
@@ -364,6 +374,27 @@ export class GearsService {
     };
   }
 }
+
+/** A Pause/ResumeRegistrations request's one selector; INVALID_ARGUMENT for none or several. */
+function pauseTarget(req: pb.PauseRegistrationsRequest, tenant: string): PauseTarget {
+  const set = (['registrationId', 'interpreterId', 'trigger'] as const).filter((k) => req[k] !== '');
+  if (set.length !== 1) {
+    throw new InvalidArgumentError(
+      set.length === 0 ? 'set one of registration_id, interpreter_id or trigger' : `set exactly one of registration_id, interpreter_id or trigger, not ${set.map(snake).join(' and ')}`,
+    );
+  }
+  const key = set[0];
+  return key === 'registrationId' ? { registrationId: req.registrationId, tenant } : key === 'interpreterId' ? { interpreterId: req.interpreterId, tenant } : { trigger: req.trigger, tenant };
+}
+
+const snake = (field: string): string => field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+
+/** A pause or resume's log fields: its selector. */
+const pauseFields = (req: pb.PauseRegistrationsRequest): Record<string, unknown> => ({
+  registrationId: req.registrationId || undefined,
+  interpreterId: req.interpreterId || undefined,
+  trigger: req.trigger || undefined,
+});
 
 const SERVICE = 'isogear.v1.GearsService';
 

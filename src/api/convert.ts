@@ -82,6 +82,9 @@ export function registrationToProto(r: core.RegistrationInfo): pb.Registration {
       lastRunAt: r.stats.lastRunAt,
     },
     broken: r.broken,
+    schedule: '',
+    stream: '',
+    paused: r.paused,
   };
 }
 

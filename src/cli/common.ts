@@ -6,6 +6,9 @@ import { pb } from '../client';
 
 export const EXIT = { ok: 0, scriptFailed: 1, usage: 2, rpc: 3, notDone: 4 } as const;
 
+/** A usage error found after parsing (bad JSON, an unreadable file, a missing selector): exit code 2. */
+export class UsageError extends Error {}
+
 export interface Io {
   out(text: string): void;
   err(text: string): void;
@@ -32,4 +35,6 @@ export interface GlobalOptions {
 export const ms = (d: { seconds: number; nanos: number } | undefined): string => (d ? `${(d.seconds * 1000 + d.nanos / 1e6).toFixed(1)} ms` : '-');
 export const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o).replace(/^OUTCOME_/, '').toLowerCase();
 export const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(m).replace(/^ISOLATION_MODE_/, '').toLowerCase();
+/** A registration's state in a table: broken (its interpreter FAILED), paused, or active. */
+export const registrationState = (r: pb.Registration): string => (r.broken ? 'broken' : r.paused ? 'paused' : 'active');
 export const stateName = (s: pb.InterpreterState): string => pb.interpreterStateToJSON(s).replace(/^INTERPRETER_STATE_/, '').toLowerCase();

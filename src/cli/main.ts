@@ -11,14 +11,13 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
 import { createClient, IsogearRpcError, pb, type IsogearClient, type Json, type LimitsInit } from '../client';
-import { EXIT, modeName, ms, outcomeName, stateName, type GlobalOptions, type Io } from './common';
+import { EXIT, modeName, ms, outcomeName, registrationState, stateName, UsageError, type GlobalOptions, type Io } from './common';
+import { addPauseCommands } from './pause';
 import { addTailCommand } from './tail';
 
 export { EXIT };
 export type { GlobalOptions, Io };
 
-/** A usage error found after parsing (bad JSON, an unreadable file): exit code 2. */
-class UsageError extends Error {}
 
 const readSource = (io: Io, file: string): string => {
   if (file === '-') return io.stdin();
@@ -445,8 +444,8 @@ Examples:
           else
             io.out(
               table(
-                ['ID', 'TRIGGER', 'INTERPRETER', 'RUNS', 'FAILURES', 'DESCRIPTION'],
-                all.map((r) => [r.id, r.trigger, r.interpreterId, String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
+                ['ID', 'TRIGGER', 'INTERPRETER', 'STATE', 'RUNS', 'FAILURES', 'DESCRIPTION'],
+                all.map((r) => [r.id, r.trigger, r.interpreterId, registrationState(r), String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
               ),
             );
         }
@@ -486,12 +485,18 @@ Examples:
         }
         if (res.registrations.length > 0) {
           io.out('\n');
-          io.out(table(['REGISTRATION', 'TRIGGER', 'RUNS', 'FAILURES', 'DESCRIPTION'], res.registrations.map((r) => [r.id, r.trigger, String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description])));
+          io.out(
+            table(
+              ['REGISTRATION', 'TRIGGER', 'STATE', 'RUNS', 'FAILURES', 'DESCRIPTION'],
+              res.registrations.map((r) => [r.id, r.trigger, registrationState(r), String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
+            ),
+          );
         }
         return EXIT.ok;
       });
     });
 
+  addPauseCommands(root, io, withClient);
   addTailCommand(root, io, () => connect(g()), setCode);
 
   return root;

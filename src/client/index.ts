@@ -62,6 +62,9 @@ export interface RegisterInit {
 
 export type ReleaseInit = { registrationId: string } | { interpreterId: string };
 
+/** What PauseRegistrations and ResumeRegistrations act on: one selector. */
+export type PauseInit = { registrationId: string } | { interpreterId: string } | { trigger: string };
+
 export interface TriggerInit {
   trigger: string;
   payload?: Json;
@@ -154,6 +157,10 @@ export interface IsogearClient {
   execute(req: ExecuteInit, opts?: CallOptions): Promise<pb.ExecuteResponse>;
   register(req: RegisterInit, opts?: CallOptions): Promise<pb.RegisterResponse>;
   release(req: ReleaseInit, opts?: CallOptions): Promise<pb.ReleaseResponse>;
+  /** Pauses registrations (one, an interpreter's, or a trigger's): Trigger skips them. Answers with those it changed. */
+  pauseRegistrations(req: PauseInit, opts?: CallOptions): Promise<pb.PauseRegistrationsResponse>;
+  /** Resumes paused registrations. Answers with those it changed. */
+  resumeRegistrations(req: PauseInit, opts?: CallOptions): Promise<pb.ResumeRegistrationsResponse>;
   trigger(req: TriggerInit, opts?: CallOptions): Promise<pb.TriggerResponse>;
   getInterpreter(interpreterId: string, opts?: CallOptions): Promise<pb.GetInterpreterResponse>;
   listInterpreters(req?: ListInterpretersInit, opts?: CallOptions): Promise<pb.ListInterpretersResponse>;
@@ -283,6 +290,8 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
         opts,
       ),
     release: async (req, opts) => call(gears, 'release', pb.ReleaseRequest.fromPartial(req), opts),
+    pauseRegistrations: async (req, opts) => call(gears, 'pauseRegistrations', pb.PauseRegistrationsRequest.fromPartial(req), opts),
+    resumeRegistrations: async (req, opts) => call(gears, 'resumeRegistrations', pb.ResumeRegistrationsRequest.fromPartial(req), opts),
     trigger: async (req, opts) => call(gears, 'trigger', triggerRequest(req), opts),
     getInterpreter: async (interpreterId, opts) => call(gears, 'getInterpreter', pb.GetInterpreterRequest.fromPartial({ interpreterId }), opts),
     listInterpreters: async (req = {}, opts) =>

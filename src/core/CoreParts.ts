@@ -15,6 +15,7 @@ import { Runner } from './Runner';
 import { SandboxMaker } from './SandboxMaker';
 import { TenantLedger } from './TenantLedger';
 import { EventHub } from './EventHub';
+import { Pausing } from './Pausing';
 import { ExecutionTable } from './ExecutionTable';
 import { TriggerFanOut } from './TriggerFanOut';
 import type { IsolationMode } from './types';
@@ -44,6 +45,7 @@ export interface CoreParts {
   readonly fanOut: TriggerFanOut;
   readonly executions: ExecutionTable;
   readonly events: EventHub;
+  readonly pausing: Pausing;
 }
 
 /**
@@ -93,7 +95,8 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
     backgroundQuota: (tenant) => ledger.quotas(tenant)?.backgroundExecutions ?? DEFAULTS.tenantMaxBackgroundExecutions,
   });
   const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, executions, maxResponseBytes: o.maxResponseBytes, tracing: o.tracing });
-  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events };
+  const pausing = new Pausing({ index, interpreters, recorder });
+  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events, pausing };
 }
 
 /**

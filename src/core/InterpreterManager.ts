@@ -30,6 +30,7 @@ import type {
   RegistrationFilter,
   RegistrationInfo,
   ReleaseResult,
+  PauseTarget,
   ReleaseTarget,
   RestoreStatus,
   TriggerRunResult,
@@ -221,6 +222,12 @@ export class InterpreterManager implements IsolateManager {
     return { interp, regs: [...interp.registrations.values()] };
   }
 
+  async setPaused(target: PauseTarget, paused: boolean): Promise<string[]> {
+    this.assertOpen();
+    if ('interpreterId' in target) await this.catchUp(target.interpreterId);
+    return this.core.pausing.set(target, paused);
+  }
+
   async trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]> {
     const { req, bound } = this.checkTrigger(spec);
     const execution = this.core.executions.open({ tenant: req.tenant, kind: 'trigger', background: false, trigger: req.trigger });
@@ -355,6 +362,7 @@ export class InterpreterManager implements IsolateManager {
       dedicatedIsolates: this.core.dedicated.size,
       sharedIsolates: this.core.shared.size,
       registrations: this.core.index.size,
+      registrationsPaused: this.core.index.paused,
       references,
       executionsInFlight: this.core.runner.inFlight,
       executionsInFlightByMode: this.core.runner.inFlightByMode(),

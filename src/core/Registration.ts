@@ -9,6 +9,8 @@ export class Registration {
   totalTimeMs = 0;
   lastError: ScriptError | undefined;
   lastRunAt: Date | undefined;
+  /** Paused (PauseRegistrations): Trigger skips it. Changed only by the Recorder, once stored. */
+  paused = false;
 
   constructor(
     readonly id: string,
@@ -46,6 +48,7 @@ export class Registration {
         lastRunAt: this.lastRunAt,
       },
       broken,
+      paused: this.paused,
     };
   }
 }

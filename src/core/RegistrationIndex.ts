@@ -27,6 +27,7 @@ export class RegistrationIndex {
   private readonly byId = new Map<string, Registration>();
   private readonly byTrigger = new Map<string, Registration[]>();
   private seq = 0;
+  private pausedCount = 0;
 
   constructor(
     private readonly ledger: TenantLedger,
@@ -37,6 +38,11 @@ export class RegistrationIndex {
 
   get size(): number {
     return this.byId.size;
+  }
+
+  /** Live registrations that are paused. */
+  get paused(): number {
+    return this.pausedCount;
   }
 
   get(id: string): Registration | undefined {
@@ -124,6 +130,16 @@ export class RegistrationIndex {
     for (const reg of regs) reg.reference.release();
   }
 
+  /** Pauses (or resumes) registrations in one synchronous step; watchers hear of each (a registration event, not released). */
+  setPaused(regs: readonly Registration[], paused: boolean): void {
+    for (const reg of regs) {
+      if (reg.paused === paused || !this.byId.has(reg.id)) continue;
+      reg.paused = paused;
+      this.pausedCount += paused ? 1 : -1;
+    }
+    for (const reg of regs) this.tell(reg, false);
+  }
+
   private tell(reg: Registration, released: boolean): void {
     this.events?.publish({ tenant: reg.tenant, interpreterId: reg.interpreterId, registrationId: reg.id, trigger: reg.trigger }, 'registration', () => ({
       kind: 'registration',
@@ -156,7 +172,10 @@ export class RegistrationIndex {
   }
 
   private unindex(reg: Registration): void {
-    if (this.byId.delete(reg.id)) this.ledger.countRegistrations(reg.tenant, -1);
+    if (this.byId.delete(reg.id)) {
+      this.ledger.countRegistrations(reg.tenant, -1);
+      if (reg.paused) this.pausedCount -= 1;
+    }
     const key = scoped(reg.tenant, reg.trigger);
     const list = this.byTrigger.get(key);
     if (!list) return;

@@ -83,7 +83,8 @@ export class TriggerFanOut {
   private async fanOut(req: FanOut, bound: readonly Registration[], execution: Execution): Promise<TriggerRunResult[]> {
     // The snapshot and every run's execution reference are taken in this synchronous step; the
     // runs then start as run slots come free (ISOGEAR_MAX_CONCURRENT_RUNS).
-    const snapshot = bound.slice();
+    // paused registrations are skipped: not run, and absent from the results
+    const snapshot = bound.filter((r) => !r.paused);
     const held: (Reference | undefined)[] = snapshot.map((reg) => {
       const interp = this.deps.interpreters.get(reg.interpreterId);
       return interp && interp.state !== 'failed' ? interp.acquire('execution') : undefined;

@@ -60,6 +60,8 @@ export interface RegistrationInfo {
   createdAt: Date;
   stats: RegistrationStats;
   broken: boolean;
+  /** Paused: Trigger skips it (PauseRegistrations). */
+  paused: boolean;
 }
 
 /** Every request acts for one tenant (DEFAULT_TENANT when omitted): it sees only what that tenant created. */
@@ -117,6 +119,9 @@ export interface RegisterResult {
 }
 
 export type ReleaseTarget = ({ registrationId: string } | { interpreterId: string }) & Tenanted;
+
+/** What PauseRegistrations and ResumeRegistrations act on: one registration, an interpreter's, or a trigger's. */
+export type PauseTarget = ({ registrationId: string } | { interpreterId: string } | { trigger: string }) & Tenanted;
 
 export interface ReleaseResult {
   releasedRegistrationIds: string[];
@@ -257,6 +262,8 @@ export interface ManagerCounters {
   dedicatedIsolates: number;
   sharedIsolates: number;
   registrations: number;
+  /** Of those, paused (PauseRegistrations). */
+  registrationsPaused: number;
   references: Record<OwnerKind, number>;
   executionsInFlight: number;
   executionsInFlightByMode: Record<IsolationMode, number>;
@@ -313,6 +320,11 @@ export interface IsolateManager {
   register(spec: RegisterSpec, signal?: AbortSignal): Promise<RegisterResult>;
   release(target: ReleaseTarget): Promise<ReleaseResult>;
   trigger(spec: TriggerSpec, signal?: AbortSignal): Promise<TriggerRunResult[]>;
+  /**
+   * Pauses (`paused` true) or resumes registrations; answers with the ids this call changed, in
+   * creation order. Durable once it answers, and followed by replicas.
+   */
+  setPaused(target: PauseTarget, paused: boolean): Promise<string[]>;
   /** Checks `spec` as execute() does, queues it and answers at once; the run goes on without the caller. */
   startExecute(spec: ExecuteSpec): Promise<ExecutionInfo>;
   /** Checks `spec` as trigger() does and answers at once; the fan-out goes on without the caller. */

@@ -139,6 +139,15 @@ export class IsogearMetrics {
         if (c) this.set(c.registrations);
       },
     });
+    new Gauge({
+      name: 'isogear_registrations_paused',
+      help: 'Registrations paused (PauseRegistrations): Trigger skips them until they are resumed.',
+      registers,
+      collect() {
+        const c = read();
+        if (c) this.set(c.registrationsPaused);
+      },
+    });
     new Counter({
       name: 'isogear_isolates_created_total',
       help: 'V8 isolates created, by kind.',

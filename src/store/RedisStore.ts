@@ -30,6 +30,7 @@ const CHANGES_MAXLEN = 10000;
  *   p i:<id>            hash: the recipe's fields except steps and released
  *   p i:<id>:steps      list of step JSON, in append order
  *   p i:<id>:released   set of released registration ids
+ *   p i:<id>:paused     set of paused registration ids
  *   p index             sorted set of interpreter ids, scored by creation order
  *   p names             hash "<tenant>\n<name>" -> interpreter id (named ones only)
  *   p seq               counter: one per change
@@ -59,7 +60,7 @@ local function drop(id, by)
     local key = owner[1] .. '\\n' .. owner[2]
     if redis.call('HGET', p .. 'names', key) == id then redis.call('HDEL', p .. 'names', key) end
   end
-  redis.call('DEL', m, m .. ':steps', m .. ':released')
+  redis.call('DEL', m, m .. ':steps', m .. ':released', m .. ':paused')
   redis.call('ZREM', p .. 'index', id)
   emit(id, by)
 end
@@ -68,7 +69,7 @@ end
 const SCRIPTS = {
   /**
    * ARGV: p, id, tenant, name, replace ('1'/'0'), mode, memoryMb, registrationPrefix,
-   * createdAtMs, step count, the steps' JSON, then the released ids.
+   * createdAtMs, step count, the steps' JSON, released count, the released ids, then the paused ids.
    * Returns {'ok', replaced id or ''}, {'taken', holder} or {'exists'}.
    */
   isogearCreate: `${PRELUDE}
@@ -88,7 +89,9 @@ redis.call('HSET', m, 'tenant', tenant, 'name', name, 'mode', ARGV[6], 'memoryMb
   'registrationPrefix', ARGV[8], 'createdAtMs', ARGV[9])
 local stepCount = tonumber(ARGV[10])
 for i = 11, 10 + stepCount do redis.call('RPUSH', m .. ':steps', ARGV[i]) end
-for i = 11 + stepCount, #ARGV do redis.call('SADD', m .. ':released', ARGV[i]) end
+local releasedCount = tonumber(ARGV[11 + stepCount])
+for i = 12 + stepCount, 11 + stepCount + releasedCount do redis.call('SADD', m .. ':released', ARGV[i]) end
+for i = 12 + stepCount + releasedCount, #ARGV do redis.call('SADD', m .. ':paused', ARGV[i]) end
 if name ~= '' then redis.call('HSET', p .. 'names', tenant .. '\\n' .. name, id) end
 redis.call('ZADD', p .. 'index', emit(id), id)
 return {'ok', replaced}
@@ -105,7 +108,20 @@ return 1
   isogearRelease: `${PRELUDE}
 local m = meta(ARGV[2])
 if redis.call('EXISTS', m) == 0 then return 0 end
-for i = 3, #ARGV do redis.call('SADD', m .. ':released', ARGV[i]) end
+for i = 3, #ARGV do
+  redis.call('SADD', m .. ':released', ARGV[i])
+  redis.call('SREM', m .. ':paused', ARGV[i])
+end
+emit(ARGV[2])
+return 1
+`,
+  /** ARGV: p, id, '1' (pause) or '0' (resume), registration ids. */
+  isogearPause: `${PRELUDE}
+local m = meta(ARGV[2])
+if redis.call('EXISTS', m) == 0 then return 0 end
+for i = 4, #ARGV do
+  if ARGV[3] == '1' then redis.call('SADD', m .. ':paused', ARGV[i]) else redis.call('SREM', m .. ':paused', ARGV[i]) end
+end
 emit(ARGV[2])
 return 1
 `,
@@ -257,7 +273,9 @@ export class RedisStore implements RecipeStore {
       recipe.createdAtMs,
       recipe.steps.length,
       ...recipe.steps.map((s) => JSON.stringify(s)),
+      recipe.released.length,
       ...recipe.released,
+      ...recipe.paused,
     ]);
     const [status, id] = reply as [string, string?];
     if (status === 'taken') throw new NameTakenError(recipe.tenant, recipe.name, id ?? '');
@@ -272,6 +290,11 @@ export class RedisStore implements RecipeStore {
   async release(interpreterId: string, registrationIds: string[]): Promise<void> {
     if (registrationIds.length === 0) return;
     await this.script('isogearRelease', 'release', [interpreterId, ...registrationIds]);
+  }
+
+  async setPaused(interpreterId: string, registrationIds: string[], paused: boolean): Promise<void> {
+    if (registrationIds.length === 0) return;
+    await this.script('isogearPause', paused ? 'pause' : 'resume', [interpreterId, paused ? '1' : '0', ...registrationIds]);
   }
 
   async remove(interpreterId: string): Promise<void> {
@@ -380,14 +403,14 @@ export class RedisStore implements RecipeStore {
     const multi = this.redis.multi();
     for (const id of ids) {
       const m = this.key(`i:${id}`);
-      multi.hgetall(m).lrange(`${m}:steps`, 0, -1).smembers(`${m}:released`);
+      multi.hgetall(m).lrange(`${m}:steps`, 0, -1).smembers(`${m}:released`).smembers(`${m}:paused`);
     }
     return unwrap(await multi.exec());
   }
 
-  /** The recipe of `id` from readRecipes' replies (three per id, the i-th id's at 3i). */
+  /** The recipe of `id` from readRecipes' replies (four per id, the i-th id's at 4i). */
   private toRecipe(id: string, replies: unknown[], i: number): InterpreterRecipe | undefined {
-    const meta = replies[3 * i] as Record<string, string>;
+    const meta = replies[4 * i] as Record<string, string>;
     if (meta.tenant === undefined) return undefined;
     return {
       interpreterId: id,
@@ -397,9 +420,10 @@ export class RedisStore implements RecipeStore {
       memoryMb: Number(meta.memoryMb),
       registrationPrefix: meta.registrationPrefix,
       createdAtMs: Number(meta.createdAtMs),
-      steps: (replies[3 * i + 1] as string[]).map((doc) => JSON.parse(doc) as RecipeStep),
+      steps: (replies[4 * i + 1] as string[]).map((doc) => JSON.parse(doc) as RecipeStep),
       // A set has no order; sorted, the stores agree.
-      released: (replies[3 * i + 2] as string[]).sort(),
+      released: (replies[4 * i + 2] as string[]).sort(),
+      paused: (replies[4 * i + 3] as string[]).sort(),
     };
   }
 

@@ -6,7 +6,7 @@ import type { IsolationMode } from '../core/types';
 import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../core/durability/RecipeStore';
 
 /** The schema this code writes; PRAGMA user_version holds the one a file was written with. */
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 /** How long open waits for a server that is letting go of the file (a restart on the same volume). */
 const BUSY_TIMEOUT_MS = 1000;
 const FILE_NAME = 'isogear.db';
@@ -36,6 +36,15 @@ const SCHEMA_V1 = `
   );
   CREATE INDEX steps_interpreter ON steps (interpreter_id, seq);
   CREATE TABLE released (
+    interpreter_id TEXT NOT NULL REFERENCES interpreters (id) ON DELETE CASCADE,
+    registration_id TEXT NOT NULL,
+    PRIMARY KEY (interpreter_id, registration_id)
+  ) WITHOUT ROWID;
+`;
+
+/** Version 2: paused registrations (PauseRegistrations), by the same foreign key. */
+const SCHEMA_V2 = `
+  CREATE TABLE paused (
     interpreter_id TEXT NOT NULL REFERENCES interpreters (id) ON DELETE CASCADE,
     registration_id TEXT NOT NULL,
     PRIMARY KEY (interpreter_id, registration_id)
@@ -104,10 +113,10 @@ export class SqliteStore implements RecipeStore {
               `sqlite ${file} was written by a newer isogear (schema version ${version}; this one reads up to ${SCHEMA_VERSION}): upgrade isogear or point it at another data directory`,
             );
           }
-          if (version === 0) {
-            handle.exec(SCHEMA_V1);
-            handle.pragma(`user_version = ${SCHEMA_VERSION}`);
-          }
+          // each version's additions in turn: a file of an older isogear is brought up to date
+          if (version < 1) handle.exec(SCHEMA_V1);
+          if (version < 2) handle.exec(SCHEMA_V2);
+          if (version < SCHEMA_VERSION) handle.pragma(`user_version = ${SCHEMA_VERSION}`);
         })
         .immediate();
       return new SqliteStore(db, file);
@@ -128,6 +137,7 @@ export class SqliteStore implements RecipeStore {
           this.db.prepare<[], InterpreterRow>('SELECT * FROM interpreters ORDER BY seq').all(),
           this.db.prepare<[], StepRow>('SELECT interpreter_id, doc FROM steps ORDER BY seq').all(),
           this.db.prepare<[], ReleasedRow>('SELECT interpreter_id, registration_id FROM released ORDER BY interpreter_id, registration_id').all(),
+          this.db.prepare<[], ReleasedRow>('SELECT interpreter_id, registration_id FROM paused ORDER BY interpreter_id, registration_id').all(),
         ),
       )(),
     );
@@ -142,6 +152,7 @@ export class SqliteStore implements RecipeStore {
           this.db
             .prepare<[string], ReleasedRow>('SELECT interpreter_id, registration_id FROM released WHERE interpreter_id = ? ORDER BY registration_id')
             .all(interpreterId),
+          this.db.prepare<[string], ReleasedRow>('SELECT interpreter_id, registration_id FROM paused WHERE interpreter_id = ? ORDER BY registration_id').all(interpreterId),
         ),
       )()[0],
     );
@@ -166,6 +177,7 @@ export class SqliteStore implements RecipeStore {
           .run(recipe.interpreterId, recipe.tenant, recipe.name, recipe.mode, recipe.memoryMb, recipe.registrationPrefix, recipe.createdAtMs);
         for (const step of recipe.steps) this.insertStep(recipe.interpreterId, step);
         this.insertReleased(recipe.interpreterId, recipe.released);
+        this.writePaused(recipe.interpreterId, recipe.paused, true);
         return replaced === undefined ? {} : { replaced };
       })(),
     );
@@ -177,6 +189,10 @@ export class SqliteStore implements RecipeStore {
 
   async release(interpreterId: string, registrationIds: string[]): Promise<void> {
     this.run('release', () => this.db.transaction(() => this.insertReleased(interpreterId, registrationIds))());
+  }
+
+  async setPaused(interpreterId: string, registrationIds: string[], paused: boolean): Promise<void> {
+    this.run('setPaused', () => this.db.transaction(() => this.writePaused(interpreterId, registrationIds, paused))());
   }
 
   async remove(interpreterId: string): Promise<void> {
@@ -198,13 +214,23 @@ export class SqliteStore implements RecipeStore {
     this.db.prepare('INSERT INTO steps (interpreter_id, doc) SELECT id, ? FROM interpreters WHERE id = ?').run(JSON.stringify(step), interpreterId);
   }
 
+  /** A released registration is no longer paused: it is gone. */
   private insertReleased(interpreterId: string, registrationIds: string[]): void {
     const insert = this.db.prepare('INSERT OR IGNORE INTO released (interpreter_id, registration_id) SELECT id, ? FROM interpreters WHERE id = ?');
     for (const registrationId of registrationIds) insert.run(registrationId, interpreterId);
+    this.writePaused(interpreterId, registrationIds, false);
+  }
+
+  /** Inserts nothing when the interpreter is not stored, as insertStep. */
+  private writePaused(interpreterId: string, registrationIds: string[], paused: boolean): void {
+    const change = paused
+      ? this.db.prepare('INSERT OR IGNORE INTO paused (interpreter_id, registration_id) SELECT id, ? FROM interpreters WHERE id = ?')
+      : this.db.prepare('DELETE FROM paused WHERE registration_id = ? AND interpreter_id = ?');
+    for (const registrationId of registrationIds) change.run(registrationId, interpreterId);
   }
 
   /** Rows to recipes, keeping the interpreters' order. */
-  private assemble(rows: InterpreterRow[], steps: StepRow[], released: ReleasedRow[]): InterpreterRecipe[] {
+  private assemble(rows: InterpreterRow[], steps: StepRow[], released: ReleasedRow[], paused: ReleasedRow[]): InterpreterRecipe[] {
     const byId = new Map<string, InterpreterRecipe>();
     for (const r of rows) {
       byId.set(r.id, {
@@ -217,10 +243,12 @@ export class SqliteStore implements RecipeStore {
         createdAtMs: r.created_at_ms,
         steps: [],
         released: [],
+        paused: [],
       });
     }
     for (const s of steps) byId.get(s.interpreter_id)?.steps.push(JSON.parse(s.doc) as RecipeStep);
     for (const r of released) byId.get(r.interpreter_id)?.released.push(r.registration_id);
+    for (const r of paused) byId.get(r.interpreter_id)?.paused.push(r.registration_id);
     return [...byId.values()];
   }
 

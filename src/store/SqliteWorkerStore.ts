@@ -102,6 +102,10 @@ export class SqliteWorkerStore implements RecipeStore {
     return this.call('release', interpreterId, registrationIds);
   }
 
+  setPaused(interpreterId: string, registrationIds: string[], paused: boolean): Promise<void> {
+    return this.call('setPaused', interpreterId, registrationIds, paused);
+  }
+
   remove(interpreterId: string): Promise<void> {
     return this.call('remove', interpreterId);
   }

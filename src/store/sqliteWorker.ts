@@ -11,7 +11,7 @@ import { NameTakenError } from '../core/durability/RecipeStore';
 
 interface Call {
   seq: number;
-  method: 'loadAll' | 'load' | 'create' | 'append' | 'release' | 'remove' | 'close';
+  method: 'loadAll' | 'load' | 'create' | 'append' | 'release' | 'setPaused' | 'remove' | 'close';
   args: unknown[];
 }
 

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { createClient, type CallOptions, type ExecuteInit, type IsogearClient, type RegisterInit, type ReleaseInit, type TriggerInit, type Watch, type WatchInit } from '../../src/client';
+import { createClient, type CallOptions, type ExecuteInit, type IsogearClient, type PauseInit, type RegisterInit, type ReleaseInit, type TriggerInit, type Watch, type WatchInit } from '../../src/client';
 import * as pb from '../../src/gen/isogear/v1/gears';
 
 export type { CallOptions };
@@ -30,6 +30,8 @@ export class TestClient {
   readonly execute = (req: Partial<pb.ExecuteRequest>, opts: CallOptions = {}): Promise<pb.ExecuteResponse> => this.api.execute(req as ExecuteInit, opts);
   readonly register = (req: Partial<pb.RegisterRequest>, opts: CallOptions = {}): Promise<pb.RegisterResponse> => this.api.register(req as RegisterInit, opts);
   readonly release = (req: Partial<pb.ReleaseRequest>, opts: CallOptions = {}): Promise<pb.ReleaseResponse> => this.api.release(req as ReleaseInit, opts);
+  readonly pause = (req: Partial<pb.PauseRegistrationsRequest>, opts: CallOptions = {}): Promise<pb.PauseRegistrationsResponse> => this.api.pauseRegistrations(req as PauseInit, opts);
+  readonly resume = (req: Partial<pb.ResumeRegistrationsRequest>, opts: CallOptions = {}): Promise<pb.ResumeRegistrationsResponse> => this.api.resumeRegistrations(req as PauseInit, opts);
   readonly trigger = (req: Partial<pb.TriggerRequest>, opts: CallOptions = {}): Promise<pb.TriggerResponse> => this.api.trigger(req as TriggerInit, opts);
   readonly getInterpreter = (req: Partial<pb.GetInterpreterRequest>, opts: CallOptions = {}): Promise<pb.GetInterpreterResponse> =>
     this.api.getInterpreter(req.interpreterId ?? '', opts);

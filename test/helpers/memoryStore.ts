@@ -54,7 +54,18 @@ export class MemoryStore implements RecipeStore {
 
   release(id: string, ids: string[]): Promise<void> {
     this.write();
-    this.recipes.get(id)?.released.push(...ids);
+    const recipe = this.recipes.get(id);
+    if (recipe) {
+      recipe.released.push(...ids);
+      recipe.paused = recipe.paused.filter((p) => !ids.includes(p));
+    }
+    return Promise.resolve();
+  }
+
+  setPaused(id: string, ids: string[], paused: boolean): Promise<void> {
+    this.write();
+    const recipe = this.recipes.get(id);
+    if (recipe) recipe.paused = paused ? [...new Set([...recipe.paused, ...ids])].sort() : recipe.paused.filter((p) => !ids.includes(p));
     return Promise.resolve();
   }
 

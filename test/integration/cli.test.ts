@@ -104,6 +104,8 @@ describe('isogear command line', function () {
       [['exec', '-', '--timeout', 'soon'], /^isogear: --timeout must be a whole number/],
       [['exec', '-', '--module', 'noequals'], /^isogear: --module takes name=FILE/],
       [['release'], /^isogear: give a registration id or --interpreter ID/],
+      [['pause'], /^isogear: give one of: a registration id, --interpreter ID, --trigger NAME/],
+      [['resume', 'reg_x', '--trigger', 't'], /^isogear: give one of: a registration id, --interpreter ID, --trigger NAME/],
       [['exec'], /missing required argument 'file'/],
       [['frobnicate'], /unknown command 'frobnicate'/],
       [['ls', 'things'], /'things' is invalid/],
@@ -153,13 +155,26 @@ describe('isogear command line', function () {
     const regs = await cli(['ls', 'registrations', '--trigger', 'cli.orders']);
     assert.equal(regs.code, 0, regs.stderr);
     const lines = regs.stdout.trimEnd().split('\n');
-    assert.match(lines[0], /^ID\s+TRIGGER\s+INTERPRETER\s+RUNS\s+FAILURES\s+DESCRIPTION$/);
+    assert.match(lines[0], /^ID\s+TRIGGER\s+INTERPRETER\s+STATE\s+RUNS\s+FAILURES\s+DESCRIPTION$/);
     assert.equal(lines.length, 3);
     // aligned: every column starts where its header does
     const at = (line: string, col: string): number => line.indexOf(col);
     assert.equal(at(lines[1], 'cli.orders'), at(lines[0], 'TRIGGER'));
     assert.equal(at(lines[1], interpreterId), at(lines[0], 'INTERPRETER'));
     assert.ok(lines[1].endsWith('order hook'));
+    assert.equal(at(lines[1], 'active'), at(lines[0], 'STATE'));
+
+    // pause and resume: the ids changed, one per line; a paused registration does not run
+    const paused = await cli(['pause', regId]);
+    assert.deepEqual([paused.code, paused.stdout], [0, `${regId}\n`]);
+    assert.equal((await cli(['pause', '--trigger', 'cli.orders'])).stdout, `${second.stdout.trim()}\n`, 'only what changed');
+    assert.match((await cli(['ls', 'registrations'])).stdout, new RegExp(`^${regId}\\s+cli.orders\\s+${interpreterId}\\s+paused\\s`, 'm'));
+    assert.equal((await cli(['trigger', 'cli.orders'])).stdout, '', 'every registration paused: nothing runs');
+    const resumed = await cli(['--json', 'resume', '--interpreter', interpreterId]);
+    assert.deepEqual(JSON.parse(resumed.stdout), { registrationIds: [regId, second.stdout.trim()] });
+    assert.equal((await cli(['resume', regId])).stdout, '');
+    const unknown = await cli(['pause', 'reg_nope']);
+    assert.deepEqual([unknown.code, unknown.stderr], [3, 'isogear: NOT_FOUND: registration reg_nope not found (unknown or already released)\n']);
 
     const interps = await cli(['ls']);
     assert.match(interps.stdout, new RegExp(`^${interpreterId}\\s+-\\s+shared\\s+ready\\s+2\\s+0\\s+\\d+ KiB$`, 'm'));
@@ -169,7 +184,7 @@ describe('isogear command line', function () {
     const got = await cli(['get', interpreterId]);
     assert.equal(got.code, 0, got.stderr);
     assert.match(got.stdout, /^state\s+ready$/m);
-    assert.match(got.stdout, new RegExp(`^${regId}\\s+cli.orders\\s+1\\s+0\\s+order hook$`, 'm'));
+    assert.match(got.stdout, new RegExp(`^${regId}\\s+cli.orders\\s+active\\s+1\\s+0\\s+order hook$`, 'm'));
 
     const one = await cli(['release', regId]);
     assert.equal(one.stdout, `${regId}\n`);
@@ -347,7 +362,7 @@ describe('isogear command line', function () {
   });
 
   it('--help on every command, with examples, exits 0', async () => {
-    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['ls'], ['get'], ['wait'], ['ps'], ['cancel'], ['tail']]) {
+    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['pause'], ['resume'], ['ls'], ['get'], ['wait'], ['ps'], ['cancel'], ['tail']]) {
       const r = await cli([...cmd, '--help']);
       assert.equal(r.code, 0, `${cmd.join(' ')}: ${r.stderr}`);
       assert.match(r.stdout, /Examples:\n\s+\$ isogear/, `${cmd.join(' ') || 'isogear'} --help has examples`);

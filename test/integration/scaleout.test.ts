@@ -164,6 +164,27 @@ describe('scale-out: three servers on one Redis serve the same registrations', f
     }
   });
 
+  it('a pause on one replica reaches the others, and so does the resume; a replica started later starts with it paused', async () => {
+    const [a, b, c] = clients;
+    const made = await a.execute({ source: 'gears.register("so.pause", () => "x"); gears.register("so.pause", () => "y");' });
+    const [x, y] = made.registrations.map((r) => r.id);
+    await eventually('c runs both so.pause', async () => (await triggerResults(c, 'so.pause'))?.length === 2);
+    assert.deepEqual((await b.pause({ registrationId: x })).registrationIds, [x]);
+    for (const [k, client] of [a, b, c].entries()) {
+      await eventually(`replica ${k} skips the paused one`, async () => JSON.stringify(await triggerResults(client, 'so.pause')) === '["y"]');
+      const listed = (await client.listRegistrations({ trigger: 'so.pause' })).registrations;
+      assert.deepEqual(listed.map((r) => r.paused), [true, false]);
+    }
+    assert.deepEqual((await c.pause({ interpreterId: made.interpreter?.id })).registrationIds, [y], 'c knows x is paused: only y changes');
+    const late = await startReplica();
+    assert.deepEqual(await triggerResults(late, 'so.pause'), [], 'a replica started later has both paused');
+    assert.deepEqual((await late.resume({ trigger: 'so.pause' })).registrationIds, [x, y]);
+    for (const [k, client] of clients.entries()) {
+      await eventually(`replica ${k} runs both again`, async () => (await triggerResults(client, 'so.pause'))?.length === 2);
+    }
+    await a.release({ interpreterId: made.interpreter?.id });
+  });
+
   it('a replica started later materialises every registration before it says SERVING', async () => {
     const late = await startReplica();
     assert.equal(await late.healthCheck(), 'SERVING');

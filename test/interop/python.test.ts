@@ -48,6 +48,7 @@ function generateStubs(dir: string): string {
 interface Seen {
   execute: unknown;
   trigger: unknown[];
+  pause: { paused: boolean; skipped: number; flag: boolean; resumed: boolean; again: unknown[]; two_selectors: Status };
   listed: { id: string; description: string; runs: number }[];
   interpreters: number;
   released: boolean;
@@ -102,6 +103,7 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
     const seen = JSON.parse(stdout) as Seen;
     assert.deepEqual(seen.execute, { total: 9, names: ['tea', 'cake'], vip: true });
     assert.deepEqual(seen.trigger, ['hello python']);
+    assert.deepEqual({ ...seen.pause, two_selectors: seen.pause.two_selectors.code }, { paused: true, skipped: 0, flag: true, resumed: true, again: ['hello again'], two_selectors: 'INVALID_ARGUMENT' });
     assert.equal(seen.listed.length, 1);
     assert.equal(seen.listed[0].description, 'from python');
     assert.equal(seen.listed[0].runs, 1);

@@ -109,6 +109,26 @@ describe('Recorder: steps are committed once stored, releases stored first (agai
     assert.equal(interp.state, 'disposed');
   });
 
+  it('a pause is stored before it takes effect; one the store refuses is UNAVAILABLE and pauses nothing', async () => {
+    const interp = await core.interpreters.create('shared', 64, '', 'default');
+    const hold = interp.acquire('execution');
+    const [a, b] = await commit(interp, 'gears.register("p", () => 1); gears.register("p", () => 2);');
+    hold.release();
+    store.failWrites = 'disk full';
+    await assert.rejects(core.pausing.set({ trigger: 'p' }, true), (err: unknown) => err instanceof UnavailableError && /the pause could not be stored, so nothing changed: disk full/.test(err.message));
+    assert.deepEqual([core.index.get(a)?.paused, core.index.get(b)?.paused], [false, false]);
+    assert.deepEqual((await store.load(interp.id))?.paused, []);
+    store.failWrites = undefined;
+    assert.deepEqual(await core.pausing.set({ registrationId: b }, true), [b]);
+    assert.deepEqual((await store.load(interp.id))?.paused, [b]);
+    assert.equal(core.index.get(b)?.paused, true);
+    // a released registration leaves the stored paused set too
+    await core.recorder.release(interp, [core.index.get(b)!], false);
+    assert.deepEqual((await store.load(interp.id))?.paused, []);
+    await core.recorder.release(interp, [], true);
+    assert.equal(store.size, 0);
+  });
+
   it('a step whose registrations would pass the tenant quota is refused before anything is stored or kept', async () => {
     closed = true;
     await closeCore(core);

@@ -162,6 +162,7 @@ describe('durable registrations: restore from the store', () => {
       registrationPrefix: 'feedbeef_',
       createdAtMs: Date.now(),
       released: [],
+      paused: [],
       steps: [
         { id: 'stp_1', kind: 'execute', source: 'gears.register("one", () => 1);', argsJson: '', timeoutMs: 1000, registrations: [{ id: 'reg_feedbeef_1', trigger: 'one', description: '' }] },
         { id: 'stp_2', kind: 'execute', source: 'gears.register("two", () => 2);', argsJson: '', timeoutMs: 1000, registrations: [{ id: 'reg_feedbeef_2', trigger: 'other', description: '' }] },
@@ -202,6 +203,7 @@ describe('durable registrations: restore from the store', () => {
         registrationPrefix: `b${i}_`,
         createdAtMs: i,
         released: [],
+      paused: [],
         steps: [
           {
             id: `stp_${i}`,
@@ -242,6 +244,7 @@ describe('durable registrations: restore from the store', () => {
       registrationPrefix: 'cafe_',
       createdAtMs: 0,
       released: [],
+      paused: [],
       steps: [{ id: 'stp_1', kind: 'register', source: 'throw new TypeError("gone");', trigger: 'h', timeoutMs: 500, registrations: [{ id: 'reg_cafe_1', trigger: 'h', description: '' }] }],
     });
     const m = await c.start();

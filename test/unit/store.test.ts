@@ -31,6 +31,7 @@ function recipe(over: Partial<InterpreterRecipe> = {}): InterpreterRecipe {
     createdAtMs: 1_700_000_000_000 + counter,
     steps: [],
     released: [],
+    paused: [],
     ...over,
   };
 }
@@ -125,6 +126,25 @@ function describeStore(name: string, make: () => Promise<Target>): void {
       const loaded = await store.load(r.interpreterId);
       assert.deepEqual(loaded?.steps, [...r.steps, ...more]);
       assert.deepEqual(loaded?.released, ['reg_a', 'reg_b', 'reg_x']);
+    });
+
+    it('keeps paused ids: paused and resumed in any order, each once, none left once released, and through a restart', async () => {
+      const store = await open();
+      const r = recipe({ steps: [step()], paused: ['reg_c'] });
+      await store.create(r, false);
+      await store.setPaused(r.interpreterId, ['reg_b', 'reg_a'], true);
+      await store.setPaused(r.interpreterId, ['reg_a'], true);
+      await store.setPaused(r.interpreterId, [], true);
+      assert.deepEqual((await store.load(r.interpreterId))?.paused, ['reg_a', 'reg_b', 'reg_c']);
+      await store.setPaused(r.interpreterId, ['reg_c', 'reg_zz'], false);
+      await store.release(r.interpreterId, ['reg_b']);
+      await store.setPaused('itp_missing', ['reg_a'], true); // a recipe that is gone: a no-op, never an error
+      assert.deepEqual((await store.load(r.interpreterId))?.paused, ['reg_a']);
+      await store.close();
+      const again = await open();
+      const loaded = (await again.loadAll()).find((x) => x.interpreterId === r.interpreterId);
+      assert.deepEqual({ paused: loaded?.paused, released: loaded?.released }, { paused: ['reg_a'], released: ['reg_b'] });
+      assert.equal(await again.load('itp_missing'), undefined);
     });
 
     it('removes a recipe, and leaves the others', async () => {
@@ -377,6 +397,33 @@ describe('registration stores', () => {
         }
       });
 
+      it('brings a file of schema version 1 (before pausing) up to date, keeping its recipes', async () => {
+        const dir = tempDir();
+        const old = recipe({ steps: [step()], released: ['reg_1'] });
+        const first = SqliteStore.open(dir);
+        await first.create(old, false);
+        await first.close();
+        // what isogear wrote before version 2: no paused table
+        const db = new Database(path.join(dir, 'isogear.db'));
+        db.exec('DROP TABLE paused');
+        db.pragma('user_version = 1');
+        db.close();
+        const store = SqliteStore.open(dir);
+        try {
+          assert.deepEqual(await store.loadAll(), [old]);
+          await store.setPaused(old.interpreterId, ['reg_2'], true);
+          assert.deepEqual((await store.load(old.interpreterId))?.paused, ['reg_2']);
+        } finally {
+          await store.close();
+        }
+        const check = new Database(path.join(dir, 'isogear.db'));
+        try {
+          assert.equal(check.pragma('user_version', { simple: true }), 2);
+        } finally {
+          check.close();
+        }
+      });
+
       it('refuses a file written by a newer schema version', async () => {
         const dir = tempDir();
         await SqliteStore.open(dir).close();
@@ -385,7 +432,7 @@ describe('registration stores', () => {
         db.close();
         assert.throws(
           () => SqliteStore.open(dir),
-          (err: Error) => err instanceof StoreError && /newer isogear \(schema version 99; this one reads up to 1\)/.test(err.message) && err.message.includes(dir),
+          (err: Error) => err instanceof StoreError && /newer isogear \(schema version 99; this one reads up to 2\)/.test(err.message) && err.message.includes(dir),
         );
       });
 

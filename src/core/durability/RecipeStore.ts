@@ -58,6 +58,8 @@ export interface InterpreterRecipe {
   steps: RecipeStep[];
   /** Registrations released since their step ran: the replay makes them, then releases them. */
   released: string[];
+  /** Registrations paused now (PauseRegistrations): the replay makes them, then pauses them. */
+  paused: string[];
 }
 
 /** `create` found the name held by another recipe and was not asked to replace it. */
@@ -105,6 +107,8 @@ export interface RecipeStore {
   append(interpreterId: string, step: RecipeStep): Promise<void>;
   /** Marks registrations of an interpreter released. */
   release(interpreterId: string, registrationIds: string[]): Promise<void>;
+  /** Marks registrations of an interpreter paused (`paused` true) or running again. */
+  setPaused(interpreterId: string, registrationIds: string[], paused: boolean): Promise<void>;
   /** Removes an interpreter's recipe (its last registration went). */
   remove(interpreterId: string): Promise<void>;
   /**

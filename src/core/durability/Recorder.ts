@@ -213,6 +213,35 @@ export class Recorder {
     });
   }
 
+  /**
+   * Pauses (or resumes) those of `regs` still live in `interp` and not so already: stored first
+   * when the interpreter is, then changed here in one synchronous step (RegistrationIndex). Runs
+   * in the interpreter's store turn, so it orders with its releases and replays. Resolves with
+   * the registrations it changed; rejects (UNAVAILABLE), with nothing changed, when the store
+   * refuses.
+   */
+  setPaused(interp: Interpreter, regs: readonly Registration[], paused: boolean): Promise<Registration[]> {
+    const { store, index } = this.deps;
+    const changing = (): Registration[] => regs.filter((r) => interp.registrations.get(r.id) === r && r.paused !== paused);
+    if (!store || !this.isStored(interp)) {
+      const now = changing();
+      index.setPaused(now, paused);
+      return Promise.resolve(now);
+    }
+    return this.serial(interp.id, async () => {
+      const now = changing();
+      if (now.length > 0 && this.isStored(interp)) {
+        try {
+          await this.write(paused ? 'pause' : 'resume', now.length, () => store.setPaused(interp.id, now.map((r) => r.id), paused));
+        } catch (err) {
+          throw this.storeFailure(err, paused ? 'the pause' : 'the resume');
+        }
+      }
+      index.setPaused(now, paused);
+      return now;
+    });
+  }
+
   /** Its recipe left the store (another server released or replaced it): it goes here too. */
   dropUnstored(interp: Interpreter): void {
     this.setStored(interp, false);
@@ -222,7 +251,7 @@ export class Recorder {
   }
 
   /** One write to the store: a span of a traced request. `registrations`: how many it adds or removes. */
-  private write<T>(operation: 'append' | 'create' | 'remove' | 'release', registrations: number, work: () => Promise<T>): Promise<T> {
+  private write<T>(operation: 'append' | 'create' | 'remove' | 'release' | 'pause' | 'resume', registrations: number, work: () => Promise<T>): Promise<T> {
     const tracing = this.deps.tracing;
     if (!tracing?.on) return work();
     return tracing.span('isogear.store.commit', { 'isogear.store.operation': operation, 'isogear.store.registrations': registrations }, work);
@@ -277,6 +306,7 @@ export class Recorder {
       steps: [...this.state(interp).steps, step],
       // registrations exist only once their step is stored: an interpreter not stored yet has released none
       released: [],
+      paused: [],
     };
   }
 

@@ -43,6 +43,7 @@ export class ReplicaFollower {
           if (failed) this.restorer.breakInterpreter(local, recipe, `its copy here diverged from the stored recipe: ${failed}`);
         }
         this.restorer.applyReleased(local, recipe.released);
+        this.restorer.applyPaused(local, recipe.paused);
       } finally {
         hold.release();
       }

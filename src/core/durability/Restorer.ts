@@ -112,6 +112,7 @@ export class Restorer {
         return;
       }
       this.applyReleased(interp, recipe.released);
+      this.applyPaused(interp, recipe.paused);
       this.restoredCount += 1;
       recorder.clearBroken(recipe.interpreterId);
       logger?.debug(
@@ -141,6 +142,15 @@ export class Restorer {
   }
 
   /** Releases, here, stored registrations the recipe marks released. */
+  /** Pauses exactly the stored paused registrations of `interp` and resumes the rest (a replica follows both ways). */
+  applyPaused(interp: Interpreter, paused: readonly string[]): void {
+    const want = new Set(paused);
+    const pause = [...interp.registrations.values()].filter((r) => !r.paused && want.has(r.id));
+    const resume = [...interp.registrations.values()].filter((r) => r.paused && !want.has(r.id));
+    this.deps.index.setPaused(pause, true);
+    this.deps.index.setPaused(resume, false);
+  }
+
   applyReleased(interp: Interpreter, released: readonly string[]): void {
     const gone = released.map((id) => interp.registrations.get(id)).filter((r) => r !== undefined);
     if (gone.length > 0) this.deps.index.release(interp, gone);
@@ -163,6 +173,7 @@ export class Restorer {
       recipe.steps.flatMap((step) => step.registrations.filter((r) => !released.has(r.id))),
     );
     this.applyReleased(interp, recipe.released);
+    this.applyPaused(interp, recipe.paused);
     this.deps.recorder.noteBroken(recipe, reason);
   }
 

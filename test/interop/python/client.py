@@ -69,6 +69,20 @@ listed = gears.ListRegistrations(gears_pb2.ListRegistrationsRequest(trigger="py.
 seen["listed"] = [{"id": r.id, "description": r.description, "runs": r.stats.runs} for r in listed.registrations]
 interps = gears.ListInterpreters(gears_pb2.ListInterpretersRequest(), metadata=AUTH)
 seen["interpreters"] = len(interps.interpreters)
+# Pause it: Trigger skips it; resume it: it runs again
+paused = gears.PauseRegistrations(gears_pb2.PauseRegistrationsRequest(trigger="py.greet"), metadata=AUTH)
+skipped = gears.Trigger(gears_pb2.TriggerRequest(trigger="py.greet", payload=to_value({"name": "nobody"})), metadata=AUTH)
+flag = gears.ListRegistrations(gears_pb2.ListRegistrationsRequest(trigger="py.greet"), metadata=AUTH).registrations[0].paused
+resumed = gears.ResumeRegistrations(gears_pb2.ResumeRegistrationsRequest(registration_id=reg_id), metadata=AUTH)
+again = gears.Trigger(gears_pb2.TriggerRequest(trigger="py.greet", payload=to_value({"name": "again"})), metadata=AUTH)
+seen["pause"] = {
+    "paused": list(paused.registration_ids) == [reg_id],
+    "skipped": len(skipped.results),
+    "flag": flag,
+    "resumed": list(resumed.registration_ids) == [reg_id],
+    "again": [from_value(r.result) for r in again.results],
+    "two_selectors": status_of(lambda: gears.PauseRegistrations(gears_pb2.PauseRegistrationsRequest(registration_id=reg_id, trigger="py.greet"), metadata=AUTH)),
+}
 released = gears.Release(gears_pb2.ReleaseRequest(registration_id=reg_id), metadata=AUTH)
 seen["released"] = list(released.released_registration_ids) == [reg_id]
 

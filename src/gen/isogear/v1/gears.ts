@@ -575,6 +575,50 @@ export interface RegisterResponse {
   interpreter: Interpreter | undefined;
 }
 
+/**
+ * PauseRegistrationsRequest selects registrations of the caller's tenant:
+ * exactly one field set.
+ */
+export interface PauseRegistrationsRequest {
+  /** One registration (`reg_...`). */
+  registrationId: string;
+  /** Every registration of one interpreter (`itp_...`). */
+  interpreterId: string;
+  /** Every registration bound to this trigger. */
+  trigger: string;
+}
+
+/** PauseRegistrationsResponse lists what the call changed. */
+export interface PauseRegistrationsResponse {
+  /**
+   * Ids of the registrations this call paused (those paused already are
+   * not listed), in creation order.
+   */
+  registrationIds: string[];
+}
+
+/**
+ * ResumeRegistrationsRequest selects registrations as PauseRegistrationsRequest
+ * does: exactly one field set.
+ */
+export interface ResumeRegistrationsRequest {
+  /** One registration (`reg_...`). */
+  registrationId: string;
+  /** Every registration of one interpreter (`itp_...`). */
+  interpreterId: string;
+  /** Every registration bound to this trigger. */
+  trigger: string;
+}
+
+/** ResumeRegistrationsResponse lists what the call changed. */
+export interface ResumeRegistrationsResponse {
+  /**
+   * Ids of the registrations this call resumed (those running already are
+   * not listed), in creation order.
+   */
+  registrationIds: string[];
+}
+
 /** ReleaseRequest names what to release. Exactly one target must be set. */
 export interface ReleaseRequest {
   /**
@@ -774,6 +818,12 @@ export interface Registration {
    * without running; it should be released.
    */
   broken: boolean;
+  /** The cron expression of a schedule (`gears.schedule`); empty for others. */
+  schedule: string;
+  /** The Redis stream a consumer reads (`gears.consume`); empty for others. */
+  stream: string;
+  /** True while paused (PauseRegistrations): Trigger skips it. */
+  paused: boolean;
 }
 
 /** RegistrationStats counts the handler runs of one registration. */
@@ -2053,6 +2103,370 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
   },
 };
 
+function createBasePauseRegistrationsRequest(): PauseRegistrationsRequest {
+  return { registrationId: "", interpreterId: "", trigger: "" };
+}
+
+export const PauseRegistrationsRequest: MessageFns<PauseRegistrationsRequest> = {
+  encode(message: PauseRegistrationsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.registrationId !== "") {
+      writer.uint32(10).string(message.registrationId);
+    }
+    if (message.interpreterId !== "") {
+      writer.uint32(18).string(message.interpreterId);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(26).string(message.trigger);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseRegistrationsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseRegistrationsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.registrationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseRegistrationsRequest {
+    return {
+      registrationId: isSet(object.registrationId)
+        ? globalThis.String(object.registrationId)
+        : isSet(object.registration_id)
+        ? globalThis.String(object.registration_id)
+        : "",
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+    };
+  },
+
+  toJSON(message: PauseRegistrationsRequest): unknown {
+    const obj: any = {};
+    if (message.registrationId !== "") {
+      obj.registrationId = message.registrationId;
+    }
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PauseRegistrationsRequest>, I>>(base?: I): PauseRegistrationsRequest {
+    return PauseRegistrationsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PauseRegistrationsRequest>, I>>(object: I): PauseRegistrationsRequest {
+    const message = createBasePauseRegistrationsRequest();
+    message.registrationId = object.registrationId ?? "";
+    message.interpreterId = object.interpreterId ?? "";
+    message.trigger = object.trigger ?? "";
+    return message;
+  },
+};
+
+function createBasePauseRegistrationsResponse(): PauseRegistrationsResponse {
+  return { registrationIds: [] };
+}
+
+export const PauseRegistrationsResponse: MessageFns<PauseRegistrationsResponse> = {
+  encode(message: PauseRegistrationsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.registrationIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseRegistrationsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseRegistrationsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.registrationIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseRegistrationsResponse {
+    return {
+      registrationIds: globalThis.Array.isArray(object?.registrationIds)
+        ? object.registrationIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.registration_ids)
+        ? object.registration_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PauseRegistrationsResponse): unknown {
+    const obj: any = {};
+    if (message.registrationIds?.length) {
+      obj.registrationIds = message.registrationIds;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PauseRegistrationsResponse>, I>>(base?: I): PauseRegistrationsResponse {
+    return PauseRegistrationsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PauseRegistrationsResponse>, I>>(object: I): PauseRegistrationsResponse {
+    const message = createBasePauseRegistrationsResponse();
+    message.registrationIds = object.registrationIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseResumeRegistrationsRequest(): ResumeRegistrationsRequest {
+  return { registrationId: "", interpreterId: "", trigger: "" };
+}
+
+export const ResumeRegistrationsRequest: MessageFns<ResumeRegistrationsRequest> = {
+  encode(message: ResumeRegistrationsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.registrationId !== "") {
+      writer.uint32(10).string(message.registrationId);
+    }
+    if (message.interpreterId !== "") {
+      writer.uint32(18).string(message.interpreterId);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(26).string(message.trigger);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeRegistrationsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeRegistrationsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.registrationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeRegistrationsRequest {
+    return {
+      registrationId: isSet(object.registrationId)
+        ? globalThis.String(object.registrationId)
+        : isSet(object.registration_id)
+        ? globalThis.String(object.registration_id)
+        : "",
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+    };
+  },
+
+  toJSON(message: ResumeRegistrationsRequest): unknown {
+    const obj: any = {};
+    if (message.registrationId !== "") {
+      obj.registrationId = message.registrationId;
+    }
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResumeRegistrationsRequest>, I>>(base?: I): ResumeRegistrationsRequest {
+    return ResumeRegistrationsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResumeRegistrationsRequest>, I>>(object: I): ResumeRegistrationsRequest {
+    const message = createBaseResumeRegistrationsRequest();
+    message.registrationId = object.registrationId ?? "";
+    message.interpreterId = object.interpreterId ?? "";
+    message.trigger = object.trigger ?? "";
+    return message;
+  },
+};
+
+function createBaseResumeRegistrationsResponse(): ResumeRegistrationsResponse {
+  return { registrationIds: [] };
+}
+
+export const ResumeRegistrationsResponse: MessageFns<ResumeRegistrationsResponse> = {
+  encode(message: ResumeRegistrationsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.registrationIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeRegistrationsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeRegistrationsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.registrationIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeRegistrationsResponse {
+    return {
+      registrationIds: globalThis.Array.isArray(object?.registrationIds)
+        ? object.registrationIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.registration_ids)
+        ? object.registration_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ResumeRegistrationsResponse): unknown {
+    const obj: any = {};
+    if (message.registrationIds?.length) {
+      obj.registrationIds = message.registrationIds;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResumeRegistrationsResponse>, I>>(base?: I): ResumeRegistrationsResponse {
+    return ResumeRegistrationsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResumeRegistrationsResponse>, I>>(object: I): ResumeRegistrationsResponse {
+    const message = createBaseResumeRegistrationsResponse();
+    message.registrationIds = object.registrationIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBaseReleaseRequest(): ReleaseRequest {
   return { registrationId: undefined, interpreterId: undefined };
 }
@@ -3034,6 +3448,9 @@ function createBaseRegistration(): Registration {
     createdAt: undefined,
     stats: undefined,
     broken: false,
+    schedule: "",
+    stream: "",
+    paused: false,
   };
 }
 
@@ -3059,6 +3476,15 @@ export const Registration: MessageFns<Registration> = {
     }
     if (message.broken !== false) {
       writer.uint32(56).bool(message.broken);
+    }
+    if (message.schedule !== "") {
+      writer.uint32(66).string(message.schedule);
+    }
+    if (message.stream !== "") {
+      writer.uint32(74).string(message.stream);
+    }
+    if (message.paused !== false) {
+      writer.uint32(80).bool(message.paused);
     }
     return writer;
   },
@@ -3132,6 +3558,30 @@ export const Registration: MessageFns<Registration> = {
             message.broken = reader.bool();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.schedule = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.stream = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3161,6 +3611,9 @@ export const Registration: MessageFns<Registration> = {
         : undefined,
       stats: isSet(object.stats) ? RegistrationStats.fromJSON(object.stats) : undefined,
       broken: isSet(object.broken) ? globalThis.Boolean(object.broken) : false,
+      schedule: isSet(object.schedule) ? globalThis.String(object.schedule) : "",
+      stream: isSet(object.stream) ? globalThis.String(object.stream) : "",
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
     };
   },
 
@@ -3187,6 +3640,15 @@ export const Registration: MessageFns<Registration> = {
     if (message.broken !== false) {
       obj.broken = message.broken;
     }
+    if (message.schedule !== "") {
+      obj.schedule = message.schedule;
+    }
+    if (message.stream !== "") {
+      obj.stream = message.stream;
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
     return obj;
   },
 
@@ -3204,6 +3666,9 @@ export const Registration: MessageFns<Registration> = {
       ? RegistrationStats.fromPartial(object.stats)
       : undefined;
     message.broken = object.broken ?? false;
+    message.schedule = object.schedule ?? "";
+    message.stream = object.stream ?? "";
+    message.paused = object.paused ?? false;
     return message;
   },
 };
@@ -6018,6 +6483,47 @@ export const GearsServiceService = {
     responseSerialize: (value: WatchEvent): Buffer => Buffer.from(WatchEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchEvent => WatchEvent.decode(value),
   },
+  /**
+   * PauseRegistrations pauses registrations: one, every one of an
+   * interpreter, or every one bound to a trigger (exactly one selector). A
+   * paused registration is skipped by Trigger (absent from its results) and
+   * holds its interpreter as before. Pausing is durable (stored with the
+   * recipe, so a restart keeps it) and reaches every replica. Answers with
+   * the registrations this call changed: pausing what is paused changes
+   * nothing.
+   *
+   * Status codes: INVALID_ARGUMENT (no selector, more than one, or an invalid
+   * trigger name); NOT_FOUND (an unknown id, another tenant's, an interpreter
+   * without registrations, or a trigger nothing is bound to); UNAVAILABLE
+   * (the store could not be written: nothing changed); INTERNAL.
+   */
+  pauseRegistrations: {
+    path: "/isogear.v1.GearsService/PauseRegistrations" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PauseRegistrationsRequest): Buffer =>
+      Buffer.from(PauseRegistrationsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PauseRegistrationsRequest => PauseRegistrationsRequest.decode(value),
+    responseSerialize: (value: PauseRegistrationsResponse): Buffer =>
+      Buffer.from(PauseRegistrationsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PauseRegistrationsResponse => PauseRegistrationsResponse.decode(value),
+  },
+  /**
+   * ResumeRegistrations undoes PauseRegistrations, with the same selectors,
+   * status codes and guarantees: a resumed registration runs at the next
+   * Trigger. Resuming what runs changes nothing.
+   */
+  resumeRegistrations: {
+    path: "/isogear.v1.GearsService/ResumeRegistrations" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeRegistrationsRequest): Buffer =>
+      Buffer.from(ResumeRegistrationsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeRegistrationsRequest => ResumeRegistrationsRequest.decode(value),
+    responseSerialize: (value: ResumeRegistrationsResponse): Buffer =>
+      Buffer.from(ResumeRegistrationsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResumeRegistrationsResponse => ResumeRegistrationsResponse.decode(value),
+  },
 } as const;
 
 export interface GearsServiceServer extends UntypedServiceImplementation {
@@ -6250,6 +6756,27 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
    */
   watch: handleServerStreamingCall<WatchRequest, WatchEvent>;
+  /**
+   * PauseRegistrations pauses registrations: one, every one of an
+   * interpreter, or every one bound to a trigger (exactly one selector). A
+   * paused registration is skipped by Trigger (absent from its results) and
+   * holds its interpreter as before. Pausing is durable (stored with the
+   * recipe, so a restart keeps it) and reaches every replica. Answers with
+   * the registrations this call changed: pausing what is paused changes
+   * nothing.
+   *
+   * Status codes: INVALID_ARGUMENT (no selector, more than one, or an invalid
+   * trigger name); NOT_FOUND (an unknown id, another tenant's, an interpreter
+   * without registrations, or a trigger nothing is bound to); UNAVAILABLE
+   * (the store could not be written: nothing changed); INTERNAL.
+   */
+  pauseRegistrations: handleUnaryCall<PauseRegistrationsRequest, PauseRegistrationsResponse>;
+  /**
+   * ResumeRegistrations undoes PauseRegistrations, with the same selectors,
+   * status codes and guarantees: a resumed registration runs at the next
+   * Trigger. Resuming what runs changes nothing.
+   */
+  resumeRegistrations: handleUnaryCall<ResumeRegistrationsRequest, ResumeRegistrationsResponse>;
 }
 
 export interface GearsServiceClient extends Client {
@@ -6665,6 +7192,55 @@ export interface GearsServiceClient extends Client {
    */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchEvent>;
   watch(request: WatchRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<WatchEvent>;
+  /**
+   * PauseRegistrations pauses registrations: one, every one of an
+   * interpreter, or every one bound to a trigger (exactly one selector). A
+   * paused registration is skipped by Trigger (absent from its results) and
+   * holds its interpreter as before. Pausing is durable (stored with the
+   * recipe, so a restart keeps it) and reaches every replica. Answers with
+   * the registrations this call changed: pausing what is paused changes
+   * nothing.
+   *
+   * Status codes: INVALID_ARGUMENT (no selector, more than one, or an invalid
+   * trigger name); NOT_FOUND (an unknown id, another tenant's, an interpreter
+   * without registrations, or a trigger nothing is bound to); UNAVAILABLE
+   * (the store could not be written: nothing changed); INTERNAL.
+   */
+  pauseRegistrations(
+    request: PauseRegistrationsRequest,
+    callback: (error: ServiceError | null, response: PauseRegistrationsResponse) => void,
+  ): ClientUnaryCall;
+  pauseRegistrations(
+    request: PauseRegistrationsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PauseRegistrationsResponse) => void,
+  ): ClientUnaryCall;
+  pauseRegistrations(
+    request: PauseRegistrationsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PauseRegistrationsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ResumeRegistrations undoes PauseRegistrations, with the same selectors,
+   * status codes and guarantees: a resumed registration runs at the next
+   * Trigger. Resuming what runs changes nothing.
+   */
+  resumeRegistrations(
+    request: ResumeRegistrationsRequest,
+    callback: (error: ServiceError | null, response: ResumeRegistrationsResponse) => void,
+  ): ClientUnaryCall;
+  resumeRegistrations(
+    request: ResumeRegistrationsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeRegistrationsResponse) => void,
+  ): ClientUnaryCall;
+  resumeRegistrations(
+    request: ResumeRegistrationsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeRegistrationsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const GearsServiceClient = makeGenericClientConstructor(
