@@ -164,6 +164,13 @@ export function executionToProto(e: core.ExecutionInfo): pb.Execution {
   };
 }
 
+const CHANGES: Record<core.RegistrationChange, pb.RegistrationChange> = {
+  created: pb.RegistrationChange.REGISTRATION_CHANGE_CREATED,
+  released: pb.RegistrationChange.REGISTRATION_CHANGE_RELEASED,
+  paused: pb.RegistrationChange.REGISTRATION_CHANGE_PAUSED,
+  resumed: pb.RegistrationChange.REGISTRATION_CHANGE_RESUMED,
+};
+
 export function watchEventToProto(e: core.WatchEvent): pb.WatchEvent {
   const b = e.body;
   const out: pb.WatchEvent = { time: e.time };
@@ -172,7 +179,7 @@ export function watchEventToProto(e: core.WatchEvent): pb.WatchEvent {
       out.interpreter = interpreterToProto(b.interpreter);
       break;
     case 'registration':
-      out.registration = { registration: registrationToProto(b.registration), released: b.released };
+      out.registration = { registration: registrationToProto(b.registration), released: b.released, change: CHANGES[b.change] };
       break;
     case 'run':
       out.run = {

@@ -17,6 +17,14 @@ export const RECONNECT = { firstMs: 250, maxMs: 5000 } as const;
 
 const KIND_WIDTH = 'interpreter'.length;
 
+/** A registration event's kind word. */
+const CHANGE_WORDS: Partial<Record<pb.RegistrationChange, string>> = {
+  [pb.RegistrationChange.REGISTRATION_CHANGE_CREATED]: 'registered',
+  [pb.RegistrationChange.REGISTRATION_CHANGE_RELEASED]: 'released',
+  [pb.RegistrationChange.REGISTRATION_CHANGE_PAUSED]: 'paused',
+  [pb.RegistrationChange.REGISTRATION_CHANGE_RESUMED]: 'resumed',
+};
+
 /**
  * Control characters (newlines, tabs, terminal escape sequences) as escapes: one line per event,
  * and what a script logs cannot move the cursor or recolour the terminal of whoever tails it.
@@ -52,7 +60,7 @@ export function eventLine(e: pb.WatchEvent): string {
   }
   if (e.registration) {
     const r = e.registration.registration;
-    return head(e.registration.released ? 'released' : 'registered') + fields(r?.id, r?.interpreterId, r?.trigger && `on ${r.trigger}`);
+    return head(CHANGE_WORDS[e.registration.change] ?? (e.registration.released ? 'released' : 'registered')) + fields(r?.id, r?.interpreterId, r?.trigger && `on ${r.trigger}`);
   }
   if (e.run) {
     const r = e.run;

@@ -5,6 +5,7 @@ import { isValidTrigger } from './names';
 import { Registration } from './Registration';
 import type { EventHub } from './EventHub';
 import type { TenantLedger } from './TenantLedger';
+import type { RegistrationChange } from './types';
 
 /** Triggers are per tenant: the index keys on tenant and trigger together (a newline occurs in neither). */
 const scoped = (tenant: string, trigger: string): string => `${tenant}\n${trigger}`;
@@ -73,7 +74,7 @@ export class RegistrationIndex {
     }
     interp.commitRun(execId);
     const made = tuple.registrations.map((r) => this.add(interp, r));
-    for (const reg of made) this.tell(reg, false);
+    for (const reg of made) this.tell(reg, 'created');
     return made;
   }
 
@@ -126,25 +127,24 @@ export class RegistrationIndex {
     if (interp.live) interp.unregister(regs.map((r) => r.id));
     if (interp.registrations.size === 0 && interp.referencesOf('execution') > 0) interp.beginDraining();
     // watchers hear of the releases before the interpreter's disposal they may cause
-    for (const reg of regs) this.tell(reg, true);
+    for (const reg of regs) this.tell(reg, 'released');
     for (const reg of regs) reg.reference.release();
   }
 
-  /** Pauses (or resumes) registrations in one synchronous step; watchers hear of each (a registration event, not released). */
+  /** Pauses (or resumes) registrations in one synchronous step; watchers hear of each one changed. */
   setPaused(regs: readonly Registration[], paused: boolean): void {
-    for (const reg of regs) {
-      if (reg.paused === paused || !this.byId.has(reg.id)) continue;
-      reg.paused = paused;
-      this.pausedCount += paused ? 1 : -1;
-    }
-    for (const reg of regs) this.tell(reg, false);
+    const changed = regs.filter((reg) => reg.paused !== paused && this.byId.has(reg.id));
+    for (const reg of changed) reg.paused = paused;
+    this.pausedCount += (paused ? 1 : -1) * changed.length;
+    for (const reg of changed) this.tell(reg, paused ? 'paused' : 'resumed');
   }
 
-  private tell(reg: Registration, released: boolean): void {
+  private tell(reg: Registration, change: RegistrationChange): void {
     this.events?.publish({ tenant: reg.tenant, interpreterId: reg.interpreterId, registrationId: reg.id, trigger: reg.trigger }, 'registration', () => ({
       kind: 'registration',
       registration: reg.info(false),
-      released,
+      released: change === 'released',
+      change,
     }));
   }
 

@@ -223,9 +223,12 @@ export interface LogEventInfo {
 }
 
 /** What a watcher receives. `dropped`: events it lost because it read too slowly, sent before the next one it gets. */
+/** What a registration event reports. */
+export type RegistrationChange = 'created' | 'released' | 'paused' | 'resumed';
+
 export type WatchEventBody =
   | { kind: 'interpreter'; interpreter: InterpreterInfo }
-  | { kind: 'registration'; registration: RegistrationInfo; released: boolean }
+  | { kind: 'registration'; registration: RegistrationInfo; released: boolean; change: RegistrationChange }
   | { kind: 'run'; run: RunEventInfo }
   | { kind: 'log'; log: LogEventInfo }
   | { kind: 'dropped'; count: number };

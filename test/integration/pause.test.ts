@@ -72,10 +72,10 @@ describe('PauseRegistrations and ResumeRegistrations', () => {
       const first = (await events.next()).value as pb.WatchEvent;
       const second = (await events.next()).value as pb.WatchEvent;
       assert.deepEqual(
-        [first, second].map((e) => [e.registration?.registration?.id, e.registration?.registration?.paused, e.registration?.released]),
+        [first, second].map((e) => [e.registration?.registration?.id, e.registration?.registration?.paused, e.registration?.released, e.registration?.change]),
         [
-          [id, true, false],
-          [id, false, false],
+          [id, true, false, pb.RegistrationChange.REGISTRATION_CHANGE_PAUSED],
+          [id, false, false, pb.RegistrationChange.REGISTRATION_CHANGE_RESUMED],
         ],
       );
       watch.close();

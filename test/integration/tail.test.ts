@@ -109,6 +109,8 @@ describe('isogear tail', function () {
       const reg = res.registrations[0].id;
       const fired = await t.client.trigger({ trigger: 'tail.orders', payload: { id: 7 } });
       const exe = fired.results[0].executionId;
+      await t.client.pause({ registrationId: reg });
+      await t.client.resume({ registrationId: reg });
       await releaseInterpreters(t.client, itp);
       await tailing.waitOut(/ disposed /);
 
@@ -118,6 +120,8 @@ describe('isogear tail', function () {
         `run          ${res.executionId}  ${itp}  succeeded  ${DURATIONS}`,
         `log          ${exe}  ${itp}  ${reg}  \\[info\\] got 7`,
         `run          ${exe}  ${itp}  ${reg}  on tail.orders  succeeded  ${DURATIONS}`,
+        `paused       ${reg}  ${itp}  on tail.orders`,
+        `resumed      ${reg}  ${itp}  on tail.orders`,
         `released     ${reg}  ${itp}  on tail.orders`,
         `interpreter  ${itp}  disposed  shared`,
       ];

@@ -15,7 +15,12 @@ type Watch = ReturnType<TestClient['watch']>;
 /** A line per event, for comparing. */
 function line(e: pb.WatchEvent): string {
   if (e.interpreter) return `interpreter ${e.interpreter.id} ${pb.interpreterStateToJSON(e.interpreter.state)}`;
-  if (e.registration) return `registration ${e.registration.registration?.id} ${e.registration.released ? 'released' : 'created'}`;
+  if (e.registration) {
+    const change = pb.registrationChangeToJSON(e.registration.change).replace(/^REGISTRATION_CHANGE_/, '').toLowerCase();
+    // `released` and `change` must agree
+    const agrees = e.registration.released === (e.registration.change === pb.RegistrationChange.REGISTRATION_CHANGE_RELEASED);
+    return `registration ${e.registration.registration?.id} ${agrees ? change : `${change} but released=${e.registration.released}`}`;
+  }
   if (e.run) return `run ${e.run.executionId} ${e.run.registrationId || '-'} ${pb.outcomeToJSON(e.run.outcome)}`;
   if (e.log) return `log ${e.log.executionId} ${e.log.entry?.level} ${e.log.entry?.message}`;
   return `dropped ${e.dropped}`;

@@ -356,6 +356,63 @@ export function executionKindToJSON(object: ExecutionKind): string {
   }
 }
 
+/** RegistrationChange says what a RegistrationEvent reports. */
+export enum RegistrationChange {
+  /** REGISTRATION_CHANGE_UNSPECIFIED - Never sent by the server. */
+  REGISTRATION_CHANGE_UNSPECIFIED = 0,
+  /** REGISTRATION_CHANGE_CREATED - It was made (by a run, or rebuilt from the store). */
+  REGISTRATION_CHANGE_CREATED = 1,
+  /** REGISTRATION_CHANGE_RELEASED - It was released (`released` is true). */
+  REGISTRATION_CHANGE_RELEASED = 2,
+  /** REGISTRATION_CHANGE_PAUSED - It was paused (PauseRegistrations). */
+  REGISTRATION_CHANGE_PAUSED = 3,
+  /** REGISTRATION_CHANGE_RESUMED - It was resumed (ResumeRegistrations). */
+  REGISTRATION_CHANGE_RESUMED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function registrationChangeFromJSON(object: any): RegistrationChange {
+  switch (object) {
+    case 0:
+    case "REGISTRATION_CHANGE_UNSPECIFIED":
+      return RegistrationChange.REGISTRATION_CHANGE_UNSPECIFIED;
+    case 1:
+    case "REGISTRATION_CHANGE_CREATED":
+      return RegistrationChange.REGISTRATION_CHANGE_CREATED;
+    case 2:
+    case "REGISTRATION_CHANGE_RELEASED":
+      return RegistrationChange.REGISTRATION_CHANGE_RELEASED;
+    case 3:
+    case "REGISTRATION_CHANGE_PAUSED":
+      return RegistrationChange.REGISTRATION_CHANGE_PAUSED;
+    case 4:
+    case "REGISTRATION_CHANGE_RESUMED":
+      return RegistrationChange.REGISTRATION_CHANGE_RESUMED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RegistrationChange.UNRECOGNIZED;
+  }
+}
+
+export function registrationChangeToJSON(object: RegistrationChange): string {
+  switch (object) {
+    case RegistrationChange.REGISTRATION_CHANGE_UNSPECIFIED:
+      return "REGISTRATION_CHANGE_UNSPECIFIED";
+    case RegistrationChange.REGISTRATION_CHANGE_CREATED:
+      return "REGISTRATION_CHANGE_CREATED";
+    case RegistrationChange.REGISTRATION_CHANGE_RELEASED:
+      return "REGISTRATION_CHANGE_RELEASED";
+    case RegistrationChange.REGISTRATION_CHANGE_PAUSED:
+      return "REGISTRATION_CHANGE_PAUSED";
+    case RegistrationChange.REGISTRATION_CHANGE_RESUMED:
+      return "REGISTRATION_CHANGE_RESUMED";
+    case RegistrationChange.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** ExecuteRequest runs a script once. */
 export interface ExecuteRequest {
   /**
@@ -1102,12 +1159,14 @@ export interface WatchEvent {
 
 /** RegistrationEvent is a registration made live or released. */
 export interface RegistrationEvent {
-  /** The registration. */
+  /** The registration (after the change). */
   registration:
     | Registration
     | undefined;
   /** True: it was released. */
   released: boolean;
+  /** What happened to it. */
+  change: RegistrationChange;
 }
 
 /** RunEvent is a run that ended. */
@@ -5645,7 +5704,7 @@ export const WatchEvent: MessageFns<WatchEvent> = {
 };
 
 function createBaseRegistrationEvent(): RegistrationEvent {
-  return { registration: undefined, released: false };
+  return { registration: undefined, released: false, change: 0 };
 }
 
 export const RegistrationEvent: MessageFns<RegistrationEvent> = {
@@ -5655,6 +5714,9 @@ export const RegistrationEvent: MessageFns<RegistrationEvent> = {
     }
     if (message.released !== false) {
       writer.uint32(16).bool(message.released);
+    }
+    if (message.change !== 0) {
+      writer.uint32(24).int32(message.change);
     }
     return writer;
   },
@@ -5688,6 +5750,14 @@ export const RegistrationEvent: MessageFns<RegistrationEvent> = {
             message.released = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.change = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5704,6 +5774,7 @@ export const RegistrationEvent: MessageFns<RegistrationEvent> = {
     return {
       registration: isSet(object.registration) ? Registration.fromJSON(object.registration) : undefined,
       released: isSet(object.released) ? globalThis.Boolean(object.released) : false,
+      change: isSet(object.change) ? registrationChangeFromJSON(object.change) : 0,
     };
   },
 
@@ -5714,6 +5785,9 @@ export const RegistrationEvent: MessageFns<RegistrationEvent> = {
     }
     if (message.released !== false) {
       obj.released = message.released;
+    }
+    if (message.change !== 0) {
+      obj.change = registrationChangeToJSON(message.change);
     }
     return obj;
   },
@@ -5727,6 +5801,7 @@ export const RegistrationEvent: MessageFns<RegistrationEvent> = {
       ? Registration.fromPartial(object.registration)
       : undefined;
     message.released = object.released ?? false;
+    message.change = object.change ?? 0;
     return message;
   },
 };
