@@ -96,11 +96,15 @@ const PANELS: PanelSpec[] = [
   {
     title: 'Registrations',
     description:
-      'Registrations not yet released (isogear_registrations), broken ones included, per instance. ' +
+      'Registrations not yet released (isogear_registrations), broken ones included, per instance, and of ' +
+      'those the paused ones (isogear_registrations_paused: Trigger skips them until they are resumed). ' +
       'Compare with dedicated isolates: isolates should follow registrations up and down.',
     unit: 'short',
     min: 0,
-    queries: [{ expr: `sum by (instance) (${sel('isogear_registrations')})`, legend: '{{instance}}' }],
+    queries: [
+      { expr: `sum by (instance) (${sel('isogear_registrations')})`, legend: '{{instance}}' },
+      { expr: `sum by (instance) (${sel('isogear_registrations_paused')})`, legend: '{{instance}} paused' },
+    ],
   },
   {
     title: 'Executions per second by outcome',
