@@ -123,11 +123,6 @@ export class EventHub {
 
   constructor(private readonly options: EventHubOptions) {}
 
-  /** Whether anyone watches: publishers skip building events otherwise. */
-  get active(): boolean {
-    return this.watchers.size > 0;
-  }
-
   /** Whether anyone of `tenant` wants console lines (a run then sends them as they are written). */
   wantsLogs(tenant: string): boolean {
     if (this.logWatchers === 0) return false;

@@ -201,7 +201,6 @@ export class Interpreters {
     }
   }
 
-  /** Removes an unreferenced interpreter: disposes its context (and dedicated isolate), keeps a tombstone. */
   /** Tells watchers an interpreter was made or changed state (the state after the change). */
   private readonly changed = (interp: Interpreter): void => {
     this.options.events?.publish({ tenant: interp.tenant, interpreterId: interp.id }, 'interpreter', () => ({
@@ -210,6 +209,7 @@ export class Interpreters {
     }));
   };
 
+  /** Removes an unreferenced interpreter: disposes its context (and dedicated isolate), keeps a tombstone. */
   private readonly forget = (interp: Interpreter): void => {
     if (!this.table.has(interp.id)) return;
     this.table.delete(interp.id);

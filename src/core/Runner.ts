@@ -1,5 +1,5 @@
 import { SandboxCallError, type LogSink, type RunTuple } from '../sandbox/Sandbox';
-import { failed, type Tracing } from '../tracing/Tracing';
+import { failed, Tracing } from '../tracing/Tracing';
 import { IllegalStateError } from './errors';
 import type { EventHub } from './EventHub';
 import { CancelReason } from './Execution';
@@ -139,10 +139,15 @@ export class Runner {
   private readonly byMode: Record<IsolationMode, number> = { shared: 0, isolate: 0 };
   private readonly settling = new Set<Promise<unknown>>();
 
+  /** Tracing off unless the options give it. */
+  private readonly tracing: Tracing;
+
   constructor(
     private readonly options: RunnerOptions,
     private readonly index: RegistrationIndex,
-  ) {}
+  ) {
+    this.tracing = options.tracing ?? Tracing.off;
+  }
 
   /** Runs in progress (ended() not yet called). */
   get inFlight(): number {
@@ -177,7 +182,7 @@ export class Runner {
       this.options.afterRun();
       this.options.onRunEnd?.({ tenant: interp.tenant, mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome, wallTimeMs: performance.now() - since });
     };
-    const span = this.options.tracing?.start('isogear.run', {
+    const span = this.tracing.start('isogear.run', {
       'isogear.execution.id': execId,
       'isogear.interpreter.id': interp.id,
       'isogear.interpreter.mode': interp.mode,
@@ -203,7 +208,7 @@ export class Runner {
       }
       if (!active) return;
       const sink = this.logSink(req, execId);
-      const call = span ? (this.options.tracing as Tracing).within(span, () => work.start(execId, remainingMs, () => active, sink)) : work.start(execId, remainingMs, () => active, sink);
+      const call = this.tracing.within(span, () => work.start(execId, remainingMs, () => active, sink));
       // The slot stays taken until the isolate call really returns: a run the caller gave up on
       // keeps its isolate busy until its own timeout (isolated-vm cannot interrupt it otherwise).
       slot?.holdUntil(call);
@@ -225,7 +230,7 @@ export class Runner {
     } catch (err) {
       if (span) {
         failed(span, 'internal');
-        (this.options.tracing as Tracing).end(span);
+        this.tracing.end(span);
       }
       end('failed');
       throw err;
@@ -238,7 +243,7 @@ export class Runner {
       span.setAttributes({ 'isogear.outcome': report.outcome, 'isogear.run.cpu_time_ms': report.cpuTimeMs });
       // the outcome, never the script's message: a message may quote what the script was given
       if (report.outcome !== 'succeeded') failed(span, report.outcome);
-      (this.options.tracing as Tracing).end(span);
+      this.tracing.end(span);
     }
     // A run the sandbox finished but the host refused (late, invalid result) leaves nothing behind.
     if (report.outcome !== 'succeeded' && tuple?.ok) interp.abandonRun(execId);

@@ -1,5 +1,5 @@
 import type { Span } from '@opentelemetry/api';
-import { errorType, failed, type Tracing } from '../tracing/Tracing';
+import { errorType, failed, Tracing } from '../tracing/Tracing';
 import type { Admission } from './Admission';
 import { CancelledError, IsogearError, ResourceExhaustedError } from './errors';
 import { CancelReason, type Execution } from './Execution';
@@ -45,7 +45,12 @@ export interface FanOut {
  * other run.
  */
 export class TriggerFanOut {
-  constructor(private readonly deps: FanOutDeps) {}
+  /** Tracing off unless the deps give it. */
+  private readonly tracing: Tracing;
+
+  constructor(private readonly deps: FanOutDeps) {
+    this.tracing = deps.tracing ?? Tracing.off;
+  }
 
   /** The registrations bound to the trigger, or undefined when there are none. */
   bound(tenant: string, trigger: string): readonly Registration[] | undefined {
@@ -100,11 +105,11 @@ export class TriggerFanOut {
         const span = this.handlerSpan(snapshot[i], req);
         const wait = execution.background ? 'background' : i > 0 ? 'admitted' : 'request';
         try {
-          slot = await (span ? (this.deps.tracing as Tracing).within(span, () => this.deps.admission.acquire(req.tenant, signal, wait)) : this.deps.admission.acquire(req.tenant, signal, wait));
+          slot = await this.tracing.within(span, () => this.deps.admission.acquire(req.tenant, signal, wait));
         } catch (err) {
           if (span) {
             failed(span, err instanceof CancelledError ? 'aborted' : errorType(err));
-            (this.deps.tracing as Tracing).end(span);
+            this.tracing.end(span);
           }
           if (!(err instanceof CancelledError) || !signal.aborted) throw err;
           // Cancelled: the handlers not started yet are not run.
@@ -119,15 +124,21 @@ export class TriggerFanOut {
         if (i === 0) execution.start();
         const ref = held[i];
         held[i] = undefined;
-        const run = span ? (this.deps.tracing as Tracing).within(span, () => this.runHandler(snapshot[i], req, execution, ref, slot)) : this.runHandler(snapshot[i], req, execution, ref, slot);
         runs.push(
-          run
-            .then((r) => {
-              if (span) endHandlerSpan(span, r);
-              return budget.fit(r);
-            })
+          this.tracing
+            .within(span, () => this.runHandler(snapshot[i], req, execution, ref, slot))
+            .then(
+              (r) => {
+                if (span) endHandlerSpan(span, r);
+                return budget.fit(r);
+              },
+              (err: unknown) => {
+                failed(span, errorType(err));
+                throw err;
+              },
+            )
             .finally(() => {
-              if (span) (this.deps.tracing as Tracing).end(span);
+              if (span) this.tracing.end(span);
               slot.release();
             }),
         );
@@ -145,7 +156,7 @@ export class TriggerFanOut {
 
   /** The span of one handler's run in a traced Trigger (undefined when untraced). */
   private handlerSpan(reg: Registration, req: FanOut): Span | undefined {
-    return this.deps.tracing?.start('isogear.handler', {
+    return this.tracing.start('isogear.handler', {
       // (the interpreter is on the run span below, the tenant on the call's span: each attribute
       // once per trace, as each costs its encoding in every export)
       'isogear.registration.id': reg.id,

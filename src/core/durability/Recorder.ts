@@ -257,12 +257,12 @@ export class Recorder {
     return tracing.span('isogear.store.commit', { 'isogear.store.operation': operation, 'isogear.store.registrations': registrations }, work);
   }
 
-  /** Runs store work of one interpreter in order: its writes, releases and replays never interleave. */
   /** Resolves once the store work queued for `interpreterId` so far has finished. */
   settled(interpreterId: string): Promise<void> {
     return this.chains.get(interpreterId) ?? Promise.resolve();
   }
 
+  /** Runs store work of one interpreter in order: its writes, releases and replays never interleave. */
   serial<T>(interpreterId: string, work: () => Promise<T>): Promise<T> {
     const before = this.chains.get(interpreterId) ?? Promise.resolve();
     const next = before.then(work);

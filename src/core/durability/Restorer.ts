@@ -141,16 +141,16 @@ export class Restorer {
     return undefined;
   }
 
-  /** Releases, here, stored registrations the recipe marks released. */
   /** Pauses exactly the stored paused registrations of `interp` and resumes the rest (a replica follows both ways). */
   applyPaused(interp: Interpreter, paused: readonly string[]): void {
     const want = new Set(paused);
-    const pause = [...interp.registrations.values()].filter((r) => !r.paused && want.has(r.id));
-    const resume = [...interp.registrations.values()].filter((r) => r.paused && !want.has(r.id));
-    this.deps.index.setPaused(pause, true);
-    this.deps.index.setPaused(resume, false);
+    const regs = [...interp.registrations.values()];
+    // (setPaused leaves alone those already so)
+    this.deps.index.setPaused(regs.filter((r) => want.has(r.id)), true);
+    this.deps.index.setPaused(regs.filter((r) => !want.has(r.id)), false);
   }
 
+  /** Releases, here, stored registrations the recipe marks released. */
   applyReleased(interp: Interpreter, released: readonly string[]): void {
     const gone = released.map((id) => interp.registrations.get(id)).filter((r) => r !== undefined);
     if (gone.length > 0) this.deps.index.release(interp, gone);
