@@ -65,6 +65,14 @@ export interface Config {
   dataDir: string;
   /** Interpreters rebuilt at once at start-up. */
   restoreConcurrency: number;
+  /** The Redis gears.consume reads streams from: a redis:// URL, or '' (none: gears.consume fails). Defaults to a Redis store's. */
+  eventsRedisUrl: string;
+  /** Deliveries of a stream entry before it is acknowledged as a dead letter. */
+  streamMaxDeliveries: number;
+  /** How long an entry stays pending on a consumer before another consumer may claim it. */
+  streamClaimIdleMs: number;
+  /** The first retry of a failed entry waits this long; each next one twice as long. */
+  streamRetryMs: number;
 }
 
 /** A setting is missing its mark; the message names the variable. Start-up stops. */
@@ -135,6 +143,14 @@ const storeSetting: Parser<string> = (raw, variable) => {
   throw new ConfigError(`${variable} must be sqlite, memory, or a redis:// or rediss:// URL`);
 };
 
+/** A redis:// or rediss:// URL (as ISOGEAR_STORE takes it), or '' for none. */
+const redisUrlSetting: Parser<string> = (raw, variable) => {
+  const v = raw.trim();
+  if (v === '') return '';
+  if (!/^rediss?:\/\//i.test(v)) throw new ConfigError(`${variable} must be a redis:// or rediss:// URL`);
+  return storeSetting(v, variable);
+};
+
 interface Setting<K extends keyof Config> {
   key: K;
   variable: string;
@@ -187,6 +203,10 @@ const SETTINGS = [
   setting('store', 'ISOGEAR_STORE', storeSetting, () => 'sqlite'),
   setting('dataDir', 'ISOGEAR_DATA_DIR', optionalPath, () => './data'),
   setting('restoreConcurrency', 'ISOGEAR_RESTORE_CONCURRENCY', int(1, 256), () => 4),
+  setting('eventsRedisUrl', 'ISOGEAR_EVENTS_REDIS_URL', redisUrlSetting, (p) => (p.store && /^rediss?:\/\//i.test(p.store) ? p.store : '')),
+  setting('streamMaxDeliveries', 'ISOGEAR_STREAM_MAX_DELIVERIES', int(1, 1000), () => 5),
+  setting('streamClaimIdleMs', 'ISOGEAR_STREAM_CLAIM_IDLE_MS', int(10, 86_400_000), () => 60_000),
+  setting('streamRetryMs', 'ISOGEAR_STREAM_RETRY_MS', int(1, 3_600_000), () => 1000),
   setting('tenantMaxBackgroundExecutions', 'ISOGEAR_TENANT_MAX_BACKGROUND_EXECUTIONS', int(0, 1e9), () => DEFAULTS.tenantMaxBackgroundExecutions),
   setting('executionRetentionMs', 'ISOGEAR_EXECUTION_RETENTION_MS', int(0, 7 * 24 * 3_600_000), () => DEFAULTS.executionRetentionMs),
   setting('executionRetentionBytes', 'ISOGEAR_EXECUTION_RETENTION_BYTES', int(0, 64 * 1024 * MiB), () => DEFAULTS.executionRetentionBytes),

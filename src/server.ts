@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
@@ -13,6 +14,10 @@ import { metricsInterceptor, rpcLabels } from './metrics/grpcInterceptor';
 import { IsogearMetrics } from './metrics/metrics';
 import { MetricsServer } from './metrics/MetricsServer';
 import { openStore } from './store/open';
+import { RedisStore } from './store/RedisStore';
+import { RedisStreams } from './store/RedisStreams';
+import type { ManagerOptions } from './core/options';
+import os from 'node:os';
 import type { RecipeStore } from './core/durability/RecipeStore';
 import { startTracing } from './tracing/provider';
 import type { Tracing } from './tracing/Tracing';
@@ -114,15 +119,26 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   // Opened before anything serves: a store that cannot be opened stops start-up (StoreError).
   const store = await openStore(config, logger);
   if (store) logger.info({ store: store.description }, 'registrations are durable: recipes are kept in the store');
+  // this server in consumer groups and tick claims: unique even for servers sharing a process (tests)
+  const serverName = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  // the events Redis of gears.consume: connected in the background, never a reason not to start
+  const streams = config.eventsRedisUrl ? new RedisStreams(config.eventsRedisUrl) : undefined;
+  if (streams) logger.info({ events: streams.description }, 'stream consumers read from this Redis');
+  // the events connection and the store close together
+  const closeStores = async (): Promise<void> => {
+    await streams?.close();
+    await store?.close();
+  };
   const tracing = startTracing(config.tracing.settings, VERSION);
   for (const warning of config.tracing.warnings) logger.warn({}, `tracing: ${warning}`);
   if (config.tracing.settings) logger.info({ endpoint: config.tracing.settings.url, protocol: config.tracing.settings.protocol, sampler: config.tracing.settings.sampler }, 'tracing: spans go to the OTLP endpoint');
   else logger.debug({ why: config.tracing.why }, 'tracing is off');
   let manager: InterpreterManager;
   try {
-    manager = await createManager(config, logger, metrics, keys, store, tracing.tracing);
+    const tickClaims = store instanceof RedisStore ? store.tickClaims(serverName) : undefined;
+    manager = await createManager(config, logger, metrics, keys, store, tracing.tracing, { streams, tickClaims, serverName });
   } catch (err) {
-    await store?.close();
+    await closeStores();
     await tracing.shutdown();
     throw err;
   }
@@ -159,7 +175,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     });
   } catch (err) {
     await manager.destroy();
-    await store?.close();
+    await closeStores();
     await tracing.shutdown();
     throw err;
   }
@@ -186,7 +202,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     healthServer?.forceShutdown();
     server.forceShutdown();
     await manager.destroy();
-    await store?.close();
+    await closeStores();
     await tracing.shutdown();
     throw err;
   }
@@ -212,7 +228,7 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
       // Disposing the isolates ends runs still in flight (OUTCOME_ABORTED); give their calls a
       // moment to deliver that answer before cutting connections.
       await manager.destroy();
-      await store?.close();
+      await closeStores();
       if (first === 'timeout') {
         const answered = await Promise.race([drained.then(() => true), sleep(FINAL_ANSWER_MS).then(() => false)]);
         if (!answered) server.forceShutdown();
@@ -250,9 +266,13 @@ function createManager(
   keys: ApiKeys | undefined,
   store: RecipeStore | undefined,
   tracing: Tracing,
+  sources: Pick<ManagerOptions, 'streams' | 'tickClaims' | 'serverName'>,
 ): Promise<InterpreterManager> {
   return InterpreterManager.create({
     tracing,
+    ...sources,
+    consumers: { maxDeliveries: config.streamMaxDeliveries, claimIdleMs: config.streamClaimIdleMs, retryMs: config.streamRetryMs },
+    sourceEvents: metrics.sources,
     onRunEnd: metrics.recordRun,
     defaultMode: config.defaultMode,
     defaultTimeoutMs: config.defaultTimeoutMs,

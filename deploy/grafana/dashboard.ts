@@ -296,10 +296,67 @@ const BACKGROUND_PANELS: PanelSpec[] = [
   },
 ];
 
+/** Schedules (gears.schedule) and stream consumers (gears.consume). */
+const SOURCE_PANELS: PanelSpec[] = [
+  {
+    title: 'Runs per second by kind',
+    description:
+      'Runs ended per second (rate of isogear_executions_total) by kind: execute (Execute calls and Register ' +
+      'loads), trigger (handler runs of a Trigger), schedule (ticks of gears.schedule) and stream (entries ' +
+      'of gears.consume consumers).',
+    unit: 'ops',
+    stacked: true,
+    min: 0,
+    queries: [{ expr: `sum by (kind) (${rate('isogear_executions_total')})`, legend: '{{kind}}' }],
+  },
+  {
+    title: 'Consumer lag and pending entries',
+    description:
+      'Per instance: entries in the streams its consumers read that their groups have not read yet ' +
+      '(isogear_stream_lag_entries), and entries delivered but not acknowledged yet ' +
+      '(isogear_stream_pending_entries: being handled, or failed and waiting for a retry). Lag that ' +
+      'keeps growing means the consumers do not keep up: add replicas or speed the handler up.',
+    unit: 'short',
+    min: 0,
+    queries: [
+      { expr: `sum by (instance) (${sel('isogear_stream_lag_entries')})`, legend: '{{instance}} lag' },
+      { expr: `sum by (instance) (${sel('isogear_stream_pending_entries')})`, legend: '{{instance}} pending' },
+    ],
+  },
+  {
+    title: 'Stream entries and dead letters per second',
+    description:
+      'Entries handled by consumers per second (rate of isogear_stream_entries_total) by result: ' +
+      'acknowledged (the handler succeeded), retried (it failed; the entry stays pending) and dead_letter ' +
+      '(given up after ISOGEAR_STREAM_MAX_DELIVERIES failed deliveries; the log has each one), and ' +
+      'schedule ticks skipped because the previous run was still going (isogear_schedule_ticks_skipped_total).',
+    unit: 'ops',
+    min: 0,
+    queries: [
+      { expr: `sum by (result) (${rate('isogear_stream_entries_total')})`, legend: '{{result}}' },
+      { expr: `sum(${rate('isogear_schedule_ticks_skipped_total')})`, legend: 'skipped ticks' },
+    ],
+  },
+  {
+    title: 'Events Redis',
+    description:
+      'Per instance: whether the events Redis answered the consumers\' last call (isogear_events_redis_up, ' +
+      '1 or 0; 1 while no consumer runs), and failed calls per second (rate of ' +
+      'isogear_events_redis_errors_total, each retried with backoff).',
+    unit: 'short',
+    min: 0,
+    queries: [
+      { expr: `min by (instance) (${sel('isogear_events_redis_up')})`, legend: '{{instance}} up' },
+      { expr: `sum by (instance) (${rate('isogear_events_redis_errors_total')})`, legend: '{{instance}} errors/s' },
+    ],
+  },
+];
+
 /** The dashboard's sections, top to bottom: panels two to a line, each titled section under a row. */
 const SECTIONS: { row?: string; panels: PanelSpec[] }[] = [
   { panels: PANELS },
   { row: 'Background executions', panels: BACKGROUND_PANELS },
+  { row: 'Schedules and stream consumers', panels: SOURCE_PANELS },
 ];
 
 const PANEL_WIDTH = 12;

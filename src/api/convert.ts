@@ -80,11 +80,19 @@ export function registrationToProto(r: core.RegistrationInfo): pb.Registration {
       lastError: scriptErrorToProto(r.stats.lastError),
       totalTime: durationFromMs(r.stats.totalTimeMs),
       lastRunAt: r.stats.lastRunAt,
+      skippedTicks: r.stats.skippedTicks ?? 0,
+      nextRunAt: r.stats.nextRunAt,
+      pendingEntries: r.stats.pendingEntries ?? 0,
+      lag: r.stats.lag ?? 0,
+      lastEntryId: r.stats.lastEntryId ?? '',
+      deadLetters: r.stats.deadLetters ?? 0,
     },
     broken: r.broken,
-    schedule: '',
-    stream: '',
+    schedule: r.schedule,
+    stream: r.stream,
     paused: r.paused,
+    timezone: r.timezone,
+    group: r.group,
   };
 }
 

@@ -37,4 +37,11 @@ export const outcomeName = (o: pb.Outcome): string => pb.outcomeToJSON(o).replac
 export const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(m).replace(/^ISOLATION_MODE_/, '').toLowerCase();
 /** A registration's state in a table: broken (its interpreter FAILED), paused, or active. */
 export const registrationState = (r: pb.Registration): string => (r.broken ? 'broken' : r.paused ? 'paused' : 'active');
+
+/** What runs a registration: its trigger, `schedule CRON [TZ]` or `stream NAME (group G)`. */
+export function registrationSource(r: pb.Registration): string {
+  if (r.schedule) return `schedule ${r.schedule}${r.timezone ? ` ${r.timezone}` : ''}`;
+  if (r.stream) return `stream ${r.stream} (group ${r.group})`;
+  return r.trigger;
+}
 export const stateName = (s: pb.InterpreterState): string => pb.interpreterStateToJSON(s).replace(/^INTERPRETER_STATE_/, '').toLowerCase();

@@ -11,7 +11,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
 import { createClient, IsogearRpcError, pb, type IsogearClient, type Json, type LimitsInit } from '../client';
-import { EXIT, modeName, ms, outcomeName, registrationState, stateName, UsageError, type GlobalOptions, type Io } from './common';
+import { EXIT, modeName, ms, outcomeName, registrationSource, registrationState, stateName, UsageError, type GlobalOptions, type Io } from './common';
 import { addPauseCommands } from './pause';
 import { addTailCommand } from './tail';
 
@@ -122,7 +122,7 @@ function reportExecute(io: Io, res: pb.ExecuteResponse, json: boolean | undefine
   if (!json) {
     printLogs(io, res.logs, res.logsTruncated);
     if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) io.out(`${JSON.stringify(res.result ?? null)}\n`);
-    for (const r of res.registrations) io.err(`[isogear] registered ${r.id} on ${r.trigger}\n`);
+    for (const r of res.registrations) io.err(`[isogear] registered ${r.id} on ${registrationSource(r)}\n`);
   }
   if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) return EXIT.ok;
   io.err(`isogear: ${outcomeName(res.outcome)}: ${res.error?.name ?? 'Error'}: ${res.error?.message ?? ''}\n`);
@@ -444,8 +444,8 @@ Examples:
           else
             io.out(
               table(
-                ['ID', 'TRIGGER', 'INTERPRETER', 'STATE', 'RUNS', 'FAILURES', 'DESCRIPTION'],
-                all.map((r) => [r.id, r.trigger, r.interpreterId, registrationState(r), String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
+                ['ID', 'SOURCE', 'INTERPRETER', 'STATE', 'RUNS', 'FAILURES', 'DESCRIPTION'],
+                all.map((r) => [r.id, registrationSource(r), r.interpreterId, registrationState(r), String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
               ),
             );
         }
@@ -487,8 +487,8 @@ Examples:
           io.out('\n');
           io.out(
             table(
-              ['REGISTRATION', 'TRIGGER', 'STATE', 'RUNS', 'FAILURES', 'DESCRIPTION'],
-              res.registrations.map((r) => [r.id, r.trigger, registrationState(r), String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
+              ['REGISTRATION', 'SOURCE', 'STATE', 'RUNS', 'FAILURES', 'DESCRIPTION'],
+              res.registrations.map((r) => [r.id, registrationSource(r), registrationState(r), String(r.stats?.runs ?? 0), String(r.stats?.failures ?? 0), r.description]),
             ),
           );
         }

@@ -7,7 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Command } from 'commander';
 import { IsogearRpcError, pb, type IsogearClient, type WatchInit } from '../client';
-import { EXIT, modeName, ms, outcomeName, stateName, type GlobalOptions, type Io } from './common';
+import { EXIT, modeName, ms, outcomeName, registrationSource, stateName, type GlobalOptions, type Io } from './common';
 
 /**
  * Waits between reconnect attempts: the first, doubled after each failed attempt up to the
@@ -60,7 +60,7 @@ export function eventLine(e: pb.WatchEvent): string {
   }
   if (e.registration) {
     const r = e.registration.registration;
-    return head(CHANGE_WORDS[e.registration.change] ?? (e.registration.released ? 'released' : 'registered')) + fields(r?.id, r?.interpreterId, r?.trigger && `on ${r.trigger}`);
+    return head(CHANGE_WORDS[e.registration.change] ?? (e.registration.released ? 'released' : 'registered')) + fields(r?.id, r?.interpreterId, r && `on ${registrationSource(r)}`);
   }
   if (e.run) {
     const r = e.run;

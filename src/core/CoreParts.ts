@@ -20,6 +20,11 @@ import { ExecutionTable } from './ExecutionTable';
 import { TriggerFanOut } from './TriggerFanOut';
 import type { IsolationMode } from './types';
 import { WarmPool } from './WarmPool';
+import { EventSources } from './sources/EventSources';
+import { Scheduler } from './sources/Scheduler';
+import { SourceRunner } from './sources/SourceRunner';
+import { StreamConsumers } from './sources/StreamConsumers';
+import os from 'node:os';
 
 /**
  * The core's parts, wired together once: the facade (InterpreterManager) holds them, and unit
@@ -46,6 +51,7 @@ export interface CoreParts {
   readonly executions: ExecutionTable;
   readonly events: EventHub;
   readonly pausing: Pausing;
+  readonly sources: EventSources;
 }
 
 /**
@@ -58,7 +64,7 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   const ledger = new TenantLedger(o.tenantQuotas, o.maxInterpreters);
   const admission = new Admission(o, ledger);
   const events = new EventHub({ bufferSize: o.watchBuffer, maxWatchersPerTenant: () => o.tenantMaxWatchers });
-  const index = new RegistrationIndex(ledger, o.maxRegistrationsPerInterpreter, events);
+  const index = new RegistrationIndex(ledger, o.maxRegistrationsPerInterpreter, events, o.streams !== undefined);
   const names = new NameTable(index, o.logger);
   const maker = new SandboxMaker(o, codeCache);
   // The pool, the placements and the interpreter table refer to each other through these late-bound closures.
@@ -96,7 +102,27 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   });
   const fanOut = new TriggerFanOut({ interpreters, index, admission, runner, recorder, executions, maxResponseBytes: o.maxResponseBytes, tracing: o.tracing });
   const pausing = new Pausing({ index, interpreters, recorder });
-  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events, pausing };
+  const sources = composeSources(o, { interpreters, index, admission, runner, recorder, executions });
+  index.bindSources(sources);
+  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events, pausing, sources };
+}
+
+/** Schedules and stream consumers, running handlers through the same parts as a Trigger. */
+function composeSources(o: ResolvedOptions, parts: Pick<CoreParts, 'interpreters' | 'index' | 'admission' | 'runner' | 'recorder' | 'executions'>): EventSources {
+  const runner = new SourceRunner({ ...parts, timeoutMs: o.defaultTimeoutMs, tracing: o.tracing, logger: o.logger });
+  const serverName = o.serverName ?? `${os.hostname()}-${process.pid}`;
+  const track = (run: Promise<unknown>): void => parts.executions.track(run);
+  const scheduler = new Scheduler({ runner, claims: o.tickClaims, timeoutMs: o.defaultTimeoutMs, logger: o.logger, onSkip: () => o.sourceEvents?.skip?.(), track });
+  const consumers = new StreamConsumers({
+    runner,
+    source: o.streams,
+    settings: { maxDeliveries: 5, claimIdleMs: 60_000, retryMs: 1000, batch: 8, blockMs: 1000, ...o.consumers },
+    serverName,
+    logger: o.logger,
+    events: o.sourceEvents,
+    track,
+  });
+  return new EventSources(scheduler, consumers);
 }
 
 /**
@@ -105,11 +131,14 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
  * then every interpreter failed and forgotten.
  */
 export async function closeCore(core: CoreParts): Promise<void> {
+  // (the consumers' loops end once their runs, aborted below, have reported)
+  const sourcesStopped = core.sources.stop();
   core.interpreters.stopWatchdog();
   core.pool.destroy();
   core.dedicated.destroy();
   core.shared.destroy();
   await core.runner.settled();
+  await sourcesStopped;
   core.interpreters.closeAll('the server shut down', (interp) => core.index.forgetAll(interp));
   core.names.clear();
 }

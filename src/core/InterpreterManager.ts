@@ -363,6 +363,7 @@ export class InterpreterManager implements IsolateManager {
       sharedIsolates: this.core.shared.size,
       registrations: this.core.index.size,
       registrationsPaused: this.core.index.paused,
+      sources: this.core.sources.counters(),
       references,
       executionsInFlight: this.core.runner.inFlight,
       executionsInFlightByMode: this.core.runner.inFlightByMode(),
@@ -454,6 +455,8 @@ export class InterpreterManager implements IsolateManager {
    */
   stopAccepting(): void {
     this.accepting = false;
+    // schedules fire no more and consumers stop reading; their runs going on may finish
+    void this.core.sources.stop();
     this.core.events.closeAll(new UnavailableError('the server is shutting down'));
   }
 

@@ -1,8 +1,8 @@
 import type { RunTuple } from '../sandbox/Sandbox';
 import { ResourceExhaustedError } from './errors';
 import type { Interpreter } from './Interpreter';
-import { isValidTrigger } from './names';
-import { Registration } from './Registration';
+import { Registration, type RegistrationSpec } from './Registration';
+import { specProblem } from './sources/rules';
 import type { EventHub } from './EventHub';
 import type { TenantLedger } from './TenantLedger';
 import type { RegistrationChange } from './types';
@@ -10,11 +10,22 @@ import type { RegistrationChange } from './types';
 /** Triggers are per tenant: the index keys on tenant and trigger together (a newline occurs in neither). */
 const scoped = (tenant: string, trigger: string): string => `${tenant}\n${trigger}`;
 
-/** What a registration is before it is live: its id, trigger and description. */
-export interface RegistrationSpec {
-  id: string;
-  trigger: string;
-  description: string;
+export type { RegistrationSpec } from './Registration';
+
+/** What a replayed recipe says of the registrations it makes again: paused ones, and those released later. */
+export interface RestoredState {
+  paused: ReadonlySet<string>;
+  released: ReadonlySet<string>;
+}
+
+/**
+ * What runs schedules and consumers: it hears of each such registration made live, released,
+ * paused or resumed, in the same synchronous step as the index.
+ */
+export interface SourceBinding {
+  attach(reg: Registration): void;
+  detach(reg: Registration): void;
+  pausedChanged(reg: Registration): void;
 }
 
 /**
@@ -29,13 +40,21 @@ export class RegistrationIndex {
   private readonly byTrigger = new Map<string, Registration[]>();
   private seq = 0;
   private pausedCount = 0;
+  private sources: SourceBinding | undefined;
 
   constructor(
     private readonly ledger: TenantLedger,
     private readonly maxPerInterpreter: number,
     /** Watchers hear of each registration made live and each one released. */
     private readonly events?: EventHub,
+    /** Whether gears.consume has a Redis to read (ISOGEAR_EVENTS_REDIS_URL or a Redis store). */
+    private readonly streamsAvailable = false,
   ) {}
+
+  /** The schedules and consumers that run registrations of those kinds (bound once, at composition, before any exists). */
+  bindSources(sources: SourceBinding): void {
+    this.sources = sources;
+  }
 
   get size(): number {
     return this.byId.size;
@@ -67,18 +86,21 @@ export class RegistrationIndex {
    * Makes a successful run's registrations live, in one synchronous step. An interpreter that
    * stopped accepting (released, failed) keeps none of them.
    */
-  commit(interp: Interpreter, tuple: RunTuple, execId: string): Registration[] {
+  commit(interp: Interpreter, tuple: RunTuple, execId: string, restored?: RestoredState): Registration[] {
     if (!interp.accepting) {
       interp.abandonRun(execId);
       return [];
     }
     interp.commitRun(execId);
     const made = tuple.registrations.map((r) => this.add(interp, r));
+    // a replayed one the recipe holds paused is paused from the start: its schedule never arms, its consumer never reads
+    for (const reg of made) if (restored?.paused.has(reg.id)) this.markPaused(reg);
     for (const reg of made) this.tell(reg, 'created');
+    for (const reg of made) if (reg.kind !== 'trigger' && !restored?.released.has(reg.id)) this.sources?.attach(reg);
     return made;
   }
 
-  /** Lists registrations of a FAILED interpreter (a recipe that could not be rebuilt): they are broken until released. */
+  /** Lists registrations of a FAILED interpreter (a recipe that could not be rebuilt): they are broken until released, and never run. */
   addBroken(interp: Interpreter, specs: readonly RegistrationSpec[]): void {
     for (const r of specs) if (!this.byId.has(r.id)) this.add(interp, r);
   }
@@ -106,7 +128,8 @@ export class RegistrationIndex {
       if (!r.id.startsWith(prefix) || seen.has(r.id) || this.byId.has(r.id)) {
         return 'the interpreter reported a registration it did not create (the script tampered with the sandbox)';
       }
-      if (!isValidTrigger(r.trigger)) return `gears.register: trigger ${JSON.stringify(r.trigger.slice(0, 64))} is not a valid trigger name`;
+      const problem = specProblem(r, this.streamsAvailable);
+      if (problem) return problem;
       seen.add(r.id);
     }
     if (interp.registrations.size + tuple.registrations.length > this.maxPerInterpreter) {
@@ -123,6 +146,7 @@ export class RegistrationIndex {
     for (const reg of regs) {
       this.unindex(reg);
       interp.registrations.delete(reg.id);
+      if (reg.kind !== 'trigger') this.sources?.detach(reg);
     }
     if (interp.live) interp.unregister(regs.map((r) => r.id));
     if (interp.registrations.size === 0 && interp.referencesOf('execution') > 0) interp.beginDraining();
@@ -131,11 +155,18 @@ export class RegistrationIndex {
     for (const reg of regs) reg.reference.release();
   }
 
+  private markPaused(reg: Registration): void {
+    if (reg.paused) return;
+    reg.paused = true;
+    this.pausedCount += 1;
+  }
+
   /** Pauses (or resumes) registrations in one synchronous step; watchers hear of each one changed. */
   setPaused(regs: readonly Registration[], paused: boolean): void {
     const changed = regs.filter((reg) => reg.paused !== paused && this.byId.has(reg.id));
     for (const reg of changed) reg.paused = paused;
     this.pausedCount += (paused ? 1 : -1) * changed.length;
+    for (const reg of changed) if (reg.kind !== 'trigger') this.sources?.pausedChanged(reg);
     for (const reg of changed) this.tell(reg, paused ? 'paused' : 'resumed');
   }
 
@@ -155,18 +186,23 @@ export class RegistrationIndex {
 
   /** Unindexes every registration of `interp` without releasing references (shutdown: the interpreter goes anyway). */
   forgetAll(interp: Interpreter): void {
-    for (const reg of interp.registrations.values()) this.unindex(reg);
+    for (const reg of interp.registrations.values()) {
+      this.unindex(reg);
+      if (reg.kind !== 'trigger') this.sources?.detach(reg);
+    }
     interp.registrations.clear();
   }
 
   private add(interp: Interpreter, r: RegistrationSpec): Registration {
-    const reg = new Registration(r.id, ++this.seq, r.trigger, interp.id, r.description, interp.acquire('registration'), interp.tenant);
+    const reg = new Registration(r, ++this.seq, interp.id, interp.acquire('registration'), interp.tenant);
     interp.registrations.set(reg.id, reg);
     this.byId.set(reg.id, reg);
-    const key = scoped(reg.tenant, reg.trigger);
-    const list = this.byTrigger.get(key);
-    if (list) list.push(reg);
-    else this.byTrigger.set(key, [reg]);
+    if (reg.kind === 'trigger') {
+      const key = scoped(reg.tenant, reg.trigger);
+      const list = this.byTrigger.get(key);
+      if (list) list.push(reg);
+      else this.byTrigger.set(key, [reg]);
+    }
     this.ledger.countRegistrations(reg.tenant, 1);
     return reg;
   }
@@ -176,6 +212,7 @@ export class RegistrationIndex {
       this.ledger.countRegistrations(reg.tenant, -1);
       if (reg.paused) this.pausedCount -= 1;
     }
+    if (reg.kind !== 'trigger') return;
     const key = scoped(reg.tenant, reg.trigger);
     const list = this.byTrigger.get(key);
     if (!list) return;

@@ -66,20 +66,24 @@ export function loadWork(interp: Interpreter, spec: LoadSpec, token: string): Ru
   };
 }
 
-/** The one way to call a handler: registration `registrationId`'s, with `payloadJson`. */
-export function invokeWork(interp: Interpreter, registrationId: string, payloadJson: string, trigger: string, ids?: readonly string[]): RunWork {
+/**
+ * The one way to call a handler: registration `registrationId`'s, with `payloadJson`. `eventJson`:
+ * what a schedule's or a consumer's handler finds in its event besides its ids ('' for a Trigger's:
+ * `{trigger}`).
+ */
+export function invokeWork(interp: Interpreter, registrationId: string, payloadJson: string, trigger: string, ids?: readonly string[], eventJson = ''): RunWork {
   return {
     start: async (execId, remainingMs, _active, sink) => {
       if (!interp.live) throw gone(interp);
-      return interp.sandbox.invoke(execId, registrationId, payloadJson, trigger, remainingMs(), ids, sink);
+      return interp.sandbox.invoke(execId, registrationId, payloadJson, trigger, remainingMs(), ids, sink, eventJson);
     },
   };
 }
 
 export interface RunRequest {
   interp: Interpreter;
-  /** `execute` and `register` are loads, `trigger` a handler call (the metrics' kind follows). */
-  kind: 'execute' | 'register' | 'trigger';
+  /** `execute` and `register` are loads; `trigger`, `schedule` and `stream` a handler call (the metrics' kind follows). */
+  kind: 'execute' | 'register' | 'trigger' | 'schedule' | 'stream';
   timeoutMs: number;
   /** When the request started: reported wall time counts from here (interpreter creation included). */
   since: number;
@@ -180,7 +184,7 @@ export class Runner {
       host.inFlight -= 1;
       ref.release();
       this.options.afterRun();
-      this.options.onRunEnd?.({ tenant: interp.tenant, mode: interp.mode, kind: kind === 'trigger' ? 'trigger' : 'execute', outcome, wallTimeMs: performance.now() - since });
+      this.options.onRunEnd?.({ tenant: interp.tenant, mode: interp.mode, kind: kind === 'register' ? 'execute' : kind, outcome, wallTimeMs: performance.now() - since });
     };
     const span = this.tracing.start('isogear.run', {
       'isogear.execution.id': execId,

@@ -5,6 +5,7 @@ import { Sandbox } from '../sandbox/Sandbox';
 import { newExecutionId, newToken } from './ids';
 import type { IsolateHost } from './IsolateHost';
 import { TRIGGER_PATTERN } from './names';
+import { sourceCheck } from './sources/rules';
 
 /** A warm sandbox's internal load runs under this timeout. */
 const WARM_UP_TIMEOUT_MS = 1000;
@@ -15,6 +16,8 @@ export interface SandboxLimits {
   maxRegistrationsPerInterpreter: number;
   /** A traced run's module load and compile is a span (`isogear.module.load`). */
   tracing?: Tracing;
+  /** Set when gears.consume has a Redis to read. */
+  streams?: unknown;
 }
 
 /**
@@ -24,11 +27,15 @@ export interface SandboxLimits {
 export class SandboxMaker {
   /** The bootstrap's V8 code cache, for every isolate this server makes. */
   private readonly bootstrap = new BootstrapCompiler();
+  /** gears.schedule's and gears.consume's check, the same for every interpreter. */
+  private readonly checkSource: (kind: string, a: string, b: string) => string;
 
   constructor(
     private readonly limits: SandboxLimits,
     private readonly codeCache: CodeCache,
-  ) {}
+  ) {
+    this.checkSource = sourceCheck(limits.streams !== undefined);
+  }
 
   /** A context with the bootstrap installed, for interpreter `id` on `host`. */
   make(host: IsolateHost, id: string, registrationPrefix: string): Promise<Sandbox> {
@@ -44,6 +51,7 @@ export class SandboxMaker {
         maxRegistrations: this.limits.maxRegistrationsPerInterpreter,
         codeCache: this.codeCache,
         tracing: this.limits.tracing,
+        checkSource: this.checkSource,
       },
       host.bootstrapScript(this.bootstrap.compile),
     );

@@ -1,7 +1,7 @@
 import type { Span } from '@opentelemetry/api';
 import { errorType, failed, Tracing } from '../tracing/Tracing';
 import type { Admission } from './Admission';
-import { CancelledError, IsogearError, ResourceExhaustedError } from './errors';
+import { CancelledError, IsogearError } from './errors';
 import { CancelReason, type Execution } from './Execution';
 import type { ExecutionTable } from './ExecutionTable';
 import type { Interpreter } from './Interpreter';
@@ -210,20 +210,8 @@ export class TriggerFanOut {
     });
     const r = run.report;
     try {
-      const tuple = run.tuple;
-      if (r.outcome === 'succeeded' && tuple && tuple.registrations.length > 0) {
-        // the handler registered: its step is committed (and stored) like any run's
-        const fail = (name: string, message: string): void => {
-          r.outcome = 'failed';
-          r.result = null;
-          r.error = { name, message, stack: '' };
-        };
-        const step = { kind: 'trigger' as const, handlerId: reg.id, trigger: req.trigger, payloadJson: req.payloadJson, timeoutMs: req.timeoutMs };
-        await recorder.commitStep(interp, tuple, r.executionId, step).catch((err: unknown) => {
-          const message = err instanceof Error ? err.message : String(err);
-          fail(err instanceof ResourceExhaustedError ? 'ResourceExhaustedError' : 'StoreError', message);
-        });
-      }
+      // a handler that registered: its step is committed (and stored) like any run's
+      await recorder.commitHandlerRun(interp, r, run.tuple, { kind: 'trigger', handlerId: reg.id, trigger: req.trigger, payloadJson: req.payloadJson, timeoutMs: req.timeoutMs });
     } finally {
       run.end();
     }

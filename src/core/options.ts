@@ -1,5 +1,6 @@
 import { Tracing } from '../tracing/Tracing';
 import type { RecipeStore } from './durability/RecipeStore';
+import type { ConsumerEvents, ConsumerSettings, StreamSource, TickClaims } from './sources/ports';
 import type { QuotaName } from './tenants';
 import type { CoreLogger, IsolationMode, RunEndEvent } from './types';
 
@@ -101,6 +102,16 @@ export interface ManagerOptions {
    * is stored, and Release once the removal is.
    */
   store?: RecipeStore;
+  /** Where gears.consume reads streams; none: gears.consume fails the run, naming ISOGEAR_EVENTS_REDIS_URL. */
+  streams?: StreamSource;
+  /** A shared store's tick claims, so each schedule tick runs on one replica; none: every tick runs here. */
+  tickClaims?: TickClaims;
+  /** Consumers' settings (defaults: 5 deliveries, 60 s idle before a claim, retries from 1 s, 8 entries a read, 1 s reads). */
+  consumers?: Partial<ConsumerSettings>;
+  /** This server's name in consumer groups and claims (default: host name and process id). */
+  serverName?: string;
+  /** Metrics of the sources: consumers' entries and events-Redis state, and skipped schedule ticks. */
+  sourceEvents?: ConsumerEvents & { skip?(): void };
 }
 
 /** The optional settings, defaults applied. */

@@ -50,11 +50,34 @@ export interface RegistrationStats {
   lastError?: ScriptError;
   totalTimeMs: number;
   lastRunAt?: Date;
+  /** schedule: ticks skipped because the previous run was still going. */
+  skippedTicks?: number;
+  /** schedule: when it fires next. */
+  nextRunAt?: Date;
+  /** stream: entries delivered to its group and not acknowledged yet. */
+  pendingEntries?: number;
+  /** stream: entries its group has not read yet. */
+  lag?: number;
+  /** stream: the last entry this server's consumer handled. */
+  lastEntryId?: string;
+  /** stream: entries given up as dead letters. */
+  deadLetters?: number;
 }
+
+/** What runs a registration's handler: Trigger (gears.register), a cron schedule, or a Redis stream. */
+export type RegistrationKind = 'trigger' | 'schedule' | 'stream';
 
 export interface RegistrationInfo {
   id: string;
+  kind: RegistrationKind;
+  /** The trigger bound; '' for a schedule or a consumer. */
   trigger: string;
+  /** schedule: the cron expression and its time zone ('' for UTC); '' for others. */
+  schedule: string;
+  timezone: string;
+  /** stream: the Redis stream and its consumer group; '' for others. */
+  stream: string;
+  group: string;
   interpreterId: string;
   description: string;
   createdAt: Date;
@@ -285,6 +308,8 @@ export interface ManagerCounters {
   extraSharedIsolates: number;
   /** Watch streams open now, and events dropped so far because a watcher read too slowly. */
   watch: { streams: number; dropped: number };
+  /** Schedules and consumers running here, and their consumer groups' pending entries and lag (each group once). */
+  sources: { schedules: number; consumers: number; pendingEntries: number; lag: number };
 }
 
 export interface WarmPoolStats {
@@ -358,8 +383,8 @@ export interface RunEndEvent {
   /** The tenant whose interpreter ran. */
   tenant: string;
   mode: IsolationMode;
-  /** `execute` for Execute and Register loads, `trigger` for handler runs. */
-  kind: 'execute' | 'trigger';
+  /** `execute` for Execute and Register loads, `trigger` for a Trigger's handler runs, `schedule` and `stream` for those sources' runs. */
+  kind: 'execute' | 'trigger' | 'schedule' | 'stream';
   outcome: Outcome;
   wallTimeMs: number;
 }

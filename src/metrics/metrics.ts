@@ -1,5 +1,6 @@
 import { status } from '@grpc/grpc-js';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { SourceMetrics } from './sourceMetrics';
 import { DEFAULT_TENANT } from '../core/tenants';
 import type { IsolateKind, ManagerCounters, RestoreStatus, RunEndEvent } from '../core/types';
 
@@ -29,7 +30,7 @@ export const ISOLATE_KINDS = ['dedicated', 'shared', 'pooled'] as const;
 export const MODES = ['shared', 'isolate'] as const;
 export const STATES = ['ready', 'draining', 'failed'] as const;
 export const OWNERS = ['registration', 'execution'] as const;
-export const RUN_KINDS = ['execute', 'trigger'] as const;
+export const RUN_KINDS = ['execute', 'trigger', 'schedule', 'stream'] as const;
 export const OUTCOMES = ['succeeded', 'failed', 'timed_out', 'memory_exceeded', 'aborted'] as const;
 /** Every gRPC status code name, as grpc_server_handled_total's grpc_code label spells it. */
 export const GRPC_CODES = Object.keys(status).filter((k) => Number.isNaN(Number(k)));
@@ -71,6 +72,8 @@ export class IsogearMetrics {
   private source: MetricsSource | undefined;
   private keys: KeysSource | undefined;
   private readonly tenantLabel: boolean;
+  /** The schedules' and consumers' hooks (the manager's `sourceEvents`). */
+  readonly sources: SourceMetrics;
 
   private readonly executions: Counter<string>;
   private readonly duration: Histogram<string>;
@@ -84,6 +87,7 @@ export class IsogearMetrics {
     const tenantLabels: string[] = this.tenantLabel ? [LABEL.tenant] : [];
     // Arrow functions keep the class's `this`; inside each collect(), `this` is the metric.
     const read = (): ManagerCounters | undefined => this.source?.counters();
+    this.sources = new SourceMetrics(registers, read);
     const disposals = (): Map<string, number> | undefined => this.source?.disposals();
     const heapByKind = (): Promise<Record<IsolateKind, number>> | undefined => this.source?.heapByKind();
     // Counters mirrored from the manager's cumulative counts: each scrape adds what changed.
@@ -302,7 +306,7 @@ export class IsogearMetrics {
     });
     this.executions = new Counter({
       name: 'isogear_executions_total',
-      help: 'Runs ended, by isolation mode, kind (execute: Execute and Register loads; trigger: handler runs) and outcome.',
+      help: 'Runs ended, by isolation mode, kind (execute: Execute and Register loads; trigger: handler runs of a Trigger; schedule and stream: the runs of schedules and stream consumers) and outcome.',
       labelNames: [LABEL.mode, LABEL.kind, LABEL.outcome, ...tenantLabels],
       registers,
     });

@@ -15,10 +15,24 @@ export interface RunTuple {
   valueJson: string | null;
   logs: { level: SandboxLevel; message: string }[];
   logsTruncated: boolean;
-  registrations: { id: string; trigger: string; description: string }[];
+  /** What the run registered: triggers (gears.register), schedules and consumers. */
+  registrations: TupleRegistration[];
   error: { name: string; message: string; stack: string } | null;
   /** '' | 'script' | 'handler' | 'result' | 'abandoned' */
   code: string;
+}
+
+/** One registration a run made, as the sandbox reported it (the host checks it again). */
+export interface TupleRegistration {
+  id: string;
+  kind: 'trigger' | 'schedule' | 'stream';
+  /** The trigger; '' for a schedule or a consumer. */
+  trigger: string;
+  description: string;
+  cron?: string;
+  timezone?: string;
+  stream?: string;
+  group?: string;
 }
 
 /** How a call into the isolate ended when it did not return a RunTuple. */
@@ -58,6 +72,11 @@ export interface SandboxOptions {
   codeCache?: CodeCache;
   /** Where a traced run's module load span goes. */
   tracing?: Tracing;
+  /**
+   * Called synchronously by gears.schedule and gears.consume with (kind, cron|stream,
+   * timezone|group): '' to accept, else the message the call throws with.
+   */
+  checkSource?: (kind: string, a: string, b: string) => string;
 }
 
 /** How long a finished run's sink still takes its late console lines (see dropSinkAfter). */
@@ -182,9 +201,15 @@ export function parseRunTuple(boxed: unknown, maxLogBytes: number): RunTuple {
     }
   }
   if (Array.isArray(regs)) {
+    // [id, trigger, description, kind, cron|stream, timezone|group]
     for (const r of regs) {
       if (!Array.isArray(r) || typeof r[0] !== 'string' || typeof r[1] !== 'string') continue;
-      out.registrations.push({ id: r[0], trigger: r[1], description: asString(r[2], 1024) });
+      const base = { id: r[0], trigger: r[1], description: asString(r[2], 1024) };
+      const kind = r[3] === undefined ? 'trigger' : r[3];
+      if (kind === 'trigger') out.registrations.push({ ...base, kind });
+      else if (kind === 'schedule') out.registrations.push({ ...base, kind, cron: asString(r[4], 1024), timezone: asString(r[5], 128) });
+      else if (kind === 'stream') out.registrations.push({ ...base, kind, stream: asString(r[4], 1024), group: asString(r[5], 256) });
+      else throw new Error('sandbox reported a registration of an unknown kind');
     }
   }
   if (Array.isArray(error)) {
@@ -237,9 +262,14 @@ export class Sandbox {
         },
         { ignored: true },
       );
+      // gears.schedule and gears.consume ask the host, synchronously, whether their cron or stream is good
+      const check = options.checkSource;
+      const checkSource = new ivm.Callback((kind: unknown, a: unknown, b: unknown) =>
+        typeof kind === 'string' && typeof a === 'string' && typeof b === 'string' ? (check ? check(kind, a, b) : 'this server does not take schedules or consumers') : 'malformed check',
+      );
       dispatch.applyIgnored(
         undefined,
-        ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations, tap],
+        ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations, tap, checkSource],
         { timeout: 1000 },
       );
       return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache, options.tracing), options, track, sinks);
@@ -363,14 +393,26 @@ export class Sandbox {
     prepared.linked.then(done, done);
   }
 
-  /** Runs one handler. Resolves with its tuple; rejects with SandboxCallError. `sink`: as load's. */
-  async invoke(execId: string, registrationId: string, payloadJson: string, trigger: string, timeoutMs: number, ids: readonly string[] = [], sink?: LogSink): Promise<RunTuple> {
+  /**
+   * Runs one handler. Resolves with its tuple; rejects with SandboxCallError. `sink`: as load's.
+   * `eventJson`: a JSON object the handler's event is made of besides its ids ('' for `{trigger}`).
+   */
+  async invoke(
+    execId: string,
+    registrationId: string,
+    payloadJson: string,
+    trigger: string,
+    timeoutMs: number,
+    ids: readonly string[] = [],
+    sink?: LogSink,
+    eventJson = '',
+  ): Promise<RunTuple> {
     this.assertUsable('invoke');
     if (sink) this.sinks.set(execId, sink);
     let raw: unknown;
     try {
       const call = this.track(
-        this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger, ids.join(','), sink !== undefined], {
+        this.dispatch.apply(undefined, ['invoke', execId, registrationId, payloadJson, trigger, ids.join(','), sink !== undefined, eventJson], {
           timeout: timeoutMs,
           result: { promise: true, copy: true },
         }),

@@ -26,16 +26,20 @@
  *
  * Dispatcher operations (all arguments are strings or numbers):
  * - `init(interpreterId, registrationPrefix, maxLogChars, triggerPattern, maxResultChars,
- *   maxRegistrations)`: the first call, exactly once: the interpreter id, its registration id
- *   prefix, the most log characters per run, the trigger-name pattern (RegExp source, for
- *   messages), the most result characters, the most registrations per interpreter.
+ *   maxRegistrations, logTap, sourceCheck)`: the first call, exactly once: the interpreter id, its
+ *   registration id prefix, the most log characters per run, the trigger-name pattern (RegExp
+ *   source, for messages), the most result characters, the most registrations per interpreter,
+ *   the host's log tap, and the host's synchronous check of a schedule's cron or a consumer's
+ *   stream (kind, a, b) → '' or the message gears.schedule/gears.consume throw with.
  * - `load(execId, token, kind, argsJson, trigger, description, idsCsv)` → Promise<RunTuple>: makes
  *   the run current (the host evaluates the load's driver module next), waits for the driver to
  *   hand over the namespace of the main module, then runs it (kind `execute`) or registers its
  *   default export (kind `register`).
  * - `enter(token)`: the pending load's run becomes current again, right before the host evaluates
  *   its driver a second time (see Sandbox.evaluate).
- * - `invoke(execId, registrationId, payloadJson, trigger, idsCsv)` → Promise<RunTuple>: one handler run.
+ * - `invoke(execId, registrationId, payloadJson, trigger, idsCsv, tap, eventJson)` → Promise<RunTuple>:
+ *   one handler run; its event is `{trigger, registrationId, executionId}`, or (a schedule's or a
+ *   consumer's run) the object `eventJson` holds with `registrationId` and `executionId` first.
  *   `idsCsv` (load and invoke): '' for a new run; for a replayed one (a restore), the ids its
  *   gears.register calls take, in order.
  * - `commit(execId)`: the host accepted a finished run: its registrations become live handlers.
@@ -45,7 +49,7 @@
  *
  * Each returns (or resolves to) `{t: RunTuple}` with a null prototype, where
  * RunTuple: [ok, valueJson|null, logs [[level, message]…], logsTruncated, registrations
- * [[id, trigger, description]…], error [name, message, stack]|null, code]
+ * [[id, trigger, description, kind, cron|stream, timezone|group]…], error [name, message, stack]|null, code]
  * where code is '' on success, 'script' for a throw, 'handler' when Register's default export
  * is not a function, 'result' when the result cannot be copied, 'abandoned' after `abandon`.
  */
@@ -56,6 +60,11 @@ let initialized = false;
 // The host's log tap (an isolated-vm Callback whose calls the isolate does not wait for): a run
 // started with tap set hands it each console line as it is written, for live watchers.
 let logTap = null;
+// The host's check of a schedule's cron or a consumer's stream (a synchronous isolated-vm Callback).
+let sourceCheck = null;
+// A run may ask the host that many times about sources it gets refused, then is refused here: a
+// script looping over bad cron expressions cannot keep the host's thread busy for its whole run.
+const MAX_REFUSED_CHECKS = 100;
 let interpreterId = '', regPrefix = '', maxLogChars = 0, triggerPattern = '', maxResultChars = 0, maxRegistrations = 0;
 const g = globalThis;
 const apply = Reflect.apply;
@@ -388,17 +397,41 @@ const consoleObject = freeze({
   error: makeLogger('error'), debug: makeLogger('debug'),
 });
 
-function addRegistration(run, trigger, handler, description) {
-  if (!isValidTrigger(trigger)) {
-    throw new TypeErrorCtor('gears.register: trigger must be a string matching /' + triggerPattern + '/, got ' + clip(formatLogArg(trigger), 100));
+// kind 'trigger' (gears.register): target is the trigger; 'schedule': target is the cron, extra
+// the time zone; 'stream': target is the stream, extra the group.
+function addRegistration(run, kind, target, handler, description, extra) {
+  const call = kind === 'trigger' ? 'gears.register' : kind === 'schedule' ? 'gears.schedule' : 'gears.consume';
+  if (kind === 'trigger' && !isValidTrigger(target)) {
+    throw new TypeErrorCtor('gears.register: trigger must be a string matching /' + triggerPattern + '/, got ' + clip(formatLogArg(target), 100));
+  }
+  if (kind === 'schedule' && typeof target !== 'string') {
+    throw new TypeErrorCtor('gears.schedule: the cron expression is invalid: it must be a string like "*/10 * * * * *", got ' + clip(formatLogArg(target), 100));
+  }
+  if (kind === 'stream' && typeof target !== 'string') {
+    throw new TypeErrorCtor('gears.consume: stream must be a string (a Redis key), got ' + clip(formatLogArg(target), 100));
   }
   if (typeof handler !== 'function') {
-    throw new TypeErrorCtor('gears.register: handler must be a function, got ' + (handler === null ? 'null' : typeof handler));
+    throw new TypeErrorCtor(call + ': handler must be a function, got ' + (handler === null ? 'null' : typeof handler));
   }
-  if (typeof description !== 'string') throw new TypeErrorCtor('gears.register: options.description must be a string');
-  if (description.length > 1024) throw new RangeErrorCtor('gears.register: options.description is longer than 1024 characters');
+  if (typeof description !== 'string') throw new TypeErrorCtor(call + ': options.description must be a string');
+  if (description.length > 1024) throw new RangeErrorCtor(call + ': options.description is longer than 1024 characters');
   if (handlerCount + run.regs.length >= maxRegistrations) {
-    throw new RangeErrorCtor('gears.register: this interpreter already holds ' + maxRegistrations + ' registrations, the most one interpreter may hold');
+    throw new RangeErrorCtor(call + ': this interpreter already holds ' + maxRegistrations + ' registrations, the most one interpreter may hold');
+  }
+  if (kind !== 'trigger') {
+    if (run.refusedChecks >= MAX_REFUSED_CHECKS) throw new RangeErrorCtor(call + ': refused: this run already had ' + MAX_REFUSED_CHECKS + ' invalid calls');
+    if (target.length > 1024 || extra.length > 256) {
+      throw new RangeErrorCtor(call + (kind === 'schedule' ? ': the cron expression is invalid: it is too long' : ': stream or group is too long'));
+    }
+    let problem = 'this server cannot check ' + call;
+    if (sourceCheck !== null) {
+      try { problem = sourceCheck(kind, target, extra); } catch (e) { problem = call + ': the server could not check it'; }
+    }
+    if (typeof problem !== 'string') problem = call + ': the server could not check it';
+    if (problem !== '') {
+      run.refusedChecks += 1;
+      throw new TypeErrorCtor(problem);
+    }
   }
   let id;
   if (run.ids !== null && run.regs.length < run.ids.length) {
@@ -411,14 +444,14 @@ function addRegistration(run, trigger, handler, description) {
     regCounter += 1;
     id = 'reg_' + regPrefix + apply(numToString, regCounter, [36]);
   }
-  append(run.regs, [id, trigger, description, handler]);
+  append(run.regs, [id, kind === 'trigger' ? target : '', description, handler, kind, kind === 'trigger' ? '' : target, kind === 'trigger' ? '' : extra]);
   return id;
 }
 
 // idsCsv: the ids a replayed run's registrations take, in order ('' for a new run: mint them)
 function newRun(execId, idsCsv, tap) {
   const ids = idsCsv === undefined || idsCsv === '' ? null : splitCsv(idsCsv);
-  const run = { id: execId, logs: [], logChars: 0, truncated: false, regs: [], ids: ids, done: false, settle: null, tap: tap === true };
+  const run = { id: execId, logs: [], logChars: 0, truncated: false, regs: [], ids: ids, done: false, settle: null, tap: tap === true, refusedChecks: 0 };
   apply(mapSet, runs, [execId, run]);
   return run;
 }
@@ -431,7 +464,7 @@ function finish(run, ok, valueJson, error, code) {
   if (ok && run.regs.length > 0) {
     for (let i = 0; i < run.regs.length; i++) {
       const r = run.regs[i];
-      append(regs, [r[0], r[1], r[2]]);
+      append(regs, [r[0], r[1], r[2], r[4], r[5], r[6]]);
     }
     apply(mapSet, uncommitted, [run.id, run.regs]);
   }
@@ -483,7 +516,7 @@ function startLoad(pending, ns) {
       pending.resolve(finish(run, false, null, ['TypeError', 'Register needs a module whose default export is the handler function (export default function (payload, event) {…}); ' + got, ''], 'handler'));
       return;
     }
-    try { addRegistration(run, pending.trigger, d, pending.description); }
+    try { addRegistration(run, 'trigger', pending.trigger, d, pending.description, ''); }
     catch (e) { pending.resolve(finish(run, false, null, describeError(e), 'handler')); return; }
     pending.resolve(finish(run, true, 'null', null, ''));
     return;
@@ -506,10 +539,11 @@ function startLoad(pending, ns) {
 
 // The interpreter's settings, then the globals user code sees (in this order: gears, console, the
 // driver's hook). Called once, before any call that runs user code.
-function init(id, prefix, logChars, pattern, resultChars, registrations, tap) {
+function init(id, prefix, logChars, pattern, resultChars, registrations, tap, check) {
   if (initialized) throw new TypeErrorCtor('the sandbox is initialized already');
   initialized = true;
   if (typeof tap === 'function') logTap = tap;
+  if (typeof check === 'function') sourceCheck = check;
   interpreterId = id;
   regPrefix = prefix;
   maxLogChars = logChars;
@@ -528,7 +562,43 @@ function init(id, prefix, logChars, pattern, resultChars, registrations, tap) {
         const d = options.description;
         if (d !== undefined) description = d;
       }
-      return addRegistration(run, trigger, handler, description);
+      return addRegistration(run, 'trigger', trigger, handler, description, '');
+    },
+  });
+  defineProperty(gears, 'schedule', {
+    enumerable: true,
+    value: function schedule(cron, handler, options) {
+      const run = current;
+      if (run === null || run.done) throw new ErrorCtor('gears.schedule can only be called while a run of this interpreter is in progress');
+      let description = '', timezone = '';
+      if (options !== undefined && options !== null) {
+        if (typeof options !== 'object') throw new TypeErrorCtor('gears.schedule: options must be an object like {description: "…", timezone: "Europe/Paris"}');
+        const d = options.description, tz = options.timezone;
+        if (d !== undefined) description = d;
+        if (tz !== undefined) {
+          if (typeof tz !== 'string') throw new TypeErrorCtor('gears.schedule: options.timezone must be a string naming an IANA time zone, like "Europe/Paris"');
+          timezone = tz;
+        }
+      }
+      return addRegistration(run, 'schedule', cron, handler, description, timezone);
+    },
+  });
+  defineProperty(gears, 'consume', {
+    enumerable: true,
+    value: function consume(stream, handler, options) {
+      const run = current;
+      if (run === null || run.done) throw new ErrorCtor('gears.consume can only be called while a run of this interpreter is in progress');
+      let description = '', group = 'isogear';
+      if (options !== undefined && options !== null) {
+        if (typeof options !== 'object') throw new TypeErrorCtor('gears.consume: options must be an object like {group: "…", description: "…"}');
+        const d = options.description, gr = options.group;
+        if (d !== undefined) description = d;
+        if (gr !== undefined) {
+          if (typeof gr !== 'string') throw new TypeErrorCtor('gears.consume: options.group must be a string');
+          group = gr;
+        }
+      }
+      return addRegistration(run, 'stream', stream, handler, description, group);
     },
   });
   defineProperty(gears, 'interpreterId', { enumerable: true, value: interpreterId });
@@ -572,7 +642,19 @@ function load(execId, token, kind, argsJson, trigger, description, idsCsv, tap) 
   });
 }
 
-function invoke(execId, registrationId, payloadJson, trigger, idsCsv, tap) {
+// A schedule's or a consumer's event: its ids first, then what the host sent ({scheduledAt},
+// {stream, entryId}); defined, not assigned, so a setter planted on Object.prototype sees nothing.
+function sourceEvent(eventJson, registrationId, execId) {
+  const event = {};
+  defineProperty(event, 'registrationId', { value: registrationId, writable: true, enumerable: true, configurable: true });
+  defineProperty(event, 'executionId', { value: execId, writable: true, enumerable: true, configurable: true });
+  const extra = parse(eventJson);
+  const ks = keys(extra);
+  for (let i = 0; i < ks.length; i++) defineProperty(event, ks[i], { value: extra[ks[i]], writable: true, enumerable: true, configurable: true });
+  return event;
+}
+
+function invoke(execId, registrationId, payloadJson, trigger, idsCsv, tap, eventJson) {
   const run = newRun(execId, idsCsv, tap);
   const handler = apply(mapGet, handlers, [registrationId]);
   if (handler === undefined) {
@@ -582,7 +664,8 @@ function invoke(execId, registrationId, payloadJson, trigger, idsCsv, tap) {
   let value;
   try {
     const payload = payloadJson === '' ? undefined : parse(payloadJson);
-    value = handler(payload, { trigger: trigger, registrationId: registrationId, executionId: execId });
+    const event = eventJson === undefined || eventJson === '' ? { trigger: trigger, registrationId: registrationId, executionId: execId } : sourceEvent(eventJson, registrationId, execId);
+    value = handler(payload, event);
   } catch (e) {
     return finish(run, false, null, describeError(e), 'script');
   }
@@ -628,10 +711,10 @@ function unregister(idsCsv) {
 
 return function dispatch(op, a, b, c, d, e, f, h, i) {
   switch (op) {
-    case 'init': return init(a, b, c, d, e, f, h);
+    case 'init': return init(a, b, c, d, e, f, h, i);
     case 'load': return load(a, b, c, d, e, f, h, i);
     case 'enter': return enter(a);
-    case 'invoke': return invoke(a, b, c, d, e, f);
+    case 'invoke': return invoke(a, b, c, d, e, f, h);
     case 'commit': return commit(a);
     case 'abandon': return abandon(a, b);
     case 'unregister': return unregister(a);

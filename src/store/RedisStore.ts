@@ -1,5 +1,7 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { IllegalStateError } from '../core/errors';
+import type { TickClaims } from '../core/sources/ports';
+import { RedisTickClaims } from './RedisTickClaims';
 import type { IsolationMode } from '../core/types';
 import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../core/durability/RecipeStore';
 
@@ -328,6 +330,11 @@ export class RedisStore implements RecipeStore {
   }
 
   /** Stops following and disconnects; idempotent, never throws. */
+  /** Claims of schedule ticks, on this store's connection and under its key prefix. */
+  tickClaims(serverName: string): TickClaims {
+    return new RedisTickClaims(this.redis, this.prefix, serverName);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

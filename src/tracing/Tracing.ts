@@ -22,6 +22,12 @@ import { createContextKey, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type A
  * the microsecond, and none drifts from the wall clock by more than the call lasts. End spans
  * with `end`, not `span.end()`.
  */
+/** Reads a W3C context from a plain record (a stream entry's fields). */
+const RECORD_GETTER: TextMapGetter<Record<string, string>> = {
+  get: (carrier, key) => (Object.prototype.hasOwnProperty.call(carrier, key) ? carrier[key] : undefined),
+  keys: (carrier) => Object.keys(carrier),
+};
+
 export class Tracing {
   /** Tracing off: what every part uses unless the server configured an exporter. */
   static readonly off = new Tracing(undefined, undefined);
@@ -46,6 +52,18 @@ export class Tracing {
     const remote = this.propagator ? this.propagator.extract(ROOT_CONTEXT, carrier, getter) : ROOT_CONTEXT;
     const parent = remote.setValue(ANCHOR, Date.now() - performance.now());
     const span = this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes, startTime: clock(parent) }, parent);
+    return this.current.run(trace.setSpan(parent, span), () => fn(span));
+  }
+
+  /**
+   * A span that starts work no call asked for (a schedule's tick, a stream entry): a root, or the
+   * child of the W3C context `carrier` holds (a stream entry's `traceparent` field); `fn` runs with it current.
+   */
+  begin<T>(name: string, kind: 'internal' | 'consumer', carrier: Record<string, string> | undefined, attributes: Attributes, fn: (span: Span | undefined) => T): T {
+    if (!this.tracer) return fn(undefined);
+    const remote = carrier && this.propagator ? this.propagator.extract(ROOT_CONTEXT, carrier, RECORD_GETTER) : ROOT_CONTEXT;
+    const parent = remote.setValue(ANCHOR, Date.now() - performance.now());
+    const span = this.tracer.startSpan(name, { kind: kind === 'consumer' ? SpanKind.CONSUMER : SpanKind.INTERNAL, attributes, startTime: clock(parent) }, parent);
     return this.current.run(trace.setSpan(parent, span), () => fn(span));
   }
 

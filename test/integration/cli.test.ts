@@ -155,11 +155,11 @@ describe('isogear command line', function () {
     const regs = await cli(['ls', 'registrations', '--trigger', 'cli.orders']);
     assert.equal(regs.code, 0, regs.stderr);
     const lines = regs.stdout.trimEnd().split('\n');
-    assert.match(lines[0], /^ID\s+TRIGGER\s+INTERPRETER\s+STATE\s+RUNS\s+FAILURES\s+DESCRIPTION$/);
+    assert.match(lines[0], /^ID\s+SOURCE\s+INTERPRETER\s+STATE\s+RUNS\s+FAILURES\s+DESCRIPTION$/);
     assert.equal(lines.length, 3);
     // aligned: every column starts where its header does
     const at = (line: string, col: string): number => line.indexOf(col);
-    assert.equal(at(lines[1], 'cli.orders'), at(lines[0], 'TRIGGER'));
+    assert.equal(at(lines[1], 'cli.orders'), at(lines[0], 'SOURCE'));
     assert.equal(at(lines[1], interpreterId), at(lines[0], 'INTERPRETER'));
     assert.ok(lines[1].endsWith('order hook'));
     assert.equal(at(lines[1], 'active'), at(lines[0], 'STATE'));
@@ -185,6 +185,15 @@ describe('isogear command line', function () {
     assert.equal(got.code, 0, got.stderr);
     assert.match(got.stdout, /^state\s+ready$/m);
     assert.match(got.stdout, new RegExp(`^${regId}\\s+cli.orders\\s+active\\s+1\\s+0\\s+order hook$`, 'm'));
+
+    // a schedule shows its cron and time zone where a trigger shows its name, and pauses the same way
+    const sched = await cli(['exec', '-'], { stdin: `export default () => gears.schedule('0 9 * * 1-5', () => {}, { timezone: 'Europe/Paris', description: 'mornings' });` });
+    assert.equal(sched.code, 0, sched.stderr);
+    const schedId = JSON.parse(sched.stdout) as string;
+    assert.match(sched.stderr, new RegExp(`^\\[isogear\\] registered ${schedId} on schedule 0 9 \\* \\* 1-5 Europe/Paris$`, 'm'));
+    assert.equal((await cli(['pause', schedId])).stdout, `${schedId}\n`);
+    assert.match((await cli(['ls', 'registrations'])).stdout, new RegExp(`^${schedId}\\s+schedule 0 9 \\* \\* 1-5 Europe/Paris\\s+itp_\\w+\\s+paused\\s+0\\s+0\\s+mornings$`, 'm'));
+    await cli(['release', schedId]);
 
     const one = await cli(['release', regId]);
     assert.equal(one.stdout, `${regId}\n`);

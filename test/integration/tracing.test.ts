@@ -225,4 +225,26 @@ describe('OpenTelemetry traces to a real OTLP receiver', function () {
       assert.deepEqual(receiver.trace(caller.traceId), [], JSON.stringify(env));
     }
   });
+
+  it('each tick of a schedule is a trace of its own: isogear.schedule, its queue wait and its run', async () => {
+    await withServer('http/protobuf', async (t) => {
+      const made = await t.client.execute({ source: `export default () => gears.schedule('* * * * * *', () => 1)` });
+      const id = made.result as string;
+      const ticks = (): ReceivedSpan[] => receiver.spans.filter((s) => s.name === 'isogear.schedule' && s.attributes['isogear.registration.id'] === id);
+      await receiver.waitFor(() => ticks().some((tick) => receiver.trace(tick.traceId).length >= 3), 'a schedule tick trace');
+      const tick = ticks().find((x) => receiver.trace(x.traceId).length >= 3) as ReceivedSpan;
+      assert.equal(tick.parentSpanId, '', 'a root span');
+      assert.equal(tick.attributes['isogear.outcome'], 'succeeded');
+      assert.match(String(tick.attributes['isogear.schedule.tick']), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z$/);
+      const spans = receiver.trace(tick.traceId);
+      const below = children(spans, tick);
+      assert.equal(one(below, 'isogear.queue').attributes['isogear.queue.kind'], 'background');
+      const run = one(below, 'isogear.run');
+      assert.equal(run.attributes['isogear.run.kind'], 'schedule');
+      assert.equal(run.attributes['isogear.execution.id'], tick.attributes['isogear.execution.id']);
+      within(run, tick);
+      await t.client.release({ interpreterId: made.interpreterId });
+    });
+  });
+
 });

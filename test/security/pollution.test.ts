@@ -212,7 +212,7 @@ describe('security: prototype pollution across interpreters', () => {
       assert.deepEqual(attack.logs, [{ level: 'info', message: 'attacker log' }], 'console still captures');
 
       const self = await t.client.trigger({ trigger: 'tamper.self' });
-      assert.deepEqual(self.results[0].result, ['mine', ['register', 'interpreterId', 'executionId']]);
+      assert.deepEqual(self.results[0].result, ['mine', ['register', 'schedule', 'consume', 'interpreterId', 'executionId']]);
       const watched = await t.client.trigger({ trigger: 'tamper.watch' });
       assert.deepEqual(watched.results.map((res) => res.interpreterId).sort(), neighbours.map((n) => n.interpreterId).sort());
       for (const res of watched.results) {

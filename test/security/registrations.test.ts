@@ -125,7 +125,7 @@ describe('security: registration floods and reference counts', () => {
         const t = server();
         const probe = await t.client.execute({ mode, source: 'export default [Object.getOwnPropertyNames(gears).sort(), typeof gears.unregister, typeof gears.release];' });
         succeeded(probe);
-        assert.deepEqual(probe.result, [['executionId', 'interpreterId', 'register'], 'undefined', 'undefined']);
+        assert.deepEqual(probe.result, [['consume', 'executionId', 'interpreterId', 'register', 'schedule'], 'undefined', 'undefined']);
 
         const base = await t.client.execute({
           mode,

@@ -174,7 +174,7 @@ describe('durable registrations: restore from the store', () => {
       const status = m.restoreStatus();
       assert.equal(status.restored, 1);
       assert.equal(status.broken.length, 1);
-      assert.match(status.broken[0].reason, /step 2 of 2 \(execute\) registered \[two as reg_feedbeef_2\] where it first registered \[other as reg_feedbeef_2\]/);
+      assert.match(status.broken[0].reason, /step 2 of 2 \(execute\) registered \[trigger two as reg_feedbeef_2\] where it first registered \[trigger other as reg_feedbeef_2\]/);
       const info = await m.getInterpreter(recipe.interpreterId);
       assert.equal(info.interpreter.state, 'failed');
       assert.match(info.interpreter.failureReason, /restore failed/);

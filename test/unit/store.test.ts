@@ -240,13 +240,28 @@ function describeStore(name: string, make: () => Promise<Target>): void {
         }),
         step({ kind: 'register', source: big, modules: {}, trigger: 'big', description: '', timeoutMs: 1, registrations: [{ id: 'reg_p_2', trigger: 'big', description: '' }] }),
         step({ kind: 'trigger', handlerId: 'reg_p_2', payloadJson: JSON.stringify({ unicode }), timeoutMs: 30_000, registrations: [] }),
+        // a schedule and a consumer keep their kind and source; a schedule's run that registered keeps its event
+        step({
+          kind: 'trigger',
+          handlerId: 'reg_p_3',
+          payloadJson: 'null',
+          eventJson: JSON.stringify({ scheduledAt: '2026-12-07T09:00:00.000Z' }),
+          timeoutMs: 5000,
+          registrations: [
+            { id: 'reg_p_4', kind: 'schedule', trigger: '', description: unicode, cron: '*/10 * * * * *', timezone: 'Europe/Paris' },
+            { id: 'reg_p_5', kind: 'stream', trigger: '', description: '', stream: `orders:${unicode}`, group: 'billing' },
+          ],
+        }),
       ];
+      delete steps[3].source;
+      delete steps[3].argsJson;
       delete steps[2].source;
       delete steps[2].argsJson;
       const r = recipe({ tenant: 'tenant ü', name: 'name.é-1', steps: steps.slice(0, 1) });
       await store.create(r, false);
       await store.append(r.interpreterId, steps[1]);
       await store.append(r.interpreterId, steps[2]);
+      await store.append(r.interpreterId, steps[3]);
       const loaded = await store.load(r.interpreterId);
       assert.deepEqual(loaded, { ...r, steps });
       assert.equal(loaded?.steps[1].source?.length, big.length);

@@ -1,3 +1,4 @@
+import type { RegistrationSpec } from '../Registration';
 import type { IsolationMode } from '../types';
 
 /**
@@ -9,11 +10,23 @@ import type { IsolationMode } from '../types';
  * steps build, and the registrations get the ids they had.
  */
 
-/** One registration a step made, in the order its gears.register calls came. */
-export interface StoredRegistration {
-  id: string;
-  trigger: string;
-  description: string;
+/**
+ * One registration a step made, in the order its gears.register, gears.schedule and
+ * gears.consume calls came. A recipe stored before schedules existed has no `kind`: a trigger.
+ */
+export type StoredRegistration = RegistrationSpec;
+
+/** What a recipe keeps of a registration: its kind and source, and only the fields that kind has. */
+export function storedSpec(r: RegistrationSpec): StoredRegistration {
+  switch (r.kind ?? 'trigger') {
+    case 'schedule':
+      return { id: r.id, kind: 'schedule', trigger: '', description: r.description, cron: r.cron ?? '', timezone: r.timezone ?? '' };
+    case 'stream':
+      return { id: r.id, kind: 'stream', trigger: '', description: r.description, stream: r.stream ?? '', group: r.group ?? '' };
+    default:
+      // (no kind: a trigger's stored form stays what it was, readable by an older server)
+      return { id: r.id, trigger: r.trigger, description: r.description };
+  }
 }
 
 /** One successful load into the interpreter, replayed in order on restore. */
@@ -35,9 +48,11 @@ export interface RecipeStep {
   trigger?: string;
   /** register: the description. */
   description?: string;
-  /** trigger: the registration whose run registered. */
+  /** trigger: the registration whose run registered (a trigger's, a schedule's or a consumer's). */
   handlerId?: string;
   payloadJson?: string;
+  /** trigger: what the handler's event held besides its ids, as JSON, when it was not a Trigger's ({scheduledAt}, {stream, entryId}). */
+  eventJson?: string;
   /** The run's time limit, kept for the replay. */
   timeoutMs: number;
   /** What the run registered; the replay must register the same triggers, and gets these ids. */

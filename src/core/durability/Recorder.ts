@@ -1,6 +1,6 @@
 import type { RunTuple } from '../../sandbox/Sandbox';
 import type { Tracing } from '../../tracing/Tracing';
-import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors';
+import { AlreadyExistsError, NotFoundError, ResourceExhaustedError, UnavailableError } from '../errors';
 import { newStepId } from '../ids';
 import type { Interpreter } from '../Interpreter';
 import type { Interpreters } from '../Interpreters';
@@ -8,8 +8,8 @@ import type { NameTable } from '../NameTable';
 import type { Registration } from '../Registration';
 import type { RegistrationIndex } from '../RegistrationIndex';
 import type { TenantLedger } from '../TenantLedger';
-import type { BrokenRecipe, CoreLogger, ReleaseResult } from '../types';
-import { NameTakenError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from './RecipeStore';
+import type { BrokenRecipe, CoreLogger, ReleaseResult, RunReport } from '../types';
+import { NameTakenError, storedSpec, type InterpreterRecipe, type RecipeStep, type RecipeStore } from './RecipeStore';
 
 /** What the recorder knows of one interpreter's recipe. */
 interface RecipeState {
@@ -109,6 +109,20 @@ export class Recorder {
    * stale holder from the store and, by its swap, released in memory only the interpreter the
    * other had just stored under the name, which came back, name and all, at the next restart.)
    */
+  /**
+   * A handler run (a Trigger's, a schedule's or a consumer's) that succeeded and registered: its
+   * step is committed like any run's. A refusal (quota, store) turns the run's report into a
+   * failure that says why; nothing of it is kept.
+   */
+  async commitHandlerRun(interp: Interpreter, report: RunReport, tuple: RunTuple | undefined, base: StepBase): Promise<void> {
+    if (report.outcome !== 'succeeded' || !tuple || tuple.registrations.length === 0) return;
+    await this.commitStep(interp, tuple, report.executionId, base).catch((err: unknown) => {
+      report.outcome = 'failed';
+      report.result = null;
+      report.error = { name: err instanceof ResourceExhaustedError ? 'ResourceExhaustedError' : 'StoreError', message: err instanceof Error ? err.message : String(err), stack: '' };
+    });
+  }
+
   commitStep(interp: Interpreter, tuple: RunTuple, execId: string, base: StepBase, replaceName?: string, after?: () => void): Promise<Registration[]> {
     if (replaceName === undefined || !this.deps.store) return this.commitStepNow(interp, tuple, execId, base, replaceName, after);
     return this.serial(`name:${interp.tenant}/${replaceName}`, () => this.commitStepNow(interp, tuple, execId, base, replaceName, after));
@@ -124,7 +138,7 @@ export class Recorder {
     const step: RecipeStep = {
       ...base,
       id: newStepId(),
-      registrations: tuple.registrations.map((r) => ({ id: r.id, trigger: r.trigger, description: r.description })),
+      registrations: tuple.registrations.map(storedSpec),
     };
     const n = step.registrations.length;
     const oldHolder = replaceName ? names.holder(interp.tenant, replaceName) : undefined;

@@ -3,7 +3,8 @@ import { newToken } from '../ids';
 import type { Interpreter } from '../Interpreter';
 import type { Interpreters } from '../Interpreters';
 import type { NameTable } from '../NameTable';
-import type { RegistrationIndex } from '../RegistrationIndex';
+import { describeSource, type RegistrationSpec } from '../Registration';
+import type { RegistrationIndex, RestoredState } from '../RegistrationIndex';
 import { invokeWork, loadWork, type Runner } from '../Runner';
 import type { CoreLogger, RestoreStatus, RunReport } from '../types';
 import { outcomeText } from '../validation';
@@ -132,10 +133,11 @@ export class Restorer {
 
   /** Replays the steps of `recipe` this interpreter has not run, in order; returns why one failed. */
   async replaySteps(interp: Interpreter, recipe: InterpreterRecipe, atLast?: () => void): Promise<string | undefined> {
+    const restored: RestoredState = { paused: new Set(recipe.paused), released: new Set(recipe.released) };
     for (let k = 0; k < recipe.steps.length; k++) {
       const step = recipe.steps[k];
       if (this.deps.recorder.ran(interp, step.id)) continue;
-      const why = await this.replayStep(interp, step, k === recipe.steps.length - 1 ? atLast : undefined);
+      const why = await this.replayStep(interp, step, restored, k === recipe.steps.length - 1 ? atLast : undefined);
       if (why) return `step ${k + 1} of ${recipe.steps.length} (${step.kind}) ${why}`;
     }
     return undefined;
@@ -178,7 +180,7 @@ export class Restorer {
   }
 
   /** Replays one step; `onCommit` runs in the same synchronous step as its commit. */
-  private async replayStep(interp: Interpreter, step: RecipeStep, onCommit?: () => void): Promise<string | undefined> {
+  private async replayStep(interp: Interpreter, step: RecipeStep, restored: RestoredState, onCommit?: () => void): Promise<string | undefined> {
     if (!interp.accepting) return `could not run: interpreter ${interp.id} is ${interp.state.toUpperCase()}`;
     const ids = step.registrations.map((r) => r.id);
     if (step.kind === 'trigger' && !interp.registrations.has(step.handlerId ?? '')) {
@@ -186,7 +188,7 @@ export class Restorer {
     }
     const work =
       step.kind === 'trigger'
-        ? invokeWork(interp, step.handlerId ?? '', step.payloadJson ?? '', step.trigger ?? '', ids)
+        ? invokeWork(interp, step.handlerId ?? '', step.payloadJson ?? '', step.trigger ?? '', ids, step.eventJson)
         : loadWork(
             interp,
             { kind: step.kind, source: step.source ?? '', modules: step.modules ?? {}, argsJson: step.argsJson, trigger: step.trigger, description: step.description, ids },
@@ -195,7 +197,7 @@ export class Restorer {
     const run = await this.deps.runner.run({ interp, kind: step.kind, timeoutMs: step.timeoutMs, since: performance.now(), work, replay: true });
     let why: string | undefined;
     try {
-      why = this.commitReplay(interp, step, run.report, run.tuple, onCommit);
+      why = this.commitReplay(interp, step, run.report, run.tuple, restored, onCommit);
     } finally {
       run.end();
     }
@@ -209,17 +211,19 @@ export class Restorer {
     step: RecipeStep,
     r: RunReport,
     tuple: RunTuple | undefined,
+    restored: RestoredState,
     onCommit?: () => void,
   ): string | undefined {
     if (r.outcome !== 'succeeded' || !tuple) return `${outcomeText(r.outcome)}: ${r.error ? `${r.error.name}: ${r.error.message}` : 'no result'}`;
-    const label = (rs: { id: string; trigger: string }[]): string => `[${rs.map((x) => `${x.trigger} as ${x.id}`).join(', ')}]`;
-    const got = tuple.registrations.map((x) => `${x.id}\n${x.trigger}`).join('\n');
-    const want = step.registrations.map((x) => `${x.id}\n${x.trigger}`).join('\n');
+    // the same ids, each bound to the same trigger, schedule or stream
+    const label = (rs: readonly RegistrationSpec[]): string => `[${rs.map((x) => `${describeSource(x)} as ${x.id}`).join(', ')}]`;
+    const got = tuple.registrations.map((x) => `${x.id}\n${describeSource(x)}`).join('\n');
+    const want = step.registrations.map((x) => `${x.id}\n${describeSource(x)}`).join('\n');
     if (got !== want) {
       interp.abandonRun(r.executionId);
       return `registered ${label(tuple.registrations)} where it first registered ${label(step.registrations)}`;
     }
-    if (this.deps.index.commit(interp, tuple, r.executionId).length !== step.registrations.length) return 'stopped taking registrations';
+    if (this.deps.index.commit(interp, tuple, r.executionId, restored).length !== step.registrations.length) return 'stopped taking registrations';
     onCommit?.();
     return undefined;
   }

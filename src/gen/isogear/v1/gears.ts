@@ -879,8 +879,18 @@ export interface Registration {
   schedule: string;
   /** The Redis stream a consumer reads (`gears.consume`); empty for others. */
   stream: string;
-  /** True while paused (PauseRegistrations): Trigger skips it. */
+  /**
+   * True while paused (PauseRegistrations): Trigger skips it, a schedule
+   * does not fire, a consumer reads nothing.
+   */
   paused: boolean;
+  /**
+   * The IANA time zone a schedule's cron fields are read in; empty for UTC
+   * and for others.
+   */
+  timezone: string;
+  /** The consumer group a consumer reads its stream through; empty for others. */
+  group: string;
 }
 
 /** RegistrationStats counts the handler runs of one registration. */
@@ -901,7 +911,29 @@ export interface RegistrationStats {
     | Duration
     | undefined;
   /** When the most recent run ended; unset if it has never run. */
-  lastRunAt: Date | undefined;
+  lastRunAt:
+    | Date
+    | undefined;
+  /**
+   * A schedule: ticks this server skipped because the previous run was
+   * still going.
+   */
+  skippedTicks: number;
+  /** A schedule: when it fires next; unset while paused. */
+  nextRunAt:
+    | Date
+    | undefined;
+  /** A consumer: entries delivered to its group and not acknowledged yet. */
+  pendingEntries: number;
+  /** A consumer: entries in the stream its group has not read yet. */
+  lag: number;
+  /** A consumer: the id of the last entry this server's consumer handled. */
+  lastEntryId: string;
+  /**
+   * A consumer: entries given up after ISOGEAR_STREAM_MAX_DELIVERIES failed
+   * deliveries (acknowledged without success).
+   */
+  deadLetters: number;
 }
 
 /** ScriptError describes why a run did not succeed. */
@@ -3510,6 +3542,8 @@ function createBaseRegistration(): Registration {
     schedule: "",
     stream: "",
     paused: false,
+    timezone: "",
+    group: "",
   };
 }
 
@@ -3544,6 +3578,12 @@ export const Registration: MessageFns<Registration> = {
     }
     if (message.paused !== false) {
       writer.uint32(80).bool(message.paused);
+    }
+    if (message.timezone !== "") {
+      writer.uint32(90).string(message.timezone);
+    }
+    if (message.group !== "") {
+      writer.uint32(98).string(message.group);
     }
     return writer;
   },
@@ -3641,6 +3681,22 @@ export const Registration: MessageFns<Registration> = {
             message.paused = reader.bool();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.timezone = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3673,6 +3729,8 @@ export const Registration: MessageFns<Registration> = {
       schedule: isSet(object.schedule) ? globalThis.String(object.schedule) : "",
       stream: isSet(object.stream) ? globalThis.String(object.stream) : "",
       paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      timezone: isSet(object.timezone) ? globalThis.String(object.timezone) : "",
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
     };
   },
 
@@ -3708,6 +3766,12 @@ export const Registration: MessageFns<Registration> = {
     if (message.paused !== false) {
       obj.paused = message.paused;
     }
+    if (message.timezone !== "") {
+      obj.timezone = message.timezone;
+    }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
     return obj;
   },
 
@@ -3728,12 +3792,26 @@ export const Registration: MessageFns<Registration> = {
     message.schedule = object.schedule ?? "";
     message.stream = object.stream ?? "";
     message.paused = object.paused ?? false;
+    message.timezone = object.timezone ?? "";
+    message.group = object.group ?? "";
     return message;
   },
 };
 
 function createBaseRegistrationStats(): RegistrationStats {
-  return { runs: 0, failures: 0, lastError: undefined, totalTime: undefined, lastRunAt: undefined };
+  return {
+    runs: 0,
+    failures: 0,
+    lastError: undefined,
+    totalTime: undefined,
+    lastRunAt: undefined,
+    skippedTicks: 0,
+    nextRunAt: undefined,
+    pendingEntries: 0,
+    lag: 0,
+    lastEntryId: "",
+    deadLetters: 0,
+  };
 }
 
 export const RegistrationStats: MessageFns<RegistrationStats> = {
@@ -3752,6 +3830,24 @@ export const RegistrationStats: MessageFns<RegistrationStats> = {
     }
     if (message.lastRunAt !== undefined) {
       Timestamp.encode(toTimestamp(message.lastRunAt), writer.uint32(42).fork()).join();
+    }
+    if (message.skippedTicks !== 0) {
+      writer.uint32(48).uint64(message.skippedTicks);
+    }
+    if (message.nextRunAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.nextRunAt), writer.uint32(58).fork()).join();
+    }
+    if (message.pendingEntries !== 0) {
+      writer.uint32(64).uint64(message.pendingEntries);
+    }
+    if (message.lag !== 0) {
+      writer.uint32(72).uint64(message.lag);
+    }
+    if (message.lastEntryId !== "") {
+      writer.uint32(82).string(message.lastEntryId);
+    }
+    if (message.deadLetters !== 0) {
+      writer.uint32(88).uint64(message.deadLetters);
     }
     return writer;
   },
@@ -3809,6 +3905,54 @@ export const RegistrationStats: MessageFns<RegistrationStats> = {
             message.lastRunAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.skippedTicks = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.nextRunAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.pendingEntries = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.lag = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.lastEntryId = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.deadLetters = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3840,6 +3984,32 @@ export const RegistrationStats: MessageFns<RegistrationStats> = {
         : isSet(object.last_run_at)
         ? fromJsonTimestamp(object.last_run_at)
         : undefined,
+      skippedTicks: isSet(object.skippedTicks)
+        ? globalThis.Number(object.skippedTicks)
+        : isSet(object.skipped_ticks)
+        ? globalThis.Number(object.skipped_ticks)
+        : 0,
+      nextRunAt: isSet(object.nextRunAt)
+        ? fromJsonTimestamp(object.nextRunAt)
+        : isSet(object.next_run_at)
+        ? fromJsonTimestamp(object.next_run_at)
+        : undefined,
+      pendingEntries: isSet(object.pendingEntries)
+        ? globalThis.Number(object.pendingEntries)
+        : isSet(object.pending_entries)
+        ? globalThis.Number(object.pending_entries)
+        : 0,
+      lag: isSet(object.lag) ? globalThis.Number(object.lag) : 0,
+      lastEntryId: isSet(object.lastEntryId)
+        ? globalThis.String(object.lastEntryId)
+        : isSet(object.last_entry_id)
+        ? globalThis.String(object.last_entry_id)
+        : "",
+      deadLetters: isSet(object.deadLetters)
+        ? globalThis.Number(object.deadLetters)
+        : isSet(object.dead_letters)
+        ? globalThis.Number(object.dead_letters)
+        : 0,
     };
   },
 
@@ -3860,6 +4030,24 @@ export const RegistrationStats: MessageFns<RegistrationStats> = {
     if (message.lastRunAt !== undefined) {
       obj.lastRunAt = message.lastRunAt.toISOString();
     }
+    if (message.skippedTicks !== 0) {
+      obj.skippedTicks = Math.round(message.skippedTicks);
+    }
+    if (message.nextRunAt !== undefined) {
+      obj.nextRunAt = message.nextRunAt.toISOString();
+    }
+    if (message.pendingEntries !== 0) {
+      obj.pendingEntries = Math.round(message.pendingEntries);
+    }
+    if (message.lag !== 0) {
+      obj.lag = Math.round(message.lag);
+    }
+    if (message.lastEntryId !== "") {
+      obj.lastEntryId = message.lastEntryId;
+    }
+    if (message.deadLetters !== 0) {
+      obj.deadLetters = Math.round(message.deadLetters);
+    }
     return obj;
   },
 
@@ -3877,6 +4065,12 @@ export const RegistrationStats: MessageFns<RegistrationStats> = {
       ? Duration.fromPartial(object.totalTime)
       : undefined;
     message.lastRunAt = object.lastRunAt ?? undefined;
+    message.skippedTicks = object.skippedTicks ?? 0;
+    message.nextRunAt = object.nextRunAt ?? undefined;
+    message.pendingEntries = object.pendingEntries ?? 0;
+    message.lag = object.lag ?? 0;
+    message.lastEntryId = object.lastEntryId ?? "";
+    message.deadLetters = object.deadLetters ?? 0;
     return message;
   },
 };
