@@ -1,5 +1,5 @@
-import { Redis, type RedisOptions } from 'ioredis';
-import type { GroupInfo, StreamEntry, StreamReader, StreamSource } from '../core/sources/ports';
+import { Redis, ReplyError, type RedisOptions } from 'ioredis';
+import { StreamRefusedError, type GroupInfo, type StreamEntry, type StreamReader, type StreamSource } from '../core/sources/ports';
 import { redactRedisUrl } from './RedisStore';
 
 /** A command that does not answer in this long fails (a blocking read: this long past its block). */
@@ -21,6 +21,16 @@ function options(): RedisOptions {
 }
 
 type Reply = [string, string[] | null][];
+
+/** Redis's own error replies become StreamRefusedError: Redis answered, it refused the command. */
+async function sorted<T>(call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (err) {
+    if (err instanceof ReplyError) throw new StreamRefusedError((err as Error).message, { cause: err });
+    throw err;
+  }
+}
 
 /** Entries as XREADGROUP, XCLAIM and XAUTOCLAIM give them; an entry deleted from the stream has no fields and is left out. */
 function toEntries(raw: Reply | null | undefined, deliveries: (id: string) => number): StreamEntry[] {
@@ -62,7 +72,7 @@ export class RedisStreams implements StreamSource {
 
   async ensureGroup(stream: string, group: string): Promise<void> {
     try {
-      await this.redis.xgroup('CREATE', stream, group, '$', 'MKSTREAM');
+      await sorted(this.redis.xgroup('CREATE', stream, group, '$', 'MKSTREAM'));
     } catch (err) {
       if (!(err instanceof Error && err.message.startsWith('BUSYGROUP'))) throw err;
     }
@@ -80,7 +90,7 @@ export class RedisStreams implements StreamSource {
           this.readers.add(conn);
           clientId = Number(await conn.call('CLIENT', 'ID'));
         }
-        const raw = (await conn.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'BLOCK', blockMs, 'STREAMS', stream, '>')) as [string, Reply][] | [string, Reply] | null;
+        const raw = (await sorted(conn.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'BLOCK', blockMs, 'STREAMS', stream, '>'))) as [string, Reply][] | [string, Reply] | null;
         if (!raw) return [];
         // [[stream, entries]] as Redis sends it; ioredis 6 hands one stream's reply over as [stream, entries]
         const pair = typeof raw[0] === 'string' ? (raw as [string, Reply]) : (raw as [string, Reply][])[0];
@@ -101,13 +111,13 @@ export class RedisStreams implements StreamSource {
   }
 
   async claimIdle(stream: string, group: string, consumer: string, minIdleMs: number, count: number): Promise<StreamEntry[]> {
-    const reply = (await this.redis.call('XAUTOCLAIM', stream, group, consumer, minIdleMs, '0-0', 'COUNT', count)) as [string, Reply, string[]?];
+    const reply = (await sorted(this.redis.call('XAUTOCLAIM', stream, group, consumer, minIdleMs, '0-0', 'COUNT', count))) as [string, Reply, string[]?];
     return this.withDeliveries(stream, group, consumer, reply[1]);
   }
 
   async claim(stream: string, group: string, consumer: string, ids: string[]): Promise<StreamEntry[]> {
     if (ids.length === 0) return [];
-    const reply = (await this.redis.call('XCLAIM', stream, group, consumer, 0, ...ids)) as Reply;
+    const reply = (await sorted(this.redis.call('XCLAIM', stream, group, consumer, 0, ...ids))) as Reply;
     return this.withDeliveries(stream, group, consumer, reply);
   }
 
@@ -116,17 +126,17 @@ export class RedisStreams implements StreamSource {
     const live = raw.filter(([, f]) => f !== null);
     if (live.length === 0) return [];
     const ids = live.map(([id]) => id);
-    const pending = (await this.redis.call('XPENDING', stream, group, ids[0], ids[ids.length - 1], ids.length * 2 + 10, consumer)) as [string, string, number, number][];
+    const pending = (await sorted(this.redis.call('XPENDING', stream, group, ids[0], ids[ids.length - 1], ids.length * 2 + 10, consumer))) as [string, string, number, number][];
     const counts = new Map(pending.map(([id, , , n]) => [id, Number(n)]));
     return toEntries(live, (id) => counts.get(id) ?? 1);
   }
 
   async ack(stream: string, group: string, ids: string[]): Promise<void> {
-    if (ids.length > 0) await this.redis.xack(stream, group, ...ids);
+    if (ids.length > 0) await sorted(this.redis.xack(stream, group, ...ids));
   }
 
   async groupInfo(stream: string, group: string): Promise<GroupInfo> {
-    const groups = (await this.redis.call('XINFO', 'GROUPS', stream)) as (string | number | null)[][];
+    const groups = (await sorted(this.redis.call('XINFO', 'GROUPS', stream))) as (string | number | null)[][];
     for (const g of groups) {
       const o = new Map<string, string | number | null>();
       for (let i = 0; i + 1 < g.length; i += 2) o.set(String(g[i]), g[i + 1]);

@@ -250,6 +250,26 @@ describe('schedules and stream consumers on Redis', function () {
     await releaseInterpreters(second.client, made.interpreterId);
   });
 
+  it('a stream key Redis refuses (another type) is logged and retried without marking Redis down; a deleted group is made again', async () => {
+    const t = await start();
+    await r.set('notastream', 'x');
+    const made = await t.client.execute({ source: CONSUMER('notastream') });
+    succeeded(made);
+    const id = made.result as string;
+    await until('the refusal to be logged', async () => t.logs.some((l) => l.msg === 'stream consumer: Redis refused a command on the stream; retrying with backoff' && l.registrationId === id));
+    assert.equal(value(await scrape(t), 'isogear_events_redis_up'), 1, 'Redis answered: it is up');
+    await r.del('notastream');
+    await until('the group to be made', async () => ((await r.call('XINFO', 'GROUPS', 'notastream').catch(() => [])) as unknown[]).length === 1, 40_000);
+    await r.xadd('notastream', '*', 'n', '1');
+    await until('the entry', async () => (await runsOf(t.client, id)) === 1);
+    // the stream deleted under a running consumer: its group is made again and it goes on
+    await r.del('notastream');
+    await until('the group to be made again', async () => ((await r.call('XINFO', 'GROUPS', 'notastream').catch(() => [])) as unknown[]).length === 1, 40_000);
+    await r.xadd('notastream', '*', 'n', '2');
+    await until('the next entry', async () => (await runsOf(t.client, id)) === 2);
+    await releaseInterpreters(t.client, made.interpreterId);
+  });
+
   it('an unreachable events Redis does not stop the server: consumers back off, log it, and isogear_events_redis_up says 0', async () => {
     const gone = await startRedis();
     const url = gone.url;

@@ -29,6 +29,7 @@ describe('schedule and stream rules', () => {
     assert.match(streamProblem('', 'g') ?? '', /stream must be a Redis key of 1–256 characters/);
     assert.match(streamProblem('a\nb', 'g') ?? '', /without control characters/);
     assert.match(streamProblem('s', '') ?? '', /options.group must be/);
+    assert.match(streamProblem('isogear:changes', 'g') ?? '', /keys starting with "isogear:" are isogear's own/);
     assert.match(streamProblem('s', 'bad group') ?? '', /options.group must be/);
     const check = sourceCheck(false);
     assert.equal(check('stream', 'orders', 'isogear'), NO_EVENTS_REDIS);

@@ -1,6 +1,6 @@
 import type { Registration } from '../Registration';
 import type { CoreLogger } from '../types';
-import type { ConsumerEvents, ConsumerSettings, StreamEntry, StreamReader, StreamSource } from './ports';
+import { StreamRefusedError, type ConsumerEvents, type ConsumerSettings, type StreamEntry, type StreamReader, type StreamSource } from './ports';
 import type { SourceRunner } from './SourceRunner';
 
 export interface ConsumersDeps {
@@ -88,7 +88,8 @@ class Consumer {
 
   private async loop(): Promise<void> {
     let backoff = BACKOFF_MIN_MS;
-    let failing = false;
+    /** What failed last ('' while rounds work): each new problem is logged once. */
+    let failing = '';
     while (!this.stopped) {
       if (this.reg.paused) {
         // a paused consumer reads nothing: its entries wait in the stream
@@ -100,20 +101,28 @@ class Consumer {
       try {
         await this.round();
         if (failing) {
-          failing = false;
-          this.deps.logger?.info({ registrationId: this.reg.id, stream: this.stream }, 'stream consumer: the events Redis answers again');
-          this.deps.events?.redis?.(true);
+          this.deps.logger?.info({ registrationId: this.reg.id, stream: this.stream }, 'stream consumer: reading again');
+          if (failing === 'redis') this.deps.events?.redis?.(true);
+          failing = '';
         }
         backoff = BACKOFF_MIN_MS;
       } catch (err) {
         if (this.stopped) break;
         this.reader?.close();
         this.reader = undefined;
-        if (!failing) {
-          failing = true;
-          this.deps.logger?.warn({ err, registrationId: this.reg.id, stream: this.stream, group: this.group, source: this.source.description }, 'stream consumer: the events Redis failed; retrying with backoff');
+        // the group may have gone (the stream was deleted): it is made again next round
+        this.groupReady = false;
+        const refused = err instanceof StreamRefusedError;
+        const now = refused ? `refused: ${err.message}` : 'redis';
+        if (failing !== now) {
+          this.deps.logger?.warn(
+            { err, registrationId: this.reg.id, stream: this.stream, group: this.group, source: this.source.description },
+            refused ? 'stream consumer: Redis refused a command on the stream; retrying with backoff' : 'stream consumer: the events Redis failed; retrying with backoff',
+          );
         }
-        this.deps.events?.redis?.(false);
+        if (!refused) this.deps.events?.redis?.(false);
+        else if (failing === 'redis') this.deps.events?.redis?.(true);
+        failing = now;
         await this.sleep(backoff);
         backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
       }

@@ -22,6 +22,17 @@ export interface TickClaims {
   close(): Promise<void>;
 }
 
+/**
+ * Redis answered a consumer's command with an error (the key holds another type, the group is
+ * gone): the connection is fine, the command is not. Other errors mean Redis did not answer.
+ */
+export class StreamRefusedError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StreamRefusedError';
+  }
+}
+
 /** One stream entry as a consumer gets it. */
 export interface StreamEntry {
   id: string;

@@ -7,6 +7,8 @@ import { isValidTrigger } from '../names';
 export const DEFAULT_GROUP = 'isogear';
 const MAX_CRON = 256;
 const MAX_STREAM = 256;
+/** The store's keys (its recipes and changes feed) start with this: not streams a script may consume. */
+const RESERVED_PREFIX = 'isogear:';
 /** Group names: 1–128 letters, digits and `_ . : -`. */
 const GROUP_RE = /^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$/;
 
@@ -66,6 +68,7 @@ export function streamProblem(stream: string, group: string): string | undefined
   if (typeof stream !== 'string' || stream.length < 1 || stream.length > MAX_STREAM || hasControlCharacter(stream)) {
     return `gears.consume: stream must be a Redis key of 1–${MAX_STREAM} characters without control characters, got ${quote(String(stream))}`;
   }
+  if (stream.startsWith(RESERVED_PREFIX)) return `gears.consume: stream ${quote(stream)} is refused: keys starting with "${RESERVED_PREFIX}" are isogear's own`;
   if (typeof group !== 'string' || !GROUP_RE.test(group)) {
     return `gears.consume: options.group must be 1–128 letters, digits and _ . : - (starting with a letter, digit or _), got ${quote(String(group))}`;
   }
