@@ -24,6 +24,7 @@ import { EventSources } from './sources/EventSources';
 import { Scheduler } from './sources/Scheduler';
 import { SourceRunner } from './sources/SourceRunner';
 import { StreamConsumers } from './sources/StreamConsumers';
+import type { ConsumerSettings } from './sources/ports';
 import os from 'node:os';
 
 /**
@@ -107,6 +108,16 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events, pausing, sources };
 }
 
+/**
+ * Consumers' settings, defaults filled in. Entries of one read run one after another; the last
+ * must start before it idles `claimIdleMs` (when another consumer may claim it), so a read takes
+ * at most as many entries as fit, at the runs' time limit, in half that.
+ */
+function consumerSettings(o: ResolvedOptions): ConsumerSettings {
+  const s = { maxDeliveries: 5, claimIdleMs: 60_000, retryMs: 1000, blockMs: 1000, ...o.consumers };
+  return { ...s, batch: s.batch ?? Math.max(1, Math.min(8, Math.floor(s.claimIdleMs / (2 * o.defaultTimeoutMs)))) };
+}
+
 /** Schedules and stream consumers, running handlers through the same parts as a Trigger. */
 function composeSources(o: ResolvedOptions, parts: Pick<CoreParts, 'interpreters' | 'index' | 'admission' | 'runner' | 'recorder' | 'executions'>): EventSources {
   const runner = new SourceRunner({ ...parts, timeoutMs: o.defaultTimeoutMs, tracing: o.tracing, logger: o.logger });
@@ -116,7 +127,7 @@ function composeSources(o: ResolvedOptions, parts: Pick<CoreParts, 'interpreters
   const consumers = new StreamConsumers({
     runner,
     source: o.streams,
-    settings: { maxDeliveries: 5, claimIdleMs: 60_000, retryMs: 1000, batch: 8, blockMs: 1000, ...o.consumers },
+    settings: consumerSettings(o),
     serverName,
     logger: o.logger,
     events: o.sourceEvents,

@@ -135,6 +135,20 @@ export class RedisStreams implements StreamSource {
     if (ids.length > 0) await sorted(this.redis.xack(stream, group, ...ids));
   }
 
+  async pruneConsumers(stream: string, group: string, idleMs: number): Promise<number> {
+    const consumers = (await sorted(this.redis.call('XINFO', 'CONSUMERS', stream, group))) as (string | number)[][];
+    let pruned = 0;
+    for (const c of consumers) {
+      const o = new Map<string, string | number>();
+      for (let i = 0; i + 1 < c.length; i += 2) o.set(String(c[i]), c[i + 1]);
+      if (Number(o.get('pending')) !== 0 || Number(o.get('idle')) < idleMs) continue;
+      // (DELCONSUMER would drop a consumer's pending entries: only those with none go)
+      await sorted(this.redis.call('XGROUP', 'DELCONSUMER', stream, group, String(o.get('name'))));
+      pruned += 1;
+    }
+    return pruned;
+  }
+
   async groupInfo(stream: string, group: string): Promise<GroupInfo> {
     const groups = (await sorted(this.redis.call('XINFO', 'GROUPS', stream))) as (string | number | null)[][];
     for (const g of groups) {

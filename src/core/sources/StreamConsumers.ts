@@ -19,6 +19,9 @@ const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 30_000;
 /** How often a consumer refreshes its group's pending count and lag. */
 const INFO_EVERY_MS = 2000;
+/** How often a consumer deletes the group's consumers of servers gone, and how long unread they must be. */
+const PRUNE_EVERY_MS = 10 * 60 * 1000;
+const PRUNE_IDLE_MIN_MS = 10 * 60 * 1000;
 
 /**
  * One consumer: a loop that reads a stream through its group and runs the handler on each entry
@@ -36,6 +39,8 @@ class Consumer {
   private groupReady = false;
   private lastClaimMs = 0;
   private lastInfoMs = 0;
+  /** (the first prune comes a while after start: a replica that just restarted is not taken for gone) */
+  private lastPruneMs = Date.now();
   /** Entries read before a pause came, run first once it is resumed (they are pending on this consumer). */
   private held: StreamEntry[] = [];
   readonly done: Promise<void>;
@@ -163,6 +168,11 @@ class Consumer {
       const info = await source.groupInfo(this.stream, this.group);
       this.reg.sourceStats.pendingEntries = info.pending;
       this.reg.sourceStats.lag = info.lag;
+    }
+    if (now - this.lastPruneMs >= PRUNE_EVERY_MS) {
+      this.lastPruneMs = now;
+      const pruned = await source.pruneConsumers(this.stream, this.group, Math.max(PRUNE_IDLE_MIN_MS, 10 * settings.claimIdleMs));
+      if (pruned > 0) this.deps.logger?.info({ stream: this.stream, group: this.group, pruned }, 'stream consumer: deleted consumers of servers gone (no pending entries)');
     }
     if (this.stopped || this.reg.paused) return;
     const nextRetry = Math.min(...this.retries.values());

@@ -75,6 +75,11 @@ export interface StreamSource {
   /** Claims pending entries for `consumer` again at once (`XCLAIM`), for a retry; entries acknowledged meanwhile are left out. */
   claim(stream: string, group: string, consumer: string, ids: string[]): Promise<StreamEntry[]>;
   ack(stream: string, group: string, ids: string[]): Promise<void>;
+  /**
+   * Deletes the group's consumers that hold no pending entry and have not read for `idleMs`
+   * (servers that went away; a live one reads at least every few seconds). Returns how many went.
+   */
+  pruneConsumers(stream: string, group: string, idleMs: number): Promise<number>;
   groupInfo(stream: string, group: string): Promise<GroupInfo>;
   close(): Promise<void>;
 }
