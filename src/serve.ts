@@ -31,6 +31,8 @@ async function serve(): Promise<void> {
     logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down');
     running.shutdown().then(
       () => {
+        // a second signal came: exitNow ends the process
+        if (signals > 1) return;
         logger.info({}, 'stopped');
         // Let the event loop end instead of calling process.exit: Node then runs its environment
         // cleanup, where isolated-vm joins the threads still tearing down disposed isolates.
@@ -48,13 +50,29 @@ async function serve(): Promise<void> {
       },
     );
   };
+  // A second signal: exit 1 without waiting for runs, but answer the calls in flight first
+  // (UNAVAILABLE, retry elsewhere) rather than leave their status to how the client reads the
+  // closing socket. A third signal, or one before the server is up, exits at once.
+  const exitNow = (signal: NodeJS.Signals): void => {
+    if (signals === 2) logger.warn({ signal }, 'second signal: exiting now');
+    const running = started.server;
+    if (signals > 2 || !running) process.exit(1);
+    process.exitCode = 1;
+    running.endCallsNow(`the server is exiting: a second signal (${signal}) ended its graceful shutdown before this call finished; retry it`).then(
+      (ended) => {
+        logger.info(ended, 'calls in flight answered UNAVAILABLE');
+        process.exit(1);
+      },
+      (err: unknown) => {
+        logger.error({ err }, 'calls in flight could not be answered');
+        process.exit(1);
+      },
+    );
+  };
   const onSignal = (signal: NodeJS.Signals): void => {
     signals += 1;
-    if (signals > 1) {
-      logger.warn({ signal }, 'second signal: exiting now');
-      process.exit(1);
-    }
-    if (started.server) stop(started.server, signal);
+    if (signals > 1) exitNow(signal);
+    else if (started.server) stop(started.server, signal);
     else pending = signal;
   };
   process.on('SIGTERM', onSignal);

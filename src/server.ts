@@ -8,6 +8,7 @@ import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-
 import { GearsService } from './api/GearsService';
 import { ApiKeys, CertificateTenants, OPEN_ACCESS, type Authenticator } from './auth/ApiKeys';
 import type { Config } from './config';
+import { UnavailableError } from './core/errors';
 import { InterpreterManager } from './core/InterpreterManager';
 import type { Logger } from './logger';
 import { metricsInterceptor, rpcLabels } from './metrics/grpcInterceptor';
@@ -29,6 +30,12 @@ const PROTO_DIR = path.join(__dirname, '..', 'proto');
 const VERSION = (JSON.parse(readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version;
 
 const FINAL_ANSWER_MS = 1000;
+/**
+ * Before an exit that cannot wait (a second signal): how long the answers to the calls in flight
+ * may take to leave. On loopback or a LAN they leave in well under a millisecond; the wait ends as
+ * soon as every client has closed its connection.
+ */
+const EXIT_FLUSH_MS = 300;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
 /** The service name clients and probes ask the health service about. */
@@ -94,9 +101,24 @@ export interface RunningServer {
   reloadKeys(): Promise<boolean>;
   /**
    * Stops in order: health NOT_SERVING, stop accepting calls, let calls in flight finish for up
-   * to `graceMs`, then dispose every isolate and close the server. Idempotent.
+   * to `graceMs`, then dispose every isolate and close the server. Idempotent. Once
+   * `endCallsNow` has been called it disposes nothing: it resolves where disposal would begin,
+   * as the process is exiting.
    */
   shutdown(graceMs?: number): Promise<void>;
+  /**
+   * For a process that must exit before its calls finish (a second signal): stops accepting
+   * calls and answers every GearsService call in flight at once with UNAVAILABLE and `reason`,
+   * without waiting for runs or disposing isolates. Resolves once those answers have left (every
+   * connection closed) or after EXIT_FLUSH_MS; the process exits next.
+   */
+  endCallsNow(reason: string): Promise<EndedCalls>;
+}
+
+/** What `endCallsNow` did: the calls it answered, and whether every connection closed in time. */
+export interface EndedCalls {
+  readonly calls: number;
+  readonly connectionsClosed: boolean;
 }
 
 /**
@@ -163,7 +185,8 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   const served: ReturnType<typeof rpcLabels>[] = [];
   const services = recordingServices(server, served);
   health.addToServer(services);
-  new GearsService(manager, logger, auth, tracing.tracing).addToServer(services);
+  const gears = new GearsService(manager, logger, auth, tracing.tracing);
+  gears.addToServer(services);
   const described = loadSync([path.join(PROTO_DIR, 'isogear/v1/gears.proto'), healthProtoPath], { includeDirs: [PROTO_DIR] });
   new ReflectionService(described).addToServer(services);
   metrics.initRpcs(served);
@@ -210,6 +233,15 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
   health.setStatus(SERVICE_NAME, 'SERVING');
   keys?.watch();
 
+  // Stops accepting calls (GOAWAY on every connection); resolves once every connection has closed,
+  // which each does after its last call. Both ways to stop share it: tryShutdown once.
+  let closing: Promise<void> | undefined;
+  const closeConnections = (): Promise<void> => (closing ??= new Promise<void>((resolve) => server.tryShutdown(() => resolve())));
+
+  // Set by endCallsNow: the process exits next. Isolates disposed now would still be tearing down
+  // on their threads under process.exit, which can crash it (SIGSEGV, see src/serve.ts).
+  let exiting = false;
+
   let stopping: Promise<void> | undefined;
   const shutdown = (graceMs = config.shutdownGraceMs): Promise<void> => {
     stopping ??= (async () => {
@@ -218,13 +250,14 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
       health.setStatus(SERVICE_NAME, 'NOT_SERVING');
       // Background executions already accepted may finish within the grace period, like calls in flight.
       manager.stopAccepting();
-      const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      const drained = closeConnections();
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), graceMs);
       });
       const first = await Promise.race([Promise.all([drained, manager.backgroundSettled()]), timedOut]);
       clearTimeout(timer);
+      if (exiting) return;
       // Disposing the isolates ends runs still in flight (OUTCOME_ABORTED); give their calls a
       // moment to deliver that answer before cutting connections.
       await manager.destroy();
@@ -243,8 +276,20 @@ export async function startServer(config: Config, logger: Logger): Promise<Runni
     return stopping;
   };
 
+  const endCallsNow = async (reason: string): Promise<EndedCalls> => {
+    exiting = true;
+    const closed = closeConnections();
+    // A call left to the exit would end as the client's HTTP/2 stack reads the closing socket,
+    // which varies with timing: grpc-js says UNAVAILABLE after a FIN, but INTERNAL ("Received
+    // RST_STREAM with code 0") after a reset that follows the GOAWAY. A status the server sent
+    // first is the one the client keeps.
+    const calls = gears.endCallsInFlight(new UnavailableError(reason));
+    const connectionsClosed = await Promise.race([closed.then(() => true), sleep(EXIT_FLUSH_MS).then(() => false)]);
+    return { calls, connectionsClosed };
+  };
+
   const reloadKeys = (): Promise<boolean> => (keys ? keys.reload() : Promise.resolve(false));
-  return { grpcAddress, metricsAddress: metricsServer.address, healthAddress, metrics, manager, reloadKeys, shutdown };
+  return { grpcAddress, metricsAddress: metricsServer.address, healthAddress, metrics, manager, reloadKeys, shutdown, endCallsNow };
 }
 
 /**

@@ -1,7 +1,7 @@
 import { Metadata, status, type sendUnaryData, type Server, type ServerUnaryCall, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
 import type { Span, TextMapGetter } from '@opentelemetry/api';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
-import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError } from '../core/errors';
+import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError, type IsogearError } from '../core/errors';
 import type { ExecuteSpec, IsolateManager, JsonValue, PauseTarget, TriggerSpec, WatchEvent, WatchStream } from '../core/types';
 import * as pb from '../gen/isogear/v1/gears';
 import {
@@ -16,6 +16,7 @@ import {
   triggerResultToProto,
 } from './convert';
 import { toStatus, type ErrorLogger } from './toStatus';
+import { CallsInFlight } from './CallsInFlight';
 import { failed, Tracing } from '../tracing/Tracing';
 
 export interface ServiceLogger extends ErrorLogger {
@@ -33,6 +34,7 @@ type LogFields<Req, Res> = (request: Req, response: Res | undefined) => Record<s
  */
 export class GearsService {
   private readonly protoOf = new WeakMap<WatchEvent, pb.WatchEvent>();
+  private readonly calls = new CallsInFlight();
 
   constructor(
     private readonly manager: IsolateManager,
@@ -147,6 +149,14 @@ export class GearsService {
     server.addService(definition, implementation);
   }
 
+  /**
+   * Answers every call still in flight (unary and Watch) with `reason`'s status now, for a
+   * process about to exit: runs are not waited for, nor told. Returns how many there were.
+   */
+  endCallsInFlight(reason: IsogearError): number {
+    return this.calls.endAll(reason);
+  }
+
   private async execute(req: pb.ExecuteRequest, signal: AbortSignal, tenant: string): Promise<pb.ExecuteResponse> {
     return executeResponseToProto(await this.manager.execute(this.executeSpec(req, tenant), signal));
   }
@@ -253,7 +263,16 @@ export class GearsService {
     let tenant: string | undefined;
     let events = 0;
     let stream: WatchStream | undefined;
+    let finished = false;
+    // Ends the stream early (the process is exiting); the loop below then finds it closed.
+    const untrack = this.calls.track((reason) => {
+      stream?.close();
+      finish(toStatus(reason, this.logger, 'Watch'));
+    });
     const finish = (err?: Partial<ServiceError>): void => {
+      if (finished) return;
+      finished = true;
+      untrack();
       if (err) call.emit('error', err);
       else if (!call.cancelled) call.end();
       const req = call.request;
@@ -333,9 +352,12 @@ export class GearsService {
       call.on('cancelled', onCancel);
       let answered = false;
       let tenant: string | undefined;
+      // Answered early when the process must exit first; the handler's result is then ignored.
+      const untrack = this.calls.track((reason) => finish(toStatus(reason, this.logger, method)));
       const finish = (err: Partial<ServiceError> | null, res?: Res): void => {
         if (answered) return;
         answered = true;
+        untrack();
         call.removeListener('cancelled', onCancel);
         let ids: Record<string, unknown> = {};
         try {
