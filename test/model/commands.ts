@@ -89,6 +89,8 @@ export type Cmd =
   | { op: 'trigger'; trigger: number; action: TriggerAction; registerOn: number }
   /** Release one registration or all of an interpreter's; `gone` targets are double releases. */
   | { op: 'release'; by: 'registration' | 'interpreter'; target: Target }
+  /** Pause (or resume) one registration, all of an interpreter's, or all bound to a trigger. */
+  | { op: 'pause'; resume: boolean; by: 'registration' | 'interpreter' | 'trigger'; target: Target; trigger: number }
   /** Batch: a Trigger whose handlers are slow, and a Release of one of them while they run. */
   | { op: 'slowTriggerRelease'; pick: number; by: 'registration' | 'interpreter'; end: SlowEnd; registerOn: number }
   /**
@@ -241,6 +243,16 @@ export const cmd: fc.Arbitrary<Cmd> = fc.oneof(
     }),
   },
   { weight: 4, arbitrary: fc.record({ op: fc.constant('release' as const), by, target }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('pause' as const),
+      resume: fc.boolean(),
+      by: fc.constantFrom<'registration' | 'interpreter' | 'trigger'>('registration', 'interpreter', 'trigger'),
+      target,
+      trigger,
+    }),
+  },
   {
     weight: 3,
     arbitrary: fc.record({

@@ -185,6 +185,8 @@ class Driver {
   execute = (req: Partial<pb.ExecuteRequest>, o?: CallOptions) => this.ending(this.counted(this.t.client.execute(req, o)), (r) => [r.executionId]);
   register = (req: Partial<pb.RegisterRequest>, o?: CallOptions) => this.counted(this.t.client.register(req, o));
   release = (req: Partial<pb.ReleaseRequest>) => this.counted(this.t.client.release(req));
+  pause = (req: Partial<pb.PauseRegistrationsRequest>) => this.counted(this.t.client.pause(req));
+  resume = (req: Partial<pb.ResumeRegistrationsRequest>) => this.counted(this.t.client.resume(req));
   trigger = (req: Partial<pb.TriggerRequest>, o?: CallOptions) =>
     this.ending(this.counted(this.t.client.trigger(req, o)), (r) => r.results.map((x) => x.executionId));
   getInterpreter = (id: string) => this.counted(this.t.client.getInterpreter({ interpreterId: id }));
@@ -320,7 +322,7 @@ async function observe(d: Driver): Promise<{ snapshot: Snapshot; registrationOrd
         executionReferences: i.executionReferences,
       }))
       .sort(byId),
-    registrations: regs.map((r) => ({ id: r.id, trigger: r.trigger, interpreterId: r.interpreterId, broken: r.broken })).sort(byId),
+    registrations: regs.map((r) => ({ id: r.id, trigger: r.trigger, interpreterId: r.interpreterId, broken: r.broken, paused: r.paused })).sort(byId),
     byName: Object.fromEntries(
       await Promise.all(NAMES.map(async (n) => [n, (await d.listInterpreters(n)).interpreters.map((i) => i.id)] as const)),
     ),
@@ -613,7 +615,7 @@ async function trigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'trigger' }>, 
   const bound = m.regsOn(name);
   const run = TRIGGER_PAYLOAD[c.action](registerOn);
   const req = { trigger: name, payload: run.payload, limits: run.limits };
-  if (bound.length === 0) {
+  if (m.boundTo(name).length === 0) {
     await expectStatus(d.trigger(req), grpc.status.NOT_FOUND);
     return;
   }
@@ -636,6 +638,43 @@ function applyTrigger(m: Model, res: pb.TriggerResponse, bound: ModelReg[], acti
   } else if (action === 'fast') {
     for (const r of healthy) assert.equal(r.result, r.registrationId, `${what}: result of ${r.registrationId}`);
   }
+}
+
+/**
+ * PauseRegistrations or ResumeRegistrations by one selector: the answer lists exactly the
+ * registrations whose state changed, in creation order; references and interpreters stay as
+ * they were; unknown, released or disposed targets, or a trigger nothing is bound to, are NOT_FOUND.
+ */
+async function pause(d: Driver, m: Model, c: Extract<Cmd, { op: 'pause' }>, what: string): Promise<void> {
+  const call = (req: { registrationId?: string; interpreterId?: string; trigger?: string }): Promise<{ registrationIds: string[] }> => (c.resume ? d.resume(req) : d.pause(req));
+  let selected: ModelReg[] | undefined;
+  let req: { registrationId?: string; interpreterId?: string; trigger?: string };
+  if (c.by === 'registration') {
+    const r = c.target.kind === 'live' ? pickFrom(m.allRegs(), c.target.pick) : undefined;
+    const gone = c.target.kind === 'gone' ? pickFrom([...m.released], c.target.pick) : undefined;
+    req = { registrationId: r?.id ?? gone ?? UNKNOWN_REG };
+    if (r) selected = [r];
+  } else if (c.by === 'interpreter') {
+    const itp = resolveInterp(m, c.target);
+    req = { interpreterId: itp.id };
+    if (itp.live) selected = m.regsOf(itp.id);
+  } else {
+    const name = TRIGGERS[c.trigger];
+    req = { trigger: name };
+    const bound = m.boundTo(name);
+    if (bound.length > 0) selected = bound;
+  }
+  if (!selected) {
+    await expectStatus(call(req), grpc.status.NOT_FOUND);
+    return;
+  }
+  const changed = selected.filter((r) => (r.paused === true) !== !c.resume);
+  const res = await call(req);
+  assert.deepEqual(sorted(res.registrationIds), sorted(changed.map((r) => r.id)), `${what}: what the ${c.resume ? 'resume' : 'pause'} changed`);
+  assertOrder(m, res.registrationIds, `${what}: changed, in creation order`);
+  m.setPaused(res.registrationIds, !c.resume);
+  if (res.registrationIds.length > 0) note(c.resume ? 'resumed registrations' : 'paused registrations');
+  if (!c.resume && c.by === 'trigger' && m.regsOn(TRIGGERS[c.trigger]).length === 0) note('every registration of a trigger paused');
 }
 
 async function release(d: Driver, m: Model, c: Extract<Cmd, { op: 'release' }>, what: string): Promise<void> {
@@ -684,7 +723,7 @@ async function release(d: Driver, m: Model, c: Extract<Cmd, { op: 'release' }>, 
  */
 async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'slowTriggerRelease' }>, what: string): Promise<void> {
   // a bomb only in a dedicated isolate: who shares a shared one is not observable
-  const candidates = m.allRegs().filter((r) => !m.isBroken(r) && (c.end !== 'spinBomb' || m.interps.get(r.interpreterId)?.mode === 'isolate'));
+  const candidates = m.activeRegs().filter((r) => !m.isBroken(r) && (c.end !== 'spinBomb' || m.interps.get(r.interpreterId)?.mode === 'isolate'));
   const target = pickFrom(candidates, c.pick);
   if (!target) return;
   const x = target.interpreterId;
@@ -749,7 +788,7 @@ async function slowTriggerRelease(d: Driver, m: Model, c: Extract<Cmd, { op: 'sl
       `${what}: Release while ${onX} run(s) of the interpreter hang`,
     );
     // the released registrations are unbound at once, though their runs go on
-    const stillBound = m.regsOn(name).filter((r) => !listed.includes(r.id));
+    const stillBound = m.boundTo(name).filter((r) => !listed.includes(r.id));
     if (stillBound.length === 0) await expectStatus(d.trigger({ trigger: name, limits: lim(LONG_TIMEOUT_MS) }), grpc.status.NOT_FOUND);
     if (left === 0) {
       // a DRAINING interpreter takes no new owner and has nothing left to release
@@ -874,7 +913,7 @@ async function cancelExecute(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelE
     assert.ok(s.err?.code === grpc.status.CANCELLED || acceptLate(s), `${what}: the cancelled Execute (${s.err?.details ?? 'it succeeded'})`);
     return;
   }
-  const side = pickFrom(m.allRegs(), 0);
+  const side = pickFrom(m.activeRegs(), 0);
   const bound = side ? m.regsOn(side.trigger) : [];
   const [s, t] = await Promise.all([
     settle(d.execute(req, { deadlineMs: DEADLINE_MS })),
@@ -1021,7 +1060,7 @@ async function upgradeUnderTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'u
   const nowBound = after.regsOn(on);
   const fresh = settle(d.trigger({ trigger: on, payload: {}, limits: lim(LONG_TIMEOUT_MS) }));
   const [s, f] = await Promise.all([slow.promise, fresh]);
-  if (nowBound.length === 0) assert.equal(f.err?.code, grpc.status.NOT_FOUND, `${what}: Trigger after an upgrade that left ${on} unbound`);
+  if (after.boundTo(on).length === 0) assert.equal(f.err?.code, grpc.status.NOT_FOUND, `${what}: Trigger after an upgrade that left ${on} unbound`);
   else {
     assert.ok(!f.err, `${what}: Trigger after the upgrade failed: ${f.err?.details}`);
     expectRan(after, f.res, nowBound, `${what}: Trigger after the upgrade`);
@@ -1203,7 +1242,7 @@ async function startTrigger(d: Driver, m: Model, c: Extract<Cmd, { op: 'startTri
   const bound = m.regsOn(name);
   const run = TRIGGER_PAYLOAD[c.action](registerOn);
   const req = { trigger: name, payload: run.payload, limits: run.limits };
-  if (bound.length === 0) {
+  if (m.boundTo(name).length === 0) {
     await expectStatus(d.startTrigger(req), grpc.status.NOT_FOUND);
     return;
   }
@@ -1425,7 +1464,7 @@ async function cancelExecuteById(d: Driver, m: Model, c: Extract<Cmd, { op: 'can
  */
 async function cancelTriggerById(d: Driver, m: Model, c: Extract<Cmd, { op: 'cancelById' }>, v: Extract<Victim, { kind: 'trigger' }>, what: string): Promise<void> {
   const target = pickFrom(
-    m.allRegs().filter((r) => !m.isBroken(r)),
+    m.activeRegs().filter((r) => !m.isBroken(r)),
     v.pick,
   );
   if (!target) return;
@@ -1656,7 +1695,7 @@ async function releasedUnderQueuedExecute(d: Driver, m: Model, ch: Extract<Cmd, 
  * RegistrationReleasedError), the others run once a slot is free, and the references go with them.
  */
 async function releasedUnderQueuedTrigger(d: Driver, m: Model, ch: Extract<Cmd, { op: 'staleQueued' }>['change'] & { kind: 'trigger' }, what: string): Promise<void> {
-  const r = pickFrom(m.allRegs(), ch.pick);
+  const r = pickFrom(m.activeRegs(), ch.pick);
   if (!r) return;
   const name = r.trigger;
   const bound = m.regsOn(name);
@@ -2070,6 +2109,9 @@ async function runCommand(d: Driver, m: Model, c: Cmd, what: string): Promise<Mo
       break;
     case 'release':
       await release(d, m, c, what);
+      break;
+    case 'pause':
+      await pause(d, m, c, what);
       break;
     case 'slowTriggerRelease':
       await slowTriggerRelease(d, m, c, what);

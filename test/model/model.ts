@@ -31,6 +31,8 @@ export interface ModelReg {
   trigger: string;
   interpreterId: string;
   order: Order;
+  /** Paused (PauseRegistrations): a Trigger skips it; nothing else changes. */
+  paused?: boolean;
 }
 
 export interface ModelInterp {
@@ -55,7 +57,7 @@ export interface Snapshot {
     registrationReferences: number;
     executionReferences: number;
   }[];
-  registrations: { id: string; trigger: string; interpreterId: string; broken: boolean }[];
+  registrations: { id: string; trigger: string; interpreterId: string; broken: boolean; paused: boolean }[];
   /** ListInterpreters filtered by each of NAMES. */
   byName: Record<string, string[]>;
   counters: {
@@ -180,8 +182,28 @@ export class Model {
     return this.allRegs().filter((r) => r.interpreterId === interpreterId);
   }
 
+  /** The registrations a Trigger of `trigger` runs: bound to it and not paused. */
   regsOn(trigger: string): ModelReg[] {
+    return this.allRegs().filter((r) => r.trigger === trigger && !r.paused);
+  }
+
+  /** Every registration bound to `trigger`, paused ones too: none, and a Trigger is NOT_FOUND. */
+  boundTo(trigger: string): ModelReg[] {
     return this.allRegs().filter((r) => r.trigger === trigger);
+  }
+
+  /** Registrations a Trigger would run (not paused): what commands pick to run one. */
+  activeRegs(): ModelReg[] {
+    return this.allRegs().filter((r) => !r.paused);
+  }
+
+  /** Pauses (or resumes) registrations; they must be live. */
+  setPaused(ids: Iterable<string>, paused: boolean): void {
+    for (const id of ids) {
+      const r = this.regs.get(id);
+      if (!r) throw new Error(`model: pause of ${id}, which is not live`);
+      r.paused = paused;
+    }
   }
 
   holder(name: string): ModelInterp | undefined {
@@ -277,7 +299,7 @@ export class Model {
       })),
       registrations: this.allRegs()
         .sort(byId)
-        .map((r) => ({ id: r.id, trigger: r.trigger, interpreterId: r.interpreterId, broken: this.isBroken(r) })),
+        .map((r) => ({ id: r.id, trigger: r.trigger, interpreterId: r.interpreterId, broken: this.isBroken(r), paused: r.paused === true })),
       byName: Object.fromEntries(NAMES.map((n) => [n, live.filter((i) => i.name === n).map((i) => i.id)])),
       counters: {
         interpreters: live.length,
