@@ -10,6 +10,7 @@ import {
   executionToProto,
   interpreterToProto,
   limitsFromProto,
+  languageFromProto,
   modeFromProto,
   registrationToProto,
   watchEventToProto,
@@ -165,6 +166,7 @@ export class GearsService {
     return {
       tenant,
       source: req.source,
+      language: languageFromProto(req.language),
       args: jsonValue(req.args, 'args'),
       mode: modeFromProto(req.mode),
       limits: limitsFromProto(req.limits),
@@ -196,6 +198,7 @@ export class GearsService {
         tenant,
         trigger: req.trigger,
         source: req.source,
+        language: languageFromProto(req.language),
         mode: modeFromProto(req.mode),
         limits: limitsFromProto(req.limits),
         modules: req.modules,

@@ -23,6 +23,19 @@ export function modeFromProto(mode: pb.IsolationMode, field = 'mode'): core.Isol
   }
 }
 
+export function languageFromProto(language: pb.Language): core.Language | undefined {
+  switch (language) {
+    case pb.Language.LANGUAGE_UNSPECIFIED:
+      return undefined;
+    case pb.Language.LANGUAGE_JAVASCRIPT:
+      return 'javascript';
+    case pb.Language.LANGUAGE_TYPESCRIPT:
+      return 'typescript';
+    default:
+      throw new InvalidArgumentError(`language ${String(language)} is not a known Language`);
+  }
+}
+
 export function modeToProto(mode: core.IsolationMode): pb.IsolationMode {
   return mode === 'shared' ? pb.IsolationMode.ISOLATION_MODE_SHARED : pb.IsolationMode.ISOLATION_MODE_ISOLATE;
 }

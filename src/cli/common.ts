@@ -38,6 +38,11 @@ export const modeName = (m: pb.IsolationMode): string => pb.isolationModeToJSON(
 /** A registration's state in a table: broken (its interpreter FAILED), paused, or active. */
 export const registrationState = (r: pb.Registration): string => (r.broken ? 'broken' : r.paused ? 'paused' : 'active');
 
+/** The language of FILE: --language if given, else TypeScript for a .ts, .mts or .cts file, else JavaScript. */
+export function languageOf(file: string, option: 'javascript' | 'typescript' | undefined): 'javascript' | 'typescript' {
+  return option ?? (/\.[mc]?ts$/.test(file) ? 'typescript' : 'javascript');
+}
+
 /** What runs a registration: its trigger, `schedule CRON [TZ]` or `stream NAME (group G)`. */
 export function registrationSource(r: pb.Registration): string {
   if (r.schedule) return `schedule ${r.schedule}${r.timezone ? ` ${r.timezone}` : ''}`;

@@ -11,7 +11,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
 import { createClient, IsogearRpcError, pb, type IsogearClient, type Json, type LimitsInit } from '../client';
-import { EXIT, modeName, ms, outcomeName, registrationSource, registrationState, stateName, UsageError, type GlobalOptions, type Io } from './common';
+import { EXIT, languageOf, modeName, ms, outcomeName, registrationSource, registrationState, stateName, UsageError, type GlobalOptions, type Io } from './common';
 import { addPauseCommands } from './pause';
 import { addTailCommand } from './tail';
 
@@ -231,16 +231,17 @@ Examples:
     .option('--replace', 'upgrade the interpreter holding --name: it is released once this run succeeds')
     .option('--interpreter <id>', 'run in this existing interpreter instead of a new one')
     .option('--detach', 'run it in the background (StartExecute): print its execution id and exit 0; see wait, ps, cancel')
+    .addOption(new Option('--language <language>', 'what FILE and the modules are written in (default: typescript for .ts files)').choices(['javascript', 'typescript']))
     .addHelpText(
       'after',
       `\nExamples:\n  $ isogear exec script.js --args '{"x": 1}' --mode shared\n  $ isogear exec main.js --module util=util.js --name svc --replace\n  $ isogear exec --detach report.js --timeout 60000`,
     )
-    .action(async (file: string, o: { args?: string; mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; name?: string; replace?: boolean; interpreter?: string; detach?: boolean }) => {
+    .action(async (file: string, o: { args?: string; mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; name?: string; replace?: boolean; interpreter?: string; detach?: boolean; language?: 'javascript' | 'typescript' }) => {
       const source = readSource(io, file);
       const args = o.args === undefined ? undefined : parseJson('--args', o.args);
       const modules = modulesOf(io, o.module);
       await withClient(async (client, go) => {
-        const req = { source, args, mode: o.mode, modules, limits: limitsOf(o), name: o.name, replace: o.replace, interpreterId: o.interpreter };
+        const req = { source, language: languageOf(file, o.language), args, mode: o.mode, modules, limits: limitsOf(o), name: o.name, replace: o.replace, interpreterId: o.interpreter };
         if (o.detach) return reportStarted(io, await client.startExecute(req), go.json);
         const res = await client.execute(req);
         if (go.json) io.out(`${JSON.stringify(pb.ExecuteResponse.toJSON(res))}\n`);
@@ -259,12 +260,13 @@ Examples:
     .option('--memory <mb>', 'heap limit of a dedicated isolate', wholeNumber('--memory'))
     .option('--interpreter <id>', 'register in this existing interpreter')
     .option('--description <text>', 'a note shown in listings')
+    .addOption(new Option('--language <language>', 'what FILE and the modules are written in (default: typescript for .ts files)').choices(['javascript', 'typescript']))
     .addHelpText('after', '\nExamples:\n  $ isogear register orders.created handler.js --mode isolate\n  $ isogear register orders.created more.js --interpreter itp_...')
-    .action(async (trigger: string, file: string, o: { mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; interpreter?: string; description?: string }) => {
+    .action(async (trigger: string, file: string, o: { mode?: 'shared' | 'isolate'; module?: string[]; timeout?: number; memory?: number; interpreter?: string; description?: string; language?: 'javascript' | 'typescript' }) => {
       const source = readSource(io, file);
       const modules = modulesOf(io, o.module);
       await withClient(async (client, go) => {
-        const res = await client.register({ trigger, source, mode: o.mode, modules, limits: limitsOf(o), interpreterId: o.interpreter, description: o.description });
+        const res = await client.register({ trigger, source, language: languageOf(file, o.language), mode: o.mode, modules, limits: limitsOf(o), interpreterId: o.interpreter, description: o.description });
         if (go.json) io.out(`${JSON.stringify(pb.RegisterResponse.toJSON(res))}\n`);
         else io.out(`${res.registration?.id ?? ''}\n`);
         if (!go.json) io.err(`[isogear] in interpreter ${res.interpreter?.id ?? ''}\n`);

@@ -39,8 +39,13 @@ export interface LimitsInit {
   memoryLimitMb?: number;
 }
 
+/** What a request's sources are written in, as a name or the proto enum (unset: JavaScript). */
+export type LanguageName = 'javascript' | 'typescript' | pb.Language;
+
 export interface ExecuteInit {
   source: string;
+  /** 'typescript': the source and modules are TypeScript (types are stripped, not checked). */
+  language?: LanguageName;
   args?: Json;
   mode?: Mode;
   limits?: LimitsInit;
@@ -53,6 +58,7 @@ export interface ExecuteInit {
 export interface RegisterInit {
   trigger: string;
   source: string;
+  language?: LanguageName;
   mode?: Mode;
   limits?: LimitsInit;
   modules?: Record<string, string>;
@@ -202,6 +208,9 @@ function toEnum<E extends number>(names: Record<string, E>, value: string | E | 
 
 const toMode = (mode: Mode | undefined): pb.IsolationMode => toEnum(MODES, mode, 'mode');
 
+const LANGUAGES: Record<string, pb.Language> = { javascript: pb.Language.LANGUAGE_JAVASCRIPT, typescript: pb.Language.LANGUAGE_TYPESCRIPT };
+const toLanguage = (language: LanguageName | undefined): pb.Language => toEnum(LANGUAGES, language, 'language');
+
 const EXECUTION_STATES: Record<string, pb.ExecutionState> = {
   queued: pb.ExecutionState.EXECUTION_STATE_QUEUED,
   running: pb.ExecutionState.EXECUTION_STATE_RUNNING,
@@ -262,6 +271,7 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
   const executeRequest = (req: ExecuteInit): pb.ExecuteRequest =>
     pb.ExecuteRequest.fromPartial({
       source: req.source,
+      language: toLanguage(req.language),
       args: req.args,
       mode: toMode(req.mode),
       limits: toLimits(req.limits),
@@ -281,6 +291,7 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
         pb.RegisterRequest.fromPartial({
           trigger: req.trigger,
           source: req.source,
+          language: toLanguage(req.language),
           mode: toMode(req.mode),
           limits: toLimits(req.limits),
           modules: req.modules ?? {},

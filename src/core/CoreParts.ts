@@ -1,4 +1,5 @@
 import { CodeCache } from '../sandbox/CodeCache';
+import { Transpiler } from '../sandbox/Transpiler';
 import { Admission } from './Admission';
 import { Recorder } from './durability/Recorder';
 import { ReplicaFollower } from './durability/ReplicaFollower';
@@ -36,6 +37,8 @@ import os from 'node:os';
 export interface CoreParts {
   readonly options: ResolvedOptions;
   readonly codeCache: CodeCache;
+  /** TypeScript to JavaScript, its outputs cached beside the code cache (same bound). */
+  readonly transpiler: Transpiler;
   readonly ledger: TenantLedger;
   readonly admission: Admission;
   readonly index: RegistrationIndex;
@@ -62,12 +65,13 @@ export interface CoreParts {
 export function composeCore(options: ManagerOptions, closed: () => boolean): CoreParts {
   const o = resolveOptions(options);
   const codeCache = new CodeCache(o.codeCacheBytes);
+  const transpiler = new Transpiler(o.codeCacheBytes);
   const ledger = new TenantLedger(o.tenantQuotas, o.maxInterpreters);
   const admission = new Admission(o, ledger);
   const events = new EventHub({ bufferSize: o.watchBuffer, maxWatchersPerTenant: () => o.tenantMaxWatchers });
   const index = new RegistrationIndex(ledger, o.maxRegistrationsPerInterpreter, events, o.streams !== undefined);
   const names = new NameTable(index, o.logger);
-  const maker = new SandboxMaker(o, codeCache);
+  const maker = new SandboxMaker(o, codeCache, transpiler);
   // The pool, the placements and the interpreter table refer to each other through these late-bound closures.
   const late: { shared?: SharedPlacement; interpreters?: Interpreters; runner?: Runner } = {};
   const pool = new WarmPool({
@@ -105,7 +109,7 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   const pausing = new Pausing({ index, interpreters, recorder });
   const sources = composeSources(o, { interpreters, index, admission, runner, recorder, executions });
   index.bindSources(sources);
-  return { options: o, codeCache, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events, pausing, sources };
+  return { options: o, codeCache, transpiler, ledger, admission, index, names, pool, dedicated, shared, interpreters, runner, recorder, restorer, follower, fanOut, executions, events, pausing, sources };
 }
 
 /**

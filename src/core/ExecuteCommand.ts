@@ -139,7 +139,8 @@ export class ExecuteCommand {
       const since = execution.background ? performance.now() : plan.since;
       const interp = plan.attachId ? interpreters.attachable(plan.attachId, plan.tenant) : await this.newNamedInterpreter(plan);
       execution.interpreterId = interp.id;
-      const load: LoadSpec = { kind: 'execute', source: plan.spec.source, modules: plan.modules, argsJson: plan.argsJson };
+      const language = plan.spec.language === 'typescript' ? ('typescript' as const) : undefined;
+      const load: LoadSpec = { kind: 'execute', source: plan.spec.source, modules: plan.modules, argsJson: plan.argsJson, language };
       const run = await runner.run({
         interp,
         kind: 'execute',
@@ -154,7 +155,7 @@ export class ExecuteCommand {
       try {
         const { report, tuple } = run;
         if (report.outcome === 'succeeded' && tuple) {
-          const step = { kind: 'execute' as const, source: plan.spec.source, modules: plan.modules, argsJson: plan.argsJson, timeoutMs: plan.limits.timeoutMs };
+          const step = { kind: 'execute' as const, source: plan.spec.source, modules: plan.modules, argsJson: plan.argsJson, timeoutMs: plan.limits.timeoutMs, ...(language ? { language } : {}) };
           const upgrade = plan.spec.replace ? plan.name : undefined;
           // The script ran, but what it registered passes the tenant's quota, or its step could not
           // be stored: none of it is kept (this throws).

@@ -140,11 +140,12 @@ export class InterpreterManager implements IsolateManager {
         ? this.core.interpreters.attachable(spec.interpreterId as string, tenant)
         : await this.core.interpreters.create(spec.mode ?? this.options.defaultMode, limits.memoryMb, '', tenant);
       if (attach) this.core.index.refuseWhenFull(interp);
-      const load: LoadSpec = { kind: 'register', source: spec.source, modules, trigger: spec.trigger, description };
+      const language = spec.language === 'typescript' ? ('typescript' as const) : undefined;
+      const load: LoadSpec = { kind: 'register', source: spec.source, modules, trigger: spec.trigger, description, language };
       const run = await this.core.runner.run({ interp, kind: 'register', timeoutMs: limits.timeoutMs, since, signal, work: loadWork(interp, load, newToken()), slot });
       let registration: Registration | undefined;
       try {
-        registration = await this.commitHandler(interp, run, spec.trigger, { kind: 'register', source: spec.source, modules, trigger: spec.trigger, description, timeoutMs: limits.timeoutMs });
+        registration = await this.commitHandler(interp, run, spec.trigger, { kind: 'register', source: spec.source, modules, trigger: spec.trigger, description, timeoutMs: limits.timeoutMs, ...(language ? { language } : {}) });
       } finally {
         run.end();
       }
@@ -373,6 +374,7 @@ export class InterpreterManager implements IsolateManager {
       isolatesDisposed: { dedicated: this.core.dedicated.tally.disposed, shared: this.core.shared.tally.disposed },
       warm: this.core.pool.stats(),
       codeCache: { entries: this.core.codeCache.size, bytes: this.core.codeCache.sizeBytes, hits: this.core.codeCache.hits, misses: this.core.codeCache.misses, rejected: this.core.codeCache.rejected },
+      transpiles: { hits: this.core.transpiler.hits, misses: this.core.transpiler.misses },
       executions: this.core.executions.counters(),
       extraSharedIsolates: this.core.shared.extra,
       watch: { streams: this.core.events.size, dropped: this.core.events.droppedTotal },

@@ -31,6 +31,8 @@ export interface RunWork {
 export interface LoadSpec {
   kind: 'execute' | 'register';
   source: string;
+  /** TypeScript sources are stripped of their types first (absent: JavaScript). */
+  language?: 'typescript';
   modules: Record<string, string>;
   argsJson?: string;
   trigger?: string;
@@ -54,7 +56,7 @@ export function loadWork(interp: Interpreter, spec: LoadSpec, token: string): Ru
     token,
     start: async (execId, remainingMs, active, sink) => {
       if (!interp.live) throw gone(interp);
-      const prepared = await interp.sandbox.prepare(spec.source, spec.modules, token);
+      const prepared = await interp.sandbox.prepare(spec.source, spec.modules, token, spec.language ?? 'javascript');
       if (!active()) {
         // (a sandbox released meanwhile released its loads' modules with it)
         if (interp.live) interp.sandbox.discard(prepared);

@@ -1,6 +1,7 @@
 import { BootstrapCompiler } from '../sandbox/bootstrapScript';
 import type { Tracing } from '../tracing/Tracing';
 import type { CodeCache } from '../sandbox/CodeCache';
+import type { Transpiler } from '../sandbox/Transpiler';
 import { Sandbox } from '../sandbox/Sandbox';
 import { newExecutionId, newToken } from './ids';
 import type { IsolateHost } from './IsolateHost';
@@ -33,6 +34,7 @@ export class SandboxMaker {
   constructor(
     private readonly limits: SandboxLimits,
     private readonly codeCache: CodeCache,
+    private readonly transpiler?: Transpiler,
   ) {
     this.checkSource = sourceCheck(limits.streams !== undefined);
   }
@@ -50,6 +52,7 @@ export class SandboxMaker {
         maxResultChars: this.limits.maxValueBytes,
         maxRegistrations: this.limits.maxRegistrationsPerInterpreter,
         codeCache: this.codeCache,
+        transpiler: this.transpiler,
         tracing: this.limits.tracing,
         checkSource: this.checkSource,
       },

@@ -92,8 +92,13 @@ export interface Tenanted {
   tenant?: string;
 }
 
+/** What a request's source and modules are written in (JavaScript unless it says otherwise). */
+export type Language = 'javascript' | 'typescript';
+
 export interface ExecuteSpec extends Tenanted {
   source: string;
+  /** TypeScript: the source and every module are stripped of their types before they run. */
+  language?: Language;
   /** `undefined`: the default export is called with `undefined`. */
   args?: JsonValue;
   mode?: IsolationMode;
@@ -129,6 +134,7 @@ export interface ExecuteResult extends RunReport {
 export interface RegisterSpec extends Tenanted {
   trigger: string;
   source: string;
+  language?: Language;
   mode?: IsolationMode;
   limits?: Limits;
   modules?: Record<string, string>;
@@ -303,6 +309,8 @@ export interface ManagerCounters {
   warm: WarmPoolStats;
   /** The code cache for module sources: entries, bytes held, lookups that found data or not. */
   codeCache: { entries: number; bytes: number; hits: number; misses: number; rejected: number };
+  /** TypeScript modules stripped of their types: found in the transpile cache (hit) or transpiled (miss). */
+  transpiles: { hits: number; misses: number };
   executions: ExecutionCounters;
   /** Shared isolates added beyond ISOGEAR_SHARED_ISOLATES because every shared isolate was held by a long run. */
   extraSharedIsolates: number;

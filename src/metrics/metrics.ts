@@ -226,6 +226,18 @@ export class IsogearMetrics {
         }
       },
     });
+    new Counter({
+      name: 'isogear_typescript_transpiles_total',
+      help: 'TypeScript modules stripped of their types, by whether the output was cached (hit) or made now (miss).',
+      labelNames: [LABEL.result],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        mirror(this, 'ts:hit', { result: 'hit' }, c.transpiles.hits);
+        mirror(this, 'ts:miss', { result: 'miss' }, c.transpiles.misses);
+      },
+    });
     new Gauge({
       name: 'isogear_executions_in_flight',
       help: 'Runs (Execute, Register loads, handler runs) in progress, by isolation mode.',

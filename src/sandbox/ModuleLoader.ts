@@ -1,8 +1,10 @@
 import type { Span } from '@opentelemetry/api';
+import type { SourceMap } from 'node:module';
 import type ivm from 'isolated-vm';
 import type { Tracing } from '../tracing/Tracing';
 import { CodeCache } from './CodeCache';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
+import type { Language, Transpiler } from './Transpiler';
 
 /** Specifier the per-load driver module imports the user's main module by. */
 export const MAIN_SPECIFIER = 'isogear:main';
@@ -62,7 +64,14 @@ export class ModuleLoader {
     private readonly track: CallTracker,
     private readonly cache?: CodeCache,
     private readonly tracing?: Tracing,
+    private readonly transpiler?: Transpiler,
   ) {}
+
+  /**
+   * The source maps of the TypeScript modules this interpreter compiled, by the name V8 knows
+   * each one under (`specifier#hash`): stacks and messages are mapped back through them.
+   */
+  readonly sourceMaps = new Map<string, SourceMap>();
 
   /**
    * Compiles `source` as the main module, links it and its imports against `modules`, and
@@ -80,15 +89,17 @@ export class ModuleLoader {
    * the driver's evaluation go to the isolate together: one wait for the isolate less per load.
    * (Sandbox.load evaluates again after the link if isolated-vm ever queued it later.)
    */
-  prepare(source: string, modules: Record<string, string>, token: string): Promise<PreparedLoad> {
-    if (!this.tracing?.on) return this.prepareLoad(source, modules, token);
-    return this.tracing.span('isogear.module.load', { 'isogear.module.supplied': 1 + Object.keys(modules).length }, (span) => this.prepareLoad(source, modules, token, span));
+  prepare(source: string, modules: Record<string, string>, token: string, language: Language = 'javascript'): Promise<PreparedLoad> {
+    if (!this.tracing?.on) return this.prepareLoad(source, modules, token, language);
+    return this.tracing.span('isogear.module.load', { 'isogear.module.supplied': 1 + Object.keys(modules).length, 'isogear.language': language }, (span) =>
+      this.prepareLoad(source, modules, token, language, span),
+    );
   }
 
-  private async prepareLoad(source: string, modules: Record<string, string>, token: string, span?: Span): Promise<PreparedLoad> {
+  private async prepareLoad(source: string, modules: Record<string, string>, token: string, language: Language, span?: Span): Promise<PreparedLoad> {
     const tokenLiteral = JSON.stringify(token);
     const compiled = await Promise.allSettled([
-      this.compileUser(source, 'main.js', span),
+      this.compileIn(language, source, language === 'typescript' ? 'main.ts' : 'main.js', span),
       // The hand-over stays on line 3: it is the bottom frame of stacks thrown in a default export.
       this.isolate.compileModule(`// isogear: the load's driver\nimport * as ns from ${JSON.stringify(MAIN_SPECIFIER)};\n__isogear_loaded__(${tokenLiteral}, ns);\n`, {
         filename: 'isogear:driver',
@@ -114,7 +125,7 @@ export class ModuleLoader {
       }
       let p = pending.get(specifier);
       if (!p) {
-        p = this.resolve(specifier, modules);
+        p = this.resolve(specifier, modules, language);
         pending.set(specifier, p);
       }
       return p;
@@ -159,6 +170,15 @@ export class ModuleLoader {
     this.latest.clear();
   }
 
+  /** Compiles a module of the request's language: TypeScript is stripped of its types first, and its source map kept. */
+  private async compileIn(language: Language, source: string, specifier: string, span?: Span): Promise<ivm.Module> {
+    if (language !== 'typescript') return this.compileUser(source, specifier, span);
+    if (!this.transpiler) throw new Error('this server does not take TypeScript');
+    const t = this.transpiler.transpile(specifier, source);
+    this.sourceMaps.set(t.filename, t.map);
+    return this.compileUser(t.code, t.filename, span);
+  }
+
   /**
    * Compiles a module the request supplied, through the server's code cache when it has one.
    * `span`: the load's span, told whether V8 took the cached code (`isogear.code_cache.hit`).
@@ -189,7 +209,7 @@ export class ModuleLoader {
     return this.track(p, HOUSEKEEPING_TIMEOUT_MS);
   }
 
-  private async resolve(specifier: string, modules: Record<string, string>): Promise<ivm.Module> {
+  private async resolve(specifier: string, modules: Record<string, string>, language: Language): Promise<ivm.Module> {
     const source = Object.prototype.hasOwnProperty.call(modules, specifier) ? modules[specifier] : undefined;
     if (source === undefined) {
       const known = this.latest.get(specifier);
@@ -205,14 +225,16 @@ export class ModuleLoader {
       bySource = new Map();
       this.instances.set(specifier, bySource);
     }
-    let mod = bySource.get(source);
+    // (the same text as JavaScript and as TypeScript are two modules)
+    const key = language === 'typescript' ? `\u0000ts\u0000${source}` : source;
+    let mod = bySource.get(key);
     if (!mod) {
-      mod = await this.housekeeping(this.compileUser(source, specifier));
+      mod = await this.housekeeping(this.compileIn(language, source, specifier));
       if (this.released) {
         mod.release();
         throw new Error('the interpreter was disposed');
       }
-      bySource.set(source, mod);
+      bySource.set(key, mod);
     }
     this.latest.set(specifier, mod);
     return mod;

@@ -3,6 +3,7 @@ import type { Tracing } from '../tracing/Tracing';
 import type { CodeCache } from './CodeCache';
 import { ModuleLoader, ModuleNotFoundError, UNINSTANTIATED, type PreparedLoad } from './ModuleLoader';
 import { HOUSEKEEPING_TIMEOUT_MS, type CallTracker } from './tracking';
+import { mapPositions, type Language, type Transpiler } from './Transpiler';
 
 export type { CallTracker } from './tracking';
 
@@ -72,6 +73,8 @@ export interface SandboxOptions {
   codeCache?: CodeCache;
   /** Where a traced run's module load span goes. */
   tracing?: Tracing;
+  /** TypeScript to JavaScript, shared by every interpreter (its cache is the server's). */
+  transpiler?: Transpiler;
   /**
    * Called synchronously by gears.schedule and gears.consume with (kind, cron|stream,
    * timezone|group): '' to accept, else the message the call throws with.
@@ -97,9 +100,10 @@ const NON_ERROR_THROWN = 'An object was thrown from supplied code within isolate
 export function stripHostFrames(stack: string): string {
   const i = stack.indexOf(BOUNDARY);
   if (i >= 0) return stack.slice(0, i).trimEnd();
-  // Errors raised on the host side of a call (resolver, linker) have only host frames.
+  // Errors raised on the host side of a call (resolver, linker) have only host frames: absolute
+  // paths, node: or file: URLs. (A module specifier such as ./lib.js has a slash too: its frames stay.)
   const nl = stack.indexOf('\n');
-  return nl >= 0 && /^\s+at /.test(stack.slice(nl + 1)) && stack.includes('/') ? stack.slice(0, nl) : stack;
+  return nl >= 0 && /^\s+at /.test(stack.slice(nl + 1)) && /(\(|at )(\/|node:|file:)/.test(stack.slice(nl + 1)) ? stack.slice(0, nl) : stack;
 }
 
 /** Turns an error thrown by an isolated-vm call into a classified SandboxCallError. */
@@ -272,7 +276,7 @@ export class Sandbox {
         ['init', options.interpreterId, options.registrationPrefix, options.maxLogChars, options.triggerPattern, options.maxResultChars, options.maxRegistrations, tap, checkSource],
         { timeout: 1000 },
       );
-      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache, options.tracing), options, track, sinks);
+      return new Sandbox(isolate, context, dispatch, new ModuleLoader(isolate, context, track, options.codeCache, options.tracing, options.transpiler), options, track, sinks);
     } catch (err) {
       dispatch?.release();
       context.release();
@@ -281,13 +285,28 @@ export class Sandbox {
   }
 
   /** Compiles and links a main module; see ModuleLoader.prepare. Throws SandboxCallError. */
-  async prepare(source: string, modules: Record<string, string>, token: string): Promise<PreparedLoad> {
+  async prepare(source: string, modules: Record<string, string>, token: string, language: Language = 'javascript'): Promise<PreparedLoad> {
     this.assertUsable('prepare');
     try {
-      return await this.loader.prepare(source, modules, token);
+      return await this.loader.prepare(source, modules, token, language);
     } catch (err) {
-      throw classifyCallError(err, this.isolate);
+      throw this.mapped(classifyCallError(err, this.isolate));
     }
+  }
+
+  /**
+   * An error whose stack and message point into TypeScript this interpreter loaded, pointing at
+   * the lines and columns the user wrote instead (see Transpiler.mapPositions).
+   */
+  private mapped<E extends SandboxCallError | RunTuple>(x: E): E {
+    const maps = this.loader.sourceMaps;
+    if (maps.size === 0) return x;
+    const error = x instanceof SandboxCallError ? x.scriptError : x.error;
+    if (error) {
+      error.message = mapPositions(error.message, maps);
+      error.stack = mapPositions(error.stack, maps);
+    }
+    return x;
   }
 
   /**
@@ -331,7 +350,7 @@ export class Sandbox {
           this.loader.finish(driver);
           if (done) return;
           done = true;
-          reject(classifyCallError(err, this.isolate));
+          reject(this.mapped(classifyCallError(err, this.isolate)));
         },
       );
       tuple.then(
@@ -339,7 +358,7 @@ export class Sandbox {
           if (done) return;
           done = true;
           try {
-            resolve(parseOrFail(raw, this.options.maxLogChars));
+            resolve(this.mapped(parseOrFail(raw, this.options.maxLogChars)));
           } catch (err) {
             reject(err);
           }
@@ -347,7 +366,7 @@ export class Sandbox {
         (err: unknown) => {
           if (done) return;
           done = true;
-          reject(classifyCallError(err, this.isolate));
+          reject(this.mapped(classifyCallError(err, this.isolate)));
         },
       );
     });
@@ -421,9 +440,9 @@ export class Sandbox {
       if (sink) this.dropSinkAfter(execId, call);
       raw = await call;
     } catch (err) {
-      throw classifyCallError(err, this.isolate);
+      throw this.mapped(classifyCallError(err, this.isolate));
     }
-    return parseOrFail(raw, this.options.maxLogChars);
+    return this.mapped(parseOrFail(raw, this.options.maxLogChars));
   }
 
   /** The host accepted the run: its registrations become callable. Fire and forget. */

@@ -86,6 +86,21 @@ describe('isogear command line', function () {
     assert.match(res.interpreterId, /^itp_/);
   });
 
+  it('exec and register take TypeScript: a .ts file is TypeScript, --language says so for others and for standard input', async () => {
+    const main = file('main.ts', 'import { twice } from "./lib.ts";\nexport default (a: { n: number }): number => twice(a.n);\n');
+    const lib = file('lib.ts', 'export const twice = (n: number): number => n * 2;\n');
+    const r = await cli(['exec', main, '--module', `./lib.ts=${lib}`, '--args', '{"n": 21}']);
+    assert.deepEqual([r.code, r.stdout, r.stderr], [0, '42\n', '']);
+    const piped = await cli(['exec', '-', '--language', 'typescript'], { stdin: 'export default (): string => "typed";' });
+    assert.deepEqual([piped.code, piped.stdout], [0, '"typed"\n']);
+    const asJs = await cli(['exec', main, '--language', 'javascript', '--module', `./lib.ts=${lib}`]);
+    assert.equal(asJs.code, 1, 'the same file read as JavaScript does not parse');
+    const reg = await cli(['register', 'cli.ts', file('h.ts', 'export default (p: { n: number }): number => p.n + 1;\n')]);
+    assert.equal(reg.code, 0, reg.stderr);
+    assert.equal((await cli(['trigger', 'cli.ts', '--payload', '{"n": 1}'])).stdout, `${reg.stdout.trim()}  2\n`);
+    await cli(['release', reg.stdout.trim()]);
+  });
+
   it('a script that fails exits 1 with one line saying how', async () => {
     const r = await cli(['exec', '-'], { stdin: 'export default () => { throw new TypeError("no way"); }' });
     assert.equal(r.code, 1);

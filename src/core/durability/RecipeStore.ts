@@ -42,6 +42,8 @@ export interface RecipeStep {
   /** execute, register: the main module and the modules it imports. */
   source?: string;
   modules?: Record<string, string>;
+  /** execute, register: 'typescript' when the sources are TypeScript (absent: JavaScript). */
+  language?: 'typescript';
   /** execute: the args JSON ('' for none). */
   argsJson?: string;
   /** register: the trigger bound; trigger: the trigger fired. */

@@ -191,7 +191,7 @@ export class Restorer {
         ? invokeWork(interp, step.handlerId ?? '', step.payloadJson ?? '', step.trigger ?? '', ids, step.eventJson)
         : loadWork(
             interp,
-            { kind: step.kind, source: step.source ?? '', modules: step.modules ?? {}, argsJson: step.argsJson, trigger: step.trigger, description: step.description, ids },
+            { kind: step.kind, source: step.source ?? '', modules: step.modules ?? {}, argsJson: step.argsJson, trigger: step.trigger, description: step.description, ids, language: step.language },
             newToken(),
           );
     const run = await this.deps.runner.run({ interp, kind: step.kind, timeoutMs: step.timeoutMs, since: performance.now(), work, replay: true });

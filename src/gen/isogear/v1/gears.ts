@@ -36,6 +36,55 @@ export const protobufFileName = "isogear/v1/gears.proto";
  * (`buf breaking` guards it).
  */
 
+/** Language says what a request's source and modules are written in. */
+export enum Language {
+  /** LANGUAGE_UNSPECIFIED - Not set: JavaScript. */
+  LANGUAGE_UNSPECIFIED = 0,
+  /** LANGUAGE_JAVASCRIPT - ES modules in JavaScript. */
+  LANGUAGE_JAVASCRIPT = 1,
+  /**
+   * LANGUAGE_TYPESCRIPT - ES modules in TypeScript: the source and every module of the request are
+   * stripped of their types (not type-checked) before they run. Error stacks
+   * and messages point at the TypeScript lines and columns. A source that
+   * does not parse is OUTCOME_FAILED with a SyntaxError naming the module,
+   * line and column.
+   */
+  LANGUAGE_TYPESCRIPT = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function languageFromJSON(object: any): Language {
+  switch (object) {
+    case 0:
+    case "LANGUAGE_UNSPECIFIED":
+      return Language.LANGUAGE_UNSPECIFIED;
+    case 1:
+    case "LANGUAGE_JAVASCRIPT":
+      return Language.LANGUAGE_JAVASCRIPT;
+    case 2:
+    case "LANGUAGE_TYPESCRIPT":
+      return Language.LANGUAGE_TYPESCRIPT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return Language.UNRECOGNIZED;
+  }
+}
+
+export function languageToJSON(object: Language): string {
+  switch (object) {
+    case Language.LANGUAGE_UNSPECIFIED:
+      return "LANGUAGE_UNSPECIFIED";
+    case Language.LANGUAGE_JAVASCRIPT:
+      return "LANGUAGE_JAVASCRIPT";
+    case Language.LANGUAGE_TYPESCRIPT:
+      return "LANGUAGE_TYPESCRIPT";
+    case Language.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * IsolationMode chooses how strongly a new interpreter is isolated from the
  * others.
@@ -486,6 +535,11 @@ export interface ExecuteRequest {
    * is ALREADY_EXISTS.
    */
   replace: boolean;
+  /**
+   * What `source` and `modules` are written in; unset is JavaScript. Kept with
+   * the interpreter's recipe, so a restore replays it the same way.
+   */
+  language: Language;
 }
 
 export interface ExecuteRequest_ModulesEntry {
@@ -615,6 +669,8 @@ export interface RegisterRequest {
    * most 1024 characters.
    */
   description: string;
+  /** What `source` and `modules` are written in; unset is JavaScript. */
+  language: Language;
 }
 
 export interface RegisterRequest_ModulesEntry {
@@ -1247,6 +1303,7 @@ function createBaseExecuteRequest(): ExecuteRequest {
     interpreterId: "",
     name: "",
     replace: false,
+    language: 0,
   };
 }
 
@@ -1275,6 +1332,9 @@ export const ExecuteRequest: MessageFns<ExecuteRequest> = {
     }
     if (message.replace !== false) {
       writer.uint32(64).bool(message.replace);
+    }
+    if (message.language !== 0) {
+      writer.uint32(72).int32(message.language);
     }
     return writer;
   },
@@ -1359,6 +1419,14 @@ export const ExecuteRequest: MessageFns<ExecuteRequest> = {
             message.replace = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.language = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1398,6 +1466,7 @@ export const ExecuteRequest: MessageFns<ExecuteRequest> = {
         : "",
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       replace: isSet(object.replace) ? globalThis.Boolean(object.replace) : false,
+      language: isSet(object.language) ? languageFromJSON(object.language) : 0,
     };
   },
 
@@ -1433,6 +1502,9 @@ export const ExecuteRequest: MessageFns<ExecuteRequest> = {
     if (message.replace !== false) {
       obj.replace = message.replace;
     }
+    if (message.language !== 0) {
+      obj.language = languageToJSON(message.language);
+    }
     return obj;
   },
 
@@ -1459,6 +1531,7 @@ export const ExecuteRequest: MessageFns<ExecuteRequest> = {
     message.interpreterId = object.interpreterId ?? "";
     message.name = object.name ?? "";
     message.replace = object.replace ?? false;
+    message.language = object.language ?? 0;
     return message;
   },
 };
@@ -1820,7 +1893,16 @@ export const ExecuteResponse: MessageFns<ExecuteResponse> = {
 };
 
 function createBaseRegisterRequest(): RegisterRequest {
-  return { trigger: "", source: "", mode: 0, limits: undefined, modules: {}, interpreterId: "", description: "" };
+  return {
+    trigger: "",
+    source: "",
+    mode: 0,
+    limits: undefined,
+    modules: {},
+    interpreterId: "",
+    description: "",
+    language: 0,
+  };
 }
 
 export const RegisterRequest: MessageFns<RegisterRequest> = {
@@ -1845,6 +1927,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     }
     if (message.description !== "") {
       writer.uint32(58).string(message.description);
+    }
+    if (message.language !== 0) {
+      writer.uint32(64).int32(message.language);
     }
     return writer;
   },
@@ -1921,6 +2006,14 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
             message.description = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.language = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1959,6 +2052,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
         ? globalThis.String(object.interpreter_id)
         : "",
       description: isSet(object.description) ? globalThis.String(object.description) : "",
+      language: isSet(object.language) ? languageFromJSON(object.language) : 0,
     };
   },
 
@@ -1991,6 +2085,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     if (message.description !== "") {
       obj.description = message.description;
     }
+    if (message.language !== 0) {
+      obj.language = languageToJSON(message.language);
+    }
     return obj;
   },
 
@@ -2016,6 +2113,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     );
     message.interpreterId = object.interpreterId ?? "";
     message.description = object.description ?? "";
+    message.language = object.language ?? 0;
     return message;
   },
 };
