@@ -49,6 +49,7 @@ interface Seen {
   execute: unknown;
   trigger: unknown[];
   pause: { paused: boolean; skipped: number; flag: boolean; resumed: boolean; again: unknown[]; two_selectors: Status };
+  typescript: { result: unknown; error: string; line3: boolean };
   listed: { id: string; description: string; runs: number }[];
   interpreters: number;
   released: boolean;
@@ -103,6 +104,7 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
     const seen = JSON.parse(stdout) as Seen;
     assert.deepEqual(seen.execute, { total: 9, names: ['tea', 'cake'], vip: true });
     assert.deepEqual(seen.trigger, ['hello python']);
+    assert.deepEqual(seen.typescript, { result: 42, error: 'RangeError', line3: true }, 'TypeScript from Python, its stack on the TypeScript line');
     assert.deepEqual({ ...seen.pause, two_selectors: seen.pause.two_selectors.code }, { paused: true, skipped: 0, flag: true, resumed: true, again: ['hello again'], two_selectors: 'INVALID_ARGUMENT' });
     assert.equal(seen.listed.length, 1);
     assert.equal(seen.listed[0].description, 'from python');

@@ -86,6 +86,27 @@ seen["pause"] = {
 released = gears.Release(gears_pb2.ReleaseRequest(registration_id=reg_id), metadata=AUTH)
 seen["released"] = list(released.released_registration_ids) == [reg_id]
 
+# TypeScript from Python: types stripped; a failure points at the TypeScript line
+typed = gears.Execute(
+    gears_pb2.ExecuteRequest(
+        source="interface A { n: number }\nexport default (a: A): number => {\n  if (a.n < 0) throw new RangeError('negative');\n  return a.n * 2;\n};\n",
+        args=to_value({"n": 21}),
+        mode=SHARED,
+        language=gears_pb2.LANGUAGE_TYPESCRIPT,
+    ),
+    metadata=AUTH,
+)
+typed_err = gears.Execute(
+    gears_pb2.ExecuteRequest(
+        source="interface A { n: number }\nexport default (a: A): number => {\n  if (a.n < 0) throw new RangeError('negative');\n  return a.n * 2;\n};\n",
+        args=to_value({"n": -1}),
+        mode=SHARED,
+        language=gears_pb2.LANGUAGE_TYPESCRIPT,
+    ),
+    metadata=AUTH,
+)
+seen["typescript"] = {"result": from_value(typed.result), "error": typed_err.error.name, "line3": "main.ts:3:" in typed_err.error.stack}
+
 # Three error codes, as a Python user meets them
 seen["errors"] = {
     "no_key": status_of(lambda: gears.ListInterpreters(gears_pb2.ListInterpretersRequest())),
