@@ -19,8 +19,8 @@ export interface RestoredState {
 }
 
 /**
- * What runs schedules and consumers: it hears of each such registration made live, released,
- * paused or resumed, in the same synchronous step as the index.
+ * What runs schedules and consumers: it hears of each registration made live, released, paused
+ * or resumed (of any kind: it takes those of its own), in the same synchronous step as the index.
  */
 export interface SourceBinding {
   attach(reg: Registration): void;
@@ -96,7 +96,7 @@ export class RegistrationIndex {
     // a replayed one the recipe holds paused is paused from the start: its schedule never arms, its consumer never reads
     for (const reg of made) if (restored?.paused.has(reg.id)) this.markPaused(reg);
     for (const reg of made) this.tell(reg, 'created');
-    for (const reg of made) if (reg.kind !== 'trigger' && !restored?.released.has(reg.id)) this.sources?.attach(reg);
+    for (const reg of made) if (!restored?.released.has(reg.id)) this.sources?.attach(reg);
     return made;
   }
 
@@ -146,7 +146,7 @@ export class RegistrationIndex {
     for (const reg of regs) {
       this.unindex(reg);
       interp.registrations.delete(reg.id);
-      if (reg.kind !== 'trigger') this.sources?.detach(reg);
+      this.sources?.detach(reg);
     }
     if (interp.live) interp.unregister(regs.map((r) => r.id));
     if (interp.registrations.size === 0 && interp.referencesOf('execution') > 0) interp.beginDraining();
@@ -166,7 +166,7 @@ export class RegistrationIndex {
     const changed = regs.filter((reg) => reg.paused !== paused && this.byId.has(reg.id));
     for (const reg of changed) reg.paused = paused;
     this.pausedCount += (paused ? 1 : -1) * changed.length;
-    for (const reg of changed) if (reg.kind !== 'trigger') this.sources?.pausedChanged(reg);
+    for (const reg of changed) this.sources?.pausedChanged(reg);
     for (const reg of changed) this.tell(reg, paused ? 'paused' : 'resumed');
   }
 
@@ -188,7 +188,7 @@ export class RegistrationIndex {
   forgetAll(interp: Interpreter): void {
     for (const reg of interp.registrations.values()) {
       this.unindex(reg);
-      if (reg.kind !== 'trigger') this.sources?.detach(reg);
+      this.sources?.detach(reg);
     }
     interp.registrations.clear();
   }

@@ -317,7 +317,7 @@ export interface ManagerCounters {
   /** Watch streams open now, and events dropped so far because a watcher read too slowly. */
   watch: { streams: number; dropped: number };
   /** Schedules and consumers running here, and their consumer groups' pending entries and lag (each group once). */
-  sources: { schedules: number; consumers: number; pendingEntries: number; lag: number };
+  sources: { schedules: number; consumers: number; pendingEntries: number; lag: number; redisDown: number };
 }
 
 export interface WarmPoolStats {

@@ -13,7 +13,6 @@ export class SourceMetrics {
   private readonly skipped: Counter<string>;
   private readonly entries: Counter<string>;
   private readonly redisErrors: Counter<string>;
-  private redisUp = 1;
 
   constructor(registers: Registry[], read: () => ManagerCounters | undefined) {
     this.skipped = new Counter({
@@ -35,14 +34,13 @@ export class SourceMetrics {
       registers,
     });
     this.redisErrors.inc(0);
-    const self = (): SourceMetrics => this;
     new Gauge({
       name: 'isogear_events_redis_up',
-      help: 'Whether the events Redis answered the stream consumers\' last call (1) or not (0); 1 while no consumer runs.',
+      help: '0 while any stream consumer\'s last call to the events Redis went unanswered (it backs off and retries), else 1 (also while no consumer runs).',
       registers,
       collect() {
-        const c = read();
-        this.set(c && c.sources.consumers > 0 ? self().redisUp : 1);
+        // (derived at each scrape: a consumer released while Redis was down leaves nothing behind)
+        this.set((read()?.sources.redisDown ?? 0) > 0 ? 0 : 1);
       },
     });
     new Gauge({
@@ -82,8 +80,7 @@ export class SourceMetrics {
     this.entries.inc({ result });
   };
 
-  readonly redis = (up: boolean): void => {
-    this.redisUp = up ? 1 : 0;
-    if (!up) this.redisErrors.inc();
+  readonly redisError = (): void => {
+    this.redisErrors.inc();
   };
 }

@@ -125,9 +125,17 @@ export class RedisStreams implements StreamSource {
   private async withDeliveries(stream: string, group: string, consumer: string, raw: Reply): Promise<StreamEntry[]> {
     const live = raw.filter(([, f]) => f !== null);
     if (live.length === 0) return [];
-    const ids = live.map(([id]) => id);
-    const pending = (await sorted(this.redis.call('XPENDING', stream, group, ids[0], ids[ids.length - 1], ids.length * 2 + 10, consumer))) as [string, string, number, number][];
-    const counts = new Map(pending.map(([id, , , n]) => [id, Number(n)]));
+    // one XPENDING per entry, in one round trip: a range over the claimed ids could take in other
+    // entries pending on this consumer and, past its count, miss a claimed one
+    const pipe = this.redis.pipeline();
+    for (const [id] of live) pipe.call('XPENDING', stream, group, id, id, 1, consumer);
+    const replies = (await sorted(pipe.exec())) ?? [];
+    const counts = new Map<string, number>();
+    for (const [err, reply] of replies) {
+      if (err) throw err instanceof ReplyError ? new StreamRefusedError(err.message, { cause: err }) : err;
+      const row = (reply as [string, string, number, number][])[0];
+      if (row) counts.set(row[0], Number(row[3]));
+    }
     return toEntries(live, (id) => counts.get(id) ?? 1);
   }
 

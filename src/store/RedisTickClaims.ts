@@ -23,7 +23,7 @@ type Call = (...args: (string | number)[]) => Promise<unknown>;
  * Schedule ticks claimed in the shared store's Redis: `<prefix>tick:<registration>:<tick ms>`
  * (SET NX with an expiry) says which server runs a tick, `<prefix>running:<registration>` marks
  * a run going until it ends or its time limit (plus slack) passes, so a server that dies mid-run
- * holds no tick longer than its run could have lasted.
+ * holds no tick longer than its run could have lasted. It uses the store's connection, closed with the store.
  */
 export class RedisTickClaims implements TickClaims {
   constructor(
@@ -52,9 +52,5 @@ export class RedisTickClaims implements TickClaims {
 
   async finish(registrationId: string, tickMs: number): Promise<void> {
     await this.call('isogearTickFinish')(`${this.prefix}running:${registrationId}`, this.token(tickMs));
-  }
-
-  async close(): Promise<void> {
-    // the connection is the store's, closed with it
   }
 }

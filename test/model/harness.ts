@@ -976,15 +976,16 @@ async function oom(d: Driver, m: Model, c: Extract<Cmd, { op: 'oom' }>, what: st
     return;
   }
   const regs = m.regsOf(x.id);
-  const via = c.target.kind === 'live' ? c.target.via : 'execute';
-  if (via === 'execute') {
+  // through a handler only if one of x's is not paused (a Trigger skips paused ones)
+  const victim = regs.find((r) => !r.paused);
+  const via = c.target.kind === 'live' && c.target.via === 'trigger' && victim ? 'trigger' : 'execute';
+  if (via === 'execute' || !victim) {
     const source = scriptSource([TRIGGERS[0]], MEMORY_BOMB);
     const res = await d.execute({ interpreterId: x.id, source, limits: lim(LONG_TIMEOUT_MS) });
     expectOutcome(res, OUTCOME_MEMORY_EXCEEDED, what);
     assert.deepEqual(res.registrations, [], `${what}: a killed run keeps no registration`);
     expectInterp(res.interpreter, { id: x.id, state: FAILED, registrationReferences: regs.length, executionReferences: 0 }, what);
   } else {
-    const victim = regs[0];
     const bound = m.regsOn(victim.trigger);
     const res = await d.trigger({ trigger: victim.trigger, payload: { bomb: victim.id }, limits: lim(LONG_TIMEOUT_MS) });
     expectRan(m, res, bound, what);

@@ -270,4 +270,18 @@ describe('refcount model: regressions', function () {
       ]).flat(),
     ]),
   );
+
+  it(
+    'pause, resume and a memory bomb: a paused handler is not run by a Trigger, so the bomb goes in by an attached Execute; pausing moves no reference',
+    // found by the model once it paused: the harness sent the bomb through a Trigger of a paused handler
+    replay([
+      { op: 'startExecute', target: { kind: 'new', mode: 'isolate', name: null, replace: false }, triggers: [0], ending: 'ok', peek: false },
+      { op: 'pause', resume: false, by: 'registration', target: { kind: 'live', pick: 0 }, trigger: 0 },
+      { op: 'trigger', trigger: 0, action: 'fast', registerOn: 1 },
+      { op: 'pause', resume: true, by: 'trigger', target: { kind: 'unknown' }, trigger: 0 },
+      { op: 'pause', resume: false, by: 'interpreter', target: { kind: 'live', pick: 0 }, trigger: 0 },
+      { op: 'oom', target: { kind: 'live', pick: 0, via: 'trigger' } },
+      { op: 'release', by: 'registration', target: { kind: 'live', pick: 0 } },
+    ]),
+  );
 });

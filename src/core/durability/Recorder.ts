@@ -95,6 +95,20 @@ export class Recorder {
   }
 
   /**
+   * A handler run (a Trigger's, a schedule's or a consumer's) that succeeded and registered: its
+   * step is committed like any run's. A refusal (quota, store) turns the run's report into a
+   * failure that says why; nothing of it is kept.
+   */
+  async commitHandlerRun(interp: Interpreter, report: RunReport, tuple: RunTuple | undefined, base: StepBase): Promise<void> {
+    if (report.outcome !== 'succeeded' || !tuple || tuple.registrations.length === 0) return;
+    await this.commitStep(interp, tuple, report.executionId, base).catch((err: unknown) => {
+      report.outcome = 'failed';
+      report.result = null;
+      report.error = { name: err instanceof ResourceExhaustedError ? 'ResourceExhaustedError' : 'StoreError', message: err instanceof Error ? err.message : String(err), stack: '' };
+    });
+  }
+
+  /**
    * Commits a finished run's registrations (RegistrationIndex.commit); with a store, once its
    * step is stored. What would pass the tenant's registrations quota is refused
    * (ResourceExhaustedError) and none of it kept. The step is stored (the step is created with the interpreter's recipe, or appended to it). When
@@ -109,20 +123,6 @@ export class Recorder {
    * stale holder from the store and, by its swap, released in memory only the interpreter the
    * other had just stored under the name, which came back, name and all, at the next restart.)
    */
-  /**
-   * A handler run (a Trigger's, a schedule's or a consumer's) that succeeded and registered: its
-   * step is committed like any run's. A refusal (quota, store) turns the run's report into a
-   * failure that says why; nothing of it is kept.
-   */
-  async commitHandlerRun(interp: Interpreter, report: RunReport, tuple: RunTuple | undefined, base: StepBase): Promise<void> {
-    if (report.outcome !== 'succeeded' || !tuple || tuple.registrations.length === 0) return;
-    await this.commitStep(interp, tuple, report.executionId, base).catch((err: unknown) => {
-      report.outcome = 'failed';
-      report.result = null;
-      report.error = { name: err instanceof ResourceExhaustedError ? 'ResourceExhaustedError' : 'StoreError', message: err instanceof Error ? err.message : String(err), stack: '' };
-    });
-  }
-
   commitStep(interp: Interpreter, tuple: RunTuple, execId: string, base: StepBase, replaceName?: string, after?: () => void): Promise<Registration[]> {
     if (replaceName === undefined || !this.deps.store) return this.commitStepNow(interp, tuple, execId, base, replaceName, after);
     return this.serial(`name:${interp.tenant}/${replaceName}`, () => this.commitStepNow(interp, tuple, execId, base, replaceName, after));

@@ -29,7 +29,7 @@ export class EventSources implements SourceBinding {
   }
 
   /** How many run here, and their groups' pending entries and lag, each (stream, group) counted once. */
-  counters(): { schedules: number; consumers: number; pendingEntries: number; lag: number } {
+  counters(): { schedules: number; consumers: number; pendingEntries: number; lag: number; redisDown: number } {
     const groups = new Map<string, { pending: number; lag: number }>();
     for (const reg of this.consumers.registrations()) {
       const s = reg.sourceStats;
@@ -41,7 +41,7 @@ export class EventSources implements SourceBinding {
       pendingEntries += g.pending;
       lag += g.lag;
     }
-    return { schedules: this.scheduler.size, consumers: this.consumers.size, pendingEntries, lag };
+    return { schedules: this.scheduler.size, consumers: this.consumers.size, pendingEntries, lag, redisDown: this.consumers.redisDown };
   }
 
   /** Shutdown begins: no more ticks, no more reads; runs going on finish. */

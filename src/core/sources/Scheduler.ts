@@ -14,8 +14,6 @@ interface Job {
   reg: Registration;
   cron: Cron;
   timer?: NodeJS.Timeout;
-  /** The tick armed next (ms since the epoch). */
-  nextMs?: number;
   /** A run of this schedule is going on this server. */
   running: boolean;
 }
@@ -81,7 +79,6 @@ export class Scheduler {
   private disarm(job: Job): void {
     clearTimeout(job.timer);
     job.timer = undefined;
-    job.nextMs = undefined;
     job.reg.sourceStats.nextRunAt = undefined;
   }
 
@@ -89,9 +86,8 @@ export class Scheduler {
   private arm(job: Job, afterMs: number): void {
     const next = job.cron.nextRun(new Date(afterMs));
     if (!next) return;
-    job.nextMs = next.getTime();
     job.reg.sourceStats.nextRunAt = next;
-    this.wait(job, job.nextMs);
+    this.wait(job, next.getTime());
   }
 
   private wait(job: Job, tickMs: number): void {

@@ -89,7 +89,9 @@ export class SourceRunner {
       if (index.has(reg.id)) reg.recordRun(false, 0, error);
       return { outcome: 'failed', error, executionId: '' };
     }
-    // The reference is taken before the wait: a Release meanwhile lets the run finish first.
+    const eventJson = JSON.stringify(call.event);
+    // The reference is taken before the wait: a Release meanwhile lets the run finish first. From
+    // here it is released on every path: by the refusal below, or by the runner (run.end, or its own failure).
     const held = interp.acquire('execution');
     const execution = executions.open({ tenant: reg.tenant, kind: 'handler', background: false, interpreterId: interp.id, registrationId: reg.id });
     let slot;
@@ -105,7 +107,6 @@ export class SourceRunner {
     execution.start();
     const since = performance.now();
     try {
-      const eventJson = JSON.stringify(call.event);
       const run = await runner.run({
         interp,
         kind: call.kind,

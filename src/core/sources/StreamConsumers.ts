@@ -43,6 +43,8 @@ class Consumer {
   private lastPruneMs = Date.now();
   /** Entries read before a pause came, run first once it is resumed (they are pending on this consumer). */
   private held: StreamEntry[] = [];
+  /** What failed last ('' while rounds work; 'redis' while Redis does not answer): each new problem is logged once. */
+  private failing = '';
   readonly done: Promise<void>;
 
   constructor(
@@ -63,6 +65,11 @@ class Consumer {
 
   private get name(): string {
     return `${this.deps.serverName}/${this.reg.id}`;
+  }
+
+  /** Its last call to the events Redis went unanswered (it is backing off). */
+  get redisDown(): boolean {
+    return this.failing === 'redis';
   }
 
   stop(): void {
@@ -93,8 +100,6 @@ class Consumer {
 
   private async loop(): Promise<void> {
     let backoff = BACKOFF_MIN_MS;
-    /** What failed last ('' while rounds work): each new problem is logged once. */
-    let failing = '';
     while (!this.stopped) {
       if (this.reg.paused) {
         // a paused consumer reads nothing: its entries wait in the stream
@@ -105,10 +110,9 @@ class Consumer {
       }
       try {
         await this.round();
-        if (failing) {
+        if (this.failing) {
           this.deps.logger?.info({ registrationId: this.reg.id, stream: this.stream }, 'stream consumer: reading again');
-          if (failing === 'redis') this.deps.events?.redis?.(true);
-          failing = '';
+          this.failing = '';
         }
         backoff = BACKOFF_MIN_MS;
       } catch (err) {
@@ -119,15 +123,14 @@ class Consumer {
         this.groupReady = false;
         const refused = err instanceof StreamRefusedError;
         const now = refused ? `refused: ${err.message}` : 'redis';
-        if (failing !== now) {
+        if (this.failing !== now) {
           this.deps.logger?.warn(
             { err, registrationId: this.reg.id, stream: this.stream, group: this.group, source: this.source.description },
             refused ? 'stream consumer: Redis refused a command on the stream; retrying with backoff' : 'stream consumer: the events Redis failed; retrying with backoff',
           );
         }
-        if (!refused) this.deps.events?.redis?.(false);
-        else if (failing === 'redis') this.deps.events?.redis?.(true);
-        failing = now;
+        if (!refused) this.deps.events?.redisError?.();
+        this.failing = now;
         await this.sleep(backoff);
         backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
       }
@@ -248,6 +251,13 @@ export class StreamConsumers {
   /** The registrations whose consumers run here. */
   *registrations(): IterableIterator<Registration> {
     for (const c of this.consumers.values()) yield c.reg;
+  }
+
+  /** Consumers whose last call to the events Redis went unanswered. */
+  get redisDown(): number {
+    let n = 0;
+    for (const c of this.consumers.values()) if (c.redisDown) n += 1;
+    return n;
   }
 
   attach(reg: Registration): void {

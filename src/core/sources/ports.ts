@@ -19,7 +19,6 @@ export interface TickClaims {
   claim(registrationId: string, tickMs: number, runTtlMs: number): Promise<TickClaim>;
   /** The run of a won tick ended: the registration is no longer marked running. */
   finish(registrationId: string, tickMs: number): Promise<void>;
-  close(): Promise<void>;
 }
 
 /**
@@ -102,6 +101,6 @@ export interface ConsumerSettings {
 export interface ConsumerEvents {
   /** An entry's handler succeeded and it was acknowledged, failed and waits for a retry, or was given up. */
   entry?(result: 'acknowledged' | 'retried' | 'dead_letter'): void;
-  /** A call to the events Redis failed (`up` false) or worked again (`up` true). */
-  redis?(up: boolean): void;
+  /** A call to the events Redis failed (Redis did not answer; it is retried with backoff). */
+  redisError?(): void;
 }
