@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { DEFAULTS, MIN_MEMORY_MB } from './core/options';
+import { DEFAULT_MAX_VERSIONS } from './core/durability/RecipeStore';
 import type { IsolationMode } from './core/types';
 import { tracingSettings, type TracingChoice } from './tracing/settings';
 
@@ -65,6 +66,8 @@ export interface Config {
   dataDir: string;
   /** Interpreters rebuilt at once at start-up. */
   restoreConcurrency: number;
+  /** Versions a named interpreter keeps (ListVersions, Rollback), the current one included. */
+  maxVersions: number;
   /** The Redis gears.consume reads streams from: a redis:// URL, or '' (none: gears.consume fails). Defaults to a Redis store's. */
   eventsRedisUrl: string;
   /** Deliveries of a stream entry before it is acknowledged as a dead letter. */
@@ -203,6 +206,7 @@ const SETTINGS = [
   setting('store', 'ISOGEAR_STORE', storeSetting, () => 'sqlite'),
   setting('dataDir', 'ISOGEAR_DATA_DIR', optionalPath, () => './data'),
   setting('restoreConcurrency', 'ISOGEAR_RESTORE_CONCURRENCY', int(1, 256), () => 4),
+  setting('maxVersions', 'ISOGEAR_MAX_VERSIONS', int(1, 10_000), () => DEFAULT_MAX_VERSIONS),
   setting('eventsRedisUrl', 'ISOGEAR_EVENTS_REDIS_URL', redisUrlSetting, (p) => (p.store && /^rediss?:\/\//i.test(p.store) ? p.store : '')),
   setting('streamMaxDeliveries', 'ISOGEAR_STREAM_MAX_DELIVERIES', int(1, 1000), () => 5),
   setting('streamClaimIdleMs', 'ISOGEAR_STREAM_CLAIM_IDLE_MS', int(10, 86_400_000), () => 60_000),

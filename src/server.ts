@@ -354,6 +354,7 @@ function createManager(
       ...keys?.quotasOf(tenant),
     }),
     store,
+    maxVersions: config.maxVersions,
     logger,
     onCatastrophicError: exitOnCatastrophe(logger),
   });

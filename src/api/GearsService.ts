@@ -15,6 +15,7 @@ import {
   registrationToProto,
   watchEventToProto,
   triggerResultToProto,
+  versionToProto,
 } from './convert';
 import { toStatus, type ErrorLogger } from './toStatus';
 import { CallsInFlight } from './CallsInFlight';
@@ -122,6 +123,22 @@ export class GearsService {
         'ResumeRegistrations',
         async (req: pb.ResumeRegistrationsRequest, _signal, tenant) => ({ registrationIds: await this.manager.setPaused(pauseTarget(req, tenant), false) }),
         (req, res) => ({ ...pauseFields(req), registrationIds: res?.registrationIds }),
+      ),
+      listVersions: this.unary(
+        'ListVersions',
+        async (req: pb.ListVersionsRequest, _signal, tenant) => ({ versions: (await this.manager.listVersions(req.name, tenant)).map(versionToProto) }),
+        (req, res) => ({ name: req.name, versions: res?.versions.length }),
+      ),
+      rollback: this.unary(
+        'Rollback',
+        async (req: pb.RollbackRequest, signal, tenant) => executeResponseToProto(await this.manager.rollback({ name: req.name, version: req.version, tenant }, signal)),
+        (req, res) => ({
+          name: req.name,
+          version: req.version,
+          interpreterId: res?.interpreterId || undefined,
+          executionId: res?.executionId,
+          outcome: res ? pb.outcomeToJSON(res.outcome) : undefined,
+        }),
       ),
       cancelExecution: this.unary(
         'CancelExecution',

@@ -223,3 +223,16 @@ export function watchEventToProto(e: core.WatchEvent): pb.WatchEvent {
   }
   return out;
 }
+
+/** One version of a named interpreter; `interpreter_id` is set for the current one only (the contract). */
+export function versionToProto(v: core.VersionInfo): pb.InterpreterVersion {
+  return {
+    version: v.version,
+    createdAt: new Date(v.createdAtMs),
+    current: v.current,
+    interpreterId: v.current ? v.interpreterId : '',
+    sourceSha256: v.sourceSha256,
+    sourceBytes: v.sourceBytes,
+    rolledBackFrom: v.rolledBackFrom ?? 0,
+  };
+}

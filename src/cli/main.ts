@@ -11,8 +11,9 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
 import { createClient, IsogearRpcError, pb, type IsogearClient, type Json, type LimitsInit } from '../client';
-import { EXIT, languageOf, modeName, ms, outcomeName, registrationSource, registrationState, stateName, UsageError, type GlobalOptions, type Io } from './common';
+import { age, EXIT, languageOf, modeName, ms, outcomeName, printLogs, registrationSource, registrationState, reportExecute, stateName, table, UsageError, type GlobalOptions, type Io } from './common';
 import { addPauseCommands } from './pause';
+import { addVersionCommands } from './versions';
 import { addTailCommand } from './tail';
 
 export { EXIT };
@@ -59,17 +60,6 @@ const limitsOf = (o: { timeout?: number; memory?: number }): LimitsInit | undefi
 const executionStateName = (s: pb.ExecutionState): string => pb.executionStateToJSON(s).replace(/^EXECUTION_STATE_/, '').toLowerCase();
 const executionKindName = (k: pb.ExecutionKind): string => pb.executionKindToJSON(k).replace(/^EXECUTION_KIND_/, '').toLowerCase();
 
-/** How long ago `since` was, coarsely: 42s, 3m05s, 2h07m, 3d04h ('-' without a time). */
-function age(since: Date | undefined, now = Date.now()): string {
-  if (!since) return '-';
-  const s = Math.max(0, Math.floor((now - since.getTime()) / 1000));
-  const two = (n: number): string => String(n).padStart(2, '0');
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${two(s % 60)}s`;
-  if (s < 86_400) return `${Math.floor(s / 3600)}h${two(Math.floor(s / 60) % 60)}m`;
-  return `${Math.floor(s / 86_400)}d${two(Math.floor(s / 3600) % 24)}h`;
-}
-
 /**
  * What a DONE execution came to, '-' before: an EXECUTE's outcome; for a TRIGGER (or a HANDLER),
  * `succeeded` when every handler run did, the outcome they all had when all failed alike (a
@@ -95,38 +85,6 @@ async function allPages<T>(fetch: (pageToken: string) => Promise<readonly [T[], 
     token = next;
   } while (token);
   return all;
-}
-
-/** Rows as columns padded to their widest cell (the last column is not padded). */
-export function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string =>
-    cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i])))
-      .join('  ')
-      .trimEnd();
-  return [line(header), ...rows.map(line)].join('\n') + '\n';
-}
-
-function printLogs(io: Io, logs: pb.LogEntry[], truncated: boolean): void {
-  for (const l of logs) io.err(`[${l.level}] ${l.message}\n`);
-  if (truncated) io.err('[isogear] logs truncated\n');
-}
-
-/**
- * Prints an Execute's response as `exec` does (the whole response as JSON is the caller's, with
- * --json): logs to stderr, the result to stdout, a failure as one line on stderr. Returns the
- * exit code.
- */
-function reportExecute(io: Io, res: pb.ExecuteResponse, json: boolean | undefined): number {
-  if (!json) {
-    printLogs(io, res.logs, res.logsTruncated);
-    if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) io.out(`${JSON.stringify(res.result ?? null)}\n`);
-    for (const r of res.registrations) io.err(`[isogear] registered ${r.id} on ${registrationSource(r)}\n`);
-  }
-  if (res.outcome === pb.Outcome.OUTCOME_SUCCEEDED) return EXIT.ok;
-  io.err(`isogear: ${outcomeName(res.outcome)}: ${res.error?.name ?? 'Error'}: ${res.error?.message ?? ''}\n`);
-  return EXIT.scriptFailed;
 }
 
 /** Prints a Trigger's results as `trigger` does (one line per handler); exit 1 if any failed. */
@@ -499,6 +457,7 @@ Examples:
     });
 
   addPauseCommands(root, io, withClient);
+  addVersionCommands(root, io, withClient);
   addTailCommand(root, io, () => connect(g()), setCode);
 
   return root;

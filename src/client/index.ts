@@ -184,6 +184,13 @@ export interface IsogearClient {
   listExecutions(req?: ListExecutionsInit, opts?: CallOptions): Promise<pb.ListExecutionsResponse>;
   /** Cancels a queued or running execution (its run ends OUTCOME_ABORTED); a DONE one is returned unchanged. */
   cancelExecution(executionId: string, opts?: CallOptions): Promise<pb.Execution>;
+  /** The versions of a named interpreter, oldest first (the current one has `current` and its `interpreterId`). */
+  listVersions(name: string, opts?: CallOptions): Promise<pb.ListVersionsResponse>;
+  /**
+   * Re-creates `version` of the named interpreter in a new one and moves the name to it, as an
+   * upgrade does; answers as Execute does (`result` is `{ version, rolledBackFrom }`).
+   */
+  rollback(name: string, version: number, opts?: CallOptions): Promise<pb.ExecuteResponse>;
   /** Streams the caller's events from now on (see Watch); a failure ends the iteration with IsogearRpcError. */
   watch(req?: WatchInit, opts?: CallOptions): Watch;
   /** grpc.health.v1 Check: 'SERVING', 'NOT_SERVING', … ('' asks about the server as a whole). */
@@ -320,6 +327,8 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
         opts,
       ),
     cancelExecution: async (executionId, opts) => call(gears, 'cancelExecution', pb.CancelExecutionRequest.fromPartial({ executionId }), opts),
+    listVersions: async (name, opts) => call(gears, 'listVersions', pb.ListVersionsRequest.fromPartial({ name }), opts),
+    rollback: async (name, version, opts) => call(gears, 'rollback', pb.RollbackRequest.fromPartial({ name, version }), opts),
     watch: (req = {}, opts = {}) => {
       const deadlineMs = opts.deadlineMs ?? options.deadlineMs;
       const stream = gears.watch(pb.WatchRequest.fromPartial(req), metadata(opts.metadata), deadlineMs === undefined ? {} : { deadline: new Date(Date.now() + deadlineMs) });

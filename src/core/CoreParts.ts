@@ -1,6 +1,7 @@
 import { CodeCache } from '../sandbox/CodeCache';
 import { Transpiler } from '../sandbox/Transpiler';
 import { Admission } from './Admission';
+import { MemoryRecipes } from './durability/MemoryRecipes';
 import { Recorder } from './durability/Recorder';
 import { ReplicaFollower } from './durability/ReplicaFollower';
 import { Restorer } from './durability/Restorer';
@@ -97,7 +98,9 @@ export function composeCore(options: ManagerOptions, closed: () => boolean): Cor
   const interpreters = new Interpreters({ maxInterpreters: o.maxInterpreters, logger: o.logger, closed, events, tracing: o.tracing }, placements, ledger, names);
   const runner = new Runner({ maxValueBytes: o.maxValueBytes, logger: o.logger, onRunEnd: o.onRunEnd, afterRun: () => pool.refill(true), closed, events, tracing: o.tracing }, index);
   Object.assign(late, { shared, interpreters, runner });
-  const recorder = new Recorder({ store: o.store, interpreters, index, names, ledger, logger: o.logger, tracing: o.tracing });
+  // Without a store, recipes are kept in this process all the same: a name's versions and rollbacks need them.
+  const store = o.store ?? new MemoryRecipes(o.maxVersions);
+  const recorder = new Recorder({ store, interpreters, index, names, ledger, logger: o.logger, tracing: o.tracing });
   const restorer = new Restorer({ interpreters, index, names, runner, recorder, defaultMemoryMb: o.defaultMemoryMb, logger: o.logger, closed });
   const follower = new ReplicaFollower(interpreters, recorder, restorer, closed);
   const executions = new ExecutionTable({

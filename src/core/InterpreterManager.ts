@@ -4,6 +4,7 @@ import { CancelReason, type Execution } from './Execution';
 import type { FanOut } from './TriggerFanOut';
 import type { InterpreterRecipe } from './durability/RecipeStore';
 import type { Recorder } from './durability/Recorder';
+import { Versions } from './durability/Versions';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from './errors';
 import { newToken } from './ids';
 import type { Interpreter } from './Interpreter';
@@ -33,8 +34,10 @@ import type {
   PauseTarget,
   ReleaseTarget,
   RestoreStatus,
+  RollbackSpec,
   TriggerRunResult,
   TriggerSpec,
+  VersionInfo,
 } from './types';
 import {
   checkAttach,
@@ -79,6 +82,7 @@ export class InterpreterManager implements IsolateManager {
   private readonly core: CoreParts;
   private readonly options: ResolvedOptions;
   private readonly executes: ExecuteCommand;
+  private readonly versions: Versions;
 
   private constructor(options: ManagerOptions) {
     this.core = composeCore(options, () => this.closed);
@@ -95,6 +99,8 @@ export class InterpreterManager implements IsolateManager {
       assertOpen: () => this.assertOpen(),
       logger: this.options.logger,
     });
+    const { index, executions } = this.core;
+    this.versions = new Versions({ admission, interpreters, index, runner, recorder, executions, defaultMemoryMb: this.options.defaultMemoryMb, assertOpen: () => this.assertOpen() });
   }
 
   static async create(options: ManagerOptions): Promise<InterpreterManager> {
@@ -272,6 +278,15 @@ export class InterpreterManager implements IsolateManager {
     }
     if (filter.trigger) requireTrigger(filter.trigger);
     return this.core.events.watch({ ...filter, tenant });
+  }
+
+  listVersions(name: string, tenant?: string): Promise<VersionInfo[]> {
+    this.assertOpen();
+    return this.versions.list(tenant, name);
+  }
+
+  rollback(spec: RollbackSpec, signal?: AbortSignal): Promise<ExecuteResult> {
+    return this.versions.rollback(spec, signal);
   }
 
   getExecution(id: string, tenant: string = DEFAULT_TENANT): ExecutionInfo {

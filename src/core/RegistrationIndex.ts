@@ -92,7 +92,17 @@ export class RegistrationIndex {
       return [];
     }
     interp.commitRun(execId);
-    const made = tuple.registrations.map((r) => this.add(interp, r));
+    return this.adopt(interp, tuple.registrations, restored);
+  }
+
+  /**
+   * Makes live, in one synchronous step, registrations whose runs the interpreter's sandbox has
+   * committed already (a rollback replays every step first, and makes them all live at once with
+   * its swap). An interpreter that stopped accepting keeps none of them.
+   */
+  adopt(interp: Interpreter, specs: readonly RegistrationSpec[], restored?: RestoredState): Registration[] {
+    if (!interp.accepting) return [];
+    const made = specs.map((r) => this.add(interp, r));
     // a replayed one the recipe holds paused is paused from the start: its schedule never arms, its consumer never reads
     for (const reg of made) if (restored?.paused.has(reg.id)) this.markPaused(reg);
     for (const reg of made) this.tell(reg, 'created');

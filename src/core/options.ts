@@ -102,6 +102,11 @@ export interface ManagerOptions {
    * is stored, and Release once the removal is.
    */
   store?: RecipeStore;
+  /**
+   * Without a store: how many versions a named interpreter keeps in this process (a store is
+   * told its own at open). Default 20.
+   */
+  maxVersions?: number;
   /** Where gears.consume reads streams; none: gears.consume fails the run, naming ISOGEAR_EVENTS_REDIS_URL. */
   streams?: StreamSource;
   /** A shared store's tick claims, so each schedule tick runs on one replica; none: every tick runs here. */
@@ -184,6 +189,7 @@ function validateOptions(o: ManagerOptions): void {
     ['extraSharedIsolates', 0],
     ['watchBuffer', 1],
     ['tenantMaxWatchers', 0],
+    ['maxVersions', 1],
   ] as const) {
     const v = o[k];
     if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new RangeError(`manager option ${k} must be an integer >= ${min}`);

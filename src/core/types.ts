@@ -131,6 +131,30 @@ export interface ExecuteResult extends RunReport {
   interpreter?: InterpreterInfo;
 }
 
+/**
+ * One version of a named interpreter, as ListVersions shows it. The current version is the
+ * stored recipe that holds the name now; the others are kept recipes that held it before (or
+ * held it last and were removed when their registrations went).
+ */
+export interface VersionInfo {
+  version: number;
+  /** When its interpreter was created (the recipe's createdAtMs). */
+  createdAtMs: number;
+  /** The interpreter that is, or was, this version. */
+  interpreterId: string;
+  current: boolean;
+  /** Of its first step's source (the request that created it): hex SHA-256, and its length in UTF-8 bytes. */
+  sourceSha256: string;
+  sourceBytes: number;
+  /** A rollback's version: the version whose recipe it re-created. */
+  rolledBackFrom?: number;
+}
+
+export interface RollbackSpec extends Tenanted {
+  name: string;
+  version: number;
+}
+
 export interface RegisterSpec extends Tenanted {
   trigger: string;
   source: string;
@@ -365,6 +389,10 @@ export interface IsolateManager {
   startExecute(spec: ExecuteSpec): Promise<ExecutionInfo>;
   /** Checks `spec` as trigger() does and answers at once; the fan-out goes on without the caller. */
   startTrigger(spec: TriggerSpec): Promise<ExecutionInfo>;
+  /** The versions of a named interpreter, oldest first (NOT_FOUND when it has none). */
+  listVersions(name: string, tenant?: string): Promise<VersionInfo[]>;
+  /** Re-creates a version of a named interpreter in a new one and moves the name to it, as an upgrade does. */
+  rollback(spec: RollbackSpec, signal?: AbortSignal): Promise<ExecuteResult>;
   getExecution(id: string, tenant?: string): ExecutionInfo;
   /**
    * Waits until the execution is DONE, `timeoutMs` (0: the server's maximum) or `capMs` (the

@@ -2,8 +2,18 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { IllegalStateError } from '../core/errors';
 import type { TickClaims } from '../core/sources/ports';
 import { RedisTickClaims } from './RedisTickClaims';
+import { SCRIPTS, type ScriptName } from './redisScripts';
 import type { IsolationMode } from '../core/types';
-import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../core/durability/RecipeStore';
+import {
+  DEFAULT_MAX_VERSIONS,
+  NameTakenError,
+  StoreError,
+  versionSource,
+  type InterpreterRecipe,
+  type RecipeStep,
+  type RecipeStore,
+  type StoredVersion,
+} from '../core/durability/RecipeStore';
 
 export interface RedisStoreLogger {
   warn(obj: object, msg: string): void;
@@ -14,6 +24,8 @@ export interface RedisStoreOptions {
   /** Put before every key, so several deployments can share one Redis. Default `isogear:`. */
   keyPrefix?: string;
   logger?: RedisStoreLogger;
+  /** How many versions a named interpreter keeps, the current one included. Default DEFAULT_MAX_VERSIONS. */
+  maxVersions?: number;
 }
 
 /** How long open waits for the server to answer (retrying) before it gives up. */
@@ -24,118 +36,6 @@ const COMMAND_TIMEOUT_MS = 5000;
 const FOLLOW_BLOCK_MS = 1000;
 /** Pause before the follower tries again after a failed read (the server is away). */
 const FOLLOW_RETRY_MS = 250;
-/** The changes stream keeps about this many entries (MAXLEN ~: Redis trims whole nodes). */
-const CHANGES_MAXLEN = 10000;
-
-/**
- * Keys, under the prefix p:
- *   p i:<id>            hash: the recipe's fields except steps and released
- *   p i:<id>:steps      list of step JSON, in append order
- *   p i:<id>:released   set of released registration ids
- *   p i:<id>:paused     set of paused registration ids
- *   p index             sorted set of interpreter ids, scored by creation order
- *   p names             hash "<tenant>\n<name>" -> interpreter id (named ones only)
- *   p seq               counter: one per change
- *   p changes           stream of {id, n[, by]}: n is the seq of the change, so gaps are
- *                       visible; by: the recipe whose upgrade removed this one
- *
- * The scripts build keys from the prefix (a replaced recipe's keys are only known inside the
- * script), so they need one Redis (standalone or Sentinel), not a Cluster.
- */
-const PRELUDE = `
-local p = ARGV[1]
-local function meta(id) return p .. 'i:' .. id end
-local function emit(id, by)
-  local n = redis.call('INCR', p .. 'seq')
-  if by then
-    redis.call('XADD', p .. 'changes', 'MAXLEN', '~', ${CHANGES_MAXLEN}, '*', 'id', id, 'n', n, 'by', by)
-  else
-    redis.call('XADD', p .. 'changes', 'MAXLEN', '~', ${CHANGES_MAXLEN}, '*', 'id', id, 'n', n)
-  end
-  return n
-end
--- by: the recipe that replaced this one (an upgrade), so followers drop it when that one is in
-local function drop(id, by)
-  local m = meta(id)
-  local owner = redis.call('HMGET', m, 'tenant', 'name')
-  if owner[2] and owner[2] ~= '' then
-    local key = owner[1] .. '\\n' .. owner[2]
-    if redis.call('HGET', p .. 'names', key) == id then redis.call('HDEL', p .. 'names', key) end
-  end
-  redis.call('DEL', m, m .. ':steps', m .. ':released', m .. ':paused')
-  redis.call('ZREM', p .. 'index', id)
-  emit(id, by)
-end
-`;
-
-const SCRIPTS = {
-  /**
-   * ARGV: p, id, tenant, name, replace ('1'/'0'), mode, memoryMb, registrationPrefix,
-   * createdAtMs, step count, the steps' JSON, released count, the released ids, then the paused ids.
-   * Returns {'ok', replaced id or ''}, {'taken', holder} or {'exists'}.
-   */
-  isogearCreate: `${PRELUDE}
-local id, tenant, name = ARGV[2], ARGV[3], ARGV[4]
-local m = meta(id)
-if redis.call('EXISTS', m) == 1 then return {'exists'} end
-local replaced = ''
-if name ~= '' then
-  local holder = redis.call('HGET', p .. 'names', tenant .. '\\n' .. name)
-  if holder then
-    if ARGV[5] ~= '1' then return {'taken', holder} end
-    drop(holder, id)
-    replaced = holder
-  end
-end
-redis.call('HSET', m, 'tenant', tenant, 'name', name, 'mode', ARGV[6], 'memoryMb', ARGV[7],
-  'registrationPrefix', ARGV[8], 'createdAtMs', ARGV[9])
-local stepCount = tonumber(ARGV[10])
-for i = 11, 10 + stepCount do redis.call('RPUSH', m .. ':steps', ARGV[i]) end
-local releasedCount = tonumber(ARGV[11 + stepCount])
-for i = 12 + stepCount, 11 + stepCount + releasedCount do redis.call('SADD', m .. ':released', ARGV[i]) end
-for i = 12 + stepCount + releasedCount, #ARGV do redis.call('SADD', m .. ':paused', ARGV[i]) end
-if name ~= '' then redis.call('HSET', p .. 'names', tenant .. '\\n' .. name, id) end
-redis.call('ZADD', p .. 'index', emit(id), id)
-return {'ok', replaced}
-`,
-  /** ARGV: p, id, step JSON. */
-  isogearAppend: `${PRELUDE}
-local m = meta(ARGV[2])
-if redis.call('EXISTS', m) == 0 then return 0 end
-redis.call('RPUSH', m .. ':steps', ARGV[3])
-emit(ARGV[2])
-return 1
-`,
-  /** ARGV: p, id, registration ids. */
-  isogearRelease: `${PRELUDE}
-local m = meta(ARGV[2])
-if redis.call('EXISTS', m) == 0 then return 0 end
-for i = 3, #ARGV do
-  redis.call('SADD', m .. ':released', ARGV[i])
-  redis.call('SREM', m .. ':paused', ARGV[i])
-end
-emit(ARGV[2])
-return 1
-`,
-  /** ARGV: p, id, '1' (pause) or '0' (resume), registration ids. */
-  isogearPause: `${PRELUDE}
-local m = meta(ARGV[2])
-if redis.call('EXISTS', m) == 0 then return 0 end
-for i = 4, #ARGV do
-  if ARGV[3] == '1' then redis.call('SADD', m .. ':paused', ARGV[i]) else redis.call('SREM', m .. ':paused', ARGV[i]) end
-end
-emit(ARGV[2])
-return 1
-`,
-  /** ARGV: p, id. */
-  isogearRemove: `${PRELUDE}
-if redis.call('EXISTS', meta(ARGV[2])) == 0 then return 0 end
-drop(ARGV[2])
-return 1
-`,
-} as const;
-type ScriptName = keyof typeof SCRIPTS;
-
 function connectionOptions(): RedisOptions {
   return {
     lazyConnect: true,
@@ -221,6 +121,7 @@ export class RedisStore implements RecipeStore {
     private readonly where: string,
     private readonly prefix: string,
     private readonly logger: RedisStoreLogger | undefined,
+    private readonly maxVersions: number,
   ) {
     this.description = `redis ${where} (keys ${prefix}*)`;
     for (const [name, lua] of Object.entries(SCRIPTS)) redis.defineCommand(name, { numberOfKeys: 0, lua });
@@ -236,7 +137,7 @@ export class RedisStore implements RecipeStore {
     } catch (err) {
       throw new StoreError(`redis ${where}: ${(err as Error).message}`, { cause: err });
     }
-    const store = new RedisStore(redis, where, options.keyPrefix ?? 'isogear:', options.logger);
+    const store = new RedisStore(redis, where, options.keyPrefix ?? 'isogear:', options.logger, options.maxVersions ?? DEFAULT_MAX_VERSIONS);
     try {
       await connect(redis, where);
     } catch (err) {
@@ -252,18 +153,21 @@ export class RedisStore implements RecipeStore {
       if (ids.length === 0) return [];
       const replies = await this.readRecipes(ids);
       // A recipe removed between the ZRANGE and the MULTI reads back empty.
-      return ids.map((id, i) => this.toRecipe(id, replies, i)).filter((r): r is InterpreterRecipe => r !== undefined);
+      return ids.map((id, i) => toRecipe(id, replies.slice(4 * i, 4 * i + 4))).filter((r): r is InterpreterRecipe => r !== undefined);
     });
   }
 
   async load(interpreterId: string): Promise<InterpreterRecipe | undefined> {
-    return this.run('load', async () => this.toRecipe(interpreterId, await this.readRecipes([interpreterId]), 0));
+    return this.run('load', async () => toRecipe(interpreterId, await this.readRecipes([interpreterId])));
   }
 
-  async create(recipe: InterpreterRecipe, replaceName: boolean): Promise<{ replaced?: string }> {
+  async create(recipe: InterpreterRecipe, replaceName: boolean): Promise<{ replaced?: string; version?: number }> {
     for (const s of [recipe.tenant, recipe.name]) {
       if (s.includes('\n')) throw new IllegalStateError(`${this.description}: a tenant or name holds a newline: ${JSON.stringify(s)}`);
     }
+    // What ListVersions shows of its source, fixed once there is a first step (steps only grow);
+    // created without one, the listing reads it then.
+    const source = recipe.name && recipe.steps.length > 0 ? versionSource(recipe) : undefined;
     const reply = await this.script('isogearCreate', 'create', [
       recipe.interpreterId,
       recipe.tenant,
@@ -273,16 +177,20 @@ export class RedisStore implements RecipeStore {
       recipe.memoryMb,
       recipe.registrationPrefix,
       recipe.createdAtMs,
+      this.maxVersions,
+      recipe.rolledBackFrom ?? '',
+      source?.sourceSha256 ?? '',
+      source?.sourceBytes ?? '',
       recipe.steps.length,
       ...recipe.steps.map((s) => JSON.stringify(s)),
       recipe.released.length,
       ...recipe.released,
       ...recipe.paused,
     ]);
-    const [status, id] = reply as [string, string?];
+    const [status, id, version] = reply as [string, string?, (string | number)?];
     if (status === 'taken') throw new NameTakenError(recipe.tenant, recipe.name, id ?? '');
     if (status === 'exists') throw new StoreError(`${this.description}: create failed: interpreter ${recipe.interpreterId} is already stored`);
-    return id ? { replaced: id } : {};
+    return { ...(id ? { replaced: id } : {}), ...(version ? { version: Number(version) } : {}) };
   }
 
   async append(interpreterId: string, step: RecipeStep): Promise<void> {
@@ -300,7 +208,36 @@ export class RedisStore implements RecipeStore {
   }
 
   async remove(interpreterId: string): Promise<void> {
-    await this.script('isogearRemove', 'remove', [interpreterId]);
+    await this.script('isogearRemove', 'remove', [interpreterId, this.maxVersions]);
+  }
+
+  async versions(tenant: string, name: string): Promise<StoredVersion[]> {
+    if (!name) return [];
+    const reply = (await this.script('isogearVersions', 'versions', [tenant, name])) as [string, string, string[], string | null][];
+    return reply.map(([current, interpreterId, flat, first]) => {
+      const meta = fields(flat);
+      // (absent: a recipe an older isogear stored, or one created without steps)
+      const source =
+        meta.sourceSha256 !== undefined
+          ? { sourceSha256: meta.sourceSha256, sourceBytes: Number(meta.sourceBytes) }
+          : versionSource({ steps: first ? [JSON.parse(first) as RecipeStep] : [] });
+      return {
+        version: Number(meta.version ?? 1),
+        createdAtMs: Number(meta.createdAtMs),
+        interpreterId,
+        current: current === '1',
+        ...source,
+        ...(meta.rolledBackFrom !== undefined ? { rolledBackFrom: Number(meta.rolledBackFrom) } : {}),
+      };
+    });
+  }
+
+  async loadVersion(tenant: string, name: string, version: number): Promise<InterpreterRecipe | undefined> {
+    if (!name || !Number.isSafeInteger(version) || version < 1) return undefined;
+    const reply = (await this.script('isogearLoadVersion', 'loadVersion', [tenant, name, version])) as [string, string[], ...unknown[]] | null;
+    if (!reply) return undefined;
+    const [interpreterId, flat, ...rest] = reply;
+    return toRecipe(interpreterId, [fields(flat), ...rest]);
   }
 
   /**
@@ -415,25 +352,6 @@ export class RedisStore implements RecipeStore {
     return unwrap(await multi.exec());
   }
 
-  /** The recipe of `id` from readRecipes' replies (four per id, the i-th id's at 4i). */
-  private toRecipe(id: string, replies: unknown[], i: number): InterpreterRecipe | undefined {
-    const meta = replies[4 * i] as Record<string, string>;
-    if (meta.tenant === undefined) return undefined;
-    return {
-      interpreterId: id,
-      tenant: meta.tenant,
-      name: meta.name,
-      mode: meta.mode as IsolationMode,
-      memoryMb: Number(meta.memoryMb),
-      registrationPrefix: meta.registrationPrefix,
-      createdAtMs: Number(meta.createdAtMs),
-      steps: (replies[4 * i + 1] as string[]).map((doc) => JSON.parse(doc) as RecipeStep),
-      // A set has no order; sorted, the stores agree.
-      released: (replies[4 * i + 2] as string[]).sort(),
-      paused: (replies[4 * i + 3] as string[]).sort(),
-    };
-  }
-
   private key(suffix: string): string {
     return this.prefix + suffix;
   }
@@ -471,6 +389,38 @@ export class RedisStore implements RecipeStore {
       state = 'up';
     });
   }
+}
+
+/**
+ * The recipe of `id` from its four reads: the hash (as an object), the steps, the released and
+ * the paused ids. Undefined when the hash is empty (the recipe is gone).
+ */
+function toRecipe(id: string, [hash, steps, released, paused]: unknown[]): InterpreterRecipe | undefined {
+  const meta = hash as Record<string, string>;
+  if (meta.tenant === undefined) return undefined;
+  return {
+    interpreterId: id,
+    tenant: meta.tenant,
+    name: meta.name,
+    mode: meta.mode as IsolationMode,
+    memoryMb: Number(meta.memoryMb),
+    registrationPrefix: meta.registrationPrefix,
+    createdAtMs: Number(meta.createdAtMs),
+    steps: (steps as string[]).map((doc) => JSON.parse(doc) as RecipeStep),
+    // A set has no order; sorted, the stores agree.
+    released: (released as string[]).sort(),
+    paused: (paused as string[]).sort(),
+    // (a named recipe an older isogear stored has no version: it is the name's first)
+    ...(meta.name ? { version: Number(meta.version ?? 1) } : {}),
+    ...(meta.rolledBackFrom !== undefined ? { rolledBackFrom: Number(meta.rolledBackFrom) } : {}),
+  };
+}
+
+/** A hash as a script returns it (field, value, field, value…), as an object. */
+function fields(flat: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]] = flat[i + 1];
+  return out;
 }
 
 /** A MULTI's replies, throwing the first command error. */

@@ -1,8 +1,8 @@
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { IllegalStateError } from '../core/errors';
-import type { WireError } from './sqliteWorker';
-import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../core/durability/RecipeStore';
+import type { WireError, WorkerData } from './sqliteWorker';
+import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore, type StoredVersion } from '../core/durability/RecipeStore';
 
 /** The worker entry beside this file: .ts under tsx (tests), .js in dist. */
 const WORKER_FILE = path.join(__dirname, `sqliteWorker${path.extname(__filename)}`);
@@ -51,12 +51,16 @@ export class SqliteWorkerStore implements RecipeStore {
     worker.on('exit', () => fail('its worker thread has ended'));
   }
 
-  /** Opens (creates) `isogear.db` in `dataDir` on a new worker thread; rejects with StoreError as SqliteStore.open throws. */
-  static open(dataDir: string): Promise<SqliteWorkerStore> {
+  /**
+   * Opens (creates) `isogear.db` in `dataDir` on a new worker thread; rejects with StoreError as
+   * SqliteStore.open throws. `maxVersions` as SqliteStore.open takes it.
+   */
+  static open(dataDir: string, options: { maxVersions?: number } = {}): Promise<SqliteWorkerStore> {
+    const workerData: WorkerData = { dataDir, maxVersions: options.maxVersions };
     // Under tsx (tests, `--import tsx`), a worker does not inherit its loader: it registers it itself.
     const worker = WORKER_FILE.endsWith('.ts')
-      ? new Worker(`require('tsx/cjs'); require(${JSON.stringify(WORKER_FILE)});`, { eval: true, workerData: { dataDir } })
-      : new Worker(WORKER_FILE, { workerData: { dataDir } });
+      ? new Worker(`require('tsx/cjs'); require(${JSON.stringify(WORKER_FILE)});`, { eval: true, workerData })
+      : new Worker(WORKER_FILE, { workerData });
     return new Promise((resolve, reject) => {
       const onExit = (): void => reject(new StoreError(`sqlite ${path.resolve(dataDir)}: the store's worker thread ended while opening it`));
       worker.once('error', (err) => reject(new StoreError(`sqlite ${path.resolve(dataDir)}: the store's worker thread failed: ${err.message}`)));
@@ -90,8 +94,16 @@ export class SqliteWorkerStore implements RecipeStore {
     return this.call('load', interpreterId);
   }
 
-  create(recipe: InterpreterRecipe, replaceName: boolean): Promise<{ replaced?: string }> {
+  create(recipe: InterpreterRecipe, replaceName: boolean): Promise<{ replaced?: string; version?: number }> {
     return this.call('create', recipe, replaceName);
+  }
+
+  versions(tenant: string, name: string): Promise<StoredVersion[]> {
+    return this.call('versions', tenant, name);
+  }
+
+  loadVersion(tenant: string, name: string, version: number): Promise<InterpreterRecipe | undefined> {
+    return this.call('loadVersion', tenant, name, version);
   }
 
   append(interpreterId: string, step: RecipeStep): Promise<void> {

@@ -11,11 +11,11 @@ export function redactStoreUrl(store: string): string {
 }
 
 /** The store ISOGEAR_STORE names, open; undefined for `memory` (nothing durable). Rejects with StoreError. */
-export async function openStore(config: Pick<Config, 'store' | 'dataDir'>, logger: Logger): Promise<RecipeStore | undefined> {
+export async function openStore(config: Pick<Config, 'store' | 'dataDir' | 'maxVersions'>, logger: Logger): Promise<RecipeStore | undefined> {
   if (config.store === 'memory') {
     logger.warn({}, 'ISOGEAR_STORE=memory: registrations live in this process only and are lost when it ends');
     return undefined;
   }
-  if (config.store === 'sqlite') return SqliteWorkerStore.open(path.resolve(config.dataDir));
-  return RedisStore.open(config.store, { logger });
+  if (config.store === 'sqlite') return SqliteWorkerStore.open(path.resolve(config.dataDir), { maxVersions: config.maxVersions });
+  return RedisStore.open(config.store, { logger, maxVersions: config.maxVersions });
 }

@@ -11,8 +11,14 @@ import { NameTakenError } from '../core/durability/RecipeStore';
 
 interface Call {
   seq: number;
-  method: 'loadAll' | 'load' | 'create' | 'append' | 'release' | 'setPaused' | 'remove' | 'close';
+  method: 'loadAll' | 'load' | 'create' | 'versions' | 'loadVersion' | 'append' | 'release' | 'setPaused' | 'remove' | 'close';
   args: unknown[];
+}
+
+/** What SqliteWorkerStore.open hands the thread: SqliteStore.open's arguments. */
+export interface WorkerData {
+  dataDir: string;
+  maxVersions?: number;
 }
 
 export interface WireError {
@@ -33,7 +39,8 @@ const port = parentPort;
 if (port) {
   let store: SqliteStore | undefined;
   try {
-    store = SqliteStore.open((workerData as { dataDir: string }).dataDir);
+    const { dataDir, maxVersions } = workerData as WorkerData;
+    store = SqliteStore.open(dataDir, { maxVersions });
     port.postMessage({ ready: store.description });
   } catch (err) {
     port.postMessage({ failed: wire(err) });

@@ -45,6 +45,8 @@ export class TestClient {
     this.api.waitExecution(req.executionId ?? '', { timeoutMs: req.timeoutMs }, opts);
   readonly listExecutions = (req: Partial<pb.ListExecutionsRequest>, opts: CallOptions = {}): Promise<pb.ListExecutionsResponse> => this.api.listExecutions(req, opts);
   readonly cancelExecution = (req: Partial<pb.CancelExecutionRequest>, opts: CallOptions = {}): Promise<pb.Execution> => this.api.cancelExecution(req.executionId ?? '', opts);
+  readonly listVersions = (req: Partial<pb.ListVersionsRequest>, opts: CallOptions = {}): Promise<pb.ListVersionsResponse> => this.api.listVersions(req.name ?? '', opts);
+  readonly rollback = (req: Partial<pb.RollbackRequest>, opts: CallOptions = {}): Promise<pb.ExecuteResponse> => this.api.rollback(req.name ?? '', req.version ?? 0, opts);
 
   readonly watch = (req: WatchInit = {}, opts: CallOptions = {}): Watch => this.api.watch(req, opts);
 

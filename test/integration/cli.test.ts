@@ -128,6 +128,10 @@ describe('isogear command line', function () {
       [['wait'], /missing required argument 'execution-id'/],
       [['cancel'], /missing required argument 'execution-id'/],
       [['ps', '--state', 'sleeping'], /argument 'sleeping' is invalid. Allowed choices are queued, running, done/],
+      [['rollback', 'svc', 'latest'], /^isogear: VERSION must be a whole number from 1 \(see isogear versions svc\), got "latest"/],
+      [['rollback', 'svc', '0'], /^isogear: VERSION must be a whole number from 1/],
+      [['rollback', 'svc'], /missing required argument 'version'/],
+      [['versions'], /missing required argument 'name'/],
       [['tail', '--trigger'], /option '--trigger <name>' argument missing/],
       [['tail', 'everything'], /too many arguments for 'tail'/],
     ];
@@ -229,6 +233,31 @@ describe('isogear command line', function () {
     assert.equal(upgraded.code, 0, upgraded.stderr);
     assert.equal(upgraded.stdout, '3\n');
     assert.match((await cli(['trigger', 'cli.named'])).stdout, /^reg_\w+ {2}3\n$/);
+
+    // versions lists both, the upgrade current; rollback brings version 1 back as version 3
+    const versions = await cli(['versions', 'cli-svc']);
+    assert.equal(versions.code, 0, versions.stderr);
+    const sha1 = createHash('sha256').update(v(1)).digest('hex').slice(0, 12);
+    assert.match(versions.stdout, new RegExp(`^VERSION\\s+CREATED\\s+INTERPRETER\\s+FROM\\s+SOURCE\\n1\\s+\\d+s\\s+-\\s+-\\s+${sha1} ${v(1).length} B\\n2\\*\\s+\\d+s\\s+itp_\\w+\\s+-\\s+[0-9a-f]{12} \\d+ B\\n$`));
+    const back = await cli(['rollback', 'cli-svc', '1']);
+    assert.equal(back.code, 0, back.stderr);
+    assert.equal(back.stdout, '{"version":3,"rolledBackFrom":1}\n');
+    assert.match(back.stderr, /^\[isogear\] registered reg_\w+ on cli\.named$/m);
+    assert.match((await cli(['trigger', 'cli.named'])).stdout, /^reg_\w+ {2}1\n$/);
+    const listed = JSON.parse((await cli(['--json', 'versions', 'cli-svc'])).stdout) as { versions: { version: number; current?: boolean; rolledBackFrom?: number }[] };
+    assert.deepEqual(
+      listed.versions.map((x) => [x.version, x.current ?? false, x.rolledBackFrom ?? 0]),
+      [
+        [1, false, 0],
+        [2, false, 0],
+        [3, true, 1],
+      ],
+    );
+    const missing = await cli(['rollback', 'cli-svc', '7']);
+    assert.deepEqual([missing.code, missing.stderr], [3, 'isogear: NOT_FOUND: "cli-svc" has no version 7: it keeps versions 1 to 3 (ISOGEAR_MAX_VERSIONS)\n']);
+    const unknown = await cli(['versions', 'cli-nothing']);
+    assert.deepEqual([unknown.code, unknown.stderr], [3, 'isogear: NOT_FOUND: no interpreter named "cli-nothing": it has no versions\n']);
+
     const named = JSON.parse((await cli(['--json', 'ls', '--name', 'cli-svc'])).stdout) as { id: string }[];
     assert.equal(named.length, 1);
     assert.equal((await cli(['release', '--interpreter', named[0].id])).code, 0);
@@ -386,7 +415,7 @@ describe('isogear command line', function () {
   });
 
   it('--help on every command, with examples, exits 0', async () => {
-    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['pause'], ['resume'], ['ls'], ['get'], ['wait'], ['ps'], ['cancel'], ['tail']]) {
+    for (const cmd of [[], ['serve'], ['exec'], ['register'], ['trigger'], ['release'], ['pause'], ['resume'], ['versions'], ['rollback'], ['ls'], ['get'], ['wait'], ['ps'], ['cancel'], ['tail']]) {
       const r = await cli([...cmd, '--help']);
       assert.equal(r.code, 0, `${cmd.join(' ')}: ${r.stderr}`);
       assert.match(r.stdout, /Examples:\n\s+\$ isogear/, `${cmd.join(' ') || 'isogear'} --help has examples`);

@@ -64,6 +64,48 @@ describe('durable registrations: a restarted server keeps them (embedded store)'
     });
   });
 
+  it("a name's versions survive a restart, and a rollback after it re-creates one (ISOGEAR_MAX_VERSIONS trims the oldest)", async () => {
+    const v1Source = 'gears.register("d.ver", () => "v1");';
+    const v1 = await withServer(dataDir, async (client) => {
+      const first = await client.execute({ source: v1Source, name: 'versioned' });
+      for (const v of ['v2', 'v3']) await client.execute({ source: `gears.register("d.ver", () => "${v}");`, name: 'versioned', replace: true });
+      return first;
+    });
+    await withServer(dataDir, async (client) => {
+      const listed = await client.listVersions({ name: 'versioned' });
+      assert.deepEqual(
+        listed.versions.map((v) => [v.version, v.current]),
+        [
+          [1, false],
+          [2, false],
+          [3, true],
+        ],
+      );
+      assert.equal(listed.versions[0].sourceBytes, Buffer.byteLength(v1Source));
+      const back = await client.rollback({ name: 'versioned', version: 1 });
+      assert.deepEqual(back.result, { version: 4, rolledBackFrom: 1 });
+      assert.notEqual(back.interpreterId, v1.interpreterId);
+      assert.deepEqual((await client.trigger({ trigger: 'd.ver' })).results.map((r) => r.result), ['v1']);
+    });
+    // a restart with a smaller ISOGEAR_MAX_VERSIONS keeps the rollback and trims at the next change
+    const p = await spawnServer({ ISOGEAR_DATA_DIR: dataDir, ISOGEAR_MAX_VERSIONS: '2' });
+    const client = new TestClient(p.grpcAddress);
+    try {
+      assert.deepEqual((await client.trigger({ trigger: 'd.ver' })).results.map((r) => r.result), ['v1'], 'the rolled-back version was restored');
+      const current = (await client.listVersions({ name: 'versioned' })).versions.at(-1);
+      assert.deepEqual([current?.version, current?.current, current?.rolledBackFrom], [4, true, 1]);
+      const next = await client.execute({ source: 'gears.register("d.ver", () => "v5");', name: 'versioned', replace: true });
+      assert.deepEqual(
+        (await client.listVersions({ name: 'versioned' })).versions.map((v) => v.version),
+        [4, 5],
+      );
+      await client.release({ interpreterId: next.interpreterId });
+    } finally {
+      client.close();
+      await stop(p);
+    }
+  });
+
   it('health says NOT_SERVING and calls are UNAVAILABLE until the restore has finished', async () => {
     await withServer(dataDir, async (client) => {
       // replaying this step takes about 1.5 s

@@ -194,6 +194,23 @@ describe('scale-out: three servers on one Redis serve the same registrations', f
     assert.deepEqual(await triggerResults(late, 'so.v'), [2]);
   });
 
+  it("a name's versions are the same on every replica, and a rollback on one moves the name everywhere", async () => {
+    const [a, b, c] = clients;
+    await a.execute({ source: 'gears.register("so.ver", () => 1);', name: 'so-ver' });
+    await b.execute({ source: 'gears.register("so.ver", () => 2);', name: 'so-ver', replace: true });
+    const listed = (await c.listVersions({ name: 'so-ver' })).versions.map((v) => [v.version, v.current]);
+    assert.deepEqual(listed, [
+      [1, false],
+      [2, true],
+    ]);
+    const back = await c.rollback({ name: 'so-ver', version: 1 });
+    assert.deepEqual(back.result, { version: 3, rolledBackFrom: 1 });
+    for (const [k, client] of [a, b, c].entries()) {
+      await eventually(`replica ${k} runs only the rolled-back v1`, async () => JSON.stringify(await triggerResults(client, 'so.ver')) === '[1]');
+      assert.deepEqual((await client.listVersions({ name: 'so-ver' })).versions.at(-1)?.interpreterId, back.interpreterId);
+    }
+  });
+
   it('two replicas racing for one name: one holder, the other ALREADY_EXISTS, everywhere the same', async () => {
     const [a, b] = clients;
     const results = await Promise.allSettled([

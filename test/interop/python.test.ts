@@ -50,6 +50,7 @@ interface Seen {
   trigger: unknown[];
   pause: { paused: boolean; skipped: number; flag: boolean; resumed: boolean; again: unknown[]; two_selectors: Status };
   typescript: { result: unknown; error: string; line3: boolean };
+  versions: { listed: unknown[]; sha: boolean; bytes: number; created: boolean; rollback: unknown; after: unknown[]; ran: unknown[]; errors: Record<string, Status> };
   listed: { id: string; description: string; runs: number }[];
   interpreters: number;
   released: boolean;
@@ -105,6 +106,24 @@ describe('Python interop (grpcio, stubs generated from proto/)', function () {
     assert.deepEqual(seen.execute, { total: 9, names: ['tea', 'cake'], vip: true });
     assert.deepEqual(seen.trigger, ['hello python']);
     assert.deepEqual(seen.typescript, { result: 42, error: 'RangeError', line3: true }, 'TypeScript from Python, its stack on the TypeScript line');
+    // versions: ListVersions and Rollback from Python
+    const v = seen.versions;
+    assert.deepEqual(v.listed, [
+      [1, false, false],
+      [2, true, true],
+    ]);
+    assert.deepEqual([v.sha, v.bytes, v.created], [true, 'gears.register("py.ver", () => "v1");'.length, true]);
+    assert.deepEqual(v.rollback, { outcome: 'OUTCOME_SUCCEEDED', result: { version: 3, rolledBackFrom: 1 }, name: 'py-svc' });
+    assert.deepEqual(v.after, [
+      [1, false, 0],
+      [2, false, 0],
+      [3, true, 1],
+    ]);
+    assert.deepEqual(v.ran, ['v1']);
+    assert.deepEqual(
+      Object.fromEntries(Object.entries(v.errors).map(([k, e]) => [k, e.code])),
+      { version_0: 'INVALID_ARGUMENT', no_name: 'INVALID_ARGUMENT', unknown_version: 'NOT_FOUND', unknown_name: 'NOT_FOUND' },
+    );
     assert.deepEqual({ ...seen.pause, two_selectors: seen.pause.two_selectors.code }, { paused: true, skipped: 0, flag: true, resumed: true, again: ['hello again'], two_selectors: 'INVALID_ARGUMENT' });
     assert.equal(seen.listed.length, 1);
     assert.equal(seen.listed[0].description, 'from python');

@@ -173,6 +173,9 @@ describe('config: loadConfig', () => {
       assert.doesNotMatch(err.message, /hunter2/);
       expectConfigError({ ISOGEAR_STORE: 'redis://:pw@h:6379/abc' }, [], /database number/);
       expectConfigError({ ISOGEAR_RESTORE_CONCURRENCY: '0' }, [], /ISOGEAR_RESTORE_CONCURRENCY must be between 1 and 256/);
+      assert.equal(loadConfig({}).maxVersions, 20);
+      assert.equal(loadConfig({ ISOGEAR_MAX_VERSIONS: '3' }).maxVersions, 3);
+      expectConfigError({ ISOGEAR_MAX_VERSIONS: '0' }, [], /ISOGEAR_MAX_VERSIONS must be between 1 and 10000/);
     });
 
     it('logs a Redis URL without its password', () => {

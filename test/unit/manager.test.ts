@@ -232,7 +232,7 @@ describe('InterpreterManager as a library (no gRPC)', () => {
       const held = await small.register({ trigger: 'only', source: 'export default () => 1;', mode: 'shared' });
       const err = await rejectsWith(small.execute({ source: 'export default 1;' }), ResourceExhaustedError);
       assert.equal(err.limit, 'max_interpreters');
-      small.release({ registrationId: held.registration.id });
+      await small.release({ registrationId: held.registration.id });
       assert.equal((await small.execute({ source: 'export default 2;' })).result, 2);
       await assertNoLeaks(small);
     } finally {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,6 +10,7 @@ import { IllegalStateError } from '../../src/core/errors';
 import { RedisStore } from '../../src/store/RedisStore';
 import { SqliteStore } from '../../src/store/SqliteStore';
 import { SqliteWorkerStore } from '../../src/store/SqliteWorkerStore';
+import { MemoryRecipes } from '../../src/core/durability/MemoryRecipes';
 import { NameTakenError, StoreError, type InterpreterRecipe, type RecipeStep, type RecipeStore } from '../../src/core/durability/RecipeStore';
 import { waitFor } from '../helpers/proto';
 import { requireRedis, startRedis, type TestRedis } from '../helpers/redis';
@@ -69,7 +70,8 @@ const ids = (recipes: InterpreterRecipe[]): string[] => recipes.map((r) => r.int
 
 /** One store's backing data for one test: `open` gives a new store on it, each closed after the test. */
 interface Target {
-  open(): Promise<RecipeStore>;
+  /** `maxVersions`: how many versions a name keeps (ISOGEAR_MAX_VERSIONS; the default when absent). */
+  open(options?: { maxVersions?: number }): Promise<RecipeStore>;
   cleanup(): Promise<void>;
 }
 
@@ -82,8 +84,8 @@ function describeStore(name: string, make: () => Promise<Target>): void {
     let target: Target | undefined;
     let opened: RecipeStore[] = [];
     /** A store on the test's data; `open()` again after close() is a restart. */
-    const open = async (): Promise<RecipeStore> => {
-      const store = await target!.open();
+    const open = async (options?: { maxVersions?: number }): Promise<RecipeStore> => {
+      const store = await target!.open(options);
       opened.push(store);
       return store;
     };
@@ -109,9 +111,11 @@ function describeStore(name: string, make: () => Promise<Target>): void {
       const a = recipe({ createdAtMs: 3000 });
       const b = recipe({ createdAtMs: 2000, mode: 'isolate', memoryMb: 256, tenant: 'other' });
       const c = recipe({ createdAtMs: 1000, name: 'svc' });
-      for (const r of [a, b, c]) assert.deepEqual(await store.create(r, false), {});
+      for (const r of [a, b]) assert.deepEqual(await store.create(r, false), {});
+      // a named recipe gets its name's first version
+      assert.deepEqual(await store.create(c, false), { version: 1 });
       assert.deepEqual(await store.load(b.interpreterId), b);
-      assert.deepEqual(await store.loadAll(), [a, b, c]);
+      assert.deepEqual(await store.loadAll(), [a, b, { ...c, version: 1 }]);
     });
 
     it('appends steps in order and keeps released ids (each once)', async () => {
@@ -205,7 +209,8 @@ function describeStore(name: string, make: () => Promise<Target>): void {
       await store.create(first, false);
       await store.remove(first.interpreterId);
       const second = recipe({ name: 'svc' });
-      assert.deepEqual(await store.create(second, false), {});
+      // the removed holder is kept as version 1: the name goes on from there
+      assert.deepEqual(await store.create(second, false), { version: 2 });
       assert.deepEqual(ids(await store.loadAll()), [second.interpreterId]);
     });
 
@@ -216,14 +221,14 @@ function describeStore(name: string, make: () => Promise<Target>): void {
       await store.create(old, false);
       await store.create(bystander, false);
       const next = recipe({ name: 'svc' });
-      assert.deepEqual(await store.create(next, true), { replaced: old.interpreterId });
+      assert.deepEqual(await store.create(next, true), { replaced: old.interpreterId, version: 2 });
       assert.equal(await store.load(old.interpreterId), undefined);
       assert.deepEqual(ids(await store.loadAll()), [bystander.interpreterId, next.interpreterId]);
       // The name now belongs to the replacement.
       const err = await rejectsWith(store.create(recipe({ name: 'svc' }), false), NameTakenError);
       assert.equal(err.holder, next.interpreterId);
       // Replacing a free name replaces nothing.
-      assert.deepEqual(await store.create(recipe({ name: 'free' }), true), {});
+      assert.deepEqual(await store.create(recipe({ name: 'free' }), true), { version: 1 });
     });
 
     it('round-trips steps with every field exactly: modules, args, unicode, a 1 MB source', async () => {
@@ -263,8 +268,98 @@ function describeStore(name: string, make: () => Promise<Target>): void {
       await store.append(r.interpreterId, steps[2]);
       await store.append(r.interpreterId, steps[3]);
       const loaded = await store.load(r.interpreterId);
-      assert.deepEqual(loaded, { ...r, steps });
+      assert.deepEqual(loaded, { ...r, steps, version: 1 });
       assert.equal(loaded?.steps[1].source?.length, big.length);
+    });
+
+    describe('versions of a named interpreter', () => {
+      const at = (v: { version: number; current: boolean; interpreterId: string }): string => `${v.version}${v.current ? '*' : ''} ${v.interpreterId}`;
+
+      it('lists each recipe that held the name, oldest first: replaced and removed ones kept as they stood, the holder current', async () => {
+        const store = await open();
+        const v1 = recipe({ name: 'svc', steps: [step({ source: 'export default "one";' })] });
+        await store.create(v1, false);
+        await store.append(v1.interpreterId, step({ kind: 'register', trigger: 't', registrations: [{ id: 'reg_a', trigger: 't', description: '' }] }));
+        await store.release(v1.interpreterId, ['reg_a']);
+        await store.setPaused(v1.interpreterId, ['reg_b'], true);
+        const v2 = recipe({ name: 'svc', mode: 'isolate', memoryMb: 128, steps: [step({ source: 'export default "twö";' })] });
+        assert.deepEqual(await store.create(v2, true), { replaced: v1.interpreterId, version: 2 });
+        await store.create(recipe({ name: 'other' }), false);
+        await store.create(recipe({ name: 'svc', tenant: 'beta' }), false);
+
+        const list = await store.versions('acme', 'svc');
+        assert.deepEqual(list.map(at), [`1 ${v1.interpreterId}`, `2* ${v2.interpreterId}`]);
+        assert.equal(list[0].createdAtMs, v1.createdAtMs);
+        assert.equal(list[0].sourceSha256, createHash('sha256').update('export default "one";').digest('hex'));
+        assert.equal(list[0].sourceBytes, 21);
+        assert.equal(list[1].sourceBytes, Buffer.byteLength('export default "twö";'), 'bytes are UTF-8 bytes');
+        assert.equal(list[1].rolledBackFrom, undefined);
+
+        // a kept version's recipe is the one that held the name, as it stood when it left
+        const kept = await store.loadVersion('acme', 'svc', 1);
+        assert.equal(kept?.interpreterId, v1.interpreterId);
+        assert.equal(kept?.version, 1);
+        assert.equal(kept?.steps.length, 2);
+        assert.deepEqual(kept?.released, ['reg_a']);
+        assert.deepEqual(kept?.paused, ['reg_b']);
+        const current = await store.loadVersion('acme', 'svc', 2);
+        assert.deepEqual(current, { ...v2, version: 2 });
+        assert.equal(await store.loadVersion('acme', 'svc', 3), undefined);
+        assert.equal(await store.loadVersion('beta', 'svc', 2), undefined, 'another tenant has its own versions');
+        assert.deepEqual((await store.versions('beta', 'svc')).map(at).length, 1);
+        assert.deepEqual(await store.versions('acme', 'never'), []);
+        // a kept version is no live recipe: never restored
+        assert.equal(await store.load(v1.interpreterId), undefined);
+        assert.ok(!ids(await store.loadAll()).includes(v1.interpreterId));
+
+        // removed with its last registration: kept too, and the name is then free, with no current version
+        await store.remove(v2.interpreterId);
+        assert.deepEqual((await store.versions('acme', 'svc')).map(at), [`1 ${v1.interpreterId}`, `2 ${v2.interpreterId}`]);
+        const v3 = recipe({ name: 'svc', rolledBackFrom: 1, steps: kept!.steps });
+        assert.deepEqual(await store.create(v3, false), { version: 3 });
+        const after = await store.versions('acme', 'svc');
+        assert.deepEqual(after.map(at), [`1 ${v1.interpreterId}`, `2 ${v2.interpreterId}`, `3* ${v3.interpreterId}`]);
+        assert.equal(after[2].rolledBackFrom, 1);
+        assert.equal(after[2].sourceSha256, after[0].sourceSha256);
+        assert.equal((await store.load(v3.interpreterId))?.rolledBackFrom, 1);
+      });
+
+      it('keeps the newest maxVersions of a name (the current one counts), and unnamed recipes have none', async () => {
+        const store = await open({ maxVersions: 3 });
+        const made: string[] = [];
+        for (let k = 0; k < 5; k++) {
+          const r = recipe({ name: 'svc' });
+          made.push(r.interpreterId);
+          assert.equal((await store.create(r, true)).version, k + 1);
+        }
+        assert.deepEqual((await store.versions('acme', 'svc')).map(at), [`3 ${made[2]}`, `4 ${made[3]}`, `5* ${made[4]}`]);
+        assert.equal(await store.loadVersion('acme', 'svc', 2), undefined, 'an older version is gone');
+        await store.remove(made[4]);
+        assert.deepEqual((await store.versions('acme', 'svc')).map(at), [`3 ${made[2]}`, `4 ${made[3]}`, `5 ${made[4]}`]);
+        const next = recipe({ name: 'svc' });
+        assert.equal((await store.create(next, false)).version, 6);
+        assert.deepEqual((await store.versions('acme', 'svc')).map(at), [`4 ${made[3]}`, `5 ${made[4]}`, `6* ${next.interpreterId}`]);
+
+        const unnamed = recipe({ steps: [step()] });
+        assert.deepEqual(await store.create(unnamed, false), {});
+        await store.remove(unnamed.interpreterId);
+        assert.deepEqual(await store.versions('acme', ''), []);
+      });
+
+      it('keeps versions across close and reopen', async () => {
+        let store = await open();
+        const v1 = recipe({ name: 'svc', steps: [step()] });
+        const v2 = recipe({ name: 'svc', steps: [step({ source: 'export default 2;' })] });
+        await store.create(v1, false);
+        await store.create(v2, true);
+        const before = await store.versions('acme', 'svc');
+        const kept = await store.loadVersion('acme', 'svc', 1);
+        await store.close();
+        store = await open();
+        assert.deepEqual(await store.versions('acme', 'svc'), before);
+        assert.deepEqual(await store.loadVersion('acme', 'svc', 1), kept);
+        assert.equal((await store.create(recipe({ name: 'svc' }), true)).version, 3);
+      });
     });
 
     it('sees everything after close and reopen', async () => {
@@ -313,6 +408,28 @@ function spawnChild(code: string): Promise<{ kill(): Promise<void> }> {
 }
 
 describe('registration stores', () => {
+  // the store of a server without one (ISOGEAR_STORE=memory); a reopen sees the same recipes
+  describeStore('MemoryRecipes conformance', async () => {
+    // (each open is a handle on the same recipes; a closed handle refuses, as a closed store does)
+    let live: MemoryRecipes | undefined;
+    return {
+      open: async (options) => {
+        const store = (live ??= new MemoryRecipes(options?.maxVersions));
+        let closed = false;
+        return new Proxy(store, {
+          get(t, prop) {
+            if (prop === 'close') return async () => void (closed = true);
+            const v = Reflect.get(t, prop, t) as unknown;
+            if (typeof v !== 'function') return v;
+            if (closed) return () => Promise.reject(new IllegalStateError(`memory: ${String(prop)} after close`));
+            return (v as (...a: unknown[]) => unknown).bind(t);
+          },
+        });
+      },
+      cleanup: async () => undefined,
+    };
+  });
+
   describe('SqliteStore', () => {
     const dirs: string[] = [];
     const tempDir = (): string => {
@@ -329,13 +446,13 @@ describe('registration stores', () => {
 
     describeStore('conformance', async () => {
       const dir = path.join(tempDir(), 'data');
-      return { open: async () => SqliteStore.open(dir), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+      return { open: async (options) => SqliteStore.open(dir, options), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
     });
 
     // what the server runs: the same store on a worker thread of its own
     describeStore('conformance, on its worker thread (SqliteWorkerStore)', async () => {
       const dir = path.join(tempDir(), 'data');
-      return { open: () => SqliteWorkerStore.open(dir), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+      return { open: (options) => SqliteWorkerStore.open(dir, options), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
     });
 
     it('on its worker thread: a second opener is refused (StoreError), a taken name is NameTakenError, use after close IllegalStateError', async () => {
@@ -352,6 +469,21 @@ describe('registration stores', () => {
     });
 
     describe('on its own', () => {
+      /** Makes a file this isogear wrote one of an older schema `version`: drops what the later versions added. */
+      const downgrade = (dir: string, version: number): void => {
+        const db = new Database(path.join(dir, 'isogear.db'));
+        try {
+          if (version < 3) {
+            db.exec('DROP TABLE versions');
+            for (const column of ['version', 'rolled_back_from', 'source_sha256', 'source_bytes']) db.exec(`ALTER TABLE interpreters DROP COLUMN ${column}`);
+          }
+          if (version < 2) db.exec('DROP TABLE paused');
+          db.pragma(`user_version = ${version}`);
+        } finally {
+          db.close();
+        }
+      };
+
       it('creates nested directories and one isogear.db, with WAL but no -shm file (exclusive locking)', async () => {
         const dir = path.join(tempDir(), 'a', 'b');
         const store = SqliteStore.open(dir);
@@ -390,7 +522,7 @@ describe('registration stores', () => {
         }
         const after = SqliteStore.open(dir);
         try {
-          assert.deepEqual(await after.loadAll(), [r]);
+          assert.deepEqual(await after.loadAll(), [{ ...r, version: 1 }]);
         } finally {
           await after.close();
         }
@@ -418,11 +550,8 @@ describe('registration stores', () => {
         const first = SqliteStore.open(dir);
         await first.create(old, false);
         await first.close();
-        // what isogear wrote before version 2: no paused table
-        const db = new Database(path.join(dir, 'isogear.db'));
-        db.exec('DROP TABLE paused');
-        db.pragma('user_version = 1');
-        db.close();
+        // what isogear wrote before version 2: no paused table (nor version 3's versions)
+        downgrade(dir, 1);
         const store = SqliteStore.open(dir);
         try {
           assert.deepEqual(await store.loadAll(), [old]);
@@ -433,7 +562,65 @@ describe('registration stores', () => {
         }
         const check = new Database(path.join(dir, 'isogear.db'));
         try {
-          assert.equal(check.pragma('user_version', { simple: true }), 2);
+          assert.equal(check.pragma('user_version', { simple: true }), 3);
+        } finally {
+          check.close();
+        }
+      });
+
+      it('brings a file of schema version 2 (before versions) up to date: its named recipes become version 1, the next replace version 2', async () => {
+        const dir = tempDir();
+        const source = 'export default "written before versions: ü";';
+        const named = recipe({ name: 'svc', steps: [step({ source }), step({ kind: 'register', trigger: 't', description: '' })], released: ['reg_1'], paused: ['reg_2'] });
+        const unnamed = recipe({ steps: [step()] });
+        const first = SqliteStore.open(dir);
+        await first.create(named, false);
+        await first.create(unnamed, false);
+        await first.close();
+        // what isogear wrote before version 3: no versions table, no version columns
+        downgrade(dir, 2);
+        await SqliteStore.open(dir).close();
+        // the migration numbered and hashed the named recipe, once (a listing reads its row)
+        const migrated = new Database(path.join(dir, 'isogear.db'));
+        try {
+          assert.deepEqual(migrated.prepare('SELECT id, version, source_sha256, source_bytes FROM interpreters ORDER BY seq').all(), [
+            { id: named.interpreterId, version: 1, source_sha256: createHash('sha256').update(source).digest('hex'), source_bytes: Buffer.byteLength(source) },
+            { id: unnamed.interpreterId, version: null, source_sha256: null, source_bytes: null },
+          ]);
+        } finally {
+          migrated.close();
+        }
+        const store = SqliteStore.open(dir);
+        try {
+          assert.deepEqual(await store.loadAll(), [{ ...named, version: 1 }, unnamed]);
+          assert.deepEqual(await store.versions('acme', 'svc'), [
+            {
+              version: 1,
+              createdAtMs: named.createdAtMs,
+              interpreterId: named.interpreterId,
+              current: true,
+              sourceSha256: createHash('sha256').update(source).digest('hex'),
+              sourceBytes: Buffer.byteLength(source),
+            },
+          ]);
+          const next = recipe({ name: 'svc', steps: [step()] });
+          assert.deepEqual(await store.create(next, true), { replaced: named.interpreterId, version: 2 });
+          const list = await store.versions('acme', 'svc');
+          assert.deepEqual(
+            list.map((v) => [v.version, v.current, v.interpreterId]),
+            [
+              [1, false, named.interpreterId],
+              [2, true, next.interpreterId],
+            ],
+          );
+          assert.equal(list[0].sourceSha256, createHash('sha256').update(source).digest('hex'));
+          assert.deepEqual(await store.loadVersion('acme', 'svc', 1), { ...named, version: 1 });
+        } finally {
+          await store.close();
+        }
+        const check = new Database(path.join(dir, 'isogear.db'));
+        try {
+          assert.equal(check.pragma('user_version', { simple: true }), 3);
         } finally {
           check.close();
         }
@@ -447,7 +634,7 @@ describe('registration stores', () => {
         db.close();
         assert.throws(
           () => SqliteStore.open(dir),
-          (err: Error) => err instanceof StoreError && /newer isogear \(schema version 99; this one reads up to 2\)/.test(err.message) && err.message.includes(dir),
+          (err: Error) => err instanceof StoreError && /newer isogear \(schema version 99; this one reads up to 3\)/.test(err.message) && err.message.includes(dir),
         );
       });
 
@@ -517,7 +704,7 @@ describe('registration stores', () => {
     describeStore('conformance', async () => {
       // Every test its own key prefix on the one server: a reopen is a new client on the same keys.
       const keyPrefix = nextPrefix();
-      return { open: () => RedisStore.open(redis!.url, { keyPrefix }), cleanup: async () => undefined };
+      return { open: (options) => RedisStore.open(redis!.url, { keyPrefix, maxVersions: options?.maxVersions }), cleanup: async () => undefined };
     });
 
     describe('on its own', () => {
@@ -555,7 +742,7 @@ describe('registration stores', () => {
         await waitFor('the create reported', () => seen.changed.includes(old.interpreterId), 3000);
         seen.changed.length = 0;
         const next = recipe({ name: 'svc' });
-        assert.deepEqual(await b.create(next, true), { replaced: old.interpreterId });
+        assert.deepEqual(await b.create(next, true), { replaced: old.interpreterId, version: 2 });
         await b.append(next.interpreterId, step());
         await b.release(next.interpreterId, ['reg_1']);
         await b.remove(next.interpreterId);
@@ -616,6 +803,38 @@ describe('registration stores', () => {
         const closing = Date.now();
         await store.close();
         assert.ok(Date.now() - closing < 1000, `close with Redis gone took ${Date.now() - closing} ms`);
+      });
+
+      it('versions follow replicas: one replaces a name, the other lists its versions and loads the kept one; kept keys stay out of the index', async () => {
+        const prefix = nextPrefix();
+        const [a, b] = [await openStore(prefix), await openStore(prefix)];
+        const v1 = recipe({ name: 'svc', steps: [step({ source: 'export default "one";' })], released: ['reg_1'], paused: ['reg_2'] });
+        assert.deepEqual(await a.create(v1, false), { version: 1 });
+        const v2 = recipe({ name: 'svc', steps: [step({ source: 'export default "two";' })] });
+        assert.deepEqual(await b.create(v2, true), { replaced: v1.interpreterId, version: 2 });
+
+        const list = await a.versions('acme', 'svc');
+        assert.deepEqual(
+          list.map((v) => [v.version, v.current, v.interpreterId]),
+          [
+            [1, false, v1.interpreterId],
+            [2, true, v2.interpreterId],
+          ],
+        );
+        assert.equal(list[0].sourceSha256, createHash('sha256').update('export default "one";').digest('hex'));
+        assert.deepEqual(await a.loadVersion('acme', 'svc', 1), { ...v1, version: 1 });
+        assert.deepEqual(ids(await a.loadAll()), [v2.interpreterId]);
+        const raw = new Redis(redis!.url);
+        try {
+          // the kept recipe's keys were renamed under its name's version, out of the live ones
+          assert.deepEqual(await raw.zrange(`${prefix}index`, '0', '-1'), [v2.interpreterId]);
+          assert.equal(await raw.exists(`${prefix}i:${v1.interpreterId}`), 0);
+          const kept = `${prefix}v:acme\nsvc:1`;
+          assert.deepEqual(await raw.zrange(`${prefix}versions:acme\nsvc`, '0', '-1'), ['1']);
+          assert.equal(await raw.exists(kept, `${kept}:steps`, `${kept}:released`, `${kept}:paused`), 4);
+        } finally {
+          raw.disconnect();
+        }
       });
 
       it('two replicas racing create for one name: exactly one wins, the other gets NameTakenError', async () => {

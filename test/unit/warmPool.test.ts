@@ -53,7 +53,7 @@ describe('warm pool: interpreters made ahead of time, taken on the request path'
       assert.equal(fired.result, 42);
       await full(m, 3, 4);
       if (mode === 'isolate') assert.equal(m.counters().isolatesCreated.dedicated, 1, 'the taken isolate counts as dedicated from then on');
-      m.release({ interpreterId: res.interpreterId });
+      await m.release({ interpreterId: res.interpreterId });
     });
   }
 
@@ -80,12 +80,12 @@ describe('warm pool: interpreters made ahead of time, taken on the request path'
         const strip = (r: typeof a): unknown => ({ ...(r.result as object), reg: undefined });
         assert.deepEqual(strip(a), strip(b));
         assert.match((a.result as { reg: string }).reg, /^reg_[0-9a-f]{16}_1$/, 'the warm-up registered nothing: the first id is _1');
-        cold.release({ interpreterId: b.interpreterId });
+        await cold.release({ interpreterId: b.interpreterId });
         await assertNoLeaks(cold);
       } finally {
         await cold.destroy();
       }
-      warm.release({ interpreterId: a.interpreterId });
+      await warm.release({ interpreterId: a.interpreterId });
     });
   }
 
@@ -123,7 +123,7 @@ describe('warm pool: interpreters made ahead of time, taken on the request path'
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(m.counters().warm.contexts, 0, 'no warm context past the budget');
     await assert.rejects(m.execute({ source: 'export default 1', mode: 'shared' }), /shared isolates are full/);
-    for (const interpreterId of held) m.release({ interpreterId });
+    await Promise.all(held.map((interpreterId) => m.release({ interpreterId })));
     await full(m, 0, 16);
   });
 

@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import type { RegistrationSpec } from '../Registration';
-import type { IsolationMode } from '../types';
+import type { IsolationMode, VersionInfo } from '../types';
 
 /**
  * The recipe-store contract: what the core asks of a place that keeps recipes. The core owns it;
@@ -77,7 +78,27 @@ export interface InterpreterRecipe {
   released: string[];
   /** Registrations paused now (PauseRegistrations): the replay makes them, then pauses them. */
   paused: string[];
+  /**
+   * A named recipe's version: 1 for the first recipe stored with its (tenant, name), +1 for each
+   * after. The store gives it at `create` (whatever the recipe carried) and it never changes.
+   * Absent on an unnamed recipe, and on one stored before versions existed (read as 1).
+   */
+  version?: number;
+  /** A rollback's recipe: the version whose recipe it re-created. */
+  rolledBackFrom?: number;
 }
+
+/** One version of a named interpreter (see VersionInfo), as the store keeps it. */
+export type StoredVersion = VersionInfo;
+
+/** What a version lists of its recipe's source: the first step's (the creating request's). */
+export function versionSource(recipe: Pick<InterpreterRecipe, 'steps'>): { sourceSha256: string; sourceBytes: number } {
+  const source = recipe.steps[0]?.source ?? '';
+  return { sourceSha256: createHash('sha256').update(source, 'utf8').digest('hex'), sourceBytes: Buffer.byteLength(source, 'utf8') };
+}
+
+/** How many versions a name keeps when the store is not told (ISOGEAR_MAX_VERSIONS). */
+export const DEFAULT_MAX_VERSIONS = 20;
 
 /** `create` found the name held by another recipe and was not asked to replace it. */
 export class NameTakenError extends Error {
@@ -118,15 +139,25 @@ export interface RecipeStore {
    * Stores a new recipe. When it is named, the name must be free, or (with `replaceName`) the
    * recipe that holds it is removed in the same step; resolves with that recipe's id. Rejects
    * with NameTakenError when the name is held and `replaceName` is false.
+   *
+   * Versions: a named recipe gets the name's next version (1 + the highest it has, kept or
+   * current; 1 for a new name) and resolves with it. A named recipe that leaves the store (the
+   * holder replaced here, or `remove`) is kept in its name's history, as it stood (released and
+   * paused ids included), in the same step. Each change keeps the newest `maxVersions` versions
+   * of the name (the current one counts) and drops older kept ones. Unnamed recipes have none.
    */
-  create(recipe: InterpreterRecipe, replaceName: boolean): Promise<{ replaced?: string }>;
+  create(recipe: InterpreterRecipe, replaceName: boolean): Promise<{ replaced?: string; version?: number }>;
+  /** The versions of (tenant, name), oldest first; empty for a name it never stored. */
+  versions(tenant: string, name: string): Promise<StoredVersion[]>;
+  /** The recipe of one version (kept or current), with its `version`; undefined when the name has no such version. */
+  loadVersion(tenant: string, name: string, version: number): Promise<InterpreterRecipe | undefined>;
   /** Adds a step at the end of an interpreter's recipe. */
   append(interpreterId: string, step: RecipeStep): Promise<void>;
   /** Marks registrations of an interpreter released. */
   release(interpreterId: string, registrationIds: string[]): Promise<void>;
   /** Marks registrations of an interpreter paused (`paused` true) or running again. */
   setPaused(interpreterId: string, registrationIds: string[], paused: boolean): Promise<void>;
-  /** Removes an interpreter's recipe (its last registration went). */
+  /** Removes an interpreter's recipe (its last registration went); a named one is kept as a version (see create). */
   remove(interpreterId: string): Promise<void>;
   /**
    * Shared stores: reports, from now on, the id of every interpreter whose recipe changed

@@ -1,6 +1,6 @@
 import type { RunTuple } from '../../sandbox/Sandbox';
 import type { Tracing } from '../../tracing/Tracing';
-import { AlreadyExistsError, NotFoundError, ResourceExhaustedError, UnavailableError } from '../errors';
+import { AlreadyExistsError, IllegalStateError, NotFoundError, ResourceExhaustedError, UnavailableError } from '../errors';
 import { newStepId } from '../ids';
 import type { Interpreter } from '../Interpreter';
 import type { Interpreters } from '../Interpreters';
@@ -192,6 +192,59 @@ export class Recorder {
       if (other) this.dropUnstored(other);
       return out;
     });
+  }
+
+  /**
+   * A rollback's commit. `interp` replayed a version's steps (`version.steps`, its registrations
+   * committed in its sandbox, none in the index yet): its whole recipe is stored under the name,
+   * replacing the holder there (kept as a version), and then, in one synchronous step, `makeLive`
+   * makes its `live` registrations live and the name moves to it, the old holder's registrations
+   * released (it drains). Runs in the name's turn, as an upgrade's commit does. Rejects, with
+   * nothing changed, over the tenant's registrations quota, when the interpreter stopped, or when
+   * the store refuses. Resolves with the registrations made live and the version the store gave.
+   */
+  commitVersion(
+    interp: Interpreter,
+    version: Pick<InterpreterRecipe, 'name' | 'steps' | 'released' | 'paused' | 'rolledBackFrom'>,
+    live: number,
+    makeLive: () => Registration[],
+  ): Promise<{ registrations: Registration[]; version?: number }> {
+    const { store, names, ledger } = this.deps;
+    if (!store) throw new IllegalStateError('a rollback needs a recipe store');
+    return this.serial(`name:${interp.tenant}/${version.name}`, () =>
+      this.serial(interp.id, async () => {
+        const overQuota = ledger.registrationRefusal(interp.tenant, live);
+        if (overQuota) throw overQuota;
+        if (!interp.accepting) throw new UnavailableError(`interpreter ${interp.id} stopped (${interp.state.toUpperCase()}) before the rollback was stored; nothing changed`);
+        const oldHolder = names.holder(interp.tenant, version.name);
+        const recipe: InterpreterRecipe = { ...this.recipeOf(interp, version.steps[0], version.name), ...version };
+        ledger.countRegistrations(interp.tenant, live); // held while it is written, as a step's are
+        let stored: { replaced?: string; version?: number };
+        try {
+          stored = await this.write('create', live, () => store.create(recipe, true));
+        } catch (err) {
+          throw this.storeFailure(err, 'the rollback');
+        } finally {
+          ledger.countRegistrations(interp.tenant, -live);
+        }
+        const s = this.state(interp);
+        s.stored = true;
+        s.steps.length = 0;
+        for (const step of version.steps) s.stepIds.add(step.id);
+        const made = makeLive();
+        if (made.length < live) {
+          // stored, but the interpreter stopped meanwhile (its isolate died): as an upgrade's step
+          // then, its recipe goes again, and the old holder, replaced in the store, goes here too
+          this.unstore(interp, true, []);
+          names.swap(version.name, interp);
+          throw new UnavailableError(`interpreter ${interp.id} stopped (${interp.state.toUpperCase()}) while the rollback was stored; "${version.name}" has no current version now`);
+        }
+        names.swap(version.name, interp);
+        const other = stored.replaced && stored.replaced !== oldHolder?.id ? this.deps.interpreters.get(stored.replaced) : undefined;
+        if (other) this.dropUnstored(other);
+        return { registrations: made, version: stored.version };
+      }),
+    );
   }
 
   /**

@@ -5,6 +5,7 @@ Stubs come from proto/ at run time:
 Run: python3 client.py ADDRESS STUBS_DIR API_KEY
 Prints one JSON object with what it saw; exits non-zero if anything is not as expected.
 """
+import hashlib
 import json
 import sys
 import time
@@ -106,6 +107,31 @@ typed_err = gears.Execute(
     metadata=AUTH,
 )
 seen["typescript"] = {"result": from_value(typed.result), "error": typed_err.error.name, "line3": "main.ts:3:" in typed_err.error.stack}
+
+# Versions: a named interpreter upgraded once, then rolled back to its first version
+v1_source = 'gears.register("py.ver", () => "v1");'
+gears.Execute(gears_pb2.ExecuteRequest(source=v1_source, name="py-svc", mode=SHARED), metadata=AUTH)
+gears.Execute(gears_pb2.ExecuteRequest(source='gears.register("py.ver", () => "v2");', name="py-svc", replace=True, mode=SHARED), metadata=AUTH)
+listed_versions = gears.ListVersions(gears_pb2.ListVersionsRequest(name="py-svc"), metadata=AUTH)
+back = gears.Rollback(gears_pb2.RollbackRequest(name="py-svc", version=1), metadata=AUTH)
+after = gears.ListVersions(gears_pb2.ListVersionsRequest(name="py-svc"), metadata=AUTH)
+ran = gears.Trigger(gears_pb2.TriggerRequest(trigger="py.ver"), metadata=AUTH)
+seen["versions"] = {
+    "listed": [[v.version, v.current, v.interpreter_id != ""] for v in listed_versions.versions],
+    "sha": listed_versions.versions[0].source_sha256 == hashlib.sha256(v1_source.encode()).hexdigest(),
+    "bytes": listed_versions.versions[0].source_bytes,
+    "created": listed_versions.versions[0].created_at.ToMilliseconds() > 0,
+    "rollback": {"outcome": gears_pb2.Outcome.Name(back.outcome), "result": from_value(back.result), "name": back.interpreter.name},
+    "after": [[v.version, v.current, v.rolled_back_from] for v in after.versions],
+    "ran": [from_value(r.result) for r in ran.results],
+    "errors": {
+        "version_0": status_of(lambda: gears.Rollback(gears_pb2.RollbackRequest(name="py-svc", version=0), metadata=AUTH)),
+        "no_name": status_of(lambda: gears.ListVersions(gears_pb2.ListVersionsRequest(), metadata=AUTH)),
+        "unknown_version": status_of(lambda: gears.Rollback(gears_pb2.RollbackRequest(name="py-svc", version=9), metadata=AUTH)),
+        "unknown_name": status_of(lambda: gears.ListVersions(gears_pb2.ListVersionsRequest(name="py-none"), metadata=AUTH)),
+    },
+}
+gears.Release(gears_pb2.ReleaseRequest(interpreter_id=back.interpreter_id), metadata=AUTH)
 
 # Three error codes, as a Python user meets them
 seen["errors"] = {

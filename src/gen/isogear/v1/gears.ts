@@ -1293,6 +1293,49 @@ export interface LogEvent {
   entry: LogEntry | undefined;
 }
 
+/** ListVersionsRequest names the interpreter whose versions to list. */
+export interface ListVersionsRequest {
+  /** The interpreter name (as ExecuteRequest.name). */
+  name: string;
+}
+
+/** ListVersionsResponse holds the versions of one name. */
+export interface ListVersionsResponse {
+  /** Oldest first; the current one (if any) last. */
+  versions: InterpreterVersion[];
+}
+
+/** InterpreterVersion is one version of a named interpreter. */
+export interface InterpreterVersion {
+  /**
+   * 1 for the first interpreter with the name, +1 at each successful
+   * replace or rollback.
+   */
+  version: number;
+  /** When this version's interpreter was created. */
+  createdAt:
+    | Date
+    | undefined;
+  /** The version the name points at now. */
+  current: boolean;
+  /** Set for the current version: the interpreter that holds the name. */
+  interpreterId: string;
+  /** SHA-256 (hex) of the creating request's source (its main module). */
+  sourceSha256: string;
+  /** That source's length in UTF-8 bytes. */
+  sourceBytes: number;
+  /** A rollback's version: the version it re-created (0 otherwise). */
+  rolledBackFrom: number;
+}
+
+/** RollbackRequest names the version to re-create. */
+export interface RollbackRequest {
+  /** The interpreter name. */
+  name: string;
+  /** The version to re-create (ListVersions lists them); 1 or more. */
+  version: number;
+}
+
 function createBaseExecuteRequest(): ExecuteRequest {
   return {
     source: "",
@@ -6445,6 +6488,422 @@ export const LogEvent: MessageFns<LogEvent> = {
   },
 };
 
+function createBaseListVersionsRequest(): ListVersionsRequest {
+  return { name: "" };
+}
+
+export const ListVersionsRequest: MessageFns<ListVersionsRequest> = {
+  encode(message: ListVersionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListVersionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListVersionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListVersionsRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: ListVersionsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListVersionsRequest>, I>>(base?: I): ListVersionsRequest {
+    return ListVersionsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListVersionsRequest>, I>>(object: I): ListVersionsRequest {
+    const message = createBaseListVersionsRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseListVersionsResponse(): ListVersionsResponse {
+  return { versions: [] };
+}
+
+export const ListVersionsResponse: MessageFns<ListVersionsResponse> = {
+  encode(message: ListVersionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.versions) {
+      InterpreterVersion.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListVersionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListVersionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.versions.push(InterpreterVersion.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListVersionsResponse {
+    return {
+      versions: globalThis.Array.isArray(object?.versions)
+        ? object.versions.map((e: any) => InterpreterVersion.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListVersionsResponse): unknown {
+    const obj: any = {};
+    if (message.versions?.length) {
+      obj.versions = message.versions.map((e) => InterpreterVersion.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListVersionsResponse>, I>>(base?: I): ListVersionsResponse {
+    return ListVersionsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListVersionsResponse>, I>>(object: I): ListVersionsResponse {
+    const message = createBaseListVersionsResponse();
+    message.versions = object.versions?.map((e) => InterpreterVersion.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseInterpreterVersion(): InterpreterVersion {
+  return {
+    version: 0,
+    createdAt: undefined,
+    current: false,
+    interpreterId: "",
+    sourceSha256: "",
+    sourceBytes: 0,
+    rolledBackFrom: 0,
+  };
+}
+
+export const InterpreterVersion: MessageFns<InterpreterVersion> = {
+  encode(message: InterpreterVersion, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.version !== 0) {
+      writer.uint32(8).uint32(message.version);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(18).fork()).join();
+    }
+    if (message.current !== false) {
+      writer.uint32(24).bool(message.current);
+    }
+    if (message.interpreterId !== "") {
+      writer.uint32(34).string(message.interpreterId);
+    }
+    if (message.sourceSha256 !== "") {
+      writer.uint32(42).string(message.sourceSha256);
+    }
+    if (message.sourceBytes !== 0) {
+      writer.uint32(48).uint32(message.sourceBytes);
+    }
+    if (message.rolledBackFrom !== 0) {
+      writer.uint32(56).uint32(message.rolledBackFrom);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InterpreterVersion {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInterpreterVersion();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.version = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.current = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.interpreterId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sourceSha256 = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.sourceBytes = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.rolledBackFrom = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InterpreterVersion {
+    return {
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      current: isSet(object.current) ? globalThis.Boolean(object.current) : false,
+      interpreterId: isSet(object.interpreterId)
+        ? globalThis.String(object.interpreterId)
+        : isSet(object.interpreter_id)
+        ? globalThis.String(object.interpreter_id)
+        : "",
+      sourceSha256: isSet(object.sourceSha256)
+        ? globalThis.String(object.sourceSha256)
+        : isSet(object.source_sha256)
+        ? globalThis.String(object.source_sha256)
+        : "",
+      sourceBytes: isSet(object.sourceBytes)
+        ? globalThis.Number(object.sourceBytes)
+        : isSet(object.source_bytes)
+        ? globalThis.Number(object.source_bytes)
+        : 0,
+      rolledBackFrom: isSet(object.rolledBackFrom)
+        ? globalThis.Number(object.rolledBackFrom)
+        : isSet(object.rolled_back_from)
+        ? globalThis.Number(object.rolled_back_from)
+        : 0,
+    };
+  },
+
+  toJSON(message: InterpreterVersion): unknown {
+    const obj: any = {};
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.current !== false) {
+      obj.current = message.current;
+    }
+    if (message.interpreterId !== "") {
+      obj.interpreterId = message.interpreterId;
+    }
+    if (message.sourceSha256 !== "") {
+      obj.sourceSha256 = message.sourceSha256;
+    }
+    if (message.sourceBytes !== 0) {
+      obj.sourceBytes = Math.round(message.sourceBytes);
+    }
+    if (message.rolledBackFrom !== 0) {
+      obj.rolledBackFrom = Math.round(message.rolledBackFrom);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InterpreterVersion>, I>>(base?: I): InterpreterVersion {
+    return InterpreterVersion.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InterpreterVersion>, I>>(object: I): InterpreterVersion {
+    const message = createBaseInterpreterVersion();
+    message.version = object.version ?? 0;
+    message.createdAt = object.createdAt ?? undefined;
+    message.current = object.current ?? false;
+    message.interpreterId = object.interpreterId ?? "";
+    message.sourceSha256 = object.sourceSha256 ?? "";
+    message.sourceBytes = object.sourceBytes ?? 0;
+    message.rolledBackFrom = object.rolledBackFrom ?? 0;
+    return message;
+  },
+};
+
+function createBaseRollbackRequest(): RollbackRequest {
+  return { name: "", version: 0 };
+}
+
+export const RollbackRequest: MessageFns<RollbackRequest> = {
+  encode(message: RollbackRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).uint32(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RollbackRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRollbackRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RollbackRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+    };
+  },
+
+  toJSON(message: RollbackRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RollbackRequest>, I>>(base?: I): RollbackRequest {
+    return RollbackRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RollbackRequest>, I>>(object: I): RollbackRequest {
+    const message = createBaseRollbackRequest();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    return message;
+  },
+};
+
 /**
  * GearsService runs JavaScript in interpreters and manages the handlers
  * (registrations) that scripts bind to trigger names.
@@ -6891,6 +7350,64 @@ export const GearsServiceService = {
       Buffer.from(ResumeRegistrationsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResumeRegistrationsResponse => ResumeRegistrationsResponse.decode(value),
   },
+  /**
+   * ListVersions lists the versions of a named interpreter, oldest first.
+   * Each recipe that has held the name is a version: 1 for the first, +1 at
+   * each successful replace or rollback. The server keeps the newest
+   * ISOGEAR_MAX_VERSIONS of a name (the current one counts), stored with the
+   * recipes (so they survive restarts and are the same on every replica). A
+   * name whose last registration was released keeps its versions, none of
+   * them current.
+   *
+   * Status codes: INVALID_ARGUMENT (no name, or an invalid one); NOT_FOUND
+   * (a name with no versions, or another tenant's); UNAVAILABLE (the store
+   * could not be read); INTERNAL.
+   */
+  listVersions: {
+    path: "/isogear.v1.GearsService/ListVersions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListVersionsRequest): Buffer => Buffer.from(ListVersionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListVersionsRequest => ListVersionsRequest.decode(value),
+    responseSerialize: (value: ListVersionsResponse): Buffer =>
+      Buffer.from(ListVersionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListVersionsResponse => ListVersionsResponse.decode(value),
+  },
+  /**
+   * Rollback re-creates a version of a named interpreter in a new interpreter
+   * (its recipe's steps replayed in order, as a restart does, with new
+   * registration ids; those released or paused then are released or paused
+   * again) and moves the name to it exactly as an upgrade (Execute with
+   * replace) does: atomic for concurrent Triggers (the old handlers or the
+   * new, never both, never neither), the old interpreter drains. It becomes
+   * the name's next version, recording the version it came from. Rolling
+   * back to the current version is allowed (a fresh interpreter from the
+   * same recipe). The response is an Execute's: the new interpreter and its
+   * registrations, `result` `{"version": N, "rolledBackFrom": V}`. A replay
+   * that fails (the script throws now, times out, or registers something
+   * else) is `OUTCOME_FAILED` (or the run's outcome) with the step and the
+   * reason in `error`, and changes nothing. The rollback is an execution:
+   * GetExecution and CancelExecution take its `execution_id`.
+   *
+   * Status codes: INVALID_ARGUMENT (no name, an invalid one, or version 0);
+   * NOT_FOUND (an unknown name or version, or another tenant's name);
+   * FAILED_PRECONDITION (the version holds no registrations to re-create);
+   * RESOURCE_EXHAUSTED (a limit or quota, as Execute); UNAVAILABLE (the
+   * store could not be read or written: nothing changed); INTERNAL.
+   *
+   * (It answers as Execute does: the issue's contract names ExecuteResponse.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  rollback: {
+    path: "/isogear.v1.GearsService/Rollback" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RollbackRequest): Buffer => Buffer.from(RollbackRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RollbackRequest => RollbackRequest.decode(value),
+    responseSerialize: (value: ExecuteResponse): Buffer => Buffer.from(ExecuteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExecuteResponse => ExecuteResponse.decode(value),
+  },
 } as const;
 
 export interface GearsServiceServer extends UntypedServiceImplementation {
@@ -7144,6 +7661,47 @@ export interface GearsServiceServer extends UntypedServiceImplementation {
    * Trigger. Resuming what runs changes nothing.
    */
   resumeRegistrations: handleUnaryCall<ResumeRegistrationsRequest, ResumeRegistrationsResponse>;
+  /**
+   * ListVersions lists the versions of a named interpreter, oldest first.
+   * Each recipe that has held the name is a version: 1 for the first, +1 at
+   * each successful replace or rollback. The server keeps the newest
+   * ISOGEAR_MAX_VERSIONS of a name (the current one counts), stored with the
+   * recipes (so they survive restarts and are the same on every replica). A
+   * name whose last registration was released keeps its versions, none of
+   * them current.
+   *
+   * Status codes: INVALID_ARGUMENT (no name, or an invalid one); NOT_FOUND
+   * (a name with no versions, or another tenant's); UNAVAILABLE (the store
+   * could not be read); INTERNAL.
+   */
+  listVersions: handleUnaryCall<ListVersionsRequest, ListVersionsResponse>;
+  /**
+   * Rollback re-creates a version of a named interpreter in a new interpreter
+   * (its recipe's steps replayed in order, as a restart does, with new
+   * registration ids; those released or paused then are released or paused
+   * again) and moves the name to it exactly as an upgrade (Execute with
+   * replace) does: atomic for concurrent Triggers (the old handlers or the
+   * new, never both, never neither), the old interpreter drains. It becomes
+   * the name's next version, recording the version it came from. Rolling
+   * back to the current version is allowed (a fresh interpreter from the
+   * same recipe). The response is an Execute's: the new interpreter and its
+   * registrations, `result` `{"version": N, "rolledBackFrom": V}`. A replay
+   * that fails (the script throws now, times out, or registers something
+   * else) is `OUTCOME_FAILED` (or the run's outcome) with the step and the
+   * reason in `error`, and changes nothing. The rollback is an execution:
+   * GetExecution and CancelExecution take its `execution_id`.
+   *
+   * Status codes: INVALID_ARGUMENT (no name, an invalid one, or version 0);
+   * NOT_FOUND (an unknown name or version, or another tenant's name);
+   * FAILED_PRECONDITION (the version holds no registrations to re-create);
+   * RESOURCE_EXHAUSTED (a limit or quota, as Execute); UNAVAILABLE (the
+   * store could not be read or written: nothing changed); INTERNAL.
+   *
+   * (It answers as Execute does: the issue's contract names ExecuteResponse.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  rollback: handleUnaryCall<RollbackRequest, ExecuteResponse>;
 }
 
 export interface GearsServiceClient extends Client {
@@ -7607,6 +8165,75 @@ export interface GearsServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResumeRegistrationsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ListVersions lists the versions of a named interpreter, oldest first.
+   * Each recipe that has held the name is a version: 1 for the first, +1 at
+   * each successful replace or rollback. The server keeps the newest
+   * ISOGEAR_MAX_VERSIONS of a name (the current one counts), stored with the
+   * recipes (so they survive restarts and are the same on every replica). A
+   * name whose last registration was released keeps its versions, none of
+   * them current.
+   *
+   * Status codes: INVALID_ARGUMENT (no name, or an invalid one); NOT_FOUND
+   * (a name with no versions, or another tenant's); UNAVAILABLE (the store
+   * could not be read); INTERNAL.
+   */
+  listVersions(
+    request: ListVersionsRequest,
+    callback: (error: ServiceError | null, response: ListVersionsResponse) => void,
+  ): ClientUnaryCall;
+  listVersions(
+    request: ListVersionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListVersionsResponse) => void,
+  ): ClientUnaryCall;
+  listVersions(
+    request: ListVersionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListVersionsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Rollback re-creates a version of a named interpreter in a new interpreter
+   * (its recipe's steps replayed in order, as a restart does, with new
+   * registration ids; those released or paused then are released or paused
+   * again) and moves the name to it exactly as an upgrade (Execute with
+   * replace) does: atomic for concurrent Triggers (the old handlers or the
+   * new, never both, never neither), the old interpreter drains. It becomes
+   * the name's next version, recording the version it came from. Rolling
+   * back to the current version is allowed (a fresh interpreter from the
+   * same recipe). The response is an Execute's: the new interpreter and its
+   * registrations, `result` `{"version": N, "rolledBackFrom": V}`. A replay
+   * that fails (the script throws now, times out, or registers something
+   * else) is `OUTCOME_FAILED` (or the run's outcome) with the step and the
+   * reason in `error`, and changes nothing. The rollback is an execution:
+   * GetExecution and CancelExecution take its `execution_id`.
+   *
+   * Status codes: INVALID_ARGUMENT (no name, an invalid one, or version 0);
+   * NOT_FOUND (an unknown name or version, or another tenant's name);
+   * FAILED_PRECONDITION (the version holds no registrations to re-create);
+   * RESOURCE_EXHAUSTED (a limit or quota, as Execute); UNAVAILABLE (the
+   * store could not be read or written: nothing changed); INTERNAL.
+   *
+   * (It answers as Execute does: the issue's contract names ExecuteResponse.)
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  rollback(
+    request: RollbackRequest,
+    callback: (error: ServiceError | null, response: ExecuteResponse) => void,
+  ): ClientUnaryCall;
+  rollback(
+    request: RollbackRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExecuteResponse) => void,
+  ): ClientUnaryCall;
+  rollback(
+    request: RollbackRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExecuteResponse) => void,
   ): ClientUnaryCall;
 }
 
