@@ -140,6 +140,24 @@ describe('Versions and rollback of named interpreters (the manager as a library)
         await manager.release({ interpreterId: v2.interpreterId });
       });
 
+      it('a replay that registers something else fails the rollback (OUTCOME_FAILED), changing nothing', async () => {
+        // the trigger's name depends on the interpreter's id: another interpreter registers another trigger
+        const v1 = await manager.execute({ source: "gears.register('t.' + gears.interpreterId, () => 1); gears.register('t', () => 'one');", name: 'svc' });
+        const v2 = await manager.execute({ source: answering('two'), name: 'svc', replace: true });
+        const failed = await manager.rollback({ name: 'svc', version: 1 });
+        assert.equal(failed.outcome, 'failed');
+        assert.equal(failed.result, null);
+        assert.equal(failed.error?.name, 'Error');
+        assert.match(
+          failed.error?.message ?? '',
+          new RegExp(`^version 1 of "svc" could not be re-created, so nothing changed: step 1 of 1 \\(execute\\) registered \\[trigger t\\.itp_\\w+, trigger t\\] where it first registered \\[trigger t\\.${v1.interpreterId}, trigger t\\]$`),
+        );
+        assert.deepEqual(failed.registrations, []);
+        assert.deepEqual(await answers(), ['two']);
+        assert.deepEqual(shape(await manager.listVersions('svc')), ['1', '2*']);
+        await manager.release({ interpreterId: v2.interpreterId });
+      });
+
       it('refuses bad input with the right error, changing nothing', async () => {
         const v1 = await manager.execute({ source: answering('one'), name: 'svc' });
         await rejectsWith(manager.listVersions(''), InvalidArgumentError, /name is required/);

@@ -123,7 +123,9 @@ export class Versions {
         if ('why' in replayed) {
           const { report, why } = replayed;
           const error = { name: report.error?.name ?? 'Error', message: `version ${spec.version} of "${spec.name}" could not be re-created, so nothing changed: ${why}`, stack: report.error?.stack ?? '' };
-          return { ...this.answer(execution, since, { outcome: report.outcome, error, logs: report.logs, logsTruncated: report.logsTruncated, cpuTimeMs: report.cpuTimeMs }), interpreter: interp.infoWithHeap(0) };
+          // a run that succeeded but registered something else failed the rollback all the same
+          const outcome = report.outcome === 'succeeded' ? 'failed' : report.outcome;
+          return { ...this.answer(execution, since, { outcome, error, logs: report.logs, logsTruncated: report.logsTruncated, cpuTimeMs: report.cpuTimeMs }), interpreter: interp.infoWithHeap(0) };
         }
         const released = recipe.released.flatMap((id) => replayed.ids.get(id) ?? []);
         const paused = recipe.paused.flatMap((id) => replayed.ids.get(id) ?? []);
