@@ -390,6 +390,7 @@ export class InterpreterManager implements IsolateManager {
       warm: this.core.pool.stats(),
       codeCache: { entries: this.core.codeCache.size, bytes: this.core.codeCache.sizeBytes, hits: this.core.codeCache.hits, misses: this.core.codeCache.misses, rejected: this.core.codeCache.rejected },
       transpiles: { hits: this.core.transpiler.hits, misses: this.core.transpiler.misses },
+      rollbacks: this.versions.rollbacks,
       executions: this.core.executions.counters(),
       extraSharedIsolates: this.core.shared.extra,
       watch: { streams: this.core.events.size, dropped: this.core.events.droppedTotal },

@@ -335,6 +335,8 @@ export interface ManagerCounters {
   codeCache: { entries: number; bytes: number; hits: number; misses: number; rejected: number };
   /** TypeScript modules stripped of their types: found in the transpile cache (hit) or transpiled (miss). */
   transpiles: { hits: number; misses: number };
+  /** Rollbacks that moved the name (succeeded), and those whose replay failed or was cancelled (nothing changed). */
+  rollbacks: { succeeded: number; failed: number };
   executions: ExecutionCounters;
   /** Shared isolates added beyond ISOGEAR_SHARED_ISOLATES because every shared isolate was held by a long run. */
   extraSharedIsolates: number;

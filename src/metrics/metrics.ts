@@ -238,6 +238,18 @@ export class IsogearMetrics {
         mirror(this, 'ts:miss', { result: 'miss' }, c.transpiles.misses);
       },
     });
+    new Counter({
+      name: 'isogear_rollbacks_total',
+      help: 'Rollbacks of named interpreters: succeeded (the name moved), or failed (a replay failed, timed out or was cancelled; nothing changed).',
+      labelNames: [LABEL.result],
+      registers,
+      collect() {
+        const c = read();
+        if (!c) return;
+        mirror(this, 'rb:succeeded', { result: 'succeeded' }, c.rollbacks.succeeded);
+        mirror(this, 'rb:failed', { result: 'failed' }, c.rollbacks.failed);
+      },
+    });
     new Gauge({
       name: 'isogear_executions_in_flight',
       help: 'Runs (Execute, Register loads, handler runs) in progress, by isolation mode.',

@@ -151,7 +151,15 @@ describe('Tenants: API keys and scoping', () => {
       assert.deepEqual((await beta.trigger({ trigger: 't.named' })).results.map((r) => r.result), ['b1'], "alpha's upgrade left beta's alone");
       assert.deepEqual((await beta.listInterpreters({ name: 'svc' })).interpreters.map((i) => i.id), [b1.interpreterId]);
       await expectStatus(beta.release({ interpreterId: a2.interpreterId }), grpc.status.NOT_FOUND);
-      await releaseInterpreters(alpha, a2.interpreterId);
+      // versions are per tenant too: beta's "svc" has one, and alpha's version 2 is not beta's to roll back to
+      assert.deepEqual((await alpha.listVersions({ name: 'svc' })).versions.map((v) => v.version), [1, 2]);
+      assert.deepEqual((await beta.listVersions({ name: 'svc' })).versions.map((v) => v.version), [1]);
+      await expectStatus(beta.rollback({ name: 'svc', version: 2 }), grpc.status.NOT_FOUND, /"svc" has no version 2/);
+      const a3 = await alpha.rollback({ name: 'svc', version: 1 });
+      succeeded(a3);
+      assert.deepEqual((await alpha.trigger({ trigger: 't.named' })).results.map((r) => r.result), ['a1']);
+      assert.deepEqual((await beta.trigger({ trigger: 't.named' })).results.map((r) => r.result), ['b1'], "alpha's rollback left beta's alone");
+      await releaseInterpreters(alpha, a3.interpreterId);
       await releaseInterpreters(beta, b1.interpreterId);
     });
   });

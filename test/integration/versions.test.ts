@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { expectStatus, grpc, pb } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
+import { scrape, value } from '../helpers/metrics';
 import { MODES, modeName, releaseInterpreters, succeeded, waitFor } from '../helpers/proto';
 import { triggerLoops, versioned, versionOf } from '../helpers/upgrades';
 
@@ -65,6 +66,7 @@ describe('Versions and rollback of named interpreters (ListVersions, Rollback)',
     const revived = await t.client.rollback({ name: 'ver-svc', version: 2 });
     succeeded(revived);
     assert.deepEqual(revived.result, { version: 4, rolledBackFrom: 2 });
+    assert.equal(value(await scrape(t), 'isogear_rollbacks_total', { result: 'succeeded' }), 2);
     await releaseInterpreters(t.client, revived.interpreterId);
   });
 
@@ -119,6 +121,9 @@ describe('Versions and rollback of named interpreters (ListVersions, Rollback)',
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, moment + 20 - Date.now())));
     const failed = await t.client.rollback({ name: 'ver-fail', version: 1 });
     assert.equal(failed.outcome, OUTCOME_FAILED);
+    const metrics = await scrape(t);
+    assert.equal(value(metrics, 'isogear_rollbacks_total', { result: 'failed' }), 1);
+    assert.equal(value(metrics, 'isogear_rollbacks_total', { result: 'succeeded' }), 0);
     assert.equal(failed.error?.name, 'RangeError');
     assert.match(failed.error?.message ?? '', /^version 1 of "ver-fail" could not be re-created, so nothing changed: step 1 of 1 \(execute\) failed: RangeError: expired/);
     assert.match(failed.error?.stack ?? '', /main\.js:5:/);

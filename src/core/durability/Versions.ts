@@ -57,6 +57,9 @@ interface Diverged {
  * both, never neither. Anything that fails before that changes nothing.
  */
 export class Versions {
+  /** Rollbacks answered: the name moved (succeeded), or a replay did not make it (failed; nothing changed). */
+  readonly rollbacks = { succeeded: 0, failed: 0 };
+
   constructor(private readonly deps: VersionsDeps) {}
 
   /** The versions of `name`, oldest first; NOT_FOUND when it has none. */
@@ -94,11 +97,14 @@ export class Versions {
     let result: ExecuteResult | undefined;
     try {
       result = await this.admitted(recipe, spec, tenant, since, execution);
+      if (result.outcome === 'succeeded') this.rollbacks.succeeded += 1;
+      else this.rollbacks.failed += 1;
       return result;
     } catch (err) {
       const reason = execution.cancelReason;
       if (err instanceof CancelledError && reason && reason.cause !== 'client') {
         result = this.answer(execution, since, { outcome: 'aborted', error: { name: 'AbortError', message: `${reason.message} before the rollback started`, stack: '' } });
+        this.rollbacks.failed += 1;
         return result;
       }
       throw err;
