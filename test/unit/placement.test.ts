@@ -172,6 +172,27 @@ describe('placement: one implementation per isolation mode behind one interface'
       assert.equal(placement.tally.created, 2);
     });
 
+    it('an added isolate whose only interpreter was abandoned (a cancel while it was made) is retired too', async function () {
+      this.timeout(10_000);
+      closed = true;
+      placement.destroy();
+      closed = false;
+      placement = new SharedPlacement({ isolates: 1, memoryMb: 8, closed: () => closed, maxExtra: 2 }, coldPool(), maker, (_h, r) => deaths.push(r));
+      const [h1] = placement.hosts();
+      let settle!: () => void;
+      h1.track(new Promise<void>((r) => (settle = r)), 60_000);
+      await new Promise((r) => setTimeout(r, BUSY_MS + 30));
+      const a = await placement.place(64);
+      assert.notEqual(a.host, h1);
+      assert.equal(placement.extra, 1);
+      settle();
+      placement.abandon(a);
+      await new Promise((r) => setTimeout(r, EXTRA_IDLE_MS + 100));
+      assert.equal(placement.extra, 0, 'abandoned, as vacated, it goes once a regular isolate is free');
+      assert.equal(a.host.reason, 'released');
+      assert.equal(placement.size, 1);
+    });
+
     it('a shared isolate that dies is reported and replaced at once; after shutdown it is not', async () => {
       const [first] = placement.hosts();
       first.noteDeath('memory_limit');

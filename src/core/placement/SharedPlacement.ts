@@ -84,7 +84,7 @@ export class SharedPlacement implements Placement {
       const sandbox = warm?.sandbox ?? (await this.maker.make(host, id, registrationPrefix));
       return { host, sandbox, id, registrationPrefix, dedicatedMemoryMb: 0, warm: warm !== undefined };
     } catch (err) {
-      host.vacate(id);
+      this.left(host, id);
       if (host.disposed && !this.options.closed() && attempt < 2) {
         // the shared isolate died under us (another interpreter's memory kill): its slot has a
         // fresh isolate already, so try once more
@@ -96,13 +96,23 @@ export class SharedPlacement implements Placement {
 
   abandon(placed: Placed): void {
     placed.sandbox.release();
-    placed.host.vacate(placed.id);
+    this.left(placed.host, placed.id);
   }
 
   vacate(interp: Interpreter): void {
-    interp.host.vacate(interp.id);
-    if (this.extras.includes(interp.host)) this.retireLater(interp.host);
-    else this.pool.refill(); // room on a shared isolate: a warm context may take it
+    this.left(interp.host, interp.id);
+  }
+
+  /**
+   * An interpreter left `host`, whichever way: disposed, abandoned before it was used (a cancel
+   * during its creation), or never made. An added isolate it leaves empty is retired in time
+   * (one whose only interpreter was abandoned used to stay for good); a regular one has room for
+   * a warm context.
+   */
+  private left(host: IsolateHost, id: string): void {
+    host.vacate(id);
+    if (this.extras.includes(host)) this.retireLater(host);
+    else this.pool.refill();
   }
 
   /** Every shared isolate: the regular ones, then those added. */
