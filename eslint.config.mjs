@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'src/gen/', 'coverage/', 'bench-results/'] },
+  { ignores: ['dist/', 'node_modules/', 'packages/*/dist/', 'packages/client/src/gen/', 'coverage/', 'bench-results/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -1,24 +1,6 @@
 /**
- * The isogear package: the typed client for its gRPC API. (The server is `dist/main.js`, run by
- * `npm start` or `isogear serve`.)
+ * The isogear server package. Its library export is the typed client, from @isogear/client
+ * (which this package depends on); the server is `dist/main.js`, run by `npm start` or
+ * `isogear serve`.
  */
-export { createClient, IsogearRpcError, pb } from './client';
-export type {
-  CallOptions,
-  ClientOptions,
-  ExecuteInit,
-  ExecutionStateName,
-  IsogearClient,
-  Json,
-  LimitsInit,
-  ListExecutionsInit,
-  ListInterpretersInit,
-  ListRegistrationsInit,
-  Mode,
-  RegisterInit,
-  ReleaseInit,
-  TriggerInit,
-  WaitExecutionInit,
-  Watch,
-  WatchInit,
-} from './client';
+export * from '@isogear/client';

@@ -3,7 +3,7 @@ import type { Span, TextMapGetter } from '@opentelemetry/api';
 import { OPEN_ACCESS, type Authenticator } from '../auth/ApiKeys';
 import { CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError, type IsogearError } from '../core/errors';
 import type { ExecuteSpec, IsolateManager, JsonValue, PauseTarget, TriggerSpec, WatchEvent, WatchStream } from '../core/types';
-import * as pb from '../gen/isogear/v1/gears';
+import { pb } from '@isogear/client';
 import {
   executeResponseToProto,
   executionStateFromProto,

@@ -1,5 +1,4 @@
-import type { Duration } from '../gen/google/protobuf/duration';
-import * as pb from '../gen/isogear/v1/gears';
+import { pb, type Duration } from '@isogear/client';
 import { InvalidArgumentError } from '../core/errors';
 import type * as core from '../core/types';
 

@@ -1,11 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
-import { createClient, type CallOptions, type ExecuteInit, type IsogearClient, type PauseInit, type RegisterInit, type ReleaseInit, type TriggerInit, type Watch, type WatchInit } from '../../src/client';
-import * as pb from '../../src/gen/isogear/v1/gears';
+import { createClient, pb, type CallOptions, type ExecuteInit, type IsogearClient, type PauseInit, type RegisterInit, type ReleaseInit, type TriggerInit, type Watch, type WatchInit } from '@isogear/client';
 
 export type { CallOptions };
 
 /**
- * The tests' client: the package's own client (src/client) behind the request and response
+ * The tests' client: the published client (@isogear/client, from its sources) behind the request and response
  * shapes the tests speak (proto messages, `Partial` requests), plus `raw`, the generated grpc-js
  * client, for what a typed client must not send.
  */

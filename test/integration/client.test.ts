@@ -104,6 +104,42 @@ describe('TypeScript client (createClient)', () => {
     client.close();
     await rejectsWith(client.health(), grpc.status.CANCELLED, /closed/);
   });
+
+  it('an RPC the server does not know (a newer client\'s) is refused with the standard UNIMPLEMENTED', async () => {
+    const raw = new grpc.Client(server().server.grpcAddress, grpc.credentials.createInsecure());
+    try {
+      const err = await new Promise<grpc.ServiceError>((resolve, reject) => {
+        raw.makeUnaryRequest(
+          '/isogear.v1.GearsService/SomeFutureRpc',
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          Buffer.alloc(0),
+          (e, res) => (e ? resolve(e) : reject(new Error(`answered ${String(res)}`))),
+        );
+      });
+      assert.equal(err.code, grpc.status.UNIMPLEMENTED);
+      assert.match(err.details, /SomeFutureRpc/);
+      // and the server goes on serving what it knows
+      assert.equal((await client.execute({ source: 'export default 1', mode: 'shared' })).result, 1);
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('a server that cannot be reached is UNAVAILABLE, in plain words naming its address', async () => {
+    const refused = createClient('127.0.0.1:1');
+    const unknown = createClient('nohost.invalid:50051');
+    try {
+      const err = await rejectsWith(refused.execute({ source: 'export default 1' }), grpc.status.UNAVAILABLE);
+      assert.equal(err.details, 'cannot reach the isogear server at 127.0.0.1:1 (connect ECONNREFUSED 127.0.0.1:1); is it running, and is the address right?');
+      assert.equal(err.message, `UNAVAILABLE: ${err.details}`);
+      await rejectsWith(refused.listVersions('svc'), grpc.status.UNAVAILABLE, /^cannot reach the isogear server at 127\.0\.0\.1:1 /);
+      await rejectsWith(unknown.trigger({ trigger: 't' }), grpc.status.UNAVAILABLE, /^cannot reach the isogear server at nohost\.invalid:50051: its host name does not resolve/);
+    } finally {
+      refused.close();
+      unknown.close();
+    }
+  });
 });
 
 describe('TypeScript client with an API key', () => {

@@ -39,7 +39,7 @@ describe('README client examples', function () {
     assert.equal(code.lang, 'ts');
     assert.equal(output.lang, 'text');
     const file = path.join(dir, 'example.ts');
-    writeFileSync(file, code.body.replace(`from 'isogear'`, `from ${JSON.stringify(path.join(ROOT, 'src'))}`));
+    writeFileSync(file, code.body.replace(`from '@isogear/client'`, `from ${JSON.stringify(path.join(ROOT, 'packages/client/src'))}`));
     const { stdout } = await run(process.execPath, ['--import', 'tsx', file], { env: { ...process.env, ISOGEAR_ADDRESS: server().server.grpcAddress }, cwd: ROOT });
     assert.equal(stdout, output.body);
   });

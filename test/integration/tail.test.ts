@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
-import { pb } from '../../src/client';
+import { pb } from '@isogear/client';
 import { run, type Io } from '../../src/cli/main';
-import { eventLine } from '../../src/cli/tail';
+import { eventLine } from '../../packages/client/src/cli/tail';
 import { useTestServer } from '../helpers/fixture';
 import { releaseInterpreters, waitFor } from '../helpers/proto';
 import { startTestServer, type TestServer } from '../helpers/server';

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { IsogearRpcError } from '../../src/client';
+import { IsogearRpcError } from '@isogear/client';
 import { expectStatus, grpc, pb, TestClient } from '../helpers/client';
 import { useTestServer } from '../helpers/fixture';
 import { scrape } from '../helpers/metrics';

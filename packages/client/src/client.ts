@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
-import * as pb from '../gen/isogear/v1/gears';
+import * as pb from './gen/isogear/v1/gears';
 
 export { pb };
 
@@ -144,19 +144,35 @@ export class IsogearRpcError extends Error {
   /** `retry-after-ms` (RESOURCE_EXHAUSTED), when backing off helps. */
   readonly retryAfterMs?: number;
 
-  constructor(err: grpc.ServiceError) {
+  /** `address`: the server's, named in the message when it cannot be reached. */
+  constructor(err: grpc.ServiceError, address?: string) {
     const codeName = grpc.status[err.code] ?? String(err.code);
-    super(`${codeName}: ${err.details}`);
+    const details = address !== undefined ? unreachable(err, address) ?? err.details : err.details;
+    super(`${codeName}: ${details}`);
     this.name = 'IsogearRpcError';
     this.code = err.code;
     this.codeName = codeName;
-    this.details = err.details;
+    this.details = details;
     this.metadata = err.metadata ?? new grpc.Metadata();
     const limit = this.metadata.get('isogear-limit')[0];
     if (limit !== undefined) this.limit = String(limit);
     const retry = this.metadata.get('retry-after-ms')[0];
     if (retry !== undefined && Number.isFinite(Number(retry))) this.retryAfterMs = Number(retry);
   }
+}
+
+/**
+ * What a connection-level UNAVAILABLE (grpc-js found no server: refused, unresolvable, dropped
+ * before an answer) says in plain words, naming the address; undefined for any other error,
+ * which keeps the server's own message.
+ */
+function unreachable(err: grpc.ServiceError, address: string): string | undefined {
+  if (err.code !== grpc.status.UNAVAILABLE) return undefined;
+  const d = err.details ?? '';
+  const m = /^No connection established\. Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(d);
+  if (m) return `cannot reach the isogear server at ${address} (${m[1].trim() || 'no connection'}); is it running, and is the address right?`;
+  if (/^Name resolution failed/.test(d)) return `cannot reach the isogear server at ${address}: its host name does not resolve (${d}); is the address right?`;
+  return undefined;
 }
 
 export interface IsogearClient {
@@ -267,7 +283,7 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
       const fn = (client as unknown as Record<string, Unary<Req, Res>>)[method];
       const c = fn.call(client, req, md, callOptions, (err, res) => {
         opts.signal?.removeEventListener('abort', onAbort);
-        if (err) reject(new IsogearRpcError(err));
+        if (err) reject(new IsogearRpcError(err, address));
         else resolve(res);
       });
       const onAbort = (): void => c.cancel();
@@ -341,7 +357,7 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
       else opts.signal?.addEventListener('abort', close, { once: true });
       const ready = new Promise<void>((resolve, reject) => {
         stream.once('metadata', () => resolve());
-        stream.once('error', (err: grpc.ServiceError) => reject(new IsogearRpcError(err)));
+        stream.once('error', (err: grpc.ServiceError) => reject(new IsogearRpcError(err, address)));
       });
       ready.catch(() => undefined);
       let ended = false;
@@ -352,7 +368,7 @@ export function createClient(address: string, options: ClientOptions = {}): Isog
           for await (const event of stream as AsyncIterable<pb.WatchEvent>) yield event;
         } catch (err) {
           if (closedHere) return;
-          throw new IsogearRpcError(err as grpc.ServiceError);
+          throw new IsogearRpcError(err as grpc.ServiceError, address);
         } finally {
           opts.signal?.removeEventListener('abort', close);
           if (!ended && !closedHere) close();
