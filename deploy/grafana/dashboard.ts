@@ -243,6 +243,20 @@ const PANELS: PanelSpec[] = [
       { expr: `sum by (instance) (${rate('isogear_store_write_failures_total')})`, legend: 'store refusals/s {{instance}}' },
     ],
   },
+  {
+    title: 'Rollbacks and TypeScript transpiles per second',
+    description:
+      'Rollback calls per second by result (rate of isogear_rollbacks_total): succeeded moved the name to a ' +
+      're-created version; failed means a replay failed, timed out or was cancelled and nothing changed (the ' +
+      "answer's error says which step and why). TypeScript modules stripped of their types per second " +
+      '(rate of isogear_typescript_transpiles_total): hit came from the transpile cache, miss was transpiled.',
+    unit: 'ops',
+    min: 0,
+    queries: [
+      { expr: `sum by (result) (${rate('isogear_rollbacks_total')})`, legend: 'rollback {{result}}' },
+      { expr: `sum by (result) (${rate('isogear_typescript_transpiles_total')})`, legend: 'transpile {{result}}' },
+    ],
+  },
 ];
 
 /** Background executions (StartExecute, StartTrigger), cancels and the shared isolates long runs add: a row of their own. */
