@@ -163,7 +163,7 @@ export class Recorder {
       try {
         if (this.isStored(interp)) await this.write('append', n, () => store.append(interp.id, step));
         else if (n > 0) {
-          replaced = (await this.write('create', n, () => store.create(this.recipeOf(interp, step, replaceName ?? interp.name), replaceName !== undefined))).replaced;
+          replaced = (await this.write('create', n, () => store.create(this.recipeOf(interp, [...this.state(interp).steps, step], replaceName ?? interp.name), replaceName !== undefined))).replaced;
           created = true;
           const s = this.state(interp);
           s.stored = true;
@@ -217,7 +217,7 @@ export class Recorder {
         if (overQuota) throw overQuota;
         if (!interp.accepting) throw new UnavailableError(`interpreter ${interp.id} stopped (${interp.state.toUpperCase()}) before the rollback was stored; nothing changed`);
         const oldHolder = names.holder(interp.tenant, version.name);
-        const recipe: InterpreterRecipe = { ...this.recipeOf(interp, version.steps[0], version.name), ...version };
+        const recipe: InterpreterRecipe = { ...this.recipeOf(interp, version.steps, version.name), released: version.released, paused: version.paused, rolledBackFrom: version.rolledBackFrom };
         ledger.countRegistrations(interp.tenant, live); // held while it is written, as a step's are
         let stored: { replaced?: string; version?: number };
         try {
@@ -361,7 +361,7 @@ export class Recorder {
     undo.catch((err: unknown) => this.deps.logger?.error({ err, interpreterId: interp.id }, 'store: could not undo a step whose registrations were not kept'));
   }
 
-  private recipeOf(interp: Interpreter, step: RecipeStep, name: string): InterpreterRecipe {
+  private recipeOf(interp: Interpreter, steps: RecipeStep[], name: string): InterpreterRecipe {
     return {
       interpreterId: interp.id,
       tenant: interp.tenant,
@@ -370,7 +370,7 @@ export class Recorder {
       memoryMb: interp.dedicatedMemoryMb,
       registrationPrefix: interp.registrationPrefix,
       createdAtMs: interp.createdAt.getTime(),
-      steps: [...this.state(interp).steps, step],
+      steps,
       // registrations exist only once their step is stored: an interpreter not stored yet has released none
       released: [],
       paused: [],

@@ -66,7 +66,7 @@ export class Versions {
   async list(tenant: string | undefined, name: string): Promise<VersionInfo[]> {
     this.checkNameGiven(name);
     const versions = await this.read(() => this.store().versions(tenant || DEFAULT_TENANT, name));
-    if (versions.length === 0) throw new NotFoundError(`no interpreter named "${name}": it has no versions`);
+    if (versions.length === 0) throw noVersions(name);
     return versions;
   }
 
@@ -236,7 +236,7 @@ export class Versions {
   /** NOT_FOUND for a version the name does not have, saying which it has. */
   private async unknownVersion(tenant: string, name: string, version: number): Promise<NotFoundError> {
     const versions = await this.read(() => this.store().versions(tenant, name));
-    if (versions.length === 0) return new NotFoundError(`no interpreter named "${name}": it has no versions`);
+    if (versions.length === 0) return noVersions(name);
     const first = versions[0].version;
     const last = versions[versions.length - 1].version;
     return new NotFoundError(`"${name}" has no version ${version}: it keeps ${first === last ? `version ${first}` : `versions ${first} to ${last}`} (ISOGEAR_MAX_VERSIONS)`);
@@ -262,4 +262,9 @@ export class Versions {
       throw new UnavailableError(`the versions could not be read from the store: ${err instanceof Error ? err.message : String(err)}; retry when the store is back`, { cause: err });
     }
   }
+}
+
+/** NOT_FOUND for a name that has no versions (never held, or another tenant's). */
+function noVersions(name: string): NotFoundError {
+  return new NotFoundError(`no interpreter named "${name}": it has no versions`);
 }
